@@ -1,0 +1,156 @@
+"""Compact binary encoding of datums and rows, with explicit type tags (msgpack).
+
+This is the only form in which the replication layer stores or ships OVSDB values: pycrdt keeps
+numbers as doubles and cannot hold integers beyond 64 bits, so values are never handed to it
+raw. msgpack's own tags keep integers, doubles, booleans and strings apart; uuids are an
+extension type holding their 16 bytes.
+
+Decoding validates everything against the column type (atomic type, canonical order, no
+duplicates, size range, constraints) and raises :class:`~crdtdb.errors.DecodeError`: bytes
+from a peer are untrusted.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid as uuidlib
+from typing import Any
+
+import msgpack
+
+from crdtdb.engine import data
+from crdtdb.engine.schema import TableSchema
+from crdtdb.engine.types import AtomicType, BaseType, Type
+from crdtdb.errors import DecodeError, OvsdbError
+
+UUID_EXT = 1
+#: Bounds applied while decoding, whatever the payload claims.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_ELEMENTS = 1_000_000
+
+
+def _default(obj: Any) -> Any:
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _pack_atom(atype: AtomicType, atom: Any) -> Any:
+    if atype is AtomicType.UUID:
+        return msgpack.ExtType(UUID_EXT, uuidlib.UUID(atom).bytes)
+    return atom
+
+
+def _datum_obj(type_: Type, datum: data.Datum) -> list:
+    kt = type_.key.type
+    if type_.value is None:
+        return [_pack_atom(kt, a) for a in datum]
+    vt = type_.value.type
+    out: list = []
+    for k, v in datum:
+        out.append(_pack_atom(kt, k))
+        out.append(_pack_atom(vt, v))
+    return out
+
+
+def encode_datum(type_: Type, datum: data.Datum) -> bytes:
+    """A set as an array of atoms; a map as a flat ``[k1, v1, k2, v2, ...]`` array."""
+    return msgpack.packb(_datum_obj(type_, datum), use_bin_type=True, default=_default)
+
+
+def _ext_hook(code: int, payload: bytes) -> Any:
+    if code != UUID_EXT or len(payload) != 16:
+        raise DecodeError(f"unknown extension type {code} ({len(payload)} bytes)")
+    return _Uuid(str(uuidlib.UUID(bytes=payload)))
+
+
+class _Uuid(str):
+    """A decoded uuid atom, kept apart from strings until it is type-checked."""
+
+
+def _unpack(payload: bytes) -> Any:
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(payload).__name__}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        return msgpack.unpackb(bytes(payload), raw=False, ext_hook=_ext_hook,
+                               strict_map_key=True, max_array_len=MAX_ELEMENTS * 2,
+                               max_map_len=MAX_ELEMENTS, max_str_len=MAX_PAYLOAD_BYTES,
+                               max_bin_len=MAX_PAYLOAD_BYTES, max_ext_len=16)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"not a valid msgpack value: {exc}") from None
+
+
+def _check_atom(base: BaseType, obj: Any) -> Any:
+    atype = base.type
+    if atype is AtomicType.UUID:
+        ok = isinstance(obj, _Uuid)
+        atom = str(obj)
+    elif atype is AtomicType.STRING:
+        ok = isinstance(obj, str) and not isinstance(obj, _Uuid)
+        atom = obj
+    elif atype is AtomicType.INTEGER:
+        ok = isinstance(obj, int) and not isinstance(obj, bool) \
+            and -(2**63) <= obj < 2**63
+        atom = obj
+    elif atype is AtomicType.REAL:
+        ok = isinstance(obj, float) and math.isfinite(obj)
+        atom = obj
+    else:
+        ok = isinstance(obj, bool)
+        atom = obj
+    if not ok:
+        raise DecodeError(f"expected {atype.value}, got {type(obj).__name__}")
+    try:
+        data.check_atom(base, atom)
+    except OvsdbError as exc:
+        raise DecodeError(exc.details or exc.tag) from None
+    return atom
+
+
+def _datum_from_obj(type_: Type, obj: Any) -> data.Datum:
+    if not isinstance(obj, list):
+        raise DecodeError("datum must be an array")
+    if type_.value is None:
+        atoms = tuple(_check_atom(type_.key, a) for a in obj)
+        elems: tuple = atoms
+        keys: tuple = atoms
+    else:
+        if len(obj) % 2:
+            raise DecodeError("map datum must have an even number of elements")
+        elems = tuple((_check_atom(type_.key, obj[i]), _check_atom(type_.value, obj[i + 1]))
+                      for i in range(0, len(obj), 2))
+        keys = tuple(k for k, _ in elems)
+    if not type_.n_min <= len(elems) <= type_.n_max:
+        raise DecodeError(f"{len(elems)} elements where {type_.english()} was expected")
+    for i in range(1, len(keys)):
+        if not keys[i - 1] < keys[i]:
+            raise DecodeError("elements are not in canonical order or are duplicated")
+    return elems
+
+
+def decode_datum(type_: Type, payload: bytes) -> data.Datum:
+    return _datum_from_obj(type_, _unpack(payload))
+
+
+def encode_row(table: TableSchema, row: tuple) -> bytes:
+    """A row as a map from column name to datum (names make it robust to added columns)."""
+    return msgpack.packb({c.name: _datum_obj(c.type, row[c.index]) for c in table.ordered},
+                         use_bin_type=True, default=_default)
+
+
+def decode_row(table: TableSchema, payload: bytes) -> tuple:
+    """Columns missing from the payload get their defaults; unknown columns are an error."""
+    obj = _unpack(payload)
+    if not isinstance(obj, dict):
+        raise DecodeError("row must be a map")
+    row = list(table.default_row)
+    for name, value in obj.items():
+        col = table.columns.get(name)
+        if col is None:
+            raise DecodeError(f"no column {name!r} in table {table.name}")
+        row[col.index] = _datum_from_obj(col.type, value)
+    if len(row[0]) != 1:
+        raise DecodeError("row has no _uuid")
+    return tuple(row)

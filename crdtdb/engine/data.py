@@ -1,0 +1,338 @@
+"""Atoms and datums: OVSDB's values, their JSON wire form, constraints and canonical order.
+
+Representation (chosen for speed and memory in pure Python; the column's :class:`Type` says how to
+read it, so values carry no tags):
+
+* an atom is a Python ``int``, ``float``, ``bool``, ``str`` or, for uuids, the lowercase
+  36-character ``str`` (lexicographic order of that string is OVS's uuid order);
+* a datum is a ``tuple``: for a set (a scalar is a one-element set) the sorted, distinct atoms;
+  for a map the ``(key, value)`` pairs sorted by key.
+
+Sorting atoms with Python's ``<`` gives OVSDB's canonical order for every atomic type (strings
+compare by code point, which is UTF-8 byte order).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from crdtdb.engine import ovsjson
+from crdtdb.engine.ovsjson import Kind
+from crdtdb.engine.types import DBL_MAX, AtomicType, BaseType, Type
+from crdtdb.errors import OvsdbError
+
+Atom = Any
+Datum = tuple
+
+_HEX = "[0-9a-fA-F]"
+_UUID_RE = re.compile(f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\\Z")
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def is_uuid(s: Any) -> bool:
+    return isinstance(s, str) and _UUID_RE.match(s) is not None
+
+
+def syntax_error(json_value: Any, details: str, tag: str | None = None) -> OvsdbError:
+    """``ovsdb_syntax_error``: the offending JSON goes in the ``syntax`` member."""
+    return OvsdbError(tag or "syntax error", details, ovsjson.to_string(json_value))
+
+
+# --- named uuids --------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Symbol:
+    """A ``named-uuid`` of one transaction (``ovsdb_symbol``)."""
+
+    uuid: str
+    created: bool = False
+    strong_ref: bool = False
+    weak_ref: bool = False
+
+
+class SymbolTable:
+    """The named-uuid symbols of one transaction; a reference may come before its insert."""
+
+    def __init__(self, new_uuid: Callable[[], str]):
+        self._new_uuid = new_uuid
+        self.symbols: dict[str, Symbol] = {}
+
+    def insert(self, name: str) -> Symbol:
+        sym = self.symbols.get(name)
+        if sym is None:
+            sym = self.symbols[name] = Symbol(self._new_uuid())
+        return sym
+
+
+# --- atoms --------------------------------------------------------------------------------------
+
+def _unwrap(value: Any, name: str, kind: Kind) -> Any:
+    if (ovsjson.kind(value) is Kind.ARRAY and len(value) == 2
+            and isinstance(value[0], str) and value[0] == name
+            and ovsjson.kind(value[1]) is kind):
+        return value[1]
+    raise syntax_error(value, f'expected ["{name}", <{kind.english}>]')
+
+
+def _parse_uuid(value: Any, base: BaseType, symtab: SymbolTable | None) -> str:
+    try:
+        s = _unwrap(value, "uuid", Kind.STRING)
+    except OvsdbError as err0:
+        if symtab is not None:
+            try:
+                name = _unwrap(value, "named-uuid", Kind.STRING)
+            except OvsdbError:
+                raise err0 from None
+            if not ovsjson.is_id(name):
+                raise syntax_error(value, "named-uuid string is not a valid <id>") from None
+            sym = symtab.insert(name)
+            if base.ref_table is not None:
+                if base.is_strong_ref:
+                    sym.strong_ref = True
+                else:
+                    sym.weak_ref = True
+            return sym.uuid
+        raise
+    if not is_uuid(s):
+        raise syntax_error(value, f'"{s}" is not a valid UUID')
+    return s.lower()
+
+
+def parse_atom(base: BaseType, value: Any, symtab: SymbolTable | None = None) -> Atom:
+    """``ovsdb_atom_from_json__``: JSON to atom, without checking constraints."""
+    atype = base.type
+    k = ovsjson.kind(value)
+    if atype is AtomicType.STRING:
+        if k is Kind.STRING:
+            return value
+    elif atype is AtomicType.INTEGER:
+        if k is Kind.INTEGER:
+            return ovsjson.as_integer(value)
+    elif atype is AtomicType.REAL:
+        if k is Kind.INTEGER or (k is Kind.REAL and -DBL_MAX <= value <= DBL_MAX):
+            return float(value)
+    elif atype is AtomicType.BOOLEAN:
+        if k is Kind.TRUE or k is Kind.FALSE:
+            return value
+    else:
+        return _parse_uuid(value, base, symtab)
+    raise syntax_error(value, f"expected {atype.value}")
+
+
+def needs_quotes(s: str) -> bool:
+    """``string_needs_quotes``: whether a string atom is quoted in messages."""
+    if not s or not (s[0].isascii() and (s[0].isalpha() or s[0] == "_")):
+        return True
+    for ch in s[1:]:
+        if not (ch.isascii() and (ch.isalnum() or ch in "_-.")):
+            return True
+    return s in ("true", "false") or is_uuid(s)
+
+
+def atom_to_string(atype: AtomicType, atom: Atom) -> str:
+    """``ovsdb_atom_to_string``, the form used in error details."""
+    if atype is AtomicType.STRING:
+        return ovsjson.to_string(atom) if needs_quotes(atom) else atom
+    if atype is AtomicType.REAL:
+        return ovsjson.format_real(atom)
+    if atype is AtomicType.BOOLEAN:
+        return "true" if atom else "false"
+    return str(atom)
+
+
+def datum_to_string(type_: Type, datum: Datum) -> str:
+    """``ovsdb_datum_to_string``: ``[a, b]``, ``{k=v}``, or a bare atom for max-1 columns."""
+    if type_.value is not None:
+        kt, vt = type_.key.type, type_.value.type
+        body = ", ".join(f"{atom_to_string(kt, k)}={atom_to_string(vt, v)}" for k, v in datum)
+        return "{" + body + "}" if type_.n_max > 1 or not datum else body
+    kt = type_.key.type
+    body = ", ".join(atom_to_string(kt, a) for a in datum)
+    return "[" + body + "]" if type_.n_max > 1 or not datum else body
+
+
+def check_atom(base: BaseType, atom: Atom) -> None:
+    """``ovsdb_atom_check_constraints`` (reference targets are checked at commit)."""
+    if base.enum is not None:
+        if atom not in base.enum:
+            allowed = ", ".join(atom_to_string(base.type, a) for a in base.enum)
+            raise OvsdbError("constraint violation",
+                             f"{atom_to_string(base.type, atom)} is not one of the allowed "
+                             f"values ([{allowed}])")
+        return
+    atype = base.type
+    if atype is AtomicType.INTEGER:
+        lo, hi = base.min_integer, base.max_integer
+        if lo <= atom <= hi:
+            return
+        if lo != ovsjson.INT64_MIN:
+            if hi != ovsjson.INT64_MAX:
+                msg = f"{atom} is not in the valid range {lo} to {hi} (inclusive)"
+            else:
+                msg = f"{atom} is less than minimum allowed value {lo}"
+        else:
+            msg = f"{atom} is greater than maximum allowed value {hi}"
+        raise OvsdbError("constraint violation", msg)
+    if atype is AtomicType.REAL:
+        lo_r, hi_r = base.min_real, base.max_real
+        if lo_r <= atom <= hi_r:
+            return
+        f = ovsjson.format_real
+        if lo_r != -DBL_MAX:
+            if hi_r != DBL_MAX:
+                msg = f"{f(atom)} is not in the valid range {f(lo_r)} to {f(hi_r)} (inclusive)"
+            else:
+                msg = f"{f(atom)} is less than minimum allowed value {f(lo_r)}"
+        else:
+            msg = f"{f(atom)} is greater than maximum allowed value {f(hi_r)}"
+        raise OvsdbError("constraint violation", msg)
+    if atype is AtomicType.STRING:
+        n = len(atom)
+        if n < base.min_length:
+            raise OvsdbError("constraint violation",
+                             f'"{atom}" length {n} is less than minimum allowed length '
+                             f"{base.min_length}")
+        if n > base.max_length:
+            raise OvsdbError("constraint violation",
+                             f'"{atom}" length {n} is greater than maximum allowed length '
+                             f"{base.max_length}")
+
+
+def _has_constraints(base: BaseType) -> bool:
+    return (base.enum is not None or base.type in (AtomicType.INTEGER, AtomicType.REAL)
+            or (base.type is AtomicType.STRING and (base.min_length or base.max_length
+                                                    != 4294967295)))
+
+
+def check_datum(type_: Type, datum: Datum) -> None:
+    """``ovsdb_datum_check_constraints``: every key, then every value."""
+    if type_.value is None:
+        if _has_constraints(type_.key):
+            for a in datum:
+                check_atom(type_.key, a)
+        return
+    if _has_constraints(type_.key):
+        for k, _ in datum:
+            check_atom(type_.key, k)
+    if _has_constraints(type_.value):
+        for _, v in datum:
+            check_atom(type_.value, v)
+
+
+def atom_from_json(base: BaseType, value: Any, symtab: SymbolTable | None = None) -> Atom:
+    atom = parse_atom(base, value, symtab)
+    check_atom(base, atom)
+    return atom
+
+
+# --- datums -------------------------------------------------------------------------------------
+
+def datum_from_json(type_: Type, value: Any, symtab: SymbolTable | None = None) -> Datum:
+    """``ovsdb_datum_from_json``: parse, check constraints, sort, reject duplicates."""
+    is_map = type_.value is not None
+    if is_map or (ovsjson.kind(value) is Kind.ARRAY and value and isinstance(value[0], str)
+                  and value[0] == "set"):
+        cls = "map" if is_map else "set"
+        inner = _unwrap(value, cls, Kind.ARRAY)
+        n = len(inner)
+        if n < type_.n_min or n > type_.n_max:
+            if type_.n_min == 1 and type_.n_max == 1:
+                raise syntax_error(value, f"{cls} must have exactly one member but {n} are "
+                                          "present")
+            raise syntax_error(value, f"{cls} must have {type_.n_min} to {type_.n_max} members "
+                                      f"but {n} are present")
+        if is_map:
+            assert type_.value is not None
+            pairs = []
+            for elem in inner:
+                if ovsjson.kind(elem) is not Kind.ARRAY or len(elem) != 2:
+                    raise syntax_error(elem, "expected 2-element array")
+                k = atom_from_json(type_.key, elem[0], symtab)
+                v = atom_from_json(type_.value, elem[1], symtab)
+                pairs.append((k, v))
+            pairs.sort(key=_pair_key)
+            for i in range(1, len(pairs)):
+                if pairs[i][0] == pairs[i - 1][0]:
+                    raise OvsdbError("ovsdb error", "map contains duplicate key")
+            return tuple(pairs)
+        atoms = sorted(atom_from_json(type_.key, e, symtab) for e in inner)
+        for i in range(1, len(atoms)):
+            if atoms[i] == atoms[i - 1]:
+                raise OvsdbError("ovsdb error", "set contains duplicate")
+        return tuple(atoms)
+    return (atom_from_json(type_.key, value, symtab),)
+
+
+def _pair_key(pair: tuple) -> Any:
+    return pair[0]
+
+
+def atom_to_json(atype: AtomicType, atom: Atom) -> Any:
+    if atype is AtomicType.UUID:
+        return ["uuid", atom]
+    return atom
+
+
+def datum_to_json(type_: Type, datum: Datum) -> Any:
+    """``ovsdb_datum_to_json``: maps always wrapped, one-element sets bare."""
+    kt = type_.key.type
+    if type_.value is not None:
+        vt = type_.value.type
+        return ["map", [[atom_to_json(kt, k), atom_to_json(vt, v)] for k, v in datum]]
+    if len(datum) == 1:
+        return atom_to_json(kt, datum[0])
+    return ["set", [atom_to_json(kt, a) for a in datum]]
+
+
+def sort_datum(type_: Type, elems: Iterable) -> Datum:
+    """Canonical form of a collection that is known to be duplicate-free."""
+    if type_.value is not None:
+        return tuple(sorted(elems, key=_pair_key))
+    return tuple(sorted(elems))
+
+
+def datum_keys(type_: Type, datum: Datum) -> Iterable[Atom]:
+    return (p[0] for p in datum) if type_.value is not None else datum
+
+
+def union(type_: Type, a: Datum, b: Datum) -> Datum:
+    """``ovsdb_datum_union``: add ``b``'s elements; for maps, existing keys are kept."""
+    if type_.value is not None:
+        merged = dict(a)
+        for k, v in b:
+            merged.setdefault(k, v)
+        return tuple(sorted(merged.items(), key=_pair_key))
+    return tuple(sorted(set(a).union(b)))
+
+
+def subtract(type_: Type, a: Datum, b: Datum, b_is_map: bool) -> Datum:
+    """``ovsdb_datum_subtract``: remove ``b`` from ``a``.
+
+    For a map, ``b`` is either a set of keys (remove those keys) or a map (remove exact pairs).
+    """
+    if type_.value is not None:
+        if b_is_map:
+            drop_pairs = set(b)
+            return tuple(p for p in a if p not in drop_pairs)
+        drop_keys = set(b)
+        return tuple(p for p in a if p[0] not in drop_keys)
+    drop = set(b)
+    return tuple(x for x in a if x not in drop)
+
+
+def compare_datums(a: Datum, b: Datum) -> int:
+    """``ovsdb_datum_compare_3way``: by size first, then element-wise."""
+    if len(a) != len(b):
+        return -1 if len(a) < len(b) else 1
+    if a == b:
+        return 0
+    if a and isinstance(a[0], tuple):
+        # Maps: OVS compares the key arrays first, then the value arrays.
+        ka, kb = tuple(p[0] for p in a), tuple(p[0] for p in b)
+        if ka != kb:
+            return -1 if ka < kb else 1
+        a, b = tuple(p[1] for p in a), tuple(p[1] for p in b)
+    return -1 if a < b else 1

@@ -1,0 +1,115 @@
+"""A plain in-memory database: the engine's reference store, for tests and single-node use.
+
+It keeps the committed rows of every table plus the indexes the engine asks for (schema
+indexes and a reverse reference index), and applies each :class:`Changeset` atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from crdtdb.engine.schema import DatabaseSchema, TableSchema
+from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
+from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
+from crdtdb.errors import WouldBlock
+
+
+class MemoryDatabase:
+    """Committed state of one database, readable as a :class:`Snapshot`."""
+
+    def __init__(self, schema: DatabaseSchema, *, new_uuid: Callable[[], str] = random_uuid):
+        self.schema = schema
+        self._new_uuid = new_uuid
+        self._rows: dict[str, dict[str, Row]] = {name: {} for name in schema.tables}
+        self._indexes: dict[str, list[dict[tuple, str]]] = {
+            name: [{} for _ in t.indexes] for name, t in schema.tables.items()}
+        self._index_cols: dict[str, list[tuple[int, ...]]] = {
+            name: [tuple(t.columns[c].index for c in ix) for ix in t.indexes]
+            for name, t in schema.tables.items()}
+        #: target uuid -> (source table, source uuid) -> number of reference atoms
+        self._referrers: dict[str, dict[tuple[str, str], int]] = {}
+        self.n_commits = 0
+
+    # --- Snapshot -------------------------------------------------------------------------
+
+    def get_row(self, table: str, uuid: str) -> Row | None:
+        return self._rows[table].get(uuid)
+
+    def iter_rows(self, table: str) -> Iterator[tuple[str, Row]]:
+        return iter(list(self._rows[table].items()))
+
+    def row_count(self, table: str) -> int:
+        return len(self._rows[table])
+
+    def referrers(self, uuid: str) -> Iterable[tuple[str, str]]:
+        return tuple(self._referrers.get(uuid, ()))
+
+    def index_find(self, table: str, index: int, key: tuple) -> str | None:
+        return self._indexes[table][index].get(key)
+
+    # --- transactions ---------------------------------------------------------------------
+
+    def execute(self, operations: Sequence[Any], *, locks: LockOwnership | None = None,
+                elapsed_ms: int = 0) -> Outcome:
+        """Run a transaction and commit it if it succeeded."""
+        outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=self._new_uuid)
+        if outcome.changeset:
+            self.apply(outcome.changeset)
+        return outcome
+
+    def transact(self, operations: Sequence[Any], *,
+                 locks: LockOwnership | None = None) -> list[Any]:
+        """The result array ovsdb-server would send; raises :class:`WouldBlock` on a pending wait.
+        """
+        outcome = self.execute(operations, locks=locks)
+        if outcome.results is None:
+            raise WouldBlock(outcome.timeout_ms)
+        return outcome.results
+
+    def apply(self, changeset: Changeset) -> None:
+        """Commit a changeset computed against this database's current state."""
+        for tname, changes in changeset.tables.items():
+            table = self.schema.tables[tname]
+            rows = self._rows[tname]
+            for uuid, change in changes.items():
+                if change.old is not None:
+                    self._unindex(table, uuid, change.old)
+                if change.new is None:
+                    rows.pop(uuid, None)
+                else:
+                    rows[uuid] = change.new
+                    self._index(table, uuid, change.new)
+        self.n_commits += 1
+
+    def _index(self, table: TableSchema, uuid: str, row: Row) -> None:
+        for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],
+                            strict=True):
+            ix[tuple(row[i] for i in cols)] = uuid
+        for col in table.ref_columns:
+            for _, target in _ref_atoms(col, row[col.index], strong=True):
+                self._add_ref(target, table.name, uuid)
+            for _, target in _ref_atoms(col, row[col.index], strong=False):
+                self._add_ref(target, table.name, uuid)
+
+    def _unindex(self, table: TableSchema, uuid: str, row: Row) -> None:
+        for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],
+                            strict=True):
+            key = tuple(row[i] for i in cols)
+            if ix.get(key) == uuid:
+                del ix[key]
+        for col in table.ref_columns:
+            for strong in (True, False):
+                for _, target in _ref_atoms(col, row[col.index], strong=strong):
+                    src = self._referrers[target]
+                    k = (table.name, uuid)
+                    src[k] -= 1
+                    if not src[k]:
+                        del src[k]
+                        if not src:
+                            del self._referrers[target]
+
+    def _add_ref(self, target: str, table: str, uuid: str) -> None:
+        src = self._referrers.setdefault(target, {})
+        src[(table, uuid)] = src.get((table, uuid), 0) + 1

@@ -1,0 +1,84 @@
+"""``ovsdb_parser``: member-by-member parsing of a JSON object with OVS's error rules.
+
+The first problem wins and later ones are ignored; members nobody asked for are reported when
+the parse finishes. Error details read "Parsing <name> failed: <message>" and carry the object
+as ``syntax``, exactly as ovsdb-server words them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from crdtdb.engine import ovsjson
+from crdtdb.engine.ovsjson import Kind
+from crdtdb.errors import OvsdbError
+
+
+class Want(enum.Flag):
+    NULL = enum.auto()
+    FALSE = enum.auto()
+    TRUE = enum.auto()
+    OBJECT = enum.auto()
+    ARRAY = enum.auto()
+    INTEGER = enum.auto()
+    REAL = enum.auto()
+    STRING = enum.auto()
+    ID = enum.auto()
+    OPTIONAL = enum.auto()
+    BOOLEAN = FALSE | TRUE
+    NUMBER = INTEGER | REAL
+    ANY = NULL | FALSE | TRUE | OBJECT | ARRAY | INTEGER | REAL | STRING
+
+
+_KIND_FLAG = {
+    Kind.NULL: Want.NULL, Kind.FALSE: Want.FALSE, Kind.TRUE: Want.TRUE,
+    Kind.OBJECT: Want.OBJECT, Kind.ARRAY: Want.ARRAY, Kind.INTEGER: Want.INTEGER,
+    Kind.REAL: Want.REAL, Kind.STRING: Want.STRING,
+}
+
+_MISSING = object()
+
+
+class ObjectParser:
+    def __init__(self, value: Any, name: str):
+        self.name = name
+        self.obj: dict | None = value if isinstance(value, dict) else None
+        self.used: set[str] = set()
+        self.error: OvsdbError | None = None
+        if self.obj is None:
+            self.raise_error("Object expected.")
+
+    def raise_error(self, message: str) -> None:
+        if self.error is None:
+            syntax = ovsjson.to_string(self.obj) if self.obj is not None else None
+            self.error = OvsdbError("syntax error", f"Parsing {self.name} failed: {message}",
+                                    syntax)
+
+    def member(self, name: str, want: Want) -> Any:
+        """The member's value, or ``None`` (and maybe a recorded error) if absent or wrong."""
+        if self.obj is None:
+            return None
+        value = self.obj.get(name, _MISSING)
+        if value is _MISSING:
+            if not want & Want.OPTIONAL:
+                self.raise_error(f"Required '{name}' member is missing.")
+            return None
+        k = ovsjson.kind(value)
+        if _KIND_FLAG[k] & want or (want & Want.ID and k is Kind.STRING
+                                    and ovsjson.is_id(value)):
+            self.used.add(name)
+            return value
+        self.raise_error(f"Type mismatch for member '{name}'.")
+        return None
+
+    def finish(self) -> OvsdbError | None:
+        if self.error is None and self.obj is not None:
+            unused = [k for k in self.obj if k not in self.used]
+            if len(unused) == 1:
+                self.raise_error(f"Member '{unused[0]}' is present but not allowed here.")
+            elif unused:
+                n = len(unused) - 1
+                self.raise_error(f"Member '{unused[0]}' and {n} other member{'s' if n > 1 else ''}"
+                                 " are present but not allowed here.")
+        return self.error

@@ -1,0 +1,206 @@
+"""Database, table and column schemas (RFC 7047 section 3.2), parsed from ``.ovsschema`` JSON.
+
+Every table gets OVSDB's two implicit columns first, ``_uuid`` and ``_version``, so that a row
+can be a plain tuple indexed by :attr:`ColumnSchema.index`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdtdb.engine import ovsjson
+from crdtdb.engine.types import UNLIMITED, UUID_TYPE, Type, type_from_json
+from crdtdb.errors import SchemaError
+
+_VERSION_RE = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSchema:
+    name: str
+    type: Type
+    index: int
+    mutable: bool = True
+    ephemeral: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"type": self.type.to_json()}
+        if not self.mutable:
+            obj["mutable"] = False
+        if self.ephemeral:
+            obj["ephemeral"] = True
+        return obj
+
+
+@dataclass(slots=True)
+class TableSchema:
+    name: str
+    columns: dict[str, ColumnSchema]
+    is_root: bool = False
+    max_rows: int = UNLIMITED
+    #: Each index is a tuple of column names.
+    indexes: tuple[tuple[str, ...], ...] = ()
+    #: Columns in row-tuple order (``_uuid``, ``_version``, then the schema's own).
+    ordered: tuple[ColumnSchema, ...] = field(init=False)
+    #: Columns holding references: (column, for keys?, for values?)
+    ref_columns: tuple[ColumnSchema, ...] = field(init=False)
+    default_row: tuple = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ordered = tuple(sorted(self.columns.values(), key=lambda c: c.index))
+        self.ref_columns = tuple(
+            c for c in self.ordered[2:]
+            if c.type.key.ref_table is not None
+            or (c.type.value is not None and c.type.value.ref_table is not None))
+        self.default_row = tuple(c.type.default_datum() for c in self.ordered)
+
+    @property
+    def user_columns(self) -> tuple[ColumnSchema, ...]:
+        return self.ordered[2:]
+
+    def to_json(self, default_is_root: bool) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "columns": {c.name: c.to_json() for c in self.user_columns},
+        }
+        if self.max_rows != UNLIMITED:
+            obj["maxRows"] = self.max_rows
+        if self.is_root != default_is_root:
+            obj["isRoot"] = self.is_root
+        if self.indexes:
+            obj["indexes"] = [list(ix) for ix in self.indexes]
+        return obj
+
+
+@dataclass(slots=True)
+class DatabaseSchema:
+    name: str
+    version: str
+    tables: dict[str, TableSchema]
+    cksum: str | None = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DatabaseSchema:
+        with open(path, encoding="utf-8") as f:
+            try:
+                obj = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise SchemaError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_json(obj)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DatabaseSchema:
+        if not isinstance(obj, dict):
+            raise SchemaError("database schema: object expected")
+        _only(obj, {"name", "version", "cksum", "tables", "doc"}, "database schema", None, None)
+        name = obj.get("name")
+        if not isinstance(name, str) or not ovsjson.is_id(name):
+            raise SchemaError("database schema: 'name' must be an <id>")
+        version = obj.get("version", "")
+        if "version" in obj and (not isinstance(version, str) or not _VERSION_RE.match(version)):
+            raise SchemaError(f'schema version "{version}" not in format x.y.z')
+        cksum = obj.get("cksum")
+        if cksum is not None and not isinstance(cksum, str):
+            raise SchemaError("database schema: 'cksum' must be a string")
+        tables_json = obj.get("tables")
+        if not isinstance(tables_json, dict):
+            raise SchemaError("database schema: 'tables' must be an object")
+        tables = {tname: _table_from_json(tname, tjson) for tname, tjson in tables_json.items()}
+        if not any(t.is_root for t in tables.values()):
+            # Schemas from before "isRoot" existed: every table is a root (as OVS does).
+            for t in tables.values():
+                t.is_root = True
+        for t in tables.values():
+            for c in t.user_columns:
+                for base in (c.type.key, c.type.value):
+                    if base is not None and base.ref_table is not None \
+                            and base.ref_table not in tables:
+                        raise SchemaError(f"refTable {base.ref_table} is not a table of this "
+                                          "database", table=t.name, column=c.name)
+        return cls(name, version, tables, cksum)
+
+    def to_json(self) -> dict[str, Any]:
+        default_is_root = all(t.is_root for t in self.tables.values())
+        obj: dict[str, Any] = {"name": self.name, "version": self.version,
+                               "tables": {n: t.to_json(default_is_root)
+                                          for n, t in self.tables.items()}}
+        if self.cksum is not None:
+            obj["cksum"] = self.cksum
+        return obj
+
+
+def _only(obj: dict, allowed: set[str], what: str, table: str | None,
+          column: str | None) -> None:
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise SchemaError(f"{what}: unexpected member(s) {', '.join(map(repr, extra))}",
+                          table=table, column=column)
+
+
+def _check_name(name: str, table: str | None, column: str | None) -> None:
+    if name.startswith("_"):
+        raise SchemaError('names beginning with "_" are reserved', table=table, column=column)
+    if not ovsjson.is_id(name):
+        raise SchemaError("name must be a valid id", table=table, column=column)
+
+
+def _table_from_json(name: str, obj: Any) -> TableSchema:
+    _check_name(name, name, None)
+    if not isinstance(obj, dict):
+        raise SchemaError("table schema must be an object", table=name)
+    _only(obj, {"columns", "maxRows", "isRoot", "indexes", "mutable", "doc"}, "table schema",
+          name, None)
+    columns_json = obj.get("columns")
+    if not isinstance(columns_json, dict):
+        raise SchemaError("'columns' must be an object", table=name)
+    if not columns_json:
+        raise SchemaError("table must have at least one column", table=name)
+    max_rows = UNLIMITED
+    if "maxRows" in obj:
+        v = obj["maxRows"]
+        if ovsjson.kind(v) is not ovsjson.Kind.INTEGER or ovsjson.as_integer(v) <= 0:
+            raise SchemaError("maxRows must be at least 1", table=name)
+        max_rows = min(ovsjson.as_integer(v), UNLIMITED)
+    is_root = obj.get("isRoot", False)
+    if not isinstance(is_root, bool):
+        raise SchemaError("isRoot must be a boolean", table=name)
+    columns: dict[str, ColumnSchema] = {
+        "_uuid": ColumnSchema("_uuid", UUID_TYPE, 0, mutable=False),
+        "_version": ColumnSchema("_version", UUID_TYPE, 1, mutable=False),
+    }
+    for i, (cname, cjson) in enumerate(columns_json.items()):
+        _check_name(cname, name, cname)
+        if not isinstance(cjson, dict):
+            raise SchemaError("column schema must be an object", table=name, column=cname)
+        _only(cjson, {"type", "mutable", "ephemeral", "doc"}, "column schema", name, cname)
+        if "type" not in cjson:
+            raise SchemaError("required 'type' member is missing", table=name, column=cname)
+        ctype = type_from_json(cjson["type"], table=name, column=cname)
+        mutable = cjson.get("mutable", True)
+        ephemeral = cjson.get("ephemeral", False)
+        if not isinstance(mutable, bool) or not isinstance(ephemeral, bool):
+            raise SchemaError("'mutable' and 'ephemeral' must be booleans", table=name,
+                              column=cname)
+        columns[cname] = ColumnSchema(cname, ctype, i + 2, mutable, ephemeral)
+    indexes: list[tuple[str, ...]] = []
+    raw_indexes = obj.get("indexes", [])
+    if not isinstance(raw_indexes, list):
+        raise SchemaError("'indexes' must be an array", table=name)
+    for ix in raw_indexes:
+        if not isinstance(ix, list) or not all(isinstance(c, str) for c in ix):
+            raise SchemaError("index must be an array of column names", table=name)
+        if not ix:
+            raise SchemaError("index must have at least one column", table=name)
+        if len(set(ix)) != len(ix):
+            raise SchemaError("array of distinct column names expected", table=name)
+        for c in ix:
+            if c not in columns:
+                raise SchemaError(f"{c} is not a valid column name", table=name, column=c)
+            if columns[c].ephemeral:
+                raise SchemaError(f"ephemeral columns (such as {c}) may not be indexed",
+                                  table=name, column=c)
+        indexes.append(tuple(ix))
+    return TableSchema(name, columns, is_root, max_rows, tuple(indexes))

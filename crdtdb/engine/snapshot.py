@@ -1,0 +1,85 @@
+"""What the engine needs from a store: a read-only, consistent view of committed rows.
+
+Every backend (the in-memory store, the CRDT replica's view, a consensus plugin's cache)
+implements :class:`Snapshot`; the engine never writes to it. A transaction's effect comes back
+as a :class:`Changeset` that the backend applies (or ships) as it sees fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from crdtdb.engine.schema import DatabaseSchema
+
+#: A row is a tuple of datums in :attr:`TableSchema.ordered` column order: ``row[0]`` is
+#: ``(uuid,)`` and ``row[1]`` is ``(version,)``.
+Row = tuple
+
+
+class Snapshot(Protocol):
+    schema: DatabaseSchema
+
+    def get_row(self, table: str, uuid: str) -> Row | None: ...
+
+    def iter_rows(self, table: str) -> Iterator[tuple[str, Row]]: ...
+
+    def row_count(self, table: str) -> int: ...
+
+    def referrers(self, uuid: str) -> Iterable[tuple[str, str]]:
+        """``(table, uuid)`` of every committed row whose columns reference ``uuid``."""
+        ...
+
+    def index_find(self, table: str, index: int, key: tuple) -> str | None:
+        """The uuid of the committed row whose ``index``-th index columns equal ``key``."""
+        ...
+
+
+class LockOwnership(Protocol):
+    """Answers OVSDB ``assert``: does the client running the transaction own this lock?"""
+
+    def holds(self, lock: str) -> bool: ...
+
+
+class NoLocks:
+    def holds(self, lock: str) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """``old`` is ``None`` for an insert, ``new`` is ``None`` for a delete."""
+
+    old: Row | None
+    new: Row | None
+
+
+@dataclass(slots=True)
+class Changeset:
+    """The rows a committed transaction changed, by table then uuid."""
+
+    tables: dict[str, dict[str, RowChange]] = field(default_factory=dict)
+    comment: str | None = None
+    durable: bool = False
+
+    def __bool__(self) -> bool:
+        return any(self.tables.values())
+
+    def n_rows(self) -> int:
+        return sum(len(rows) for rows in self.tables.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSet:
+    """What a transaction read, for a linearizable backend's compare-and-swap.
+
+    ``tables`` were scanned (a predicate read: any change in them conflicts); ``rows`` were
+    looked up by uuid.
+    """
+
+    tables: frozenset[str] = frozenset()
+    rows: frozenset[tuple[str, str]] = frozenset()
+
+
+EMPTY_ROWS: Mapping[str, RowChange] = {}
