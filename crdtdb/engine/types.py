@@ -160,9 +160,10 @@ class Type:
         return ((self.key.type.default_atom(), self.value.type.default_atom()),)
 
     def to_json(self) -> Any:
-        if self.is_scalar:
-            return self.key.to_json()
-        obj: dict[str, Any] = {"key": self.key.to_json()}
+        key = self.key.to_json()
+        if self.is_scalar and isinstance(key, str):
+            return key
+        obj: dict[str, Any] = {"key": key}
         if self.value is not None:
             obj["value"] = self.value.to_json()
         if self.n_min != 1:
