@@ -11,6 +11,7 @@ import enum
 from typing import Any
 
 from crdtdb.engine import ovsjson
+from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.ovsjson import Kind
 from crdtdb.errors import OvsdbError
 
@@ -74,7 +75,7 @@ class ObjectParser:
 
     def finish(self) -> OvsdbError | None:
         if self.error is None and self.obj is not None:
-            unused = [k for k in self.obj if k not in self.used]
+            unused = [k for k in shash_order(self.obj) if k not in self.used]
             if len(unused) == 1:
                 self.raise_error(f"Member '{unused[0]}' is present but not allowed here.")
             elif unused:

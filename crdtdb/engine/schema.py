@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtdb.engine import ovsjson
+from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.types import UNLIMITED, UUID_TYPE, Type, type_from_json
 from crdtdb.errors import SchemaError
 
@@ -46,14 +47,21 @@ class TableSchema:
     indexes: tuple[tuple[str, ...], ...] = ()
     #: Columns in row-tuple order (``_uuid``, ``_version``, then the schema's own).
     ordered: tuple[ColumnSchema, ...] = field(init=False)
-    #: Columns holding references: (column, for keys?, for values?)
+    #: Columns in the order ovsdb-server walks them (its hash-table order); where it reports
+    #: only the first problem found, so does the engine.
+    ovs_ordered: tuple[ColumnSchema, ...] = field(init=False)
+    #: Columns holding references, in ``ovs_ordered`` order.
     ref_columns: tuple[ColumnSchema, ...] = field(init=False)
     default_row: tuple = field(init=False)
 
     def __post_init__(self) -> None:
         self.ordered = tuple(sorted(self.columns.values(), key=lambda c: c.index))
+        # ovsdb-server adds _uuid and _version, then the schema's columns in the order it walks
+        # the schema's "columns" JSON object (itself a hash table filled in text order).
+        names = ("_uuid", "_version", *shash_order(c.name for c in self.ordered[2:]))
+        self.ovs_ordered = tuple(self.columns[n] for n in shash_order(names))
         self.ref_columns = tuple(
-            c for c in self.ordered[2:]
+            c for c in self.ovs_ordered
             if c.type.key.ref_table is not None
             or (c.type.value is not None and c.type.value.ref_table is not None))
         self.default_row = tuple(c.type.default_datum() for c in self.ordered)

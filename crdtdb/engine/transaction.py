@@ -21,6 +21,7 @@ from typing import Any
 from crdtdb.engine import data
 from crdtdb.engine.condition import Condition, condition_from_json
 from crdtdb.engine.mutation import Mutation, mutations_from_json
+from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.ovsjson import Kind, kind
 from crdtdb.engine.parser import ObjectParser, Want
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
@@ -267,7 +268,8 @@ class _Executor:
                   columns: list[ColumnSchema] | None = None) -> list:
         """``ovsdb_row_from_json`` onto a default row."""
         row = list(table.default_row)
-        for name, v in value.items():
+        for name in shash_order(value):
+            v = value[name]
             col = table.columns.get(name)
             if col is None:
                 raise data.syntax_error(value, f"No column {name} in table {table.name}.",
@@ -329,9 +331,9 @@ class _Executor:
         row = self.parse_row(table, row_json)
         # Defaults may violate constraints (an enum without "" in it, say); ovsdb-server checks
         # every single-element column, which covers them.
-        for col in table.user_columns:
+        for col in table.ovs_ordered:
             d = row[col.index]
-            if len(d) == 1:
+            if len(d) == 1 and col.index > 1:
                 data.check_datum(col.type, d)
         row[0] = (row_uuid,)
         row[1] = (self.txn.new_uuid(),)
@@ -728,13 +730,13 @@ def _check_index_uniqueness(txn: _Transaction) -> None:
         table = txn.schema.tables[tname]
         if not table.indexes:
             continue
-        for n, index in enumerate(table.indexes):
-            pending: dict[tuple, _TxnRow] = {}
-            for tr in trows.values():
-                if tr.new is None:
-                    continue
+        pending: list[dict[tuple, _TxnRow]] = [{} for _ in table.indexes]
+        for tr in trows.values():
+            if tr.new is None:
+                continue
+            for n, index in enumerate(table.indexes):
                 key = _index_key(table, index, tr.new)
-                other = pending.get(key)
+                other = pending[n].get(key)
                 if other is not None:
                     raise _duplicate_index_error(txn, table, index, other.uuid, other.new,
                                                  tr.uuid, tr.new)
@@ -744,7 +746,7 @@ def _check_index_uniqueness(txn: _Transaction) -> None:
                     assert row is not None
                     raise _duplicate_index_error(txn, table, index, committed, row,
                                                  tr.uuid, tr.new)
-                pending[key] = tr
+                pending[n][key] = tr
 
 
 def _describe_index_row(txn: _Transaction, table: TableSchema, index: tuple[str, ...],
@@ -786,9 +788,8 @@ def _columns_to_string(table: TableSchema, index: tuple[str, ...], row: Sequence
 
 def _duplicate_index_error(txn: _Transaction, table: TableSchema, index: tuple[str, ...],
                            a_uuid: str, a: Sequence, b_uuid: str, b: Sequence) -> OvsdbError:
-    # ovsdb-server orders the pair by comparing all columns in its hash-table order; we compare
-    # in schema order, which is deterministic but may name the rows the other way round.
-    for col in table.ordered:
+    # Like ovsdb-server: "First" is the greater row, comparing all columns in its order.
+    for col in table.ovs_ordered:
         c = data.compare_datums(a[col.index], b[col.index])
         if c:
             if c < 0:
