@@ -61,7 +61,8 @@ def _int_op(m: Mutator, x: int, y: int) -> int:
             overflow = x != 0 and y != 0 and y < _c_div(INT64_MAX, y)
         if overflow:
             raise _Range
-        return x * y
+        # What the check lets through still wraps around like C (negative times negative).
+        return (x * y + 2**63) % 2**64 - 2**63
     else:
         if y == 0:
             raise _Domain
