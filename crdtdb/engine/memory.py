@@ -27,8 +27,10 @@ class MemoryDatabase:
         self._index_cols: dict[str, list[tuple[int, ...]]] = {
             name: [tuple(t.columns[c].index for c in ix) for ix in t.indexes]
             for name, t in schema.tables.items()}
-        #: target uuid -> (source table, source uuid) -> number of reference atoms
-        self._referrers: dict[str, dict[tuple[str, str], int]] = {}
+        #: (table, uuid) -> strong reference atoms pointing at that row from other rows
+        self._strong: dict[tuple[str, str], int] = {}
+        #: (table, uuid) -> (source table, source uuid) -> weak reference atoms
+        self._weak: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
         self.n_commits = 0
 
     # --- Snapshot -------------------------------------------------------------------------
@@ -42,8 +44,11 @@ class MemoryDatabase:
     def row_count(self, table: str) -> int:
         return len(self._rows[table])
 
-    def referrers(self, uuid: str) -> Iterable[tuple[str, str]]:
-        return tuple(self._referrers.get(uuid, ()))
+    def ref_count(self, table: str, uuid: str) -> int:
+        return self._strong.get((table, uuid), 0)
+
+    def weak_referrers(self, table: str, uuid: str) -> Iterable[tuple[str, str]]:
+        return tuple(self._weak.get((table, uuid), ()))
 
     def index_find(self, table: str, index: int, key: tuple) -> str | None:
         return self._indexes[table][index].get(key)
@@ -87,11 +92,7 @@ class MemoryDatabase:
         for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],
                             strict=True):
             ix[tuple(row[i] for i in cols)] = uuid
-        for col in table.ref_columns:
-            for _, target in _ref_atoms(col, row[col.index], strong=True):
-                self._add_ref(target, table.name, uuid)
-            for _, target in _ref_atoms(col, row[col.index], strong=False):
-                self._add_ref(target, table.name, uuid)
+        self._count_refs(table, uuid, row, 1)
 
     def _unindex(self, table: TableSchema, uuid: str, row: Row) -> None:
         for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],
@@ -99,17 +100,31 @@ class MemoryDatabase:
             key = tuple(row[i] for i in cols)
             if ix.get(key) == uuid:
                 del ix[key]
-        for col in table.ref_columns:
-            for strong in (True, False):
-                for _, target in _ref_atoms(col, row[col.index], strong=strong):
-                    src = self._referrers[target]
-                    k = (table.name, uuid)
-                    src[k] -= 1
-                    if not src[k]:
-                        del src[k]
-                        if not src:
-                            del self._referrers[target]
+        self._count_refs(table, uuid, row, -1)
 
-    def _add_ref(self, target: str, table: str, uuid: str) -> None:
-        src = self._referrers.setdefault(target, {})
-        src[(table, uuid)] = src.get((table, uuid), 0) + 1
+    def _count_refs(self, table: TableSchema, uuid: str, row: Row, delta: int) -> None:
+        strong, weak = self._strong, self._weak
+        src = (table.name, uuid)
+        for col in table.ref_columns:
+            datum = row[col.index]
+            if not datum:
+                continue
+            for target_table, target in _ref_atoms(col, datum, strong=True):
+                if target == uuid:
+                    continue  # self-references don't count
+                key = (target_table, target)
+                n = strong.get(key, 0) + delta
+                if n:
+                    strong[key] = n
+                else:
+                    del strong[key]
+            for target_table, target in _ref_atoms(col, datum, strong=False):
+                key = (target_table, target)
+                refs = weak.setdefault(key, {})
+                n = refs.get(src, 0) + delta
+                if n:
+                    refs[src] = n
+                else:
+                    del refs[src]
+                    if not refs:
+                        del weak[key]

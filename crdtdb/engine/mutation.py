@@ -15,7 +15,7 @@ from typing import Any
 from crdtdb.engine import data, ovsjson
 from crdtdb.engine.ovsjson import INT64_MAX, INT64_MIN
 from crdtdb.engine.schema import ColumnSchema, TableSchema
-from crdtdb.engine.types import UNLIMITED, AtomicType, Type
+from crdtdb.engine.types import UNLIMITED, AtomicType
 from crdtdb.errors import OvsdbError
 
 
@@ -156,7 +156,7 @@ def mutation_from_json(table: TableSchema, value: Any,
         if (ctype.is_map or ctype.key.type not in (AtomicType.INTEGER, AtomicType.REAL)
                 or (m is Mutator.MOD and ctype.key.type is AtomicType.REAL)):
             raise _type_mismatch(value, m, column)
-        arg_type = Type(ctype.key.unconstrained(), None, 1, 1)
+        arg_type = ctype.scalar_argument()
         return Mutation(column, m, data.datum_from_json(arg_type, value[2], symtab), False)
     if ctype.is_scalar:
         raise _type_mismatch(value, m, column)
@@ -166,8 +166,7 @@ def mutation_from_json(table: TableSchema, value: Any,
     except OvsdbError:
         if not (ctype.is_map and m is Mutator.DELETE):
             raise
-    keys_type = Type(ctype.key, None, 0, UNLIMITED)
-    return Mutation(column, m, data.datum_from_json(keys_type, value[2], symtab), False)
+    return Mutation(column, m, data.datum_from_json(ctype.keys_only(), value[2], symtab), False)
 
 
 def mutations_from_json(table: TableSchema, value: Sequence[Any],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from typing import Any
 
 INT64_MIN = -(2**63)
@@ -109,11 +110,9 @@ def to_string(value: Any) -> str:
     return "{" + ",".join(f"{_string(k_)}:{to_string(v)}" for k_, v in items) + "}"
 
 
+_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
 def is_id(s: str) -> bool:
     """OVSDB's <id>: ASCII letter or underscore, then letters, digits, underscores."""
-    if not s:
-        return False
-    c = s[0]
-    if not (c.isascii() and (c.isalpha() or c == "_")):
-        return False
-    return all(ch.isascii() and (ch.isalnum() or ch == "_") for ch in s[1:])
+    return _ID_RE.match(s) is not None

@@ -7,7 +7,6 @@ as ``syntax``, exactly as ovsdb-server words them.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from crdtdb.engine import ovsjson
@@ -15,28 +14,15 @@ from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.ovsjson import Kind
 from crdtdb.errors import OvsdbError
 
-
-class Want(enum.Flag):
-    NULL = enum.auto()
-    FALSE = enum.auto()
-    TRUE = enum.auto()
-    OBJECT = enum.auto()
-    ARRAY = enum.auto()
-    INTEGER = enum.auto()
-    REAL = enum.auto()
-    STRING = enum.auto()
-    ID = enum.auto()
-    OPTIONAL = enum.auto()
-    BOOLEAN = FALSE | TRUE
-    NUMBER = INTEGER | REAL
-    ANY = NULL | FALSE | TRUE | OBJECT | ARRAY | INTEGER | REAL | STRING
-
-
-_KIND_FLAG = {
-    Kind.NULL: Want.NULL, Kind.FALSE: Want.FALSE, Kind.TRUE: Want.TRUE,
-    Kind.OBJECT: Want.OBJECT, Kind.ARRAY: Want.ARRAY, Kind.INTEGER: Want.INTEGER,
-    Kind.REAL: Want.REAL, Kind.STRING: Want.STRING,
-}
+#: Sets of acceptable JSON kinds for :meth:`ObjectParser.member`.
+OBJECT = frozenset({Kind.OBJECT})
+ARRAY = frozenset({Kind.ARRAY})
+STRING = frozenset({Kind.STRING})
+INTEGER = frozenset({Kind.INTEGER})
+NUMBER = frozenset({Kind.INTEGER, Kind.REAL})
+BOOLEAN = frozenset({Kind.TRUE, Kind.FALSE})
+#: A string that is an OVSDB <id>.
+ID = frozenset()
 
 _MISSING = object()
 
@@ -56,25 +42,30 @@ class ObjectParser:
             self.error = OvsdbError("syntax error", f"Parsing {self.name} failed: {message}",
                                     syntax)
 
-    def member(self, name: str, want: Want) -> Any:
-        """The member's value, or ``None`` (and maybe a recorded error) if absent or wrong."""
+    def member(self, name: str, kinds: frozenset[Kind], optional: bool = False) -> Any:
+        """The member's value, or ``None`` (and maybe a recorded error) if absent or wrong.
+
+        ``kinds`` is one of this module's constants; :data:`ID` asks for an <id> string.
+        """
         if self.obj is None:
             return None
         value = self.obj.get(name, _MISSING)
         if value is _MISSING:
-            if not want & Want.OPTIONAL:
+            if not optional:
                 self.raise_error(f"Required '{name}' member is missing.")
             return None
-        k = ovsjson.kind(value)
-        if _KIND_FLAG[k] & want or (want & Want.ID and k is Kind.STRING
-                                    and ovsjson.is_id(value)):
+        if kinds is ID:
+            ok = type(value) is str and ovsjson.is_id(value)
+        else:
+            ok = ovsjson.kind(value) in kinds
+        if ok:
             self.used.add(name)
             return value
         self.raise_error(f"Type mismatch for member '{name}'.")
         return None
 
     def finish(self) -> OvsdbError | None:
-        if self.error is None and self.obj is not None:
+        if self.error is None and self.obj is not None and len(self.obj) != len(self.used):
             unused = [k for k in shash_order(self.obj) if k not in self.used]
             if len(unused) == 1:
                 self.raise_error(f"Member '{unused[0]}' is present but not allowed here.")

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from crdtdb.engine import ovsjson
+from crdtdb.engine.data import check_datum
 from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.types import UNLIMITED, UUID_TYPE, Type, type_from_json
-from crdtdb.errors import SchemaError
+from crdtdb.errors import OvsdbError, SchemaError
 
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\Z")
 
@@ -53,6 +54,9 @@ class TableSchema:
     #: Columns holding references, in ``ovs_ordered`` order.
     ref_columns: tuple[ColumnSchema, ...] = field(init=False)
     default_row: tuple = field(init=False)
+    #: Columns whose default value breaks their own constraints, with that error, in
+    #: ``ovs_ordered`` order: inserting a row without them fails.
+    bad_defaults: tuple[tuple[ColumnSchema, OvsdbError], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ordered = tuple(sorted(self.columns.values(), key=lambda c: c.index))
@@ -65,6 +69,15 @@ class TableSchema:
             if c.type.key.ref_table is not None
             or (c.type.value is not None and c.type.value.ref_table is not None))
         self.default_row = tuple(c.type.default_datum() for c in self.ordered)
+        bad = []
+        for c in self.ovs_ordered:
+            default = self.default_row[c.index]
+            if c.index > 1 and len(default) == 1:
+                try:
+                    check_datum(c.type, default)
+                except OvsdbError as exc:
+                    bad.append((c, exc))
+        self.bad_defaults = tuple(bad)
 
     @property
     def user_columns(self) -> tuple[ColumnSchema, ...]:

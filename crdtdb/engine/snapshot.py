@@ -27,8 +27,16 @@ class Snapshot(Protocol):
 
     def row_count(self, table: str) -> int: ...
 
-    def referrers(self, uuid: str) -> Iterable[tuple[str, str]]:
-        """``(table, uuid)`` of every committed row whose columns reference ``uuid``."""
+    def ref_count(self, table: str, uuid: str) -> int:
+        """Strong references from committed rows to row ``uuid`` of ``table`` (``n_refs``).
+
+        Every reference atom counts (a row referencing it from two columns counts twice);
+        a row's references to itself do not.
+        """
+        ...
+
+    def weak_referrers(self, table: str, uuid: str) -> Iterable[tuple[str, str]]:
+        """``(table, uuid)`` of the committed rows holding weak references to this row."""
         ...
 
     def index_find(self, table: str, index: int, key: tuple) -> str | None:

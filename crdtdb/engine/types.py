@@ -117,6 +117,9 @@ class Type:
     is_map: bool = field(init=False, compare=False)
     is_scalar: bool = field(init=False, compare=False)
     is_optional_scalar: bool = field(init=False, compare=False)
+    #: Fast JSON parser for this type, built on first use by ``data.datum_from_json``.
+    fast_parser: Any = field(init=False, compare=False, repr=False, default=None)
+    _variants: dict = field(init=False, compare=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_map", self.value is not None)
@@ -130,9 +133,29 @@ class Type:
         return self.value is None and not self.is_scalar
 
     def with_n(self, n_min: int | None = None, n_max: int | None = None) -> Type:
-        return Type(self.key, self.value,
-                    self.n_min if n_min is None else n_min,
-                    self.n_max if n_max is None else n_max)
+        """This type with other size limits (cached: conditions and mutations ask often)."""
+        n_min = self.n_min if n_min is None else n_min
+        n_max = self.n_max if n_max is None else n_max
+        if n_min == self.n_min and n_max == self.n_max:
+            return self
+        t = self._variants.get((n_min, n_max))
+        if t is None:
+            t = self._variants[(n_min, n_max)] = Type(self.key, self.value, n_min, n_max)
+        return t
+
+    def scalar_argument(self) -> Type:
+        """The type of an arithmetic mutator's argument: one key atom, constraints cleared."""
+        t = self._variants.get("scalar")
+        if t is None:
+            t = self._variants["scalar"] = Type(self.key.unconstrained())
+        return t
+
+    def keys_only(self) -> Type:
+        """A set of this map's keys, any size (a map ``delete`` by keys)."""
+        t = self._variants.get("keys")
+        if t is None:
+            t = self._variants["keys"] = Type(self.key, None, 0, UNLIMITED)
+        return t
 
     def english(self) -> str:
         """``ovsdb_type_to_english``: "string", "set of 1 or more uuids", "map of (string, ...)"."""
