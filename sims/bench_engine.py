@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import select
 import socket
 import subprocess
 import sys
@@ -120,32 +121,42 @@ class ServerSide:
         return _check(self.client.transact(DB, ops))
 
     def run_all(self, txns: list[list[Any]]) -> None:
-        """Keep up to PIPELINE_WINDOW requests in flight on a second connection."""
+        """Keep up to PIPELINE_WINDOW requests in flight on a second connection.
+
+        Reads and writes are multiplexed with select(): with large transactions in flight,
+        blocking on a send while the server blocks on its replies would deadlock.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(120)
         sock.connect(str(self.server.sock_path))
+        sock.setblocking(False)
         decoder = json.JSONDecoder()
-        buf = ""
+        inbuf = ""
+        out = b""
         sent = done = 0
+        deadline = time.monotonic() + 600
         try:
             while done < len(txns):
-                burst = []
                 while sent < len(txns) and sent - done < PIPELINE_WINDOW:
-                    burst.append(json.dumps({"method": "transact", "params": [DB, *txns[sent]],
-                                             "id": sent}))
+                    out += json.dumps({"method": "transact", "params": [DB, *txns[sent]],
+                                       "id": sent}).encode()
                     sent += 1
-                if burst:
-                    sock.sendall("".join(burst).encode())
+                readable, writable, _ = select.select([sock], [sock] if out else [], [], 5)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("pipelined run did not finish in 600 s")
+                if writable:
+                    out = out[sock.send(out):]
+                if not readable:
+                    continue
                 chunk = sock.recv(1 << 20)
                 if not chunk:
                     raise RuntimeError("ovsdb-server closed the connection")
-                buf += chunk.decode()
-                while buf:
+                inbuf += chunk.decode()
+                while inbuf:
                     try:
-                        msg, end = decoder.raw_decode(buf)
+                        msg, end = decoder.raw_decode(inbuf)
                     except ValueError:
                         break
-                    buf = buf[end:].lstrip()
+                    inbuf = inbuf[end:].lstrip()
                     if msg.get("method") == "echo":
                         continue
                     if msg.get("error") is not None:

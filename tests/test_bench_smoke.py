@@ -1,0 +1,22 @@
+"""A short run of each benchmark, so CI notices when one breaks (timings are not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+from support import require_binaries
+
+from crdtdb.testing.ovsdb_server import find_sb_schema
+
+
+@pytest.mark.ovsdb_server
+def test_bench_engine_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    require_binaries()
+    if find_sb_schema() is None:
+        pytest.skip("ovn-common not installed")
+    from sims import bench_engine
+
+    assert bench_engine.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for line in ("single-row insert", "single-row update", "single-row mutate", "bulk load",
+                 "memory for"):
+        assert line in out
