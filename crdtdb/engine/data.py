@@ -230,11 +230,12 @@ def atom_from_json(base: BaseType, value: Any, symtab: SymbolTable | None = None
 
 # --- datums -------------------------------------------------------------------------------------
 
-_SLOW = object()
+#: Returned by fast parsers: "not a plain valid value, take the full path".
+SLOW = object()
 
 
 def _fast_atom_parser(base: BaseType) -> Callable[[Any], Any]:
-    """A parser for the common, valid case of an atom; ``_SLOW`` means "use the full path".
+    """A parser for the common, valid case of an atom; ``SLOW`` means "use the full path".
 
     It accepts only values that are unambiguously valid (exact Python type, within
     constraints), so every error, and every odd spelling (``1.0`` for an integer, a
@@ -244,35 +245,35 @@ def _fast_atom_parser(base: BaseType) -> Callable[[Any], Any]:
     if t is AtomicType.STRING:
         if base.enum is not None:
             allowed = frozenset(base.enum)
-            return lambda v: v if type(v) is str and v in allowed else _SLOW
+            return lambda v: v if type(v) is str and v in allowed else SLOW
         if base.min_length or base.max_length != 4294967295:
             lo, hi = base.min_length, base.max_length
-            return lambda v: v if type(v) is str and lo <= len(v) <= hi else _SLOW
-        return lambda v: v if type(v) is str else _SLOW
+            return lambda v: v if type(v) is str and lo <= len(v) <= hi else SLOW
+        return lambda v: v if type(v) is str else SLOW
     if t is AtomicType.INTEGER:
         if base.enum is not None:
             allowed_i = frozenset(base.enum)
-            return lambda v: v if type(v) is int and v in allowed_i else _SLOW
+            return lambda v: v if type(v) is int and v in allowed_i else SLOW
         lo_i, hi_i = base.min_integer, base.max_integer
-        return lambda v: v if type(v) is int and lo_i <= v <= hi_i else _SLOW
+        return lambda v: v if type(v) is int and lo_i <= v <= hi_i else SLOW
     if t is AtomicType.REAL:
         if base.enum is not None:
-            return lambda v: _SLOW
+            return lambda v: SLOW
         lo_r, hi_r = base.min_real, base.max_real
-        return lambda v: v if type(v) is float and lo_r <= v <= hi_r else _SLOW
+        return lambda v: v if type(v) is float and lo_r <= v <= hi_r else SLOW
     if t is AtomicType.BOOLEAN:
         if base.enum is not None:
-            return lambda v: _SLOW
-        return lambda v: v if v is True or v is False else _SLOW
+            return lambda v: SLOW
+        return lambda v: v if v is True or v is False else SLOW
     if base.enum is not None:
-        return lambda v: _SLOW
+        return lambda v: SLOW
     match = _UUID_RE.match
 
     def fast_uuid(v: Any) -> Any:
         if (type(v) is list and len(v) == 2 and v[0] == "uuid" and type(v[1]) is str
                 and match(v[1])):
             return v[1].lower()
-        return _SLOW
+        return SLOW
     return fast_uuid
 
 
@@ -283,53 +284,58 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
         def fast_set(v: Any) -> Any:
             if type(v) is list and v and v[0] == "set":
                 if len(v) != 2 or type(v[1]) is not list:
-                    return _SLOW
+                    return SLOW
                 inner = v[1]
                 if not n_min <= len(inner) <= n_max:
-                    return _SLOW
+                    return SLOW
                 atoms = [key(e) for e in inner]
-                if _SLOW in atoms:
-                    return _SLOW
+                if SLOW in atoms:
+                    return SLOW
                 atoms.sort()
                 for i in range(1, len(atoms)):
                     if atoms[i] == atoms[i - 1]:
-                        return _SLOW
+                        return SLOW
                 return tuple(atoms)
             a = key(v)
-            return _SLOW if a is _SLOW else (a,)
+            return SLOW if a is SLOW else (a,)
         return fast_set
     val = _fast_atom_parser(type_.value)
 
     def fast_map(v: Any) -> Any:
         if not (type(v) is list and len(v) == 2 and v[0] == "map" and type(v[1]) is list):
-            return _SLOW
+            return SLOW
         inner = v[1]
         if not n_min <= len(inner) <= n_max:
-            return _SLOW
+            return SLOW
         pairs = []
         for e in inner:
             if type(e) is not list or len(e) != 2:
-                return _SLOW
+                return SLOW
             k, x = key(e[0]), val(e[1])
-            if k is _SLOW or x is _SLOW:
-                return _SLOW
+            if k is SLOW or x is SLOW:
+                return SLOW
             pairs.append((k, x))
         pairs.sort(key=_pair_key)
         for i in range(1, len(pairs)):
             if pairs[i][0] == pairs[i - 1][0]:
-                return _SLOW
+                return SLOW
         return tuple(pairs)
     return fast_map
 
 
-def datum_from_json(type_: Type, value: Any, symtab: SymbolTable | None = None) -> Datum:
-    """``ovsdb_datum_from_json``: parse, check constraints, sort, reject duplicates."""
+def fast_parser(type_: Type) -> Callable[[Any], Any]:
+    """``type_``'s fast parser: a datum for plain valid JSON, else :data:`SLOW`."""
     fast = type_.fast_parser
     if fast is None:
         fast = _fast_datum_parser(type_)
         object.__setattr__(type_, "fast_parser", fast)
-    datum = fast(value)
-    if datum is not _SLOW:
+    return fast
+
+
+def datum_from_json(type_: Type, value: Any, symtab: SymbolTable | None = None) -> Datum:
+    """``ovsdb_datum_from_json``: parse, check constraints, sort, reject duplicates."""
+    datum = fast_parser(type_)(value)
+    if datum is not SLOW:
         return datum
     return _datum_from_json(type_, value, symtab)
 

@@ -113,6 +113,14 @@ def to_string(value: Any) -> str:
 _ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+_ID_CACHE: dict[str, bool] = {}
+
+
 def is_id(s: str) -> bool:
     """OVSDB's <id>: ASCII letter or underscore, then letters, digits, underscores."""
-    return _ID_RE.match(s) is not None
+    known = _ID_CACHE.get(s)
+    if known is None:
+        known = _ID_RE.match(s) is not None
+        if len(_ID_CACHE) < 10_000:  # op, table and uuid-name strings repeat; bound the memo
+            _ID_CACHE[s] = known
+    return known

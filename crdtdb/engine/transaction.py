@@ -247,6 +247,22 @@ class _Executor:
                   columns: list[ColumnSchema] | None = None) -> list:
         """``ovsdb_row_from_json`` onto a default row."""
         row = list(table.default_row)
+        # Fast path: every value valid and plain. Then the order of the walk cannot matter.
+        cols = table.columns
+        for name, v in value.items():
+            col = cols.get(name)
+            if col is None:
+                break
+            d = data.fast_parser(col.type)(v)
+            if d is data.SLOW:
+                break
+            row[col.index] = d
+        else:
+            if columns is not None:
+                columns.extend(cols[name] for name in shash_order(value))
+            return row
+        # The full path, in ovsdb-server's order, so the same problem is reported first.
+        row = list(table.default_row)
         for name in shash_order(value):
             v = value[name]
             col = table.columns.get(name)
