@@ -104,6 +104,60 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    import trio
+
+    from crdtdb.ovsdb.server import Limits, Remote, SslFiles, open_ovsdb_server
+
+    remotes = [Remote.parse(r) for r in (args.remote or ["punix:db.sock"])]
+    ssl_args = (args.private_key, args.certificate, args.ca_cert)
+    ssl_files = SslFiles(*ssl_args) if all(ssl_args) else None
+    if any(r.kind == "pssl" for r in remotes) and ssl_files is None:
+        log.error("pssl remotes need --private-key, --certificate and --ca-cert")
+        return 2
+    schemas = [DatabaseSchema.from_file(p) for p in args.schemas]
+    names = [s.name for s in schemas]
+    if len(set(names)) != len(names):
+        log.error("two schemas name the same database: %s", ", ".join(names))
+        return 2
+    databases: dict[str, Any] = {}
+    if args.data_dir:
+        from crdtdb.storage.durable import DurableDatabase
+
+        for schema in schemas:
+            t0 = time.perf_counter()
+            db = DurableDatabase.open(Path(args.data_dir) / schema.name, schema)
+            rows = sum(db.row_count(t) for t in schema.tables)
+            log.info("%s: loaded %d rows from %s in %.2f s", schema.name, rows,
+                     Path(args.data_dir) / schema.name, time.perf_counter() - t0)
+            databases[schema.name] = db
+    else:
+        log.warning("no --data-dir: databases are in memory only and lost on exit")
+        databases = {schema.name: MemoryDatabase(schema) for schema in schemas}
+    limits = Limits(probe_interval_s=args.probe_interval)
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_ovsdb_server(databases, remotes, ssl_files=ssl_files,
+                                         limits=limits) as server:
+                addresses = [server.address_of(lst, r)
+                             for lst, r in zip(server.listeners, remotes, strict=True)]
+                log.info("serving %s on %s", ", ".join(databases), ", ".join(addresses))
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    break
+    try:
+        trio.run(run)
+    finally:
+        for db in databases.values():
+            close = getattr(db, "close", None)
+            if close is not None:
+                close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crdtdb",
@@ -124,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="JSON file of one transaction or a list of them; - for stdin")
     p.set_defaults(func=cmd_transact)
+
+    p = sub.add_parser(
+        "serve", help="serve databases to OVSDB clients over JSON-RPC",
+        description="Serve each SCHEMA's database to unmodified OVSDB clients (ovn-nbctl, "
+                    "ovn-sbctl, ovn-northd, ovsdb-client, the ovs IDL), as ovsdb-server does.")
+    p.add_argument("--remote", action="append", metavar="REMOTE",
+                   help="punix:PATH, ptcp:PORT[:IP] or pssl:PORT[:IP] (repeatable; default "
+                        "punix:db.sock)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="keep committed data here, one subdirectory per database; without it "
+                        "everything is lost on exit")
+    p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
+    p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
+    p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")
+    p.add_argument("--probe-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="tcp/ssl: echo-probe idle clients after this long, drop them after "
+                        "twice as long (0: never)")
+    p.add_argument("schemas", nargs="+", metavar="SCHEMA", help=".ovsschema file")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("schema", help="check .ovsschema files",
                        description="Parse and validate schemas; print a summary of each.")

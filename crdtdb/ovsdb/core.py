@@ -1,0 +1,397 @@
+"""The OVSDB server's protocol logic, without I/O: sessions, methods, monitors, locks, waits.
+
+:class:`ServerCore` takes decoded JSON-RPC events from a session and queues the messages to send
+back (replies and notifications, possibly to other sessions) in each session's outbox; the I/O
+layer (:mod:`crdtdb.ovsdb.server`) only moves bytes and time. Method by method it follows
+ovsdb-server's ``ovsdb/jsonrpc-server.c``: same results, same error objects.
+
+Ordering guarantees clients rely on:
+- the monitor updates caused by a transaction are queued before that transaction's reply;
+- a ``wait`` that cannot be satisfied yet is retried after every commit to its database and
+  when its timeout expires (:meth:`ServerCore.run_timers`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import uuid as uuidlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
+
+from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
+from crdtdb.engine import data as D
+from crdtdb.engine.ovshash import shash_order
+from crdtdb.engine.ovsjson import is_id
+from crdtdb.engine.snapshot import Changeset, RowChange, Snapshot
+from crdtdb.errors import OvsdbError
+from crdtdb.ovsdb.locks import LockMode, LockTable
+from crdtdb.ovsdb.monitor import Monitor, Version, monitor_key
+
+log = logging.getLogger(__name__)
+
+SERVER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "_server.ovsschema"
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+_MONITOR_METHODS = {"monitor": Version.V1, "monitor_cond": Version.V2,
+                    "monitor_cond_since": Version.V3}
+_UPDATE_METHOD = {Version.V1: "update", Version.V2: "update2", Version.V3: "update3"}
+
+Event = Request | Notification | Reply | ErrorReply
+
+
+class Database(Snapshot, Protocol):
+    """A store the server can serve: a snapshot that also runs and commits transactions."""
+
+    def execute(self, operations: list[Any], *, locks: Any = None,
+                elapsed_ms: int = 0) -> Outcome: ...
+
+
+@dataclass(eq=False)
+class _Trigger:
+    request: Request
+    db_name: str
+    created_ms: int
+    #: Absolute deadline, or None (no timeout): set while the transaction is blocked.
+    deadline_ms: int | None = None
+
+
+@dataclass(eq=False)
+class Session:
+    """One client connection's state. The I/O layer sends :attr:`outbox` in order."""
+
+    id: int
+    outbox: list[Event] = field(default_factory=list)
+    db_change_aware: bool = False
+    monitors: dict[str, tuple[str, Monitor]] = field(default_factory=dict)
+    triggers: dict[str, _Trigger] = field(default_factory=dict)
+    closed: bool = False
+    n_requests: int = 0
+
+    def drain(self) -> list[Event]:
+        out, self.outbox = self.outbox, []
+        return out
+
+
+class _SessionLocks:
+    def __init__(self, table: LockTable, session: Session):
+        self._table, self._session = table, session
+
+    def holds(self, lock: str) -> bool:
+        return self._table.holds(self._session, lock)
+
+
+def _syntax_error_reply(req: Request, details: str) -> ErrorReply:
+    """ovsdb-server's ``syntax_error_reply``: "<method>: <details>" with params as syntax."""
+    return ErrorReply(req.id, D.syntax_error(req.params, f"{req.method}: {details}").to_json())
+
+
+class ServerCore:
+    """Everything one OVSDB server knows, shared by all its sessions."""
+
+    def __init__(self, databases: Mapping[str, Database], *, now_ms: Callable[[], int],
+                 server_id: str | None = None, model: str = "standalone"):
+        if "_Server" in databases:
+            raise ValueError("_Server is the server's own database")
+        self.now_ms = now_ms
+        self.server_id = server_id or str(uuidlib.uuid4())
+        self.locks = LockTable()
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self.server_db = _build_server_db(databases, model)
+        self.databases: dict[str, Database] = {"_Server": self.server_db, **databases}
+        # ovsdb-server lists databases in its hash-table order; _Server is added last.
+        self._db_order = list(shash_order([*databases, "_Server"]))
+        self.n_commits = 0
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def open_session(self) -> Session:
+        s = Session(next(self._ids))
+        self.sessions[s.id] = s
+        return s
+
+    def close_session(self, s: Session) -> None:
+        if s.closed:
+            return
+        s.closed = True
+        self.sessions.pop(s.id, None)
+        for name, owner in self.locks.release_all(s):
+            self._notify(owner, "locked", [name])
+        s.triggers.clear()
+        s.monitors.clear()
+        s.outbox.clear()
+
+    def _notify(self, s: Any, method: str, params: list[Any]) -> None:
+        if isinstance(s, Session) and not s.closed:
+            s.outbox.append(Notification(method, params))
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def handle(self, s: Session, event: Event) -> None:
+        """Process one message from ``s``; replies and notifications land in outboxes."""
+        if s.closed:
+            return
+        if isinstance(event, Notification):
+            if event.method == "cancel":
+                self._cancel(s, event.params)
+            return
+        if not isinstance(event, Request):
+            return  # replies to our echo probes
+        s.n_requests += 1
+        req = event
+        method = req.method
+        if method == "transact":
+            db = self._lookup_db(s, req)
+            if db is not None:
+                self._transact(s, req, db)
+        elif method in _MONITOR_METHODS:
+            db = self._lookup_db(s, req)
+            if db is not None:
+                s.outbox.append(self._monitor(s, req, db, _MONITOR_METHODS[method]))
+        elif method == "monitor_cond_change":
+            s.outbox.extend(self._monitor_cond_change(s, req))
+        elif method == "monitor_cancel":
+            s.outbox.append(self._monitor_cancel(s, req))
+        elif method == "get_schema":
+            db = self._lookup_db(s, req)
+            if db is not None:
+                s.outbox.append(Reply(req.id, db.schema.to_json()))
+        elif method == "list_dbs":
+            s.outbox.append(Reply(req.id, list(self._db_order)))
+        elif method == "get_server_id":
+            s.outbox.append(Reply(req.id, self.server_id))
+        elif method in ("lock", "steal"):
+            s.outbox.append(self._lock(s, req, LockMode(method)))
+        elif method == "unlock":
+            s.outbox.append(self._unlock(s, req))
+        elif method == "set_db_change_aware":
+            p = req.params
+            if len(p) != 1 or not isinstance(p[0], bool):
+                s.outbox.append(_syntax_error_reply(req, "true or false parameter expected"))
+            else:
+                s.db_change_aware = p[0]
+                s.outbox.append(Reply(req.id, {}))
+        elif method == "echo":
+            s.outbox.append(Reply(req.id, req.params))
+        else:
+            s.outbox.append(ErrorReply(req.id, "unknown method"))
+
+    def _lookup_db(self, s: Session, req: Request) -> Database | None:
+        p = req.params
+        if not p or not isinstance(p[0], str):
+            err = D.syntax_error(p, f"{req.method} request params must begin with <db-name>")
+        else:
+            db = self.databases.get(p[0])
+            if db is not None:
+                return db
+            err = D.syntax_error(p, f"{req.method} request specifies unknown database {p[0]}",
+                                 tag="unknown database")
+        s.outbox.append(ErrorReply(req.id, err.to_json()))
+        return None
+
+    # --- transactions and waits -----------------------------------------------------------
+
+    def _transact(self, s: Session, req: Request, db: Database) -> None:
+        key = monitor_key(req.id)
+        if key in s.triggers:
+            s.outbox.append(_syntax_error_reply(req, "duplicate request ID"))
+            return
+        t = _Trigger(req, req.params[0], self.now_ms())
+        if not self._try(s, t):
+            s.triggers[key] = t
+
+    def _try(self, s: Session, t: _Trigger) -> bool:
+        """Run a transaction; False if it is blocked on a ``wait`` (keep it pending)."""
+        db = self.databases[t.db_name]
+        now = self.now_ms()
+        outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self.locks, s),
+                             elapsed_ms=now - t.created_ms)
+        if outcome.blocked:
+            t.deadline_ms = (None if outcome.timeout_ms is None
+                             else t.created_ms + outcome.timeout_ms)
+            return False
+        if outcome.changeset:
+            self._committed(t.db_name, outcome.changeset)
+        s.outbox.append(Reply(t.request.id, outcome.results))
+        if outcome.changeset:
+            self._retry_waits(t.db_name)
+        return True
+
+    def _committed(self, db_name: str, changeset: Changeset) -> None:
+        self.n_commits += 1
+        for other in list(self.sessions.values()):
+            for db, mon in other.monitors.values():
+                if db != db_name:
+                    continue
+                updates = mon.changes(changeset)
+                if updates:
+                    other.outbox.append(Notification(_UPDATE_METHOD[mon.version],
+                                                     self._update_params(mon, updates)))
+
+    def _update_params(self, mon: Monitor, updates: Any) -> list[Any]:
+        if mon.version is Version.V3:
+            return [mon.id, ZERO_UUID, updates]
+        return [mon.id, updates]
+
+    def _retry_waits(self, db_name: str) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for s in list(self.sessions.values()):
+                for key, t in list(s.triggers.items()):
+                    if t.db_name == db_name and s.triggers.get(key) is t and self._try(s, t):
+                        del s.triggers[key]
+                        progress = True
+
+    def run_timers(self) -> None:
+        """Complete the waits whose timeout has passed (each answers "timed out")."""
+        now = self.now_ms()
+        for s in list(self.sessions.values()):
+            for key, t in list(s.triggers.items()):
+                if t.deadline_ms is not None and now >= t.deadline_ms and self._try(s, t):
+                    del s.triggers[key]
+
+    def next_deadline_ms(self) -> int | None:
+        deadlines = [t.deadline_ms for s in self.sessions.values()
+                     for t in s.triggers.values() if t.deadline_ms is not None]
+        return min(deadlines) if deadlines else None
+
+    def _cancel(self, s: Session, params: list[Any]) -> None:
+        if len(params) != 1:
+            return
+        t = s.triggers.pop(monitor_key(params[0]), None)
+        if t is not None and s.db_change_aware:
+            s.outbox.append(ErrorReply(t.request.id, "canceled"))
+
+    # --- monitors -------------------------------------------------------------------------
+
+    def _monitor(self, s: Session, req: Request, db: Database, version: Version) -> Event:
+        p = req.params
+        if (version is Version.V3 and len(p) != 4) or (version is not Version.V3
+                                                        and len(p) != 3):
+            return ErrorReply(req.id, D.syntax_error(p, "invalid parameters").to_json())
+        monitor_id, requests = p[1], p[2]
+        try:
+            if not isinstance(requests, dict):
+                raise D.syntax_error(requests, "monitor-requests must be object")
+            if monitor_key(monitor_id) in s.monitors:
+                raise D.syntax_error(monitor_id, "duplicate monitor ID")
+            mon = Monitor(db.schema, monitor_id, requests, version)
+            if version is Version.V3:
+                last_id = p[3]
+                if not isinstance(last_id, str):
+                    raise D.syntax_error(last_id, "last-txn-id must be string")
+                if not D.is_uuid(last_id):
+                    raise D.syntax_error(last_id, "last-txn-id must be UUID format.")
+        except OvsdbError as err:
+            return ErrorReply(req.id, err.to_json())
+        s.monitors[monitor_key(monitor_id)] = (p[0], mon)
+        initial = mon.initial(db)
+        if version is Version.V3:
+            # No transaction history yet: always a full dump (found=false), as a standalone
+            # ovsdb-server answers.
+            return Reply(req.id, [False, ZERO_UUID, initial])
+        return Reply(req.id, initial)
+
+    def _monitor_cond_change(self, s: Session, req: Request) -> list[Event]:
+        p = req.params
+        try:
+            if len(p) != 3:
+                raise D.syntax_error(p, "invalid parameters")
+            entry = s.monitors.get(monitor_key(p[0]))
+            if entry is None:
+                raise D.syntax_error(p[0], "unknown monitor session")
+            db_name, mon = entry
+            new_id = p[1]
+            changing = monitor_key(new_id) != monitor_key(p[0])
+            if changing and monitor_key(new_id) in s.monitors:
+                raise D.syntax_error(new_id, "duplicate monitor ID")
+            if mon.version is Version.V1:
+                raise OvsdbError("syntax error", "monitor-cond-change on a monitor without "
+                                                 "conditions")
+            updates = mon.change_conditions(p[2], self.databases[db_name])
+        except OvsdbError as err:
+            return [ErrorReply(req.id, err.to_json())]
+        if changing:
+            del s.monitors[monitor_key(p[0])]
+            mon.id = new_id
+            s.monitors[monitor_key(new_id)] = (db_name, mon)
+        out: list[Event] = []
+        if updates:
+            out.append(Notification(_UPDATE_METHOD[mon.version],
+                                    self._update_params(mon, updates)))
+        out.append(Reply(req.id, {}))
+        return out
+
+    def _monitor_cancel(self, s: Session, req: Request) -> Event:
+        if len(req.params) != 1:
+            return ErrorReply(req.id, "invalid parameters")
+        if s.monitors.pop(monitor_key(req.params[0]), None) is None:
+            return ErrorReply(req.id, "unknown monitor")
+        return Reply(req.id, {})
+
+    # --- locks ----------------------------------------------------------------------------
+
+    def _lock_name(self, req: Request) -> str | None:
+        p = req.params
+        if len(p) != 1 or not isinstance(p[0], str) or not is_id(p[0]):
+            return None
+        return p[0]
+
+    def _lock(self, s: Session, req: Request, mode: LockMode) -> Event:
+        name = self._lock_name(req)
+        if name is None:
+            return ErrorReply(req.id, D.syntax_error(
+                req.params, f"{req.method} request params must be <id>").to_json())
+        if self.locks.has_waiter(s, name):
+            return ErrorReply(req.id, D.syntax_error(
+                req.params, f'must issue "unlock" before new "{req.method}"').to_json())
+        owner, victim = self.locks.acquire(s, name, mode)
+        if victim is not None:
+            self._notify(victim, "stolen", [name])
+        return Reply(req.id, {"locked": owner})
+
+    def _unlock(self, s: Session, req: Request) -> Event:
+        name = self._lock_name(req)
+        if name is None:
+            return ErrorReply(req.id, D.syntax_error(
+                req.params, f"{req.method} request params must be <id>").to_json())
+        if not self.locks.has_waiter(s, name):
+            return _syntax_error_reply(req, '"unlock" without "lock" or "steal"')
+        new_owner = self.locks.release(s, name)
+        if new_owner is not None:
+            self._notify(new_owner, "locked", [name])
+        return Reply(req.id, {})
+
+    def statistics(self) -> dict[str, int]:
+        return {"sessions": len(self.sessions), "commits": self.n_commits,
+                "monitors": sum(len(s.monitors) for s in self.sessions.values()),
+                "pending_transactions": sum(len(s.triggers) for s in self.sessions.values()),
+                **self.locks.statistics()}
+
+
+def _build_server_db(databases: Mapping[str, Database], model: str) -> MemoryDatabase:
+    """The ``_Server`` database: one Database row per database, _Server's own included."""
+    schema = DatabaseSchema.from_file(SERVER_SCHEMA_PATH)
+    db = MemoryDatabase(schema)
+    table = schema.tables["Database"]
+    cols = table.columns
+    rows: dict[str, RowChange] = {}
+    for name, sch in [("_Server", schema), *((n, d.schema) for n, d in databases.items())]:
+        row = list(table.default_row)
+        uuid = str(uuidlib.uuid4())
+        row[0] = (uuid,)
+        row[1] = (str(uuidlib.uuid4()),)
+        row[cols["name"].index] = (name,)
+        row[cols["model"].index] = (model if name != "_Server" else "standalone",)
+        row[cols["connected"].index] = (True,)
+        row[cols["leader"].index] = (True,)
+        row[cols["schema"].index] = (json.dumps(sch.to_json(), separators=(",", ":")),)
+        rows[uuid] = RowChange(None, tuple(row))
+    db.apply(Changeset({"Database": rows}))
+    return db

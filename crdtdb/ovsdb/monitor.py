@@ -1,0 +1,340 @@
+"""OVSDB monitors: ``monitor`` (update), ``monitor_cond`` (update2) and ``monitor_cond_since``
+(update3), with ovsdb-server's rules for what each change looks like on the wire.
+
+A :class:`Monitor` is pure: it turns the database's initial contents, each committed
+:class:`~crdtdb.engine.snapshot.Changeset` and each condition change into the JSON "table
+updates" a client receives; the server wraps them in notifications.
+
+Rules taken from ovsdb-server (ovsdb/monitor.c, jsonrpc-server.c):
+- without "columns" every column but ``_uuid`` is monitored (``_version`` included);
+- columns that only appear in a condition are tracked but not sent: a change to them alone
+  still produces a (possibly empty) ``modify``;
+- update2 ``initial``/``insert`` omit columns holding their default value; ``modify`` carries
+  changed columns only, sets and maps as differences, max-1 columns as the new value;
+- update (v1) ``old`` holds the changed columns, ``new`` all monitored columns;
+- with a condition, a row entering it is an ``insert`` and a row leaving it a ``delete``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtdb.engine import data
+from crdtdb.engine.condition import Condition, condition_from_json
+from crdtdb.engine.ovsjson import Kind, kind
+from crdtdb.engine.parser import ARRAY, OBJECT, ObjectParser
+from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
+from crdtdb.engine.snapshot import Changeset, Snapshot
+from crdtdb.engine.types import Type
+from crdtdb.errors import OvsdbError
+
+
+class Version(enum.IntEnum):
+    """Which monitor request created the monitor; it fixes the update format."""
+
+    V1 = 1  # "monitor" -> "update"
+    V2 = 2  # "monitor_cond" -> "update2"
+    V3 = 3  # "monitor_cond_since" -> "update3"
+
+
+class Select(enum.IntFlag):
+    NONE = 0
+    INITIAL = 1
+    INSERT = 2
+    DELETE = 4
+    MODIFY = 8
+    ALL = 15
+
+
+def monitor_key(monitor_id: Any) -> str:
+    """A hashable key for a JSON monitor id (ids compare as JSON values)."""
+    return json.dumps(monitor_id, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class _Column:
+    column: ColumnSchema
+    select: Select
+    #: False for a column tracked only because a condition uses it.
+    monitored: bool
+
+
+@dataclass(slots=True)
+class MonitorTable:
+    table: TableSchema
+    columns: list[_Column] = field(default_factory=list)
+    select: Select = Select.NONE
+    #: ``None`` when the monitor has no condition for this table (v1, or no "where").
+    condition: Condition | None = None
+
+    def add_column(self, column: ColumnSchema, select: Select, monitored: bool,
+                   syntax: Any) -> None:
+        for c in self.columns:
+            if c.column is column:
+                if monitored and c.monitored:
+                    raise data.syntax_error(syntax, f"column {column.name} mentioned more than "
+                                                    "once")
+                c.select |= select
+                c.monitored = c.monitored or monitored
+                return
+        self.columns.append(_Column(column, select, monitored))
+
+    def track_condition_columns(self) -> None:
+        if self.condition is None:
+            return
+        for clause in self.condition.clauses:
+            if clause.column is not None:
+                self.add_column(clause.column, Select.NONE, False, None)
+
+    def matches(self, row: tuple | None, condition: Condition | None) -> bool:
+        """``ovsdb_condition_empty_or_match_any``."""
+        if row is None:
+            return False
+        if condition is None or not condition.clauses:
+            return True
+        return condition.matches_any(row)
+
+
+def _parse_select(p: ObjectParser, value: Any, table: str) -> Select:
+    sp = ObjectParser(value, f"table {table} select")
+    select = Select.NONE
+    for name, flag in (("initial", Select.INITIAL), ("insert", Select.INSERT),
+                       ("delete", Select.DELETE), ("modify", Select.MODIFY)):
+        v = sp.member(name, frozenset({Kind.TRUE, Kind.FALSE}), optional=True)
+        if v is None or v:
+            select |= flag
+    err = sp.finish()
+    if err is not None:
+        raise err
+    return select
+
+
+class Monitor:
+    """One client monitor over one database."""
+
+    def __init__(self, schema: DatabaseSchema, monitor_id: Any, requests: Any, version: Version):
+        self.schema = schema
+        self.id = monitor_id
+        self.version = version
+        self.tables: dict[str, MonitorTable] = {}
+        if kind(requests) is not Kind.OBJECT:
+            raise data.syntax_error(requests, "monitor-requests must be object")
+        for tname, value in requests.items():
+            table = schema.tables.get(tname)
+            if table is None:
+                raise OvsdbError("syntax error", f"no table named {tname}")
+            mt = self.tables.setdefault(tname, MonitorTable(table))
+            for req in value if kind(value) is Kind.ARRAY else [value]:
+                self._parse_request(mt, req)
+        for mt in self.tables.values():
+            mt.track_condition_columns()
+
+    def _parse_request(self, mt: MonitorTable, req: Any) -> None:
+        table = mt.table
+        p = ObjectParser(req, f"table {table.name}")
+        where = p.member("where", ARRAY, optional=True) if self.version >= Version.V2 else None
+        columns = p.member("columns", ARRAY, optional=True)
+        select_json = p.member("select", OBJECT, optional=True)
+        err = p.finish()
+        if err is not None:
+            raise err
+        select = _parse_select(p, select_json, table.name) if select_json is not None \
+            else Select.ALL
+        mt.select |= select
+        if columns is not None:
+            for name in columns:
+                if not isinstance(name, str):
+                    raise data.syntax_error(columns, "array of column names expected")
+                col = table.columns.get(name)
+                if col is None:
+                    raise data.syntax_error(columns, f"{name} is not a valid column name")
+                mt.add_column(col, select, True, columns)
+        else:
+            for col in table.ovs_ordered:
+                if col.index != 0:
+                    mt.add_column(col, select, True, None)
+        if self.version >= Version.V2:
+            # ovsdb-server keeps one condition per table; a later request's wins.
+            mt.condition = condition_from_json(table, where or [], None)
+
+    # --- composing updates ----------------------------------------------------------------
+
+    def _row_update(self, mt: MonitorTable, old: tuple | None, new: tuple | None,
+                    initial: bool, cond_old: Condition | None,
+                    cond_new: Condition | None) -> Any:
+        """The JSON for one row, or ``None`` when the client is not told about it."""
+        if initial:
+            kind_ = Select.INITIAL
+        elif old is None:
+            kind_ = Select.INSERT
+        elif new is None:
+            kind_ = Select.DELETE
+        else:
+            kind_ = Select.MODIFY
+        if self.version >= Version.V2 and mt.condition is not None:
+            old_ok = mt.matches(old, cond_old)
+            new_ok = mt.matches(new, cond_new)
+            if not old_ok and not new_ok:
+                return None
+            if kind_ in (Select.INITIAL, Select.INSERT):
+                if not new_ok:
+                    return None
+            elif kind_ is Select.MODIFY:
+                kind_ = Select.INSERT if not old_ok else (Select.DELETE if not new_ok
+                                                          else Select.MODIFY)
+            elif not old_ok:
+                return None
+        if not mt.select & kind_:
+            return None
+        changed: set[int] = set()
+        if kind_ is Select.MODIFY:
+            assert old is not None and new is not None
+            changed = {c.column.index for c in mt.columns
+                       if old[c.column.index] != new[c.column.index]}
+            if not changed:
+                return None
+        if self.version is Version.V1:
+            return _compose_v1(mt, old, new, kind_, changed)
+        return _compose_v2(mt, old, new, kind_, changed)
+
+    def initial(self, snapshot: Snapshot) -> dict[str, Any]:
+        """Table updates for the rows present now (empty dict: nothing to send)."""
+        out: dict[str, Any] = {}
+        for tname, mt in self.tables.items():
+            if not mt.select & Select.INITIAL:
+                continue
+            rows = {}
+            for uuid, row in snapshot.iter_rows(tname):
+                upd = self._row_update(mt, None, row, True, mt.condition, mt.condition)
+                if upd is not None:
+                    rows[uuid] = upd
+            if rows:
+                out[tname] = rows
+        return out
+
+    def changes(self, changeset: Changeset) -> dict[str, Any]:
+        """Table updates for one committed transaction (empty dict: nothing to send)."""
+        out: dict[str, Any] = {}
+        for tname, changes in changeset.tables.items():
+            mt = self.tables.get(tname)
+            if mt is None:
+                continue
+            rows = {}
+            for uuid, change in changes.items():
+                upd = self._row_update(mt, change.old, change.new, False, mt.condition,
+                                       mt.condition)
+                if upd is not None:
+                    rows[uuid] = upd
+            if rows:
+                out[tname] = rows
+        return out
+
+    def change_conditions(self, requests: Any, snapshot: Snapshot) -> dict[str, Any]:
+        """``monitor_cond_change``: install new conditions; returns the rows that entered
+        (insert) or left (delete) them. Validates everything before changing anything."""
+        if kind(requests) is not Kind.OBJECT:
+            raise OvsdbError("syntax error", "monitor-cond-change-requests must be object")
+        new_conditions: dict[str, Condition] = {}
+        for tname, value in requests.items():
+            table = self.schema.tables.get(tname)
+            if table is None:
+                raise OvsdbError("syntax error", f"no table named {tname}")
+            if tname not in self.tables:
+                raise OvsdbError("syntax error", f"no table named {tname} in monitor session")
+            if kind(value) is not Kind.ARRAY:
+                raise OvsdbError("syntax error",
+                                 f"table {tname} no monitor-cond-change JSON array")
+            for req in value:
+                p = ObjectParser(req, f"table {tname}")
+                columns = p.member("columns", ARRAY, optional=True)
+                where = p.member("where", ARRAY, optional=True)
+                err = p.finish()
+                if err is not None:
+                    raise err
+                if columns is not None:
+                    raise data.syntax_error(req, "changing columns is unsupported")
+                new_conditions[tname] = condition_from_json(table, where or [], None)
+        out: dict[str, Any] = {}
+        for tname, cond in new_conditions.items():
+            mt = self.tables[tname]
+            old = mt.condition
+            mt.condition = cond
+            mt.track_condition_columns()
+            if old == cond:
+                continue
+            rows = {}
+            for uuid, row in snapshot.iter_rows(tname):
+                upd = self._row_update(mt, row, row, False, old, cond)
+                if upd is not None:
+                    rows[uuid] = upd
+            if rows:
+                out[tname] = rows
+        return out
+
+
+def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,
+                changed: set[int]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    old_json: dict[str, Any] | None = None
+    new_json: dict[str, Any] | None = None
+    if kind_ & (Select.DELETE | Select.MODIFY):
+        old_json = row["old"] = {}
+    if kind_ & (Select.INITIAL | Select.INSERT | Select.MODIFY):
+        new_json = row["new"] = {}
+    for c in mt.columns:
+        if not c.monitored or not c.select & kind_:
+            continue
+        col = c.column
+        if old_json is not None and (kind_ is Select.DELETE or col.index in changed):
+            assert old is not None
+            old_json[col.name] = data.datum_to_json(col.type, old[col.index])
+        if new_json is not None:
+            assert new is not None
+            new_json[col.name] = data.datum_to_json(col.type, new[col.index])
+    return row
+
+
+def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,
+                changed: set[int]) -> dict[str, Any]:
+    if kind_ is Select.DELETE:
+        return {"delete": None}
+    assert new is not None
+    diff: dict[str, Any] = {}
+    for c in mt.columns:
+        if not c.monitored or not c.select & kind_:
+            continue
+        col = c.column
+        if kind_ is Select.MODIFY:
+            if col.index not in changed:
+                continue
+            assert old is not None
+            diff[col.name] = data.datum_to_json(col.type,
+                                                datum_diff(col.type, old[col.index],
+                                                           new[col.index]))
+        elif new[col.index] != col.type.default_datum():
+            diff[col.name] = data.datum_to_json(col.type, new[col.index])
+    name = "initial" if kind_ is Select.INITIAL else "modify" if kind_ is Select.MODIFY \
+        else "insert"
+    return {name: diff}
+
+
+def datum_diff(type_: Type, old: tuple, new: tuple) -> tuple:
+    """``ovsdb_datum_diff``: what update2 sends for a changed column.
+
+    Max-1 columns: the new value. Sets: the symmetric difference. Maps: pairs added or whose
+    value changed (with the new value), and removed pairs (with the old value).
+    """
+    if type_.n_max <= 1:
+        return new
+    if type_.value is None:
+        return tuple(sorted(set(old).symmetric_difference(new)))
+    o, n = dict(old), dict(new)
+    out = [(k, v) for k, v in n.items() if o.get(k, _ABSENT) != v]
+    out.extend((k, v) for k, v in o.items() if k not in n)
+    return data.sort_datum(type_, out)
+
+
+_ABSENT = object()

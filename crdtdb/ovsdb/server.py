@@ -1,0 +1,323 @@
+"""The OVSDB JSON-RPC server on trio: listeners, connections, backpressure, probes and timers.
+
+All protocol decisions are made by :class:`~crdtdb.ovsdb.core.ServerCore` and the codec in
+:mod:`crdtdb.ovsdb.jsonrpc`; this module only moves bytes and time. One task reads each
+connection and runs the core synchronously; one task writes it. A client that does not read
+its replies is disconnected once its unsent backlog passes ``max_backlog_bytes``, so it can
+never stall the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from crdtdb.ovsdb.jsonrpc import (
+    CLOSED,
+    NEED_DATA,
+    JsonRpcConnection,
+    RemoteProtocolError,
+    Request,
+)
+
+from crdtdb.errors import CrdtdbError
+from crdtdb.ovsdb.core import Database, ServerCore, Session
+
+log = logging.getLogger(__name__)
+
+
+class RemoteSyntaxError(CrdtdbError, ValueError):
+    """A ``--remote`` string is not in ovsdb-server's syntax."""
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A passive remote: ``punix:PATH``, ``ptcp:PORT[:IP]`` or ``pssl:PORT[:IP]``."""
+
+    kind: str
+    path: str | None = None
+    port: int | None = None
+    host: str = "0.0.0.0"
+
+    @classmethod
+    def parse(cls, text: str) -> Remote:
+        kind, _, rest = text.partition(":")
+        if kind == "punix":
+            if not rest:
+                raise RemoteSyntaxError(f"{text}: punix needs a path (punix:PATH)")
+            return cls("punix", path=rest)
+        if kind in ("ptcp", "pssl"):
+            port_s, _, host = rest.partition(":")
+            try:
+                port = int(port_s) if port_s else 6640
+            except ValueError:
+                raise RemoteSyntaxError(f"{text}: bad port {port_s!r}") from None
+            if not 0 <= port <= 65535:
+                raise RemoteSyntaxError(f"{text}: port out of range")
+            host = host.strip("[]") or "0.0.0.0"
+            return cls(kind, port=port, host=host)
+        raise RemoteSyntaxError(f"{text}: expected punix:PATH, ptcp:PORT[:IP] or "
+                                "pssl:PORT[:IP]")
+
+    def __str__(self) -> str:
+        if self.kind == "punix":
+            return f"punix:{self.path}"
+        return f"{self.kind}:{self.port}:{self.host}"
+
+
+@dataclass(frozen=True, slots=True)
+class SslFiles:
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+    def server_context(self) -> ssl.SSLContext:
+        """Mutual TLS, as ovsdb-server requires: clients must present a certificate the CA
+        signed."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca_cert)
+        ctx.load_cert_chain(self.certificate, self.private_key)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+@dataclass(slots=True)
+class Limits:
+    """Bounds on what one client can make the server hold. Defaults are generous but finite."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_backlog_bytes: int = 256 * 1024 * 1024
+    receive_chunk_bytes: int = 256 * 1024
+    #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
+    #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
+    probe_interval_s: float = 5.0
+
+
+@dataclass(eq=False)
+class _Connection:
+    session: Session
+    codec: JsonRpcConnection
+    stream: trio.abc.Stream
+    peer: str
+    probe: bool
+    out: bytearray = field(default_factory=bytearray)
+    wakeup: trio.Event = field(default_factory=trio.Event)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    last_input: float = 0.0
+    closing_reason: str | None = None
+
+
+class OvsdbServer:
+    """A running server: use :func:`open_ovsdb_server`."""
+
+    def __init__(self, core: ServerCore, limits: Limits):
+        self.core = core
+        self.limits = limits
+        self._conns: dict[int, _Connection] = {}
+        self._deadline_changed = trio.Event()
+        self.listeners: list[trio.SocketListener | trio.SSLListener] = []
+        self.n_connections = 0
+
+    # --- connections ----------------------------------------------------------------------
+
+    async def _serve_stream(self, stream: trio.abc.Stream, probe: bool) -> None:
+        peer = _peer_name(stream)
+        conn = _Connection(self.core.open_session(), JsonRpcConnection(
+            max_message_bytes=self.limits.max_message_bytes), stream, peer, probe)
+        conn.last_input = trio.current_time()
+        self._conns[conn.session.id] = conn
+        self.n_connections += 1
+        log.info("%s: connected (session %d)", peer, conn.session.id)
+        try:
+            with conn.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, conn)
+                    if probe and self.limits.probe_interval_s > 0:
+                        nursery.start_soon(self._prober, conn)
+                    await self._reader(conn)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._conns.pop(conn.session.id, None)
+            self.core.close_session(conn.session)
+            self._flush()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+            log.info("%s: disconnected (session %d%s)", peer, conn.session.id,
+                     f": {conn.closing_reason}" if conn.closing_reason else "")
+
+    async def _reader(self, conn: _Connection) -> None:
+        while True:
+            try:
+                data = await conn.stream.receive_some(self.limits.receive_chunk_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                conn.closing_reason = f"receive failed: {exc}"
+                return
+            conn.last_input = trio.current_time()
+            conn.codec.receive_data(data)
+            while True:
+                try:
+                    event = conn.codec.next_event()
+                except RemoteProtocolError as exc:
+                    conn.closing_reason = f"protocol error: {exc}"
+                    log.warning("%s: %s; disconnecting", conn.peer, exc)
+                    return
+                if event is NEED_DATA:
+                    break
+                if event is CLOSED:
+                    return
+                self.core.handle(conn.session, event)
+                self._flush()
+            if not data:
+                return
+
+    async def _writer(self, conn: _Connection) -> None:
+        while True:
+            await conn.wakeup.wait()
+            conn.wakeup = trio.Event()
+            while conn.out:
+                chunk = bytes(conn.out)
+                conn.out.clear()
+                try:
+                    await conn.stream.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    conn.closing_reason = f"send failed: {exc}"
+                    conn.cancel_scope.cancel()
+                    return
+
+    async def _prober(self, conn: _Connection) -> None:
+        interval = self.limits.probe_interval_s
+        probed = False
+        while True:
+            await trio.sleep_until(conn.last_input + interval)
+            idle = trio.current_time() - conn.last_input
+            if idle < interval:
+                probed = False
+                continue
+            if probed and idle >= 2 * interval:
+                conn.closing_reason = f"no response to inactivity probe after {idle:.1f} s"
+                log.warning("%s: %s; disconnecting", conn.peer, conn.closing_reason)
+                conn.cancel_scope.cancel()
+                return
+            if not probed:
+                self._queue(conn, [Request("echo", "echo", [])])
+                probed = True
+            await trio.sleep(interval)
+
+    def _queue(self, conn: _Connection, events: list[Any]) -> None:
+        for ev in events:
+            conn.out += conn.codec.send(ev)
+        if len(conn.out) > self.limits.max_backlog_bytes:
+            conn.closing_reason = (f"client is not reading: {len(conn.out)} bytes of replies "
+                                   f"backlogged (limit {self.limits.max_backlog_bytes})")
+            log.warning("%s: %s; disconnecting", conn.peer, conn.closing_reason)
+            conn.out.clear()
+            conn.cancel_scope.cancel()
+            return
+        conn.wakeup.set()
+
+    def _flush(self) -> None:
+        """Encode every session's queued messages (a commit can address many sessions)."""
+        for conn in list(self._conns.values()):
+            if conn.session.outbox:
+                self._queue(conn, conn.session.drain())
+        self._deadline_changed.set()
+
+    async def _timers(self) -> None:
+        """Complete waits whose timeout expired."""
+        while True:
+            deadline = self.core.next_deadline_ms()
+            self._deadline_changed = trio.Event()
+            at = math.inf if deadline is None else deadline / 1000
+            with trio.move_on_at(at):
+                await self._deadline_changed.wait()
+                continue
+            self.core.run_timers()
+            self._flush()
+
+    # --- listeners ------------------------------------------------------------------------
+
+    async def _listen(self, remote: Remote, ssl_files: SslFiles | None,
+                      nursery: trio.Nursery) -> None:
+        if remote.kind == "punix":
+            assert remote.path is not None
+            path = Path(remote.path)
+            if path.exists() or path.is_symlink():
+                path.unlink()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+            await sock.bind(str(path))
+            os.chmod(path, 0o770)
+            sock.listen(128)
+            listener: Any = trio.SocketListener(sock)
+            probe = False
+        else:
+            listeners = await trio.open_tcp_listeners(remote.port or 0, host=remote.host)
+            listener = listeners[0]
+            probe = True
+            if remote.kind == "pssl":
+                if ssl_files is None:
+                    raise RemoteSyntaxError(f"{remote}: needs --private-key, --certificate "
+                                            "and --ca-cert")
+                listener = trio.SSLListener(listener, ssl_files.server_context())
+        self.listeners.append(listener)
+        log.info("listening on %s", self.address_of(listener, remote))
+
+        async def handler(stream: trio.abc.Stream) -> None:
+            await self._serve_stream(stream, probe)
+
+        nursery.start_soon(trio.serve_listeners, handler, [listener])
+
+    @staticmethod
+    def address_of(listener: Any, remote: Remote) -> str:
+        if remote.kind == "punix":
+            return f"unix:{remote.path}"
+        inner = listener.transport_listener if isinstance(listener, trio.SSLListener) \
+            else listener
+        host, port = inner.socket.getsockname()[:2]
+        return f"{'ssl' if remote.kind == 'pssl' else 'tcp'}:{host}:{port}"
+
+    def statistics(self) -> dict[str, int]:
+        return {"connections": len(self._conns), "connections_total": self.n_connections,
+                "backlog_bytes": sum(len(c.out) for c in self._conns.values()),
+                **self.core.statistics()}
+
+
+@asynccontextmanager
+async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Remote], *,
+                            ssl_files: SslFiles | None = None, limits: Limits | None = None,
+                            ) -> AsyncIterator[OvsdbServer]:
+    """Serve ``databases`` on ``remotes`` until the block exits (then every client is
+    disconnected)."""
+    core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000))
+    server = OvsdbServer(core, limits or Limits())
+    async with trio.open_nursery() as nursery:
+        for remote in remotes:
+            await server._listen(remote, ssl_files, nursery)
+        nursery.start_soon(server._timers)
+        try:
+            yield server
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    inner: Any = stream
+    if isinstance(stream, trio.SSLStream):
+        inner = stream.transport_stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return "client"
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "client"
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return f"unix:{peer or sock.getsockname()}"
