@@ -81,3 +81,82 @@ def _order(names: tuple[str, ...]) -> tuple[str, ...]:
 def shash_order(names: Iterable[str]) -> tuple[str, ...]:
     """The order ``SHASH_FOR_EACH`` visits ``names`` after they were added in this order."""
     return _order(tuple(names))
+
+
+def hash_int(x: int, basis: int = 0) -> int:
+    """``hash_int`` (``hash_2words`` in the mhash build)."""
+    return _mhash_finish(_mhash_add(_mhash_add(x & _M32, 0), basis & _M32) ^ 8)
+
+
+def _hash_3words(a: int, b: int, c: int) -> int:
+    return _mhash_finish(_mhash_add(_mhash_add(_mhash_add(a, 0), b), c) ^ 12)
+
+
+_JSON_TYPE = {type(None): 0, bool: 1, dict: 3, list: 4, int: 5, float: 6, str: 7}
+
+
+def json_hash(value: object, basis: int = 0) -> int:
+    """``json_hash``: how ovsdb-server hashes a JSON value (monitor ids, request ids)."""
+    import struct
+
+    basis &= _M32
+    if value is None:
+        return hash_int(0 << 8, basis)
+    if value is False or value is True:
+        return hash_int((2 if value else 1) << 8, basis)
+    if isinstance(value, str):
+        return hash_string(value, basis)
+    if isinstance(value, int):
+        return hash_int(value, basis)
+    if isinstance(value, float):
+        if value.is_integer() and -(2**63) <= value < 2**63:
+            return hash_int(int(value), basis)  # OVS parsed it as an integer
+        lo, hi = struct.unpack("<II", struct.pack("<d", value))
+        return _hash_3words(lo, hi, basis)
+    if isinstance(value, list | tuple):
+        basis = hash_int(len(value), basis)
+        for v in value:
+            basis = json_hash(v, basis)
+        return basis
+    if isinstance(value, dict):
+        for k in sorted(value):
+            basis = hash_string(k, basis)
+            basis = json_hash(value[k], basis)
+        return basis
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+class OvsHmap:
+    """Keys in the iteration order of an OVS ``hmap`` that saw the same inserts and removes."""
+
+    def __init__(self) -> None:
+        self._mask = 0
+        self._buckets: list[list[tuple[int, object]]] = [[]]
+        self._n = 0
+
+    def insert(self, h: int, key: object) -> None:
+        self._buckets[h & self._mask].insert(0, (h, key))
+        self._n += 1
+        if self._n // 2 > self._mask:
+            new_mask = _calc_mask(self._n)
+            if new_mask > self._mask:
+                new: list[list[tuple[int, object]]] = [[] for _ in range(new_mask + 1)]
+                for bucket in self._buckets:
+                    for node in bucket:
+                        new[node[0] & new_mask].insert(0, node)
+                self._buckets, self._mask = new, new_mask
+
+    def remove(self, h: int, key: object) -> None:
+        bucket = self._buckets[h & self._mask]
+        for i, (_, k) in enumerate(bucket):
+            if k == key:
+                del bucket[i]
+                self._n -= 1
+                return
+        raise KeyError(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (k for bucket in self._buckets for _, k in list(bucket))
+
+    def __len__(self) -> int:
+        return self._n

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
-
 from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
 from crdtdb.engine import data as D
-from crdtdb.engine.ovshash import shash_order
+from crdtdb.engine.ovshash import OvsHmap, json_hash, shash_order
 from crdtdb.engine.ovsjson import is_id
 from crdtdb.engine.snapshot import Changeset, RowChange, Snapshot
 from crdtdb.errors import OvsdbError
+from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
 from crdtdb.ovsdb.locks import LockMode, LockTable
 from crdtdb.ovsdb.monitor import Monitor, Version, monitor_key
 
@@ -68,6 +67,9 @@ class Session:
     outbox: list[Event] = field(default_factory=list)
     db_change_aware: bool = False
     monitors: dict[str, tuple[str, Monitor]] = field(default_factory=dict)
+    #: Monitor keys in ovsdb-server's order (its hash table of monitor ids), which decides
+    #: the order of notifications when one commit concerns several monitors.
+    monitor_order: OvsHmap = field(default_factory=OvsHmap)
     triggers: dict[str, _Trigger] = field(default_factory=dict)
     closed: bool = False
     n_requests: int = 0
@@ -124,6 +126,7 @@ class ServerCore:
             self._notify(owner, "locked", [name])
         s.triggers.clear()
         s.monitors.clear()
+        s.monitor_order = OvsHmap()
         s.outbox.clear()
 
     def _notify(self, s: Any, method: str, params: list[Any]) -> None:
@@ -205,10 +208,10 @@ class ServerCore:
         if not self._try(s, t):
             s.triggers[key] = t
 
-    def _try(self, s: Session, t: _Trigger) -> bool:
+    def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is blocked on a ``wait`` (keep it pending)."""
         db = self.databases[t.db_name]
-        now = self.now_ms()
+        now = self.now_ms() if now is None else now
         outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self.locks, s),
                              elapsed_ms=now - t.created_ms)
         if outcome.blocked:
@@ -225,7 +228,8 @@ class ServerCore:
     def _committed(self, db_name: str, changeset: Changeset) -> None:
         self.n_commits += 1
         for other in list(self.sessions.values()):
-            for db, mon in other.monitors.values():
+            for key in other.monitor_order:
+                db, mon = other.monitors[key]
                 if db != db_name:
                     continue
                 updates = mon.changes(changeset)
@@ -253,7 +257,10 @@ class ServerCore:
         now = self.now_ms()
         for s in list(self.sessions.values()):
             for key, t in list(s.triggers.items()):
-                if t.deadline_ms is not None and now >= t.deadline_ms and self._try(s, t):
+                # Evaluated as of the deadline, so a late wakeup still reports the timeout
+                # the client asked for.
+                if (t.deadline_ms is not None and now >= t.deadline_ms
+                        and self._try(s, t, now=t.deadline_ms)):
                     del s.triggers[key]
 
     def next_deadline_ms(self) -> int | None:
@@ -291,6 +298,7 @@ class ServerCore:
         except OvsdbError as err:
             return ErrorReply(req.id, err.to_json())
         s.monitors[monitor_key(monitor_id)] = (p[0], mon)
+        s.monitor_order.insert(json_hash(monitor_id), monitor_key(monitor_id))
         initial = mon.initial(db)
         if version is Version.V3:
             # No transaction history yet: always a full dump (found=false), as a standalone
@@ -319,8 +327,10 @@ class ServerCore:
             return [ErrorReply(req.id, err.to_json())]
         if changing:
             del s.monitors[monitor_key(p[0])]
+            s.monitor_order.remove(json_hash(p[0]), monitor_key(p[0]))
             mon.id = new_id
             s.monitors[monitor_key(new_id)] = (db_name, mon)
+            s.monitor_order.insert(json_hash(new_id), monitor_key(new_id))
         out: list[Event] = []
         if updates:
             out.append(Notification(_UPDATE_METHOD[mon.version],
@@ -333,6 +343,7 @@ class ServerCore:
             return ErrorReply(req.id, "invalid parameters")
         if s.monitors.pop(monitor_key(req.params[0]), None) is None:
             return ErrorReply(req.id, "unknown monitor")
+        s.monitor_order.remove(json_hash(req.params[0]), monitor_key(req.params[0]))
         return Reply(req.id, {})
 
     # --- locks ----------------------------------------------------------------------------
