@@ -128,7 +128,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         for schema in schemas:
             t0 = time.perf_counter()
-            db = DurableDatabase.open(Path(args.data_dir) / schema.name, schema)
+            db = DurableDatabase.open(Path(args.data_dir) / schema.name, schema,
+                                      fsync=args.fsync == "always")
             rows = sum(db.row_count(t) for t in schema.tables)
             log.info("%s: loaded %d rows from %s in %.2f s", schema.name, rows,
                      Path(args.data_dir) / schema.name, time.perf_counter() - t0)
@@ -189,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR",
                    help="keep committed data here, one subdirectory per database; without it "
                         "everything is lost on exit")
+    p.add_argument("--fsync", choices=("durable", "always"), default="durable",
+                   help="durable (default, as ovsdb-server): a commit is written before it is "
+                        "acknowledged, so it survives the process being killed, and fsynced "
+                        "when the transaction asks for a durable commit; always: fsync every "
+                        "commit, so it survives a power cut too (several times slower)")
     p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
     p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
     p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
+from crdtdb.errors import CrdtdbError
+from crdtdb.ovsdb.core import Database, ServerCore, Session
 from crdtdb.ovsdb.jsonrpc import (
     CLOSED,
     NEED_DATA,
@@ -27,9 +30,6 @@ from crdtdb.ovsdb.jsonrpc import (
     RemoteProtocolError,
     Request,
 )
-
-from crdtdb.errors import CrdtdbError
-from crdtdb.ovsdb.core import Database, ServerCore, Session
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +123,13 @@ class OvsdbServer:
         self._conns: dict[int, _Connection] = {}
         self._deadline_changed = trio.Event()
         self.listeners: list[trio.SocketListener | trio.SSLListener] = []
+        self._unix_paths: list[Path] = []
         self.n_connections = 0
 
     # --- connections ----------------------------------------------------------------------
 
-    async def _serve_stream(self, stream: trio.abc.Stream, probe: bool) -> None:
-        peer = _peer_name(stream)
+    async def _serve_stream(self, stream: trio.abc.Stream, probe: bool, where: str) -> None:
+        peer = _peer_name(stream, where)
         conn = _Connection(self.core.open_session(), JsonRpcConnection(
             max_message_bytes=self.limits.max_message_bytes), stream, peer, probe)
         conn.last_input = trio.current_time()
@@ -252,9 +253,15 @@ class OvsdbServer:
                 path.unlink()
             path.parent.mkdir(parents=True, exist_ok=True)
             sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-            await sock.bind(str(path))
-            os.chmod(path, 0o770)
+            # Bind and listen under a temporary name, then rename: the socket appears only
+            # once it accepts connections, so a client that waits for the file never races.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            if tmp.exists():
+                tmp.unlink()
+            await sock.bind(str(tmp))
+            os.chmod(tmp, 0o770)
             sock.listen(128)
+            os.replace(tmp, path)
             listener: Any = trio.SocketListener(sock)
             probe = False
         else:
@@ -267,10 +274,14 @@ class OvsdbServer:
                                             "and --ca-cert")
                 listener = trio.SSLListener(listener, ssl_files.server_context())
         self.listeners.append(listener)
+        if remote.kind == "punix":
+            self._unix_paths.append(Path(remote.path))  # type: ignore[arg-type]
         log.info("listening on %s", self.address_of(listener, remote))
 
+        where = self.address_of(listener, remote)
+
         async def handler(stream: trio.abc.Stream) -> None:
-            await self._serve_stream(stream, probe)
+            await self._serve_stream(stream, probe, where)
 
         nursery.start_soon(trio.serve_listeners, handler, [listener])
 
@@ -305,19 +316,20 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
             yield server
         finally:
             nursery.cancel_scope.cancel()
+            for path in server._unix_paths:
+                path.unlink(missing_ok=True)
 
 
-def _peer_name(stream: trio.abc.Stream) -> str:
+def _peer_name(stream: trio.abc.Stream, where: str) -> str:
+    """"tcp:IP:PORT" of a tcp/ssl client; unix clients have no name, so the socket's."""
     inner: Any = stream
     if isinstance(stream, trio.SSLStream):
         inner = stream.transport_stream
     sock = getattr(inner, "socket", None)
-    if sock is None:
-        return "client"
     try:
-        peer = sock.getpeername()
+        peer = sock.getpeername() if sock is not None else None
     except OSError:
-        return "client"
+        peer = None
     if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
-    return f"unix:{peer or sock.getsockname()}"
+        return f"{'ssl' if isinstance(stream, trio.SSLStream) else 'tcp'}:{peer[0]}:{peer[1]}"
+    return where
