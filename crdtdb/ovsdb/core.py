@@ -73,6 +73,9 @@ class Session:
     triggers: dict[str, _Trigger] = field(default_factory=dict)
     closed: bool = False
     n_requests: int = 0
+    #: Ids of requests dropped without an answer (a cancelled transaction): the I/O layer
+    #: tells its codec to stop expecting a reply.
+    abandoned: list[Any] = field(default_factory=list)
 
     def drain(self) -> list[Event]:
         out, self.outbox = self.outbox, []
@@ -135,16 +138,22 @@ class ServerCore:
 
     # --- dispatch -------------------------------------------------------------------------
 
-    def handle(self, s: Session, event: Event) -> None:
-        """Process one message from ``s``; replies and notifications land in outboxes."""
+    def handle(self, s: Session, event: Event) -> str | None:
+        """Process one message from ``s``; replies and notifications land in outboxes.
+
+        Returns a reason when the session must be disconnected (as ovsdb-server does when a
+        client sends a reply it did not ask for), else ``None``.
+        """
         if s.closed:
-            return
+            return None
         if isinstance(event, Notification):
             if event.method == "cancel":
                 self._cancel(s, event.params)
-            return
-        if not isinstance(event, Request):
-            return  # replies to our echo probes
+            return None
+        if isinstance(event, Reply):
+            return None if event.id == "echo" else "received unexpected reply message"
+        if isinstance(event, ErrorReply):
+            return "received unexpected error message"
         s.n_requests += 1
         req = event
         method = req.method
@@ -183,6 +192,7 @@ class ServerCore:
             s.outbox.append(Reply(req.id, req.params))
         else:
             s.outbox.append(ErrorReply(req.id, "unknown method"))
+        return None
 
     def _lookup_db(self, s: Session, req: Request) -> Database | None:
         p = req.params
@@ -272,8 +282,12 @@ class ServerCore:
         if len(params) != 1:
             return
         t = s.triggers.pop(monitor_key(params[0]), None)
-        if t is not None and s.db_change_aware:
+        if t is None:
+            return
+        if s.db_change_aware:
             s.outbox.append(ErrorReply(t.request.id, "canceled"))
+        else:
+            s.abandoned.append(t.request.id)
 
     # --- monitors -------------------------------------------------------------------------
 

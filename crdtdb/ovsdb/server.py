@@ -27,6 +27,7 @@ from crdtdb.ovsdb.jsonrpc import (
     CLOSED,
     NEED_DATA,
     JsonRpcConnection,
+    LocalProtocolError,
     RemoteProtocolError,
     Request,
 )
@@ -173,8 +174,21 @@ class OvsdbServer:
                     break
                 if event is CLOSED:
                     return
-                self.core.handle(conn.session, event)
+                try:
+                    reason = self.core.handle(conn.session, event)
+                except Exception:
+                    # A bug must cost one client its connection, never the server.
+                    log.exception("%s: internal error handling %r", conn.peer, event)
+                    conn.closing_reason = "internal error (logged)"
+                    return
+                for request_id in conn.session.abandoned:
+                    conn.codec.abandon(request_id)
+                conn.session.abandoned.clear()
                 self._flush()
+                if reason is not None:
+                    conn.closing_reason = reason
+                    log.warning("%s: %s; disconnecting", conn.peer, reason)
+                    return
             if not data:
                 return
 
@@ -213,7 +227,13 @@ class OvsdbServer:
 
     def _queue(self, conn: _Connection, events: list[Any]) -> None:
         for ev in events:
-            conn.out += conn.codec.send(ev)
+            try:
+                conn.out += conn.codec.send(ev)
+            except LocalProtocolError:
+                log.exception("%s: cannot encode %r; disconnecting", conn.peer, ev)
+                conn.closing_reason = "internal error (logged)"
+                conn.cancel_scope.cancel()
+                return
         if len(conn.out) > self.limits.max_backlog_bytes:
             conn.closing_reason = (f"client is not reading: {len(conn.out)} bytes of replies "
                                    f"backlogged (limit {self.limits.max_backlog_bytes})")
