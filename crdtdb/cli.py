@@ -117,7 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if any(r.kind == "pssl" for r in remotes) and ssl_files is None:
         log.error("pssl remotes need --private-key, --certificate and --ca-cert")
         return 2
-    schemas = [DatabaseSchema.from_file(p) for p in args.schemas]
+    # As ovsdb-server sees a schema after ovsdb-tool create stored it (see stored()).
+    schemas = [DatabaseSchema.from_file(p).stored() for p in args.schemas]
     names = [s.name for s in schemas]
     if len(set(names)) != len(names):
         log.error("two schemas name the same database: %s", ", ".join(names))
@@ -137,7 +138,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         log.warning("no --data-dir: databases are in memory only and lost on exit")
         databases = {schema.name: MemoryDatabase(schema) for schema in schemas}
-    limits = Limits(probe_interval_s=args.probe_interval)
+    limits = Limits(probe_interval_s=args.probe_interval,
+                    max_message_bytes=args.max_message_bytes,
+                    max_backlog_bytes=args.max_backlog_bytes)
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -160,6 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from crdtdb.ovsdb.server import Limits
+
     parser = argparse.ArgumentParser(
         prog="crdtdb",
         description="Peer-to-peer replication for OVSDB databases.")
@@ -201,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-interval", type=float, default=5.0, metavar="SECONDS",
                    help="tcp/ssl: echo-probe idle clients after this long, drop them after "
                         "twice as long (0: never)")
+    defaults = Limits()
+    p.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes,
+                   metavar="BYTES", help="drop a client that sends a larger JSON-RPC message "
+                                         "(default %(default)s)")
+    p.add_argument("--max-backlog-bytes", type=int, default=defaults.max_backlog_bytes,
+                   metavar="BYTES", help="drop a client with more unsent replies and updates "
+                                         "than this (default %(default)s)")
     p.add_argument("schemas", nargs="+", metavar="SCHEMA", help=".ovsschema file")
     p.set_defaults(func=cmd_serve)
 

@@ -178,7 +178,7 @@ def to_json(event: Any) -> dict[str, Any]:
 
 def test_transcripts_replay_identically() -> None:
     now = [0]
-    core = ServerCore({"OVN_Southbound": MemoryDatabase(DatabaseSchema.from_file(SB))},
+    core = ServerCore({"OVN_Southbound": MemoryDatabase(DatabaseSchema.from_file(SB).stored())},
                       now_ms=lambda: now[0])
     uni = Unifier()
     offset = 0

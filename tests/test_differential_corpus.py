@@ -153,7 +153,8 @@ def run_on_engine(case: Case) -> list[list[Any]]:
 
     if case.schema not in _engine_schemas:
         with schema_path(case).open() as f:
-            _engine_schemas[case.schema] = DatabaseSchema.from_json(json.load(f))
+            # The real server serves the schema as ovsdb-tool create stored it.
+            _engine_schemas[case.schema] = DatabaseSchema.from_json(json.load(f)).stored()
     db = MemoryDatabase(_engine_schemas[case.schema])
     transcript = []
     for ops in case.transactions:

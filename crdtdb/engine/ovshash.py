@@ -160,3 +160,13 @@ class OvsHmap:
 
     def __len__(self) -> int:
         return self._n
+
+
+def ovs_object(pairs: Iterable[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose members serialize in the order ovsdb-server would write them.
+
+    OVS keeps a JSON object in a shash and writes it in hash-table order, which depends on the
+    order members were added: ``pairs`` must come in that order.
+    """
+    items = dict(pairs)
+    return {k: items[k] for k in shash_order(items)}

@@ -14,7 +14,7 @@ from typing import Any
 
 from crdtdb.engine import ovsjson
 from crdtdb.engine.data import check_datum
-from crdtdb.engine.ovshash import shash_order
+from crdtdb.engine.ovshash import ovs_object, shash_order
 from crdtdb.engine.types import UNLIMITED, UUID_TYPE, Type, type_from_json
 from crdtdb.errors import OvsdbError, SchemaError
 
@@ -30,12 +30,13 @@ class ColumnSchema:
     ephemeral: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"type": self.type.to_json()}
+        pairs: list[tuple[str, Any]] = []
         if not self.mutable:
-            obj["mutable"] = False
+            pairs.append(("mutable", False))
         if self.ephemeral:
-            obj["ephemeral"] = True
-        return obj
+            pairs.append(("ephemeral", True))
+        pairs.append(("type", self.type.to_json()))
+        return ovs_object(pairs)
 
 
 @dataclass(slots=True)
@@ -46,6 +47,8 @@ class TableSchema:
     max_rows: int = UNLIMITED
     #: Each index is a tuple of column names.
     indexes: tuple[tuple[str, ...], ...] = ()
+    #: The schema's table-level "mutable" (kept and served; OVSDB gives it no meaning).
+    mutable: bool = True
     #: Columns in row-tuple order (``_uuid``, ``_version``, then the schema's own).
     ordered: tuple[ColumnSchema, ...] = field(init=False)
     #: Columns in the order ovsdb-server walks them (its hash-table order); where it reports
@@ -84,16 +87,19 @@ class TableSchema:
         return self.ordered[2:]
 
     def to_json(self, default_is_root: bool) -> dict[str, Any]:
-        obj: dict[str, Any] = {
-            "columns": {c.name: c.to_json() for c in self.user_columns},
-        }
-        if self.max_rows != UNLIMITED:
-            obj["maxRows"] = self.max_rows
+        """``ovsdb_table_schema_to_json``, members in ovsdb-server's order."""
+        pairs: list[tuple[str, Any]] = []
+        if not self.mutable:
+            pairs.append(("mutable", False))
         if self.is_root != default_is_root:
-            obj["isRoot"] = self.is_root
+            pairs.append(("isRoot", self.is_root))
+        pairs.append(("columns", ovs_object((c.name, c.to_json()) for c in self.ovs_ordered
+                                           if not c.name.startswith("_"))))
+        if self.max_rows != UNLIMITED:
+            pairs.append(("maxRows", self.max_rows))
         if self.indexes:
-            obj["indexes"] = [list(ix) for ix in self.indexes]
-        return obj
+            pairs.append(("indexes", [list(ix) for ix in self.indexes]))
+        return ovs_object(pairs)
 
 
 @dataclass(slots=True)
@@ -143,14 +149,29 @@ class DatabaseSchema:
                                           "database", table=t.name, column=c.name)
         return cls(name, version, tables, cksum)
 
+    def stored(self) -> DatabaseSchema:
+        """This schema as ovsdb-server holds it when serving a database file.
+
+        ``ovsdb-tool create`` writes the schema into the file in its own member order and the
+        server parses it back from there, so the order in which ovsdb-server walks tables and
+        columns (which decides what get_schema looks like and which of several errors it
+        reports) is that of one round trip through :meth:`to_json`. Checked against
+        ovsdb-server 3.1: get_schema answers are byte-identical.
+        """
+        return DatabaseSchema.from_json(json.loads(json.dumps(self.to_json())))
+
     def to_json(self) -> dict[str, Any]:
+        """``ovsdb_schema_to_json``: what get_schema answers, members in ovsdb-server's order
+        (clients such as ``ovsdb-client list-columns`` print them in the order received)."""
         default_is_root = all(t.is_root for t in self.tables.values())
-        obj: dict[str, Any] = {"name": self.name, "version": self.version,
-                               "tables": {n: t.to_json(default_is_root)
-                                          for n, t in self.tables.items()}}
-        if self.cksum is not None:
-            obj["cksum"] = self.cksum
-        return obj
+        pairs: list[tuple[str, Any]] = [("name", self.name)]
+        if self.version:
+            pairs.append(("version", self.version))
+        if self.cksum:
+            pairs.append(("cksum", self.cksum))
+        pairs.append(("tables", ovs_object((n, self.tables[n].to_json(default_is_root))
+                                           for n in shash_order(self.tables))))
+        return ovs_object(pairs)
 
 
 def _only(obj: dict, allowed: set[str], what: str, table: str | None,
@@ -224,4 +245,7 @@ def _table_from_json(name: str, obj: Any) -> TableSchema:
                 raise SchemaError(f"ephemeral columns (such as {c}) may not be indexed",
                                   table=name, column=c)
         indexes.append(tuple(ix))
-    return TableSchema(name, columns, is_root, max_rows, tuple(indexes))
+    mutable = obj.get("mutable", True)
+    if not isinstance(mutable, bool):
+        raise SchemaError("table 'mutable' must be a boolean", table=name)
+    return TableSchema(name, columns, is_root, max_rows, tuple(indexes), mutable)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtdb.engine import ovsjson
+from crdtdb.engine.ovshash import ovs_object
 from crdtdb.engine.ovsjson import INT64_MAX, INT64_MIN, Kind
 from crdtdb.errors import SchemaError
 
@@ -102,7 +103,7 @@ class BaseType:
             obj["refTable"] = self.ref_table
             if self.ref_type is not RefType.STRONG:
                 obj["refType"] = self.ref_type.value
-        return obj["type"] if len(obj) == 1 else obj
+        return obj["type"] if len(obj) == 1 else ovs_object(obj.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class Type:
             obj["min"] = self.n_min
         if self.n_max != 1:
             obj["max"] = "unlimited" if self.n_max == UNLIMITED else self.n_max
-        return obj
+        return ovs_object(obj.items())
 
 
 UUID_TYPE = Type(BaseType(AtomicType.UUID))

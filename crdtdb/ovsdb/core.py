@@ -293,8 +293,10 @@ class ServerCore:
 
     def _monitor(self, s: Session, req: Request, db: Database, version: Version) -> Event:
         p = req.params
-        if (version is Version.V3 and len(p) != 4) or (version is not Version.V3
-                                                        and len(p) != 3):
+        # ovsdb-server checks the count for monitor_cond(_since) only; plain monitor ignores
+        # extra params (and crashes on missing ones, which we answer instead).
+        if ((version is Version.V3 and len(p) != 4) or (version is Version.V2 and len(p) != 3)
+                or len(p) < 3):
             return ErrorReply(req.id, D.syntax_error(p, "invalid parameters").to_json())
         monitor_id, requests = p[1], p[2]
         try:
@@ -333,9 +335,6 @@ class ServerCore:
             changing = monitor_key(new_id) != monitor_key(p[0])
             if changing and monitor_key(new_id) in s.monitors:
                 raise D.syntax_error(new_id, "duplicate monitor ID")
-            if mon.version is Version.V1:
-                raise OvsdbError("syntax error", "monitor-cond-change on a monitor without "
-                                                 "conditions")
             updates = mon.change_conditions(p[2], self.databases[db_name])
         except OvsdbError as err:
             return [ErrorReply(req.id, err.to_json())]
@@ -416,7 +415,8 @@ def _build_server_db(databases: Mapping[str, Database], model: str) -> MemoryDat
         row[cols["model"].index] = (model if name != "_Server" else "standalone",)
         row[cols["connected"].index] = (True,)
         row[cols["leader"].index] = (True,)
-        row[cols["schema"].index] = (json.dumps(sch.to_json(), separators=(",", ":")),)
+        row[cols["schema"].index] = (json.dumps(sch.to_json(), separators=(",", ":"),
+                                                sort_keys=True),)
         rows[uuid] = RowChange(None, tuple(row))
     db.apply(Changeset({"Database": rows}))
     return db

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtdb.engine import data
-from crdtdb.engine.condition import Condition, condition_from_json
+from crdtdb.engine.condition import Condition, Function, condition_from_json
+from crdtdb.engine.ovshash import ovs_object, shash_order
 from crdtdb.engine.ovsjson import Kind, kind
 from crdtdb.engine.parser import ARRAY, OBJECT, ObjectParser
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
@@ -122,7 +123,10 @@ class Monitor:
         self.tables: dict[str, MonitorTable] = {}
         if kind(requests) is not Kind.OBJECT:
             raise data.syntax_error(requests, "monitor-requests must be object")
-        for tname, value in requests.items():
+        # ovsdb-server walks the request object in its hash order and keeps the tables in a
+        # hash table of their own: updates list tables in that order (the IDL notifies in it).
+        for tname in shash_order(shash_order(requests)):
+            value = requests[tname]
             table = schema.tables.get(tname)
             if table is None:
                 raise OvsdbError("syntax error", f"no table named {tname}")
@@ -161,6 +165,23 @@ class Monitor:
             mt.condition = condition_from_json(table, where or [], None)
 
     # --- composing updates ----------------------------------------------------------------
+
+    def conditional(self) -> bool:
+        """Whether some table's condition can exclude rows (``condition->conditional``)."""
+        for mt in self.tables.values():
+            c = mt.condition
+            if c is not None and c.clauses and not (
+                    len(c.clauses) == 1 and c.clauses[0].function is Function.TRUE):
+                return True
+        return False
+
+    def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The member order ovsdb-server sends: update2/update3 of unconditional monitors are
+        pre-serialized with sorted keys (shared by every client of that monitor); otherwise
+        its hash-table order."""
+        if self.version >= Version.V2 and not self.conditional():
+            return _sorted_json(out)
+        return ovs_object(out.items())
 
     def _row_update(self, mt: MonitorTable, old: tuple | None, new: tuple | None,
                     initial: bool, cond_old: Condition | None,
@@ -213,14 +234,14 @@ class Monitor:
                     rows[uuid] = upd
             if rows:
                 out[tname] = rows
-        return out
+        return self._finish(out)
 
     def changes(self, changeset: Changeset) -> dict[str, Any]:
         """Table updates for one committed transaction (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
-        for tname, changes in changeset.tables.items():
-            mt = self.tables.get(tname)
-            if mt is None:
+        for tname, mt in self.tables.items():
+            changes = changeset.tables.get(tname)
+            if not changes:
                 continue
             rows = {}
             for uuid, change in changes.items():
@@ -230,7 +251,7 @@ class Monitor:
                     rows[uuid] = upd
             if rows:
                 out[tname] = rows
-        return out
+        return self._finish(out)
 
     def change_conditions(self, requests: Any, snapshot: Snapshot) -> dict[str, Any]:
         """``monitor_cond_change``: install new conditions; returns the rows that entered
@@ -256,6 +277,8 @@ class Monitor:
                     raise err
                 if columns is not None:
                     raise data.syntax_error(req, "changing columns is unsupported")
+                if self.version is Version.V1:
+                    continue  # no condition to change; ovsdb-server does not parse it either
                 new_conditions[tname] = condition_from_json(table, where or [], None)
         out: dict[str, Any] = {}
         for tname, cond in new_conditions.items():
@@ -272,7 +295,13 @@ class Monitor:
                     rows[uuid] = upd
             if rows:
                 out[tname] = rows
-        return out
+        return ovs_object(out.items())
+
+
+def _sorted_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted_json(value[k]) for k in sorted(value)}
+    return value
 
 
 def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,

@@ -95,6 +95,11 @@ class Limits:
 
     max_message_bytes: int = 64 * 1024 * 1024
     max_backlog_bytes: int = 256 * 1024 * 1024
+    #: Stop reading a client's requests while this much of its output is unsent (as
+    #: ovsdb-server does), so a pipelining client gets backpressure, not unbounded buffering.
+    pause_reading_bytes: int = 4 * 1024 * 1024
+    #: How long a closing connection may take to flush the replies already queued for it.
+    drain_timeout_s: float = 5.0
     receive_chunk_bytes: int = 256 * 1024
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
@@ -110,6 +115,9 @@ class _Connection:
     probe: bool
     out: bytearray = field(default_factory=bytearray)
     wakeup: trio.Event = field(default_factory=trio.Event)
+    #: Set whenever the writer has sent something (or has nothing left to send).
+    progress: trio.Event = field(default_factory=trio.Event)
+    sending: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     last_input: float = 0.0
     closing_reason: str | None = None
@@ -144,6 +152,11 @@ class OvsdbServer:
                     if probe and self.limits.probe_interval_s > 0:
                         nursery.start_soon(self._prober, conn)
                     await self._reader(conn)
+                    # The client is gone or misbehaved: still deliver the replies to what it
+                    # sent before (ovsdb-server does), within a bound.
+                    with trio.move_on_after(self.limits.drain_timeout_s):
+                        while conn.out or conn.sending:
+                            await conn.progress.wait()
                     nursery.cancel_scope.cancel()
         finally:
             self._conns.pop(conn.session.id, None)
@@ -156,6 +169,8 @@ class OvsdbServer:
 
     async def _reader(self, conn: _Connection) -> None:
         while True:
+            while len(conn.out) >= self.limits.pause_reading_bytes:
+                await conn.progress.wait()
             try:
                 data = await conn.stream.receive_some(self.limits.receive_chunk_bytes)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -199,12 +214,17 @@ class OvsdbServer:
             while conn.out:
                 chunk = bytes(conn.out)
                 conn.out.clear()
+                conn.sending = True
                 try:
                     await conn.stream.send_all(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     conn.closing_reason = f"send failed: {exc}"
                     conn.cancel_scope.cancel()
                     return
+                finally:
+                    conn.sending = False
+                conn.progress.set()
+                conn.progress = trio.Event()
 
     async def _prober(self, conn: _Connection) -> None:
         interval = self.limits.probe_interval_s
@@ -301,7 +321,11 @@ class OvsdbServer:
         where = self.address_of(listener, remote)
 
         async def handler(stream: trio.abc.Stream) -> None:
-            await self._serve_stream(stream, probe, where)
+            try:
+                await self._serve_stream(stream, probe, where)
+            except Exception:
+                # A bug must cost one client its connection, never the server.
+                log.exception("%s: internal error; connection dropped", where)
 
         nursery.start_soon(trio.serve_listeners, handler, [listener])
 
