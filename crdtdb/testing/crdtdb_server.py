@@ -34,6 +34,7 @@ import crdtdb
 from crdtdb.testing.ovsdb_server import (
     OvsdbClient,
     OvsdbServerError,
+    die_with_parent,
     find_binaries,
 )
 
@@ -195,6 +196,7 @@ class _ChildServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
+            preexec_fn=die_with_parent,
         )
         try:
             self._wait_until_listening()

@@ -59,6 +59,21 @@ class OvsdbRpcError(RuntimeError):
         self.error = error
 
 
+def die_with_parent() -> None:
+    """In a child process: get SIGKILL when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Test and benchmark runs that are killed (a timeout, Ctrl-C) must not leave servers
+    behind. Elsewhere this does nothing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def find_binary(name: str) -> str | None:
     """Return the path of ``name`` (PATH first, then the usual sbin/bin directories)."""
     found = shutil.which(name)
@@ -186,6 +201,7 @@ class OvsdbServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
+            preexec_fn=die_with_parent,
         )
         try:
             self._wait_until_listening()
