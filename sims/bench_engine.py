@@ -20,78 +20,34 @@ the machine's load: read the ratios, and rerun before drawing conclusions.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import select
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crdtdb.engine import DatabaseSchema, MemoryDatabase
 from crdtdb.testing.ovsdb_server import OvsdbServer, find_sb_schema
+from sims.pipeline import run_pipelined
+from sims.workload import (
+    DB,
+    bulk_txns,
+    check,
+    datapath_txn,
+    insert_flow_txn,
+    mutate_txn,
+    update_txn,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-DB = "OVN_Southbound"
 #: Requests in flight for the pipelined ovsdb-server client.
 PIPELINE_WINDOW = 64
-
-
-def flow_row(i: int, dp_uuid: str) -> dict[str, Any]:
-    """A Logical_Flow row shaped like ovn-northd's (sizes from a real SB)."""
-    port = f"lsp-{i % 5000:05d}"
-    return {
-        "logical_datapath": ["uuid", dp_uuid],
-        "pipeline": "ingress" if i % 2 else "egress",
-        "table_id": i % 30,
-        "priority": (i * 7) % 65536,
-        "match": f'inport == "{port}" && eth.src == {{0a:00:00:{i >> 16 & 255:02x}:'
-                 f'{i >> 8 & 255:02x}:{i & 255:02x}}} && ip4.src == 10.{i >> 16 & 255}.'
-                 f"{i >> 8 & 255}.{i & 255}",
-        "actions": f"reg0[{i % 16}] = 1; next;",
-        "external_ids": ["map", [["source", f"northd.c:{1000 + i % 9000}"],
-                                 ["stage-name", "ls_in_port_sec_ip"]]],
-    }
-
-
-def insert_flow_txn(i: int, dp: str) -> list[Any]:
-    return [{"op": "insert", "table": "Logical_Flow", "row": flow_row(i, dp)}]
-
-
-def update_txn(i: int, uuid: str) -> list[Any]:
-    return [{"op": "update", "table": "Logical_Flow", "where": [["_uuid", "==", ["uuid", uuid]]],
-             "row": {"priority": i % 65536}}]
-
-
-def mutate_txn(uuid: str) -> list[Any]:
-    return [{"op": "mutate", "table": "Logical_Flow",
-             "where": [["_uuid", "==", ["uuid", uuid]]],
-             "mutations": [["table_id", "+=", 1], ["table_id", "-=", 1],
-                           ["external_ids", "insert", ["map", [["k", "v"]]]]]}]
-
-
-def bulk_txns(n_rows: int, batch: int, dp: str) -> Iterator[list[Any]]:
-    for start in range(0, n_rows, batch):
-        yield [{"op": "insert", "table": "Logical_Flow", "row": flow_row(i, dp)}
-               for i in range(start, min(start + batch, n_rows))]
-
-
-def datapath_txn() -> list[Any]:
-    return [{"op": "insert", "table": "Datapath_Binding", "row": {"tunnel_key": 1}}]
-
-
-def _check(results: list[Any]) -> list[Any]:
-    for r in results:
-        if isinstance(r, dict) and "error" in r:
-            raise RuntimeError(f"transaction failed: {r}")
-    return results
 
 
 # --- the two sides ------------------------------------------------------------------------
@@ -103,11 +59,11 @@ class EngineSide:
         self.db = MemoryDatabase(schema)
 
     def transact(self, ops: list[Any]) -> list[Any]:
-        return _check(self.db.transact(ops))
+        return check(self.db.transact(ops))
 
     def run_all(self, txns: list[list[Any]]) -> None:
         for ops in txns:
-            _check(self.db.transact(ops))
+            check(self.db.transact(ops))
 
 
 class ServerSide:
@@ -118,53 +74,11 @@ class ServerSide:
         self.client = server.client(timeout=120)
 
     def transact(self, ops: list[Any]) -> list[Any]:
-        return _check(self.client.transact(DB, ops))
+        return check(self.client.transact(DB, ops))
 
     def run_all(self, txns: list[list[Any]]) -> None:
-        """Keep up to PIPELINE_WINDOW requests in flight on a second connection.
-
-        Reads and writes are multiplexed with select(): with large transactions in flight,
-        blocking on a send while the server blocks on its replies would deadlock.
-        """
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(str(self.server.sock_path))
-        sock.setblocking(False)
-        decoder = json.JSONDecoder()
-        inbuf = ""
-        out = b""
-        sent = done = 0
-        deadline = time.monotonic() + 600
-        try:
-            while done < len(txns):
-                while sent < len(txns) and sent - done < PIPELINE_WINDOW:
-                    out += json.dumps({"method": "transact", "params": [DB, *txns[sent]],
-                                       "id": sent}).encode()
-                    sent += 1
-                readable, writable, _ = select.select([sock], [sock] if out else [], [], 5)
-                if time.monotonic() > deadline:
-                    raise TimeoutError("pipelined run did not finish in 600 s")
-                if writable:
-                    out = out[sock.send(out):]
-                if not readable:
-                    continue
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise RuntimeError("ovsdb-server closed the connection")
-                inbuf += chunk.decode()
-                while inbuf:
-                    try:
-                        msg, end = decoder.raw_decode(inbuf)
-                    except ValueError:
-                        break
-                    inbuf = inbuf[end:].lstrip()
-                    if msg.get("method") == "echo":
-                        continue
-                    if msg.get("error") is not None:
-                        raise RuntimeError(f"JSON-RPC error: {msg['error']}")
-                    _check(msg["result"])
-                    done += 1
-        finally:
-            sock.close()
+        """Keep up to PIPELINE_WINDOW requests in flight on a second connection."""
+        run_pipelined(self.server.sock_path, txns, window=PIPELINE_WINDOW)
 
     def rss_kib(self) -> int:
         return _rss_kib(self.server.pid)

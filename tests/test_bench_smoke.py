@@ -8,11 +8,15 @@ from support import require_binaries
 from crdtdb.testing.ovsdb_server import find_sb_schema
 
 
-@pytest.mark.ovsdb_server
-def test_bench_engine_quick(capsys: pytest.CaptureFixture[str]) -> None:
+def _need() -> None:
     require_binaries()
     if find_sb_schema() is None:
         pytest.skip("ovn-common not installed")
+
+
+@pytest.mark.ovsdb_server
+def test_bench_engine_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    _need()
     from sims import bench_engine
 
     assert bench_engine.main(["--quick", "--no-write"]) == 0
@@ -20,3 +24,24 @@ def test_bench_engine_quick(capsys: pytest.CaptureFixture[str]) -> None:
     for line in ("single-row insert", "single-row update", "single-row mutate", "bulk load",
                  "memory for"):
         assert line in out
+
+
+@pytest.mark.ovsdb_server
+def test_bench_serve_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    _need()
+    from sims import bench_serve
+
+    assert bench_serve.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for line in ("transactions (pipelined single-row inserts)", "commit-to-update latency p50",
+                 "initial monitor dump, 2,000 flows"):
+        assert line in out
+
+
+def test_bench_storage_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    if find_sb_schema() is None:
+        pytest.skip("ovn-common not installed")
+    from sims import bench_storage
+
+    assert bench_storage.main(["--quick"]) == 0
+    assert capsys.readouterr().out.strip()

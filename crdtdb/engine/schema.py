@@ -28,6 +28,11 @@ class ColumnSchema:
     index: int
     mutable: bool = True
     ephemeral: bool = False
+    #: The value the column has when a row is inserted without it.
+    default_datum: tuple = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "default_datum", self.type.default_datum())
 
     def to_json(self) -> dict[str, Any]:
         pairs: list[tuple[str, Any]] = []

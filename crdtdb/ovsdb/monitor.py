@@ -70,6 +70,35 @@ class MonitorTable:
     select: Select = Select.NONE
     #: ``None`` when the monitor has no condition for this table (v1, or no "where").
     condition: Condition | None = None
+    #: Cached per kind of change: the monitored columns that kind sends (see ``send``).
+    _send: dict[Select, tuple[ColumnSchema, ...]] = field(default_factory=dict)
+    _all_indexes: tuple[int, ...] = ()
+    _kinds: frozenset[Select] = frozenset()
+    _kinds_of: Select | None = None
+
+    def selects(self, kind_: Select) -> bool:
+        """Whether the client asked to hear about this kind of change in this table."""
+        return kind_ in self._kinds if self._kinds_of == self.select else self._refresh(kind_)
+
+    def _refresh(self, kind_: Select) -> bool:
+        self._kinds = frozenset(k for k in (Select.INITIAL, Select.INSERT, Select.DELETE,
+                                            Select.MODIFY) if self.select & k)
+        self._kinds_of = self.select
+        return kind_ in self._kinds
+
+    def send(self, kind_: Select) -> tuple[ColumnSchema, ...]:
+        """Monitored columns whose "select" includes this kind of change."""
+        cols = self._send.get(kind_)
+        if cols is None:
+            cols = self._send[kind_] = tuple(c.column for c in self.columns
+                                             if c.monitored and c.select & kind_)
+        return cols
+
+    def tracked_indexes(self) -> tuple[int, ...]:
+        """Row positions of every tracked column (a change to any of them is a modify)."""
+        if len(self._all_indexes) != len(self.columns):
+            self._all_indexes = tuple(c.column.index for c in self.columns)
+        return self._all_indexes
 
     def add_column(self, column: ColumnSchema, select: Select, monitored: bool,
                    syntax: Any) -> None:
@@ -80,8 +109,10 @@ class MonitorTable:
                                                     "once")
                 c.select |= select
                 c.monitored = c.monitored or monitored
+                self._send.clear()
                 return
         self.columns.append(_Column(column, select, monitored))
+        self._send.clear()
 
     def track_condition_columns(self) -> None:
         if self.condition is None:
@@ -208,13 +239,12 @@ class Monitor:
                                                           else Select.MODIFY)
             elif not old_ok:
                 return None
-        if not mt.select & kind_:
+        if not mt.selects(kind_):
             return None
         changed: set[int] = set()
         if kind_ is Select.MODIFY:
             assert old is not None and new is not None
-            changed = {c.column.index for c in mt.columns
-                       if old[c.column.index] != new[c.column.index]}
+            changed = {i for i in mt.tracked_indexes() if old[i] != new[i]}
             if not changed:
                 return None
         if self.version is Version.V1:
@@ -225,7 +255,7 @@ class Monitor:
         """Table updates for the rows present now (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
         for tname, mt in self.tables.items():
-            if not mt.select & Select.INITIAL:
+            if not mt.selects(Select.INITIAL):
                 continue
             rows = {}
             for uuid, row in snapshot.iter_rows(tname):
@@ -313,10 +343,7 @@ def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
         old_json = row["old"] = {}
     if kind_ & (Select.INITIAL | Select.INSERT | Select.MODIFY):
         new_json = row["new"] = {}
-    for c in mt.columns:
-        if not c.monitored or not c.select & kind_:
-            continue
-        col = c.column
+    for col in mt.send(kind_):
         if old_json is not None and (kind_ is Select.DELETE or col.index in changed):
             assert old is not None
             old_json[col.name] = data.datum_to_json(col.type, old[col.index])
@@ -332,10 +359,7 @@ def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
         return {"delete": None}
     assert new is not None
     diff: dict[str, Any] = {}
-    for c in mt.columns:
-        if not c.monitored or not c.select & kind_:
-            continue
-        col = c.column
+    for col in mt.send(kind_):
         if kind_ is Select.MODIFY:
             if col.index not in changed:
                 continue
@@ -343,7 +367,7 @@ def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
             diff[col.name] = data.datum_to_json(col.type,
                                                 datum_diff(col.type, old[col.index],
                                                            new[col.index]))
-        elif new[col.index] != col.type.default_datum():
+        elif new[col.index] != col.default_datum:
             diff[col.name] = data.datum_to_json(col.type, new[col.index])
     name = "initial" if kind_ is Select.INITIAL else "modify" if kind_ is Select.MODIFY \
         else "insert"
