@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ _INDEX_ERROR_RE = re.compile(
 SKIP_CONNS = {"D", "E", "F", "G(tcp)"}
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-pytestmark = pytest.mark.skipif(not (TRANSCRIPTS.is_dir() and SB.exists()),
-                                reason="transcripts or the OVN schema are not available")
+# CI lays shared/ beside the checkout and installs the OVN schemas: there, missing is a failure.
+pytestmark = pytest.mark.skipif(
+    not (TRANSCRIPTS.is_dir() and SB.exists()) and not os.environ.get("CI"),
+    reason="transcripts (../shared) or the OVN schema are not available")
 
 
 class Unifier:
