@@ -227,23 +227,22 @@ class OvsdbServer:
                 conn.progress = trio.Event()
 
     async def _prober(self, conn: _Connection) -> None:
+        """After ``probe_interval_s`` without input, send an echo request; if nothing at all
+        arrives within another interval, drop the client (ovsdb-server's inactivity probe)."""
         interval = self.limits.probe_interval_s
-        probed = False
         while True:
             await trio.sleep_until(conn.last_input + interval)
-            idle = trio.current_time() - conn.last_input
-            if idle < interval:
-                probed = False
+            if trio.current_time() - conn.last_input < interval:
                 continue
-            if probed and idle >= 2 * interval:
+            sent_at = trio.current_time()
+            self._queue(conn, [Request("echo", "echo", [])])
+            await trio.sleep_until(sent_at + interval)
+            if conn.last_input < sent_at:
+                idle = trio.current_time() - conn.last_input
                 conn.closing_reason = f"no response to inactivity probe after {idle:.1f} s"
                 log.warning("%s: %s; disconnecting", conn.peer, conn.closing_reason)
                 conn.cancel_scope.cancel()
                 return
-            if not probed:
-                self._queue(conn, [Request("echo", "echo", [])])
-                probed = True
-            await trio.sleep(interval)
 
     def _queue(self, conn: _Connection, events: list[Any]) -> None:
         for ev in events:
