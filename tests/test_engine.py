@@ -86,6 +86,20 @@ def test_garbage_collection_and_weak_references() -> None:
     assert violations(db) == []
 
 
+def test_a_change_undone_by_weak_reference_cleanup_still_bumps_version() -> None:
+    """As ovsdb-server: the row was modified by the transaction, so it gets a new _version,
+    even though weak-reference cleanup put its value back (found by the hypothesis tests)."""
+    db = sb()
+    db.transact([{"op": "insert", "table": "Chassis_Private", "row": {"name": "hv1"}}])
+    out = db.execute([{"op": "mutate", "table": "Chassis_Private", "where": [],
+                       "mutations": [["chassis", "insert",
+                                      ["uuid", "5eed0009-0000-4000-8000-000000000009"]]]}])
+    assert out.results == [{"count": 1}]
+    (change,) = out.changeset.tables["Chassis_Private"].values()
+    assert change.old[2:] == change.new[2:], "the dangling weak reference was removed"
+    assert change.old[1] != change.new[1], "but the row still counts as modified"
+
+
 def test_wait_blocks_until_satisfied_or_timed_out() -> None:
     db = sb()
     wait = {"op": "wait", "table": "SB_Global", "where": [], "until": "!=", "rows": [],

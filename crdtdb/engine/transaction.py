@@ -98,6 +98,8 @@ class _Transaction:
         self.read_rows: set[tuple[str, str]] = set()
         self.comments: list[str] = []
         self.durable = False
+        #: Rows ovsdb-server counts as modified (they get a new _version), see _precommit.
+        self.modified: set[tuple[str, str]] = set()
 
     # --- the overlay ----------------------------------------------------------------------
 
@@ -565,6 +567,10 @@ def _precommit(txn: _Transaction) -> Changeset:
     if not any(txn.tables.values()):
         return Changeset(comment=_comment(txn), durable=txn.durable)
     changed = [tr for trows in txn.tables.values() for tr in trows.values()]
+    # ovsdb-server marks these rows changed here, once and for all: a row keeps its mark (and
+    # gets a new _version) even if weak-reference cleanup later undoes its change.
+    txn.modified = {(tr.table.name, tr.uuid) for tr in changed
+                    if tr.old is not None and tr.new is not None}
     _update_ref_counts(txn, changed)
     _collect_garbage(txn)
     _check_max_rows(txn)
@@ -690,6 +696,8 @@ def _assess_weak_refs(txn: _Transaction) -> None:
             if missing:
                 datum = _drop_refs(ctype, datum, missing, weak_key, weak_val)
             tr.new[i] = datum
+            if len(datum) != orig_n and tr.old is not None:
+                txn.modified.add((table.name, tr.uuid))
             if len(datum) != orig_n and len(datum) < ctype.n_min:
                 if zero and tr.old is None:
                     raise OvsdbError(
@@ -816,7 +824,7 @@ def _changeset(txn: _Transaction) -> Changeset:
             new = tuple(tr.new)
             if tr.old is None:
                 out[uuid] = RowChange(None, new)
-            elif new != tr.old:
+            elif new != tr.old or (tname, uuid) in txn.modified:
                 new = (new[0], (txn.new_uuid(),), *new[2:])
                 out[uuid] = RowChange(tr.old, new)
         if out:
