@@ -13,7 +13,6 @@ from a peer are untrusted.
 from __future__ import annotations
 
 import math
-import uuid as uuidlib
 from typing import Any
 
 import msgpack
@@ -33,22 +32,41 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def _pack_atom(atype: AtomicType, atom: Any) -> Any:
-    if atype is AtomicType.UUID:
-        return msgpack.ExtType(UUID_EXT, uuidlib.UUID(atom).bytes)
-    return atom
+def _pack_uuid(atom: str) -> msgpack.ExtType:
+    return msgpack.ExtType(UUID_EXT, bytes.fromhex(atom.replace("-", "")))
 
 
-def _datum_obj(type_: Type, datum: data.Datum) -> list:
-    kt = type_.key.type
+def _packer(type_: Type) -> Any:
+    """How to turn a datum of this type into msgpack-ready objects, built once per type.
+
+    Tuples pack as arrays, so sets of non-uuid atoms need no conversion at all.
+    """
+    packer = type_._variants.get("packer")
+    if packer is not None:
+        return packer
+    k_uuid = type_.key.type is AtomicType.UUID
     if type_.value is None:
-        return [_pack_atom(kt, a) for a in datum]
-    vt = type_.value.type
-    out: list = []
-    for k, v in datum:
-        out.append(_pack_atom(kt, k))
-        out.append(_pack_atom(vt, v))
-    return out
+        packer = ((lambda d: [_pack_uuid(a) for a in d]) if k_uuid else (lambda d: d))
+    else:
+        v_uuid = type_.value.type is AtomicType.UUID
+        if not (k_uuid or v_uuid):
+            packer = lambda d: [x for pair in d for x in pair]  # noqa: E731
+        else:
+            kp = _pack_uuid if k_uuid else (lambda a: a)
+            vp = _pack_uuid if v_uuid else (lambda a: a)
+
+            def packer(d: data.Datum) -> list:
+                out: list = []
+                for k, v in d:
+                    out.append(kp(k))
+                    out.append(vp(v))
+                return out
+    type_._variants["packer"] = packer
+    return packer
+
+
+def _datum_obj(type_: Type, datum: data.Datum) -> Any:
+    return _packer(type_)(datum)
 
 
 def encode_datum(type_: Type, datum: data.Datum) -> bytes:
@@ -59,7 +77,8 @@ def encode_datum(type_: Type, datum: data.Datum) -> bytes:
 def _ext_hook(code: int, payload: bytes) -> Any:
     if code != UUID_EXT or len(payload) != 16:
         raise DecodeError(f"unknown extension type {code} ({len(payload)} bytes)")
-    return _Uuid(str(uuidlib.UUID(bytes=payload)))
+    h = payload.hex()
+    return _Uuid(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
 
 
 class _Uuid(str):

@@ -44,12 +44,31 @@ _NOT_SUPPORTED = "not supported"
 
 
 def random_uuid() -> str:
-    """A random (version 4) UUID string; os.urandom, formatted directly for speed."""
-    h = os.urandom(16).hex()
-    return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    """A random (version 4) UUID string from os.urandom, formatted directly.
+
+    Random bytes are fetched 4 KiB at a time: one system call per UUID was a tenth of the
+    server's time on single-row inserts.
+    """
+    global _random_hex, _random_pos
+    if _random_pos >= len(_random_hex):
+        _random_hex, _random_pos = os.urandom(4096).hex(), 0
+    h = _random_hex[_random_pos:_random_pos + 32]
+    _random_pos += 32
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_random_hex = ""
+_random_pos = 0
+
+
+def _forget_random_bytes() -> None:
+    global _random_hex, _random_pos
+    _random_hex, _random_pos = "", 0
+
+
+# A forked child must not hand out the same UUIDs as its parent.
+os.register_at_fork(after_in_child=_forget_random_bytes)
 
 
 @dataclass(slots=True)

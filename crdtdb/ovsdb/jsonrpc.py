@@ -115,6 +115,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Literal
 
+import orjson
+
 from crdtdb.errors import CrdtdbError
 
 __all__ = [
@@ -366,6 +368,27 @@ _DECODER = json.JSONDecoder(
 #: so no whitespace to skip).
 _SCAN = _DECODER.scan_once
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _fast_encode(message: dict[str, Any]) -> bytes | None:
+    """The bytes the json path would write, about 8x faster (orjson), or None to use it.
+
+    This is what keeps a 100k-row monitor dump as quick as ovsdb-server's. orjson writes NaN
+    and infinities as null instead of refusing them, so a member whose value is not None but
+    encodes with a null in it goes the json path (no OVSDB value is ever null); orjson raises
+    TypeError where json refuses too (non-str keys, lone surrogates, ints beyond 64 bits),
+    and a NUL is refused by the json path: both fall back to it for the error.
+    """
+    out = []
+    for key, value in message.items():
+        try:
+            encoded = orjson.dumps(value)
+        except TypeError:
+            return None
+        if (value is not None and b"null" in encoded) or b"\\u0000" in encoded:
+            return None
+        out.append(b'"' + key.encode() + b'":' + encoded)
+    return b"{" + b",".join(out) + b"}"
 
 
 # -- scanning for message boundaries --------------------------------------------------------
@@ -897,6 +920,10 @@ class JsonRpcConnection:
         return key
 
     def _encode(self, message: dict[str, Any]) -> bytes:
+        if self.strict_unicode:
+            fast = _fast_encode(message)
+            if fast is not None:
+                return fast
         try:
             try:
                 text = _ENCODER.encode(message)

@@ -71,7 +71,7 @@ class MonitorTable:
     #: ``None`` when the monitor has no condition for this table (v1, or no "where").
     condition: Condition | None = None
     #: Cached per kind of change: the monitored columns that kind sends (see ``send``).
-    _send: dict[Select, tuple[ColumnSchema, ...]] = field(default_factory=dict)
+    _send: dict[tuple[Select, bool], tuple[ColumnSchema, ...]] = field(default_factory=dict)
     _all_indexes: tuple[int, ...] = ()
     _kinds: frozenset[Select] = frozenset()
     _kinds_of: Select | None = None
@@ -86,12 +86,15 @@ class MonitorTable:
         self._kinds_of = self.select
         return kind_ in self._kinds
 
-    def send(self, kind_: Select) -> tuple[ColumnSchema, ...]:
-        """Monitored columns whose "select" includes this kind of change."""
-        cols = self._send.get(kind_)
+    def send(self, kind_: Select, by_name: bool = False) -> tuple[ColumnSchema, ...]:
+        """Monitored columns whose "select" includes this kind of change (sorted by name
+        for updates that ovsdb-server sends with sorted keys)."""
+        cols = self._send.get((kind_, by_name))
         if cols is None:
-            cols = self._send[kind_] = tuple(c.column for c in self.columns
-                                             if c.monitored and c.select & kind_)
+            cols = tuple(c.column for c in self.columns if c.monitored and c.select & kind_)
+            if by_name:
+                cols = tuple(sorted(cols, key=lambda c: c.name))
+            self._send[(kind_, by_name)] = cols
         return cols
 
     def tracked_indexes(self) -> tuple[int, ...]:
@@ -206,17 +209,20 @@ class Monitor:
                 return True
         return False
 
-    def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
-        """The member order ovsdb-server sends: update2/update3 of unconditional monitors are
-        pre-serialized with sorted keys (shared by every client of that monitor); otherwise
-        its hash-table order."""
-        if self.version >= Version.V2 and not self.conditional():
-            return _sorted_json(out)
+    def _sorted(self) -> bool:
+        """ovsdb-server pre-serializes update2/update3 of unconditional monitors (shared by
+        every client of that monitor) with sorted keys; other updates go out in its
+        hash-table order."""
+        return self.version >= Version.V2 and not self.conditional()
+
+    def _finish(self, out: dict[str, Any], by_name: bool) -> dict[str, Any]:
+        if by_name:  # rows' columns were composed in name order already
+            return {t: {u: out[t][u] for u in sorted(out[t])} for t in sorted(out)}
         return ovs_object(out.items())
 
     def _row_update(self, mt: MonitorTable, old: tuple | None, new: tuple | None,
                     initial: bool, cond_old: Condition | None,
-                    cond_new: Condition | None) -> Any:
+                    cond_new: Condition | None, by_name: bool = False) -> Any:
         """The JSON for one row, or ``None`` when the client is not told about it."""
         if initial:
             kind_ = Select.INITIAL
@@ -249,26 +255,29 @@ class Monitor:
                 return None
         if self.version is Version.V1:
             return _compose_v1(mt, old, new, kind_, changed)
-        return _compose_v2(mt, old, new, kind_, changed)
+        return _compose_v2(mt, old, new, kind_, changed, by_name)
 
     def initial(self, snapshot: Snapshot) -> dict[str, Any]:
         """Table updates for the rows present now (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
+        by_name = self._sorted()
         for tname, mt in self.tables.items():
             if not mt.selects(Select.INITIAL):
                 continue
             rows = {}
             for uuid, row in snapshot.iter_rows(tname):
-                upd = self._row_update(mt, None, row, True, mt.condition, mt.condition)
+                upd = self._row_update(mt, None, row, True, mt.condition, mt.condition,
+                                       by_name)
                 if upd is not None:
                     rows[uuid] = upd
             if rows:
                 out[tname] = rows
-        return self._finish(out)
+        return self._finish(out, by_name)
 
     def changes(self, changeset: Changeset) -> dict[str, Any]:
         """Table updates for one committed transaction (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
+        by_name = self._sorted()
         for tname, mt in self.tables.items():
             changes = changeset.tables.get(tname)
             if not changes:
@@ -276,12 +285,12 @@ class Monitor:
             rows = {}
             for uuid, change in changes.items():
                 upd = self._row_update(mt, change.old, change.new, False, mt.condition,
-                                       mt.condition)
+                                       mt.condition, by_name)
                 if upd is not None:
                     rows[uuid] = upd
             if rows:
                 out[tname] = rows
-        return self._finish(out)
+        return self._finish(out, by_name)
 
     def change_conditions(self, requests: Any, snapshot: Snapshot) -> dict[str, Any]:
         """``monitor_cond_change``: install new conditions; returns the rows that entered
@@ -328,12 +337,6 @@ class Monitor:
         return ovs_object(out.items())
 
 
-def _sorted_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted_json(value[k]) for k in sorted(value)}
-    return value
-
-
 def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,
                 changed: set[int]) -> dict[str, Any]:
     row: dict[str, Any] = {}
@@ -354,12 +357,12 @@ def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
 
 
 def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,
-                changed: set[int]) -> dict[str, Any]:
+                changed: set[int], by_name: bool) -> dict[str, Any]:
     if kind_ is Select.DELETE:
         return {"delete": None}
     assert new is not None
     diff: dict[str, Any] = {}
-    for col in mt.send(kind_):
+    for col in mt.send(kind_, by_name):
         if kind_ is Select.MODIFY:
             if col.index not in changed:
                 continue
