@@ -20,8 +20,6 @@ the machine's load: read the ratios, and rerun before drawing conclusions.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from typing import Any
 from crdtdb.engine import DatabaseSchema, MemoryDatabase
 from crdtdb.testing.ovsdb_server import OvsdbServer, find_sb_schema
 from sims.pipeline import run_pipelined
+from sims.report import DOC, run_header, write_section
 from sims.workload import (
     DB,
     bulk_txns,
@@ -45,7 +44,6 @@ from sims.workload import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 #: Requests in flight for the pipelined ovsdb-server client.
 PIPELINE_WINDOW = 64
 
@@ -210,22 +208,7 @@ def render(rows: list[Row], params: dict[str, Any]) -> str:
         ref = r.server_pipe if r.server_pipe is not None else r.server_rt
         lines.append(f"| {r.what} | {r.unit} | {_fmt(r.engine)} | {_fmt(r.server_rt)} | "
                      f"{_fmt(r.server_pipe)} | {_ratio(r.engine, ref, better)} | {r.note} |")
-    head = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-            f"({os.cpu_count()} cores, Python {platform.python_version()}); "
-            + ", ".join(f"{k}={v}" for k, v in params.items()))
-    return head + "\n\n" + "\n".join(lines) + "\n"
-
-
-def write_doc(section: str) -> None:
-    begin, end = "<!-- bench_engine:begin -->", "<!-- bench_engine:end -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{begin}\n## Engine vs ovsdb-server (sims/bench_engine.py)\n\n{section}\n{end}"
-    if begin in text:
-        pre, rest = text.split(begin, 1)
-        text = pre + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    return run_header(params) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render(rows, params)
     print(table)
     if not args.no_write and not args.quick:
-        write_doc(table)
+        write_section("bench_engine", "Engine vs ovsdb-server (sims/bench_engine.py)", table)
         print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

@@ -19,8 +19,6 @@ Prints a table and, unless ``--no-write`` or ``--quick``, writes it to docs/benc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,10 +31,10 @@ from typing import Any
 from crdtdb.testing.crdtdb_server import CrdtdbServer
 from crdtdb.testing.ovsdb_server import OvsdbServer, find_sb_schema
 from sims.pipeline import Receiver, run_pipelined
+from sims.report import DOC, run_header, write_section
 from sims.workload import DB, bulk_txns, datapath_txn, insert_flow_txn
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
 WINDOW = 64
 MONITOR = {"Logical_Flow": [{"columns": ["logical_datapath", "pipeline", "table_id",
                                          "priority", "match", "actions", "external_ids"]}]}
@@ -130,22 +128,7 @@ def render(real: Result, ours: Result, params: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for what, unit, a, b, r, goal in rows:
         lines.append(f"| {what} | {unit} | {a:,.2f} | {b:,.2f} | {r} | {goal} |")
-    head = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
-            f"({os.cpu_count()} cores, Python {platform.python_version()}); "
-            + ", ".join(f"{k}={v}" for k, v in params.items()))
-    return head + "\n\n" + "\n".join(lines) + "\n"
-
-
-def write_doc(section: str) -> None:
-    begin, end = "<!-- bench_serve:begin -->", "<!-- bench_serve:end -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = f"{begin}\n## crdtdb serve vs ovsdb-server (sims/bench_serve.py)\n\n{section}\n{end}"
-    if begin in text:
-        pre, rest = text.split(begin, 1)
-        text = pre + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    return run_header(params) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     "window": WINDOW})
     print(table)
     if not args.no_write and not args.quick:
-        write_doc(table)
+        write_section("bench_serve", "crdtdb serve vs ovsdb-server (sims/bench_serve.py)", table)
         print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
