@@ -387,13 +387,32 @@ def atom_to_json(atype: AtomicType, atom: Atom) -> Any:
 
 def datum_to_json(type_: Type, datum: Datum) -> Any:
     """``ovsdb_datum_to_json``: maps always wrapped, one-element sets bare."""
-    kt = type_.key.type
+    return to_json_fn(type_)(datum)
+
+
+def to_json_fn(type_: Type) -> Callable[[Datum], Any]:
+    """A converter to JSON for datums of this type, built once per type: monitor dumps call
+    it for every column of every row."""
+    fn = type_._variants.get("to_json")
+    if fn is not None:
+        return fn
+    k_uuid = type_.key.type is AtomicType.UUID
     if type_.value is not None:
-        vt = type_.value.type
-        return ["map", [[atom_to_json(kt, k), atom_to_json(vt, v)] for k, v in datum]]
-    if len(datum) == 1:
-        return atom_to_json(kt, datum[0])
-    return ["set", [atom_to_json(kt, a) for a in datum]]
+        if k_uuid or type_.value.type is AtomicType.UUID:
+            kt, vt = type_.key.type, type_.value.type
+            fn = lambda d: ["map", [[atom_to_json(kt, k), atom_to_json(vt, v)]  # noqa: E731
+                                    for k, v in d]]
+        else:
+            fn = lambda d: ["map", [[k, v] for k, v in d]]  # noqa: E731
+    elif k_uuid:
+        fn = lambda d: (["uuid", d[0]] if len(d) == 1  # noqa: E731
+                        else ["set", [["uuid", a] for a in d]])
+    elif type_.is_scalar:
+        fn = lambda d: d[0]  # noqa: E731
+    else:
+        fn = lambda d: d[0] if len(d) == 1 else ["set", list(d)]  # noqa: E731
+    type_._variants["to_json"] = fn
+    return fn
 
 
 def sort_datum(type_: Type, elems: Iterable) -> Datum:

@@ -265,11 +265,22 @@ class Monitor:
             if not mt.selects(Select.INITIAL):
                 continue
             rows = {}
-            for uuid, row in snapshot.iter_rows(tname):
-                upd = self._row_update(mt, None, row, True, mt.condition, mt.condition,
-                                       by_name)
-                if upd is not None:
-                    rows[uuid] = upd
+            if self.version is Version.V1:
+                for uuid, row in snapshot.iter_rows(tname):
+                    upd = self._row_update(mt, None, row, True, mt.condition, mt.condition)
+                    if upd is not None:
+                        rows[uuid] = upd
+            else:
+                # The hot loop of a full dump (100k rows): _compose_v2's "initial", inlined.
+                cols = [(c.index, c.name, data.to_json_fn(c.type), c.default_datum)
+                        for c in mt.send(Select.INITIAL, by_name)]
+                cond = mt.condition if mt.condition is not None and mt.condition.clauses \
+                    else None
+                for uuid, row in snapshot.iter_rows(tname):
+                    if cond is not None and not cond.matches_any(row):
+                        continue
+                    rows[uuid] = {"initial": {name: fn(row[i]) for i, name, fn, default in cols
+                                              if row[i] != default}}
             if rows:
                 out[tname] = rows
         return self._finish(out, by_name)
@@ -370,8 +381,10 @@ def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
             diff[col.name] = data.datum_to_json(col.type,
                                                 datum_diff(col.type, old[col.index],
                                                            new[col.index]))
-        elif new[col.index] != col.default_datum:
-            diff[col.name] = data.datum_to_json(col.type, new[col.index])
+        else:
+            value = new[col.index]
+            if value != col.default_datum:
+                diff[col.name] = data.to_json_fn(col.type)(value)
     name = "initial" if kind_ is Select.INITIAL else "modify" if kind_ is Select.MODIFY \
         else "insert"
     return {name: diff}
