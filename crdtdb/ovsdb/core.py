@@ -112,6 +112,9 @@ class ServerCore:
         # ovsdb-server lists databases in its hash-table order; _Server is added last.
         self._db_order = list(shash_order([*databases, "_Server"]))
         self.n_commits = 0
+        #: Set when a transaction starts waiting (the I/O layer re-arms its timer and clears
+        #: it); completed waits need no timer change.
+        self.waits_changed = False
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -217,6 +220,7 @@ class ServerCore:
         t = _Trigger(req, req.params[0], self.now_ms())
         if not self._try(s, t):
             s.triggers[key] = t
+            self.waits_changed = True
 
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is blocked on a ``wait`` (keep it pending)."""

@@ -267,7 +267,9 @@ class OvsdbServer:
         for conn in list(self._conns.values()):
             if conn.session.outbox:
                 self._queue(conn, conn.session.drain())
-        self._deadline_changed.set()
+        if self.core.waits_changed:
+            self.core.waits_changed = False
+            self._deadline_changed.set()
 
     async def _timers(self) -> None:
         """Complete waits whose timeout expired."""
