@@ -23,9 +23,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Self
 
 #: Where the Debian packages install the binaries (ovsdb-server lives in /usr/sbin, which is
 #: not always on a user's PATH).
@@ -33,6 +33,10 @@ _EXTRA_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 
 #: The OVN_Southbound schema, from the Debian ovn-common package.
 SB_SCHEMA_CANDIDATES = (Path("/usr/share/ovn/ovn-sb.ovsschema"),)
+
+
+#: One .ovsschema path, or several.
+SchemaPaths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 def find_sb_schema() -> Path | None:
@@ -108,47 +112,74 @@ def _tail(path: Path, n_lines: int = 20) -> str:
     return "\n".join(lines[-n_lines:]) or "(log is empty)"
 
 
-class OvsdbServer:
-    """A standalone ovsdb-server serving one database, as a context manager::
+def _db_name(schema_path: Path) -> str:
+    name = json.loads(schema_path.read_text())["name"]
+    if not isinstance(name, str):
+        raise ValueError(f"{schema_path}: schema has no name")
+    return name
 
-        with OvsdbServer(schema_path, tmp_path) as server, server.client() as client:
-            client.transact(server.db_name, [{"op": "comment", "comment": "hi"}])
 
-    ``workdir`` holds the database file, the sockets and the log.  ``reset()`` throws the
-    database away and starts a new server on a new, empty one.
-    """
+class ChildServer:
+    """A server in a child process on a unix socket: start (bounded wait, log tail on
+    failure), stop (SIGTERM, then SIGKILL), clients. Subclasses give the command line."""
+
+    #: Program name for messages.
+    what = "server"
 
     def __init__(
         self,
-        schema_path: str | os.PathLike[str],
+        schema_paths: SchemaPaths,
         workdir: str | os.PathLike[str],
         *,
-        startup_timeout: float = 10.0,
-        stop_timeout: float = 5.0,
+        startup_timeout: float,
+        stop_timeout: float,
     ) -> None:
-        self.schema_path = Path(schema_path)
+        paths = [schema_paths] if isinstance(schema_paths, str | os.PathLike) else schema_paths
+        if not paths:
+            raise ValueError("at least one schema is needed")
+        self.schema_paths = [Path(p) for p in paths]
         self.workdir = Path(workdir)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self.db_name: str = json.loads(self.schema_path.read_text())["name"]
-        self.tool, self.server = find_binaries()
-        self.db_path = self.workdir / "db"
-        self.log_path = self.workdir / "ovsdb-server.log"
-        # A unix socket path must fit in sun_path (108 bytes) and pytest's tmp_path can be
-        # longer than that: then the sockets go to a short private directory instead.
+        self.db_names: list[str] = [_db_name(p) for p in self.schema_paths]
+        self.log_path = self.workdir / f"{self.what}.log"
+        # A unix socket path must fit in sun_path (108 bytes); pytest's tmp_path can be
+        # longer, and then the socket goes to a short private directory instead.
         self._sockdir: str | None = None
         sockdir = self.workdir
         if len(str(self.workdir / "db.sock")) > 100:
-            self._sockdir = tempfile.mkdtemp(prefix="ovsdb-")
+            self._sockdir = tempfile.mkdtemp(prefix="crdtdb-")
             sockdir = Path(self._sockdir)
-        self.sock_path = sockdir / "db.sock"
-        self.ctl_path = sockdir / "db.ctl"
+        self._sock_path = sockdir / "db.sock"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
+        self._log_file: IO[bytes] | None = None
+        self.returncode: int | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- the surface both servers share -----------------------------------------------
 
-    def __enter__(self) -> OvsdbServer:
+    @property
+    def sock_path(self) -> Path:
+        return self._sock_path
+
+    @property
+    def remote(self) -> str:
+        """The address clients connect to (``unix:PATH``)."""
+        return f"unix:{self._sock_path}"
+
+    @property
+    def db_name(self) -> str:
+        """The first database (the only one, usually)."""
+        return self.db_names[0]
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> Self:
         try:
             self.start()
         except BaseException:
@@ -159,47 +190,48 @@ class OvsdbServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def log_tail(self, n_lines: int = 20) -> str:
+        return _tail(self.log_path, n_lines)
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+    def client(self, timeout: float = 10.0) -> OvsdbClient:
+        if not self.running:
+            raise OvsdbServerError(
+                f"{self.what} is not running; log {self.log_path}:\n{self.log_tail()}"
+            )
+        return OvsdbClient(self._sock_path, timeout=timeout)
+
+    def transact(self, ops: list[Any], db_name: str | None = None) -> list[Any]:
+        """One-shot transact (opens and closes a connection)."""
+        with self.client() as client:
+            return client.transact(db_name or self.db_name, ops)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Anything to do before the process starts (create database files...)."""
+
+    def _env(self) -> dict[str, str] | None:
+        return None
 
     def start(self) -> None:
-        """Create a new database file and start the server on it."""
         if self._proc is not None:
-            raise OvsdbServerError("server already started")
+            raise OvsdbServerError(f"{self.what} already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.sock_path.parent.mkdir(parents=True, exist_ok=True)
-        for path in (self.db_path, self.sock_path, self.ctl_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        created = subprocess.run(
-            [self.tool, "create", str(self.db_path), str(self.schema_path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if created.returncode != 0:
-            raise OvsdbServerError(
-                f"ovsdb-tool create {self.schema_path} failed "
-                f"(exit {created.returncode}): {created.stderr.strip()}"
-            )
+        self._sock_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._sock_path.unlink()
+        self._prepare()
+        self.returncode = None
         self._log_file = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [
-                self.server,
-                str(self.db_path),
-                f"--remote=punix:{self.sock_path}",
-                f"--unixctl={self.ctl_path}",
-                "--no-chdir",
-                f"--log-file={self.log_path}",
-            ],
+            self._command(),
+            cwd=self.workdir,
+            env=self._env(),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=self._log_file,
             stderr=self._log_file,
             preexec_fn=die_with_parent,
         )
@@ -212,43 +244,47 @@ class OvsdbServer:
     def _wait_until_listening(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
-        delay = 0.001
+        delay = 0.002
         while True:
             if self._proc.poll() is not None:
                 raise OvsdbServerError(
-                    f"ovsdb-server exited with status {self._proc.returncode} during "
-                    f"startup; log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"{self.what} exited with status {self._proc.returncode} during startup; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            if self.sock_path.exists():
+            if self._sock_path.exists():
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                     probe.settimeout(1.0)
                     try:
-                        probe.connect(str(self.sock_path))
+                        probe.connect(str(self._sock_path))
                     except OSError:
                         pass
                     else:
                         return
             if time.monotonic() >= deadline:
                 raise OvsdbServerError(
-                    f"ovsdb-server did not accept connections on {self.sock_path} within "
-                    f"{self.startup_timeout} s; log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"{self.what} did not accept connections on {self._sock_path} within "
+                    f"{self.startup_timeout} s; log {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, wait (bounded), then SIGKILL."""
+    def stop(self) -> int | None:
+        """SIGTERM, wait (bounded), then SIGKILL.  Returns the exit status (None if the
+        server was not running)."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=self.stop_timeout)
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=self.stop_timeout)
+            self.returncode = proc.returncode
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        return self.returncode
 
     def close(self) -> None:
         """stop(), and remove the private socket directory, if one was made."""
@@ -257,27 +293,71 @@ class OvsdbServer:
             shutil.rmtree(self._sockdir, ignore_errors=True)
             self._sockdir = None
 
+
+class OvsdbServer(ChildServer):
+    """A standalone ovsdb-server serving one new, empty database per schema on one unix
+    socket, as a context manager::
+
+        with OvsdbServer(schema_path, tmp_path) as server, server.client() as client:
+            client.transact(server.db_name, [{"op": "comment", "comment": "hi"}])
+
+    ``workdir`` holds the database files and the log. ``reset()`` throws the databases away
+    and starts a new server on new, empty ones.
+    """
+
+    what = "ovsdb-server"
+
+    def __init__(
+        self,
+        schema_paths: SchemaPaths,
+        workdir: str | os.PathLike[str],
+        *,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(
+            schema_paths,
+            workdir,
+            startup_timeout=startup_timeout,
+            stop_timeout=stop_timeout,
+        )
+        self.tool, self.server = find_binaries()
+        self.db_paths = [self.workdir / f"{name}.db" for name in self.db_names]
+        self.ctl_path = self.sock_path.parent / "db.ctl"
+        self.extra_args = list(extra_args)
+
+    def _prepare(self) -> None:
+        for db_path, schema_path in zip(self.db_paths, self.schema_paths, strict=True):
+            with contextlib.suppress(FileNotFoundError):
+                db_path.unlink()
+            created = subprocess.run(
+                [self.tool, "create", str(db_path), str(schema_path)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise OvsdbServerError(
+                    f"ovsdb-tool create {schema_path} failed (exit {created.returncode}): "
+                    f"{created.stderr.strip()}"
+                )
+
+    def _command(self) -> list[str]:
+        return [
+            self.server,
+            *map(str, self.db_paths),
+            f"--remote=punix:{self.sock_path}",
+            f"--unixctl={self.ctl_path}",
+            "--no-chdir",
+            *self.extra_args,
+        ]
+
     def reset(self) -> None:
-        """Start over with a new, empty database (and a new server process)."""
+        """Start over with new, empty databases (and a new server process)."""
         self.stop()
         self.start()
-
-    # -- clients -----------------------------------------------------------------------
-
-    def client(self, timeout: float = 10.0) -> OvsdbClient:
-        if not self.running:
-            raise OvsdbServerError(
-                f"ovsdb-server is not running; log {self.log_path}:\n{_tail(self.log_path)}"
-            )
-        return OvsdbClient(self.sock_path, timeout=timeout)
-
-    def transact(self, ops: list[Any]) -> list[Any]:
-        """One-shot transact on this server's database (opens and closes a connection)."""
-        with self.client() as client:
-            return client.transact(self.db_name, ops)
-
-    def log_tail(self, n_lines: int = 20) -> str:
-        return _tail(self.log_path, n_lines)
 
 
 class OvsdbClient:
