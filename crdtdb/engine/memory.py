@@ -12,7 +12,6 @@ from typing import Any
 from crdtdb.engine.schema import DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
-from crdtdb.errors import WouldBlock
 
 
 class MemoryDatabase:
@@ -68,10 +67,7 @@ class MemoryDatabase:
                  locks: LockOwnership | None = None) -> list[Any]:
         """The result array ovsdb-server would send; raises :class:`WouldBlock` on a pending wait.
         """
-        outcome = self.execute(operations, locks=locks)
-        if outcome.results is None:
-            raise WouldBlock(outcome.timeout_ms)
-        return outcome.results
+        return self.execute(operations, locks=locks).results_nowait()
 
     def apply(self, changeset: Changeset) -> None:
         """Commit a changeset computed against this database's current state."""

@@ -36,7 +36,7 @@ from crdtdb.engine.snapshot import (
     Snapshot,
 )
 from crdtdb.engine.types import UNLIMITED
-from crdtdb.errors import OvsdbError
+from crdtdb.errors import OvsdbError, WouldBlock
 
 #: Operations that never write ("read_only" in ovsdb-server's table of executors).
 _READ_ONLY_OPS = frozenset({"select", "wait", "abort", "comment", "assert"})
@@ -90,6 +90,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.results is not None and self.changeset is not None
+
+    def results_nowait(self) -> list[Any]:
+        """The result array, or :class:`~crdtdb.errors.WouldBlock` if a wait is pending."""
+        if self.results is None:
+            raise WouldBlock(self.timeout_ms)
+        return self.results
 
 
 class _TxnRow:

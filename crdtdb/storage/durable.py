@@ -49,7 +49,7 @@ from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
-from crdtdb.errors import DecodeError, WouldBlock
+from crdtdb.errors import DecodeError
 from crdtdb.storage.recordlog import (
     DEFAULT_MAX_RECORD_BYTES,
     HEADER_SIZE,
@@ -227,10 +227,7 @@ class DurableDatabase:
                  locks: LockOwnership | None = None) -> list[Any]:
         """The result array ovsdb-server would send; raises :class:`WouldBlock` on a pending wait.
         """
-        outcome = self.execute(operations, locks=locks)
-        if outcome.results is None:
-            raise WouldBlock(outcome.timeout_ms)
-        return outcome.results
+        return self.execute(operations, locks=locks).results_nowait()
 
     def apply(self, changeset: Changeset) -> None:
         """Log a changeset computed against the current state, then apply it."""
