@@ -88,7 +88,9 @@ class KnownMismatch:
     ``check`` is "results" (``applies(ops, server_results, engine_results)``, called when a
     transaction's results differ: the example ends there, as the states may now differ) or
     "versions" (``applies(diff: VersionDiff)``, called when a state check finds different
-    rows with a new ``_version``: the example goes on, the contents agree).  Either way a
+    rows with a new ``_version``: the example goes on, the contents agree) or "state"
+    (``applies(server_states, engine_states)``, called when a state check differs: the
+    example ends there).  Either way a
     Hypothesis event counts it.  Remove the entry once the engine is fixed.
     """
 
@@ -97,9 +99,58 @@ class KnownMismatch:
     applies: Callable[..., bool]
 
 
+def _drop_dangling(state: list[Any]) -> tuple[list[Any], bool]:
+    """A state check's result with every reference to a row that does not exist removed,
+    and whether there was any."""
+    existing = {row["_uuid"][1] for result in state for row in result["rows"]}
+    found = False
+
+    def dangling(atom: Any) -> bool:
+        nonlocal found
+        bad = (isinstance(atom, list) and len(atom) == 2 and atom[0] == "uuid"
+               and atom[1] not in existing)
+        found = found or bad
+        return bad
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, list) and value and value[0] == "set":
+            kept = [a for a in value[1] if not dangling(a)]
+            return kept[0] if len(kept) == 1 else ["set", kept]  # one element goes bare
+        if isinstance(value, list) and value and value[0] == "map":
+            return ["map", [p for p in value[1] if not (dangling(p[0]) or dangling(p[1]))]]
+        if dangling(value):
+            return ["set", []]
+        return value
+
+    out = [{"rows": [{k: v if k in ("_uuid", "_version") else clean(v)
+                      for k, v in row.items()} for row in result["rows"]]}
+           for result in state]
+    return out, found
+
+
+def _server_kept_dangling_weak_refs(server_states: list[Any], engine_states: list[Any]) -> bool:
+    cleaned, found = _drop_dangling(server_states[-1])
+    if not found:
+        return False
+    try:
+        assert_same([*server_states[:-1], cleaned], engine_states)
+    except AssertionError:
+        return False
+    return True
+
+
 KNOWN_ENGINE_MISMATCHES: list[KnownMismatch] = [
-    # None known. (The last one: ovsdb-server gives a new _version to a row whose change was
-    # undone by weak-reference cleanup; fixed in the engine, see test_engine.py.)
+    # ovsdb-server 3.1 leaves a weak reference to a row deleted by the transaction when the
+    # referring row was modified earlier in the same transaction: assess_weak_refs visits the
+    # transaction's rows once, in order, and queues the cleanup on a row it has already
+    # visited, so the dangling uuid stays in the column (the database then breaks its own
+    # schema). The engine removes it. Minimal: one transaction that first updates a
+    # Port_Binding whose requested_additional_chassis (weak) names Chassis X, then deletes X.
+    KnownMismatch(
+        "ovsdb-server keeps a weak reference to a row deleted later in the same transaction",
+        "state",
+        _server_kept_dangling_weak_refs,
+    ),
 ]
 
 DEFAULT_EXAMPLES = 100
@@ -197,7 +248,15 @@ class Replay:
         ovsdb-server gives a row a new one only when a transaction really changed it)."""
         everything = [{"op": "select", "table": t, "where": []} for t in self.engine.tables]
         self._record(None, self._server_transact(everything), self.engine.probe(everything))
-        self._compare()
+        try:
+            self._compare()
+        except AssertionError:
+            for known in KNOWN_ENGINE_MISMATCHES:
+                if known.check == "state" and known.applies(self.server_results,
+                                                            self.engine_results):
+                    event(f"known mismatch: {known.name}")
+                    raise _KnownMismatch(known.name) from None
+            raise
         changed = []
         for transcript, previous in zip((self.server_results, self.engine_results),
                                         self._versions, strict=True):
