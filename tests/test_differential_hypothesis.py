@@ -361,11 +361,15 @@ def replay(server: OvsdbServer, path: Path, tables: Sequence[str] | None,
             return
 
 
-def _settings(examples: int) -> settings:
+def _settings(examples: int, *, explore: bool = False) -> settings:
+    """The default run is derandomized (the same examples every time, so CI is not a lottery
+    over ovsdb-server quirks nobody has classified yet); the --slow runs explore."""
     return settings(
         max_examples=examples,
         deadline=None,
         print_blob=True,
+        derandomize=not explore,
+        database=None if not explore else settings.default.database,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
@@ -391,7 +395,7 @@ def test_kitchen_sink_sequences(
 
 @pytest.mark.slow
 @pytest.mark.ovsdb_server
-@_settings(SLOW_EXAMPLES)
+@_settings(SLOW_EXAMPLES, explore=True)
 @given(sequence=SB_SEQUENCES)
 def test_southbound_sequences_long(
     servers: Callable[[Path], OvsdbServer], sb_schema_path: Path, sequence: list[list[Any]]
@@ -401,7 +405,7 @@ def test_southbound_sequences_long(
 
 @pytest.mark.slow
 @pytest.mark.ovsdb_server
-@_settings(SLOW_EXAMPLES)
+@_settings(SLOW_EXAMPLES, explore=True)
 @given(sequence=KS_SEQUENCES)
 def test_kitchen_sink_sequences_long(
     servers: Callable[[Path], OvsdbServer], kitchen_sink_schema_path: Path,
