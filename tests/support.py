@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from crdtdb.testing.ovsdb_server import OvsdbBinariesMissing, find_binaries
+from crdtdb.testing.ovsdb_server import OvsdbBinariesMissing, find_binaries, find_binary
 
 #: The project's own schema that uses every type and constraint.
 KITCHEN_SINK_SCHEMA = Path(__file__).resolve().parent / "schemas" / "kitchen_sink.ovsschema"
+#: The OVN schemas, from the Debian ovn-common package.
+NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
+SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
 
 
 def require_binaries() -> tuple[str, str]:
@@ -25,3 +28,25 @@ def require_binaries() -> tuple[str, str]:
         if os.environ.get("CI"):
             pytest.fail(f"{exc}; CI is set, so ovsdb-server tests may not be skipped")
         pytest.skip(str(exc))
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing; CI is set, so this test may not be skipped")
+    pytest.skip(f"{what} is not installed")
+
+
+def need_ovn(*tools: str) -> dict[str, str]:
+    """ovsdb-server, the OVN schemas and ``tools`` (paths by name): skip when missing, fail
+    under CI."""
+    require_binaries()
+    found: dict[str, str] = {}
+    for tool in tools:
+        path = find_binary(tool)
+        if path is None:
+            _missing(tool)
+        found[tool] = path  # type: ignore[assignment]
+    for schema in (NB_SCHEMA, SB_SCHEMA):
+        if not schema.is_file():
+            _missing(f"{schema} (Debian ovn-common)")
+    return found

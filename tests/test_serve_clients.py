@@ -52,15 +52,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import require_binaries
+from support import NB_SCHEMA, SB_SCHEMA, need_ovn
 
 from crdtdb.testing.crdtdb_server import CrdtdbServer, RealOvsdbServer, ServerUnderTest
-from crdtdb.testing.ovsdb_server import find_binary
 
 pytestmark = pytest.mark.ovsdb_server
 
-NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
-SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
 NB = "OVN_Northbound"
 SB = "OVN_Southbound"
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
@@ -80,20 +77,6 @@ T = TypeVar("T")
 # -- servers ---------------------------------------------------------------------------------
 
 
-def _need(*tools: str) -> dict[str, str]:
-    require_binaries()
-    found: dict[str, str] = {}
-    for tool in tools:
-        path = find_binary(tool)
-        if path is None:
-            pytest.skip(f"{tool} is not installed")
-        found[tool] = path
-    for schema in (NB_SCHEMA, SB_SCHEMA):
-        if not schema.is_file():
-            pytest.skip(f"{schema} is not installed (Debian ovn-common)")
-    return found
-
-
 @dataclass
 class Pair:
     """The reference server and the server under test, both serving NB and SB."""
@@ -109,7 +92,7 @@ class Pair:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
-    _need("ovsdb-client")
+    need_ovn("ovsdb-client")
     schemas = [NB_SCHEMA, SB_SCHEMA]
     with RealOvsdbServer(schemas, tmp_path / "real") as real, CrdtdbServer(
         schemas, tmp_path / "crdtdb"
@@ -661,7 +644,7 @@ def _tables(schema_path: Path) -> list[str]:
 
 
 def test_ovn_nbctl_script(pair: Pair) -> None:
-    _need("ovn-nbctl")
+    need_ovn("ovn-nbctl")
     extra = ["show", *(f"list {t}" for t in _tables(NB_SCHEMA))]
     real, ours = pair.both(lambda s: _ctl_transcript("ovn-nbctl", s, NBCTL_SCRIPT, NB, extra))
     assert "[exit 0]" in real and "switch <Logical_Switch:sw0> (sw0)" in real, real
@@ -669,7 +652,7 @@ def test_ovn_nbctl_script(pair: Pair) -> None:
 
 
 def test_ovn_sbctl_script(pair: Pair) -> None:
-    _need("ovn-sbctl")
+    need_ovn("ovn-sbctl")
     extra = ["show", *(f"list {t}" for t in _tables(SB_SCHEMA))]
     real, ours = pair.both(lambda s: _ctl_transcript("ovn-sbctl", s, SBCTL_SCRIPT, SB, extra))
     assert "Chassis ch1" in real, real
@@ -747,7 +730,7 @@ def _idl_names(idl: Any, table: str) -> list[str]:
 def _idl_scenario(server: ServerUnderTest) -> str:
     """Connect, insert/update/delete through the IDL, see ovn-nbctl's writes from another
     connection, and record what the IDL saw."""
-    _need("ovn-nbctl")
+    need_ovn("ovn-nbctl")
     idl_mod = _idl_module()
     idl = _RecordingIdl.make(server.remote, NB_SCHEMA,
                              ["Logical_Switch", "Logical_Switch_Port", "NB_Global"])
@@ -859,7 +842,7 @@ def test_python_idl_event_order(pair: Pair) -> None:
 
 
 def _ovsdbapp_scenario(server: ServerUnderTest) -> str:
-    _need("ovn-nbctl")
+    need_ovn("ovn-nbctl")
     pytest.importorskip("ovsdbapp")
     from ovsdbapp.backend.ovs_idl import connection
     from ovsdbapp.schema.ovn_northbound import impl_idl
@@ -916,7 +899,7 @@ def test_ovsdbapp(pair: Pair) -> None:
 
 def test_crdtdb_server_helper(tmp_path: Path) -> None:
     """CrdtdbServer: extra tcp remote, --data-dir across a restart, clean SIGTERM exit."""
-    tools = _need("ovn-nbctl")
+    tools = need_ovn("ovn-nbctl")
     schemas = [NB_SCHEMA, SB_SCHEMA]
     data_dir = tmp_path / "data"
     with CrdtdbServer(schemas, tmp_path / "run1", data_dir=data_dir,

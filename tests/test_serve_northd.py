@@ -54,15 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import require_binaries
+from support import NB_SCHEMA, SB_SCHEMA, need_ovn
 
 from crdtdb.testing.crdtdb_server import CrdtdbServer, RealOvsdbServer, ServerUnderTest
-from crdtdb.testing.ovsdb_server import die_with_parent, find_binary
+from crdtdb.testing.ovsdb_server import die_with_parent
 
 pytestmark = pytest.mark.ovsdb_server
 
-NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
-SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
 NB = "OVN_Northbound"
 SB = "OVN_Southbound"
 
@@ -195,20 +193,6 @@ MODES = {
 # -- processes ---------------------------------------------------------------------------
 
 
-def _need(*tools: str) -> dict[str, str]:
-    require_binaries()
-    found: dict[str, str] = {}
-    for tool in tools:
-        path = find_binary(tool)
-        if path is None:
-            pytest.skip(f"{tool} is not installed")
-        found[tool] = path
-    for schema in (NB_SCHEMA, SB_SCHEMA):
-        if not schema.is_file():
-            pytest.skip(f"{schema} is not installed (Debian ovn-common)")
-    return found
-
-
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
@@ -250,7 +234,7 @@ class Northd:
         workdir.mkdir(parents=True, exist_ok=True)
         with self.console_path.open("ab") as console:
             self.proc = subprocess.Popen(
-                [_need("ovn-northd")["ovn-northd"],
+                [need_ovn("ovn-northd")["ovn-northd"],
                  f"--ovnnb-db={self.server.remote}", f"--ovnsb-db={self.server.remote}",
                  "--no-chdir", f"--log-file={self.log_path}", f"--pidfile={self.pid_path}",
                  f"--unixctl={self.ctl_path}"],
@@ -560,7 +544,7 @@ def assert_same(real: str, ours: str, what: str, sides: tuple[str, str]) -> None
 def run_scenario(kind: str, workdir: Path, mode: str) -> tuple[str, Rows]:
     """Start a server and ovn-northd, run the scripts (see MODES), and return the
     normalized NB and SB (and the raw rows, for sanity checks)."""
-    _need("ovn-northd", "ovn-nbctl", "ovn-sbctl", "ovn-appctl")
+    need_ovn("ovn-northd", "ovn-nbctl", "ovn-sbctl", "ovn-appctl")
     with make_server(kind, workdir) as server, northd_launcher(server, workdir) as start:
         ctl("ovn-nbctl", server, "init")
         ctl("ovn-nbctl", server, NB_GLOBAL_OPTIONS)
@@ -642,7 +626,7 @@ def _assert_one_active(northds: list[Northd], active: Northd, samples: int = 5) 
 
 @pytest.mark.parametrize("kind", ["ovsdb-server", "crdtdb"])
 def test_northd_lock_failover(kind: str, tmp_path: Path) -> None:
-    _need("ovn-northd", "ovn-nbctl", "ovn-appctl")
+    need_ovn("ovn-northd", "ovn-nbctl", "ovn-appctl")
     with make_server(kind, tmp_path) as server, northd_launcher(server, tmp_path) as start:
         ctl("ovn-nbctl", server, "init")
         a = start("northd-a")
