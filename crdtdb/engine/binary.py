@@ -28,11 +28,11 @@ MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_ELEMENTS = 1_000_000
 
 
-def _default(obj: Any) -> Any:
+def default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def _pack_uuid(atom: str) -> msgpack.ExtType:
+def pack_uuid(atom: str) -> msgpack.ExtType:
     return msgpack.ExtType(UUID_EXT, bytes.fromhex(atom.replace("-", "")))
 
 
@@ -46,14 +46,14 @@ def _packer(type_: Type) -> Any:
         return packer
     k_uuid = type_.key.type is AtomicType.UUID
     if type_.value is None:
-        packer = ((lambda d: [_pack_uuid(a) for a in d]) if k_uuid else (lambda d: d))
+        packer = ((lambda d: [pack_uuid(a) for a in d]) if k_uuid else (lambda d: d))
     else:
         v_uuid = type_.value.type is AtomicType.UUID
         if not (k_uuid or v_uuid):
             packer = lambda d: [x for pair in d for x in pair]  # noqa: E731
         else:
-            kp = _pack_uuid if k_uuid else (lambda a: a)
-            vp = _pack_uuid if v_uuid else (lambda a: a)
+            kp = pack_uuid if k_uuid else (lambda a: a)
+            vp = pack_uuid if v_uuid else (lambda a: a)
 
             def packer(d: data.Datum) -> list:
                 out: list = []
@@ -65,13 +65,15 @@ def _packer(type_: Type) -> Any:
     return packer
 
 
-def _datum_obj(type_: Type, datum: data.Datum) -> Any:
+def datum_obj(type_: Type, datum: data.Datum) -> Any:
+    """The msgpack-ready form of a datum (for callers that pack it inside a larger value)."""
     return _packer(type_)(datum)
+
 
 
 def encode_datum(type_: Type, datum: data.Datum) -> bytes:
     """A set as an array of atoms; a map as a flat ``[k1, v1, k2, v2, ...]`` array."""
-    return msgpack.packb(_datum_obj(type_, datum), use_bin_type=True, default=_default)
+    return msgpack.packb(datum_obj(type_, datum), use_bin_type=True, default=default)
 
 
 def _ext_hook(code: int, payload: bytes) -> Any:
@@ -85,7 +87,8 @@ class _Uuid(str):
     """A decoded uuid atom, kept apart from strings until it is type-checked."""
 
 
-def _unpack(payload: bytes) -> Any:
+def unpack(payload: bytes) -> Any:
+    """msgpack-decode untrusted bytes under this module's bounds (uuids come back tagged)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(payload).__name__}")
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -101,7 +104,8 @@ def _unpack(payload: bytes) -> Any:
         raise DecodeError(f"not a valid msgpack value: {exc}") from None
 
 
-def _check_atom(base: BaseType, obj: Any) -> Any:
+def check_atom_obj(base: BaseType, obj: Any) -> Any:
+    """The atom an unpacked object stands for, checked against ``base``."""
     atype = base.type
     if atype is AtomicType.UUID:
         ok = isinstance(obj, _Uuid)
@@ -128,17 +132,18 @@ def _check_atom(base: BaseType, obj: Any) -> Any:
     return atom
 
 
-def _datum_from_obj(type_: Type, obj: Any) -> data.Datum:
+def datum_from_obj(type_: Type, obj: Any) -> data.Datum:
+    """The datum an unpacked object stands for, checked against ``type_``."""
     if not isinstance(obj, list):
         raise DecodeError("datum must be an array")
     if type_.value is None:
-        atoms = tuple(_check_atom(type_.key, a) for a in obj)
+        atoms = tuple(check_atom_obj(type_.key, a) for a in obj)
         elems: tuple = atoms
         keys: tuple = atoms
     else:
         if len(obj) % 2:
             raise DecodeError("map datum must have an even number of elements")
-        elems = tuple((_check_atom(type_.key, obj[i]), _check_atom(type_.value, obj[i + 1]))
+        elems = tuple((check_atom_obj(type_.key, obj[i]), check_atom_obj(type_.value, obj[i + 1]))
                       for i in range(0, len(obj), 2))
         keys = tuple(k for k, _ in elems)
     if not type_.n_min <= len(elems) <= type_.n_max:
@@ -150,18 +155,18 @@ def _datum_from_obj(type_: Type, obj: Any) -> data.Datum:
 
 
 def decode_datum(type_: Type, payload: bytes) -> data.Datum:
-    return _datum_from_obj(type_, _unpack(payload))
+    return datum_from_obj(type_, unpack(payload))
 
 
 def encode_row(table: TableSchema, row: tuple) -> bytes:
     """A row as a map from column name to datum (names make it robust to added columns)."""
-    return msgpack.packb({c.name: _datum_obj(c.type, row[c.index]) for c in table.ordered},
-                         use_bin_type=True, default=_default)
+    return msgpack.packb({c.name: datum_obj(c.type, row[c.index]) for c in table.ordered},
+                         use_bin_type=True, default=default)
 
 
 def decode_row(table: TableSchema, payload: bytes) -> tuple:
     """Columns missing from the payload get their defaults; unknown columns are an error."""
-    obj = _unpack(payload)
+    obj = unpack(payload)
     if not isinstance(obj, dict):
         raise DecodeError("row must be a map")
     row = list(table.default_row)
@@ -169,7 +174,7 @@ def decode_row(table: TableSchema, payload: bytes) -> tuple:
         col = table.columns.get(name)
         if col is None:
             raise DecodeError(f"no column {name!r} in table {table.name}")
-        row[col.index] = _datum_from_obj(col.type, value)
+        row[col.index] = datum_from_obj(col.type, value)
     if len(row[0]) != 1:
         raise DecodeError("row has no _uuid")
     return tuple(row)

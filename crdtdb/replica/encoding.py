@@ -1,0 +1,288 @@
+"""How a database's rows are laid out in the replica's pycrdt document, and read back.
+
+One root ``Map`` per table, flat (nested maps lose every write made into the losing map when
+two replicas create the same one; see docs/consistency.md). Its keys:
+
+========================================  =================================================
+``U``                                     the row's *marker*: ``[birth, version, d1, d2 ...]``
+                                          with every user column's datum at insert time
+``U<US>col``                              a later value of a *register* column: ``[birth, d]``
+``U<US>_version``                         a later ``_version``: ``[birth, uuid]``
+``U<US>col<US>+k``                        element ``k`` of a *set* or *map* column added (or a
+                                          map value set) after insert: ``[birth]`` /
+                                          ``[birth, value]``
+``U<US>col<US>-k``                        element ``k`` of the marker's value removed: ``[birth]``
+========================================  =================================================
+
+``U`` is the row uuid, ``<US>`` is U+001F and ``k`` the element's key string
+(:func:`atom_key`). Values are msgpack (:mod:`crdtdb.engine.binary`'s tagged form), so no
+number ever reaches pycrdt's float-only number type.
+
+A row is present when its marker is; every other key counts only while its ``birth`` equals
+the marker's, so keys left over from an earlier life of the same uuid (a delete that raced
+an update, a row re-inserted with an explicit uuid) never leak into a new one. An element is
+present if its ``+`` key is, or if the marker holds it and no ``-`` key removed it: an add
+always writes a fresh ``+`` item and a remove deletes only the items it saw, which is what
+makes concurrent add and remove come out as "add wins".
+
+A freshly inserted row costs one map entry; compaction folds later keys back into markers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from crdtdb.engine import binary, data
+from crdtdb.engine.schema import ColumnSchema, TableSchema
+from crdtdb.engine.types import AtomicType, BaseType, Type
+from crdtdb.errors import DecodeError, OvsdbError
+
+SEP = "\x1f"
+ADD = "+"
+REMOVE = "-"
+VERSION = "_version"
+
+
+def is_element_column(type_: Type) -> bool:
+    """Set and map columns merge per element; everything else is a last-writer-wins register.
+
+    A column that must hold at least one element is a register too: merging elements could
+    leave it empty, and the view cannot invent a value.
+    """
+    return type_.n_max > 1 and type_.n_min == 0
+
+
+# --- element keys -----------------------------------------------------------------------------
+
+def atom_key(atype: AtomicType, atom: Any) -> str:
+    """A canonical string for an atom, unique within its type: an element's map key."""
+    if atype is AtomicType.STRING or atype is AtomicType.UUID:
+        return atom
+    if atype is AtomicType.BOOLEAN:
+        return "true" if atom else "false"
+    return repr(atom)  # int: decimal; float: shortest repr, which round-trips exactly
+
+
+def parse_atom_key(base: BaseType, s: str) -> Any:
+    """The atom :func:`atom_key` made ``s`` from; anything non-canonical is a DecodeError."""
+    atype = base.type
+    try:
+        if atype is AtomicType.STRING:
+            atom: Any = s
+        elif atype is AtomicType.UUID:
+            if not data.is_uuid(s) or s != s.lower():
+                raise DecodeError(f"not a uuid: {s!r}")
+            atom = s
+        elif atype is AtomicType.BOOLEAN:
+            if s not in ("true", "false"):
+                raise DecodeError(f"not a boolean: {s!r}")
+            atom = s == "true"
+        elif atype is AtomicType.INTEGER:
+            atom = int(s)
+            if repr(atom) != s or not -(2**63) <= atom < 2**63:
+                raise DecodeError(f"not a canonical integer: {s!r}")
+        else:
+            atom = float(s)
+            if not math.isfinite(atom) or repr(atom) != s:
+                raise DecodeError(f"not a canonical real: {s!r}")
+        data.check_atom(base, atom)
+    except ValueError:
+        raise DecodeError(f"not a {atype.value}: {s!r}") from None
+    except OvsdbError as exc:
+        raise DecodeError(exc.details or exc.tag) from None
+    return atom
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A parsed non-marker key: ``column`` plus, for element keys, ``op`` and ``element``."""
+
+    uuid: str
+    column: str
+    op: str | None = None
+    element: str | None = None
+
+
+def register_key(uuid: str, column: str) -> str:
+    return f"{uuid}{SEP}{column}"
+
+
+def element_key(uuid: str, column: str, op: str, element: str) -> str:
+    return f"{uuid}{SEP}{column}{SEP}{op}{element}"
+
+
+def parse_key(key: str) -> Key | str:
+    """A marker key gives back its uuid (a ``str``); any other key a :class:`Key`."""
+    parts = key.split(SEP, 2)
+    if len(parts) == 1:
+        return key
+    if len(parts) == 2:
+        return Key(parts[0], parts[1])
+    rest = parts[2]
+    if not rest or rest[0] not in (ADD, REMOVE):
+        raise DecodeError(f"bad element key {key!r}")
+    return Key(parts[0], parts[1], rest[0], rest[1:])
+
+
+# --- values -----------------------------------------------------------------------------------
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True, default=binary.default)
+
+
+def pack_marker(table: TableSchema, birth: int, row: tuple) -> bytes:
+    """The marker of a row: birth, version, then every user column (``None`` = default)."""
+    out: list[Any] = [birth, binary.pack_uuid(row[1][0])]
+    for col in table.ordered[2:]:
+        d = row[col.index]
+        out.append(None if d == col.default_datum else binary.datum_obj(col.type, d))
+    while out[-1] is None:
+        out.pop()
+    return _pack(out)
+
+
+def pack_register(birth: int, col: ColumnSchema, datum: tuple) -> bytes:
+    return _pack([birth, binary.datum_obj(col.type, datum)])
+
+
+def pack_version(birth: int, version: str) -> bytes:
+    return _pack([birth, binary.pack_uuid(version)])
+
+
+def pack_element(birth: int, col: ColumnSchema, value: Any = None) -> bytes:
+    """An added element (sets) or map entry (maps carry their value), or a tombstone."""
+    if value is None:
+        return _pack([birth])
+    vtype = col.type.value
+    assert vtype is not None
+    return _pack([birth, binary.pack_uuid(value) if vtype.type is AtomicType.UUID else value])
+
+
+def _unpack_list(payload: Any, what: str) -> list:
+    obj = binary.unpack(payload)
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int) \
+            or isinstance(obj[0], bool):
+        raise DecodeError(f"{what} must be an array starting with an integer birth")
+    return obj
+
+
+def marker_birth(payload: Any) -> int:
+    return _unpack_list(payload, "marker")[0]
+
+
+@dataclass(slots=True)
+class Marker:
+    birth: int
+    row: list  # the full row as inserted, in TableSchema.ordered order
+
+
+def unpack_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
+    obj = _unpack_list(payload, "marker")
+    cols = table.ordered
+    if len(obj) < 2 or len(obj) > len(cols) + 1:
+        raise DecodeError(f"marker of {table.name} row {uuid} has {len(obj)} members")
+    row = list(table.default_row)
+    row[0] = (uuid,)
+    row[1] = (binary.check_atom_obj(cols[1].type.key, obj[1]),)
+    for i in range(2, len(obj)):
+        if obj[i] is not None:
+            row[i] = binary.datum_from_obj(cols[i].type, obj[i])
+    return Marker(obj[0], row)
+
+
+def unpack_register(col: ColumnSchema, payload: Any) -> tuple[int, tuple]:
+    obj = _unpack_list(payload, "register")
+    if len(obj) != 2:
+        raise DecodeError("register must be [birth, datum]")
+    if col.name == VERSION:
+        return obj[0], (binary.check_atom_obj(col.type.key, obj[1]),)
+    return obj[0], binary.datum_from_obj(col.type, obj[1])
+
+
+def unpack_element(col: ColumnSchema, op: str, payload: Any) -> tuple[int, Any]:
+    obj = _unpack_list(payload, "element")
+    if op == ADD and col.type.value is not None:
+        if len(obj) != 2:
+            raise DecodeError("map element must be [birth, value]")
+        return obj[0], binary.check_atom_obj(col.type.value, obj[1])
+    if len(obj) != 1:
+        raise DecodeError("element must be [birth]")
+    return obj[0], None
+
+
+# --- reading a row back -----------------------------------------------------------------------
+
+class RowDecoder:
+    """Rebuilds one table's rows from a marker and the row's other keys (pure, no pycrdt)."""
+
+    def __init__(self, table: TableSchema):
+        self.table = table
+        self.columns = table.columns
+
+    def row(self, uuid: str, marker: Any, extras: Mapping[str, Any],
+            invalid: list[str] | None = None) -> tuple[int, tuple]:
+        """``(birth, row)`` from the marker payload and ``{key: payload}`` of other keys.
+
+        Keys that do not decode, name no column or carry another birth are skipped; the
+        undecodable ones are listed in ``invalid``. A marker that does not decode raises.
+        """
+        m = unpack_marker(self.table, uuid, marker)
+        birth, row = m.birth, m.row
+        adds: dict[ColumnSchema, dict[Any, Any]] = {}
+        removes: dict[ColumnSchema, set[Any]] = {}
+        for key in sorted(extras):
+            try:
+                k = parse_key(key)
+                if isinstance(k, str) or k.uuid != uuid:
+                    raise DecodeError(f"key {key!r} does not belong to row {uuid}")
+                col = self.columns.get(k.column)
+                if col is None or col.index == 0:
+                    raise DecodeError(f"no column {k.column!r} in table {self.table.name}")
+                if k.op is None:
+                    if is_element_column(col.type):
+                        raise DecodeError(f"register key for element column {col.name}")
+                    b, d = unpack_register(col, extras[key])
+                    if b == birth:
+                        row[col.index] = d
+                    continue
+                if not is_element_column(col.type):
+                    raise DecodeError(f"element key for register column {col.name}")
+                assert k.element is not None
+                atom = parse_atom_key(col.type.key, k.element)
+                b, value = unpack_element(col, k.op, extras[key])
+                if b != birth:
+                    continue
+                if k.op == ADD:
+                    adds.setdefault(col, {})[atom] = value
+                else:
+                    removes.setdefault(col, set()).add(atom)
+            except DecodeError as exc:
+                if invalid is not None:
+                    invalid.append(f"{key!r}: {exc}")
+        for col in {*adds, *removes}:
+            row[col.index] = merge_elements(col.type, row[col.index], adds.get(col, {}),
+                                            removes.get(col, ()))
+        return birth, tuple(row)
+
+
+def merge_elements(type_: Type, base: tuple, adds: Mapping[Any, Any],
+                   removes: Iterable[Any]) -> tuple:
+    """The marker's elements minus tombstoned ones, plus (or overridden by) added ones.
+
+    The result may exceed the column's maximum size; the view decides what to show.
+    """
+    removed = set(removes)
+    if type_.value is None:
+        elems = {a for a in base if a not in removed}
+        elems.update(adds)
+        return tuple(sorted(elems))
+    pairs = {k: v for k, v in base if k not in removed}
+    pairs.update(adds)
+    return tuple(sorted(pairs.items()))

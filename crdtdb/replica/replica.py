@@ -1,0 +1,705 @@
+"""One database's CRDT replica: a pycrdt document, the view readers see, and its durable log.
+
+Local transactions run in the engine against the view; their changeset is written into the
+document as one pycrdt transaction, whose update is sealed, logged (fsync) and only then
+acknowledged and handed to listeners (the gossip layer ships it). Remote updates are checked,
+merged and logged. Either way the document's map events say which rows changed; those rows are
+re-read from the document and the view recomputes what readers see (a
+:class:`~crdtdb.engine.Changeset` that drives monitors).
+
+The replica is synchronous and single-threaded (pycrdt never releases the GIL; there is
+nothing to gain from threads). The node's trio code calls it between awaits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import msgpack
+from pycrdt import Doc, Map
+
+from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
+from crdtdb.engine.transaction import Outcome, execute, random_uuid
+from crdtdb.errors import DecodeError
+from crdtdb.replica import encoding as enc
+from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
+from crdtdb.replica.envelope import (
+    CorruptUpdateError,
+    EpochMismatchError,
+    ReplicaError,
+    covers,
+    decode_state_vector,
+    open_sealed,
+    seal,
+    single_writer_start,
+)
+from crdtdb.replica.view import RowKey, View
+from crdtdb.storage.durable import schema_digest
+from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
+
+logger = logging.getLogger("crdtdb.replica")
+
+LOG_NAME = "replica.log"
+#: The client id that builds every epoch's base document (never a node's own id).
+BASE_CLIENT_ID = 0
+DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
+DEFAULT_COMPACT_RATIO = 4.0
+_HEADER, _STATE, _UPDATE = "header", "state", "update"
+
+
+class ReplicaFailedError(ReplicaError):
+    """A local commit could not be made durable; the replica refuses writes until reopened."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """What listeners hear after every change of the view."""
+
+    changes: Changeset
+    #: The sealed update to disseminate, for local commits; ``None`` for remote merges.
+    update: bytes | None
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    changes: Changeset
+    #: The update depends on something this replica has not seen: ask a peer for a diff.
+    gap: bool
+    #: False if the update brought nothing new (a duplicate).
+    new: bool
+
+
+@dataclass(slots=True)
+class ReplicaStatistics:
+    client_id: int
+    epoch: int
+    rows: int
+    hidden_rows: int
+    local_commits: int = 0
+    remote_updates: int = 0
+    duplicate_updates: int = 0
+    rejected_updates: int = 0
+    gaps: int = 0
+    #: Full re-reads of the document after a gap.
+    rescans: int = 0
+    log_bytes: int = 0
+    conflicts: dict[str, int] = field(default_factory=dict)
+
+
+def new_client_id(rng: random.Random) -> int:
+    """A random 32-bit client id (never :data:`BASE_CLIENT_ID`)."""
+    return rng.randrange(1, 2**32)
+
+
+class Replica:
+    """The eventual-consistency store of one database. Build with :meth:`open` (durable) or
+    :meth:`in_memory`; readable as a :class:`~crdtdb.engine.Snapshot`."""
+
+    def __init__(self, schema: DatabaseSchema, *, client_id: int, epoch: int = 0,
+                 rng: random.Random | None = None, log: RecordLog | None = None,
+                 fsync: bool = True, new_uuid: Callable[[], str] = random_uuid,
+                 compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+                 compact_ratio: float = DEFAULT_COMPACT_RATIO,
+                 max_parked_updates: int = 1024, max_parked_bytes: int = 16 * 1024 * 1024):
+        if not 0 < client_id < 2**53:
+            raise ValueError(f"client_id must be in 1..2**53-1, not {client_id}")
+        self.schema = schema
+        self.name = schema.name
+        self.client_id = client_id
+        self.epoch = epoch
+        self.schema_digest = schema_digest(schema)
+        self._rng = rng or random.Random()
+        self._log = log
+        self._fsync = fsync
+        self._new_uuid = new_uuid
+        self._compact_min_bytes = compact_min_bytes
+        self._compact_ratio = compact_ratio
+        self._snapshot_bytes = 0
+        self._max_parked = max_parked_updates
+        self._max_parked_bytes = max_parked_bytes
+        self.conflicts = ConflictLog()
+        self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._failed: str | None = None
+        self._stats = ReplicaStatistics(client_id, epoch, 0, 0)
+        self._decoders = {name: enc.RowDecoder(t) for name, t in schema.tables.items()}
+        self._reset_doc(Doc(client_id=client_id))
+
+    def _reset_doc(self, doc: Doc) -> None:
+        self.doc = doc
+        self.view = View(self.schema, self.conflicts)
+        self._maps: dict[str, Map] = {}
+        self._subs: list[Any] = []
+        #: table -> uuid -> the row's non-marker keys present in the document
+        self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
+        self._events: list[tuple[str, str, str]] = []
+        self._captured: list[bytes] = []
+        #: The document may hold items applied past a gap (see _apply_raw).
+        self._gapped = False
+        #: The highest clock of every client in the updates applied so far.
+        self._wanted: dict[int, int] = {}
+        #: Updates held back behind a gap: (client, first clock) -> update.
+        self._parked: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._parked_bytes = 0
+        for tname in self.schema.tables:
+            m = doc.get(tname, type=Map)
+            self._maps[tname] = m
+            self._subs.append(m.observe(self._on_map_event(tname)))
+        self._subs.append(doc.observe(lambda ev: self._captured.append(ev.update)))
+        # A document that already holds data (a base or a replayed log): read it whole.
+        dirty: set[RowKey] = set()
+        for tname, m in self._maps.items():
+            for key in list(m.keys()):
+                self._note_key(tname, key, "add", dirty)
+        self._events.clear()
+        self._captured.clear()
+        self._refresh(dirty, {})
+
+    def _on_map_event(self, tname: str) -> Callable[[Any], None]:
+        events = self._events
+
+        def on_event(ev: Any) -> None:  # runs inside pycrdt: only queue work
+            for key, change in ev.keys.items():
+                events.append((tname, key, change["action"]))
+        return on_event
+
+    # --- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def in_memory(cls, schema: DatabaseSchema, *, client_id: int | None = None,
+                  rng: random.Random | None = None, **kwargs: Any) -> Self:
+        rng = rng or random.Random()
+        return cls(schema, client_id=client_id or new_client_id(rng), rng=rng, **kwargs)
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], schema: DatabaseSchema, *,
+             fsync: bool = True, rng: random.Random | None = None,
+             new_uuid: Callable[[], str] = random_uuid,
+             compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+             compact_ratio: float = DEFAULT_COMPACT_RATIO) -> Self:
+        """Open (creating if needed) the replica stored in ``data_dir``.
+
+        The client id is created with the directory and kept in its log: a replica never
+        writes under its id without the state that id already wrote.
+        """
+        rng = rng or random.Random()
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            data_dir.mkdir(parents=True)
+            fsync_dir(data_dir.parent)
+        log = RecordLog.open(data_dir / LOG_NAME)
+        try:
+            t0 = time.perf_counter()
+            header, epoch, updates = _read_log(log, schema)
+            if header is None:
+                client_id = new_client_id(rng)
+                log.append(_pack([_HEADER, {"schema": schema_digest(schema),
+                                            "client_id": client_id, "format": 1}]))
+                epoch = 0
+            else:
+                client_id = header["client_id"]
+            doc = Doc(client_id=client_id)
+            for u in updates:
+                doc.apply_update(u)
+            self = cls(schema, client_id=client_id, epoch=epoch, rng=rng, log=log,
+                       fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
+                       compact_ratio=compact_ratio)
+            self._reset_doc(doc)
+            self._snapshot_bytes = log.statistics().bytes
+            logger.info("%s: opened replica of %s (client %d, epoch %d, %d rows) in %.2f s",
+                        data_dir, schema.name, client_id, epoch, self.row_total(),
+                        time.perf_counter() - t0)
+        except BaseException:
+            log.close()
+            raise
+        return self
+
+    # --- Snapshot ---------------------------------------------------------------------------
+
+    def get_row(self, table: str, uuid: str) -> Row | None:
+        return self.view.rows.get_row(table, uuid)
+
+    def iter_rows(self, table: str) -> Iterator[tuple[str, Row]]:
+        return self.view.rows.iter_rows(table)
+
+    def row_count(self, table: str) -> int:
+        return self.view.rows.row_count(table)
+
+    def ref_count(self, table: str, uuid: str) -> int:
+        return self.view.rows.ref_count(table, uuid)
+
+    def weak_referrers(self, table: str, uuid: str) -> Any:
+        return self.view.rows.weak_referrers(table, uuid)
+
+    def index_find(self, table: str, index: int, key: tuple) -> str | None:
+        return self.view.rows.index_find(table, index, key)
+
+    def row_total(self) -> int:
+        return sum(self.view.rows.row_count(t) for t in self.schema.tables)
+
+    # --- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, fn: Callable[[ChangeEvent], None]) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[ChangeEvent], None]) -> None:
+        self._listeners.remove(fn)
+
+    def _emit(self, ev: ChangeEvent) -> None:
+        for fn in list(self._listeners):
+            fn(ev)
+
+    # --- local transactions -----------------------------------------------------------------
+
+    def execute(self, operations: Sequence[Any], *, locks: LockOwnership | None = None,
+                elapsed_ms: int = 0) -> Outcome:
+        """Run a transaction against the view; commit it if it succeeded.
+
+        The outcome's changeset is what readers saw change (normally the engine's own).
+        """
+        outcome = execute(self.view.rows, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=self._new_uuid)
+        if outcome.changeset:
+            outcome = dataclasses.replace(outcome, changeset=self.commit(outcome.changeset))
+        return outcome
+
+    def transact(self, operations: Sequence[Any], *,
+                 locks: LockOwnership | None = None) -> list[Any]:
+        return self.execute(operations, locks=locks).results_nowait()
+
+    def commit(self, changeset: Changeset) -> Changeset:
+        """Write a changeset computed against the view; durable before this returns."""
+        if self._failed:
+            raise ReplicaFailedError(self._failed)
+        if not changeset:
+            return Changeset()
+        known: dict[RowKey, Row | None] = {}
+        self._captured.clear()
+        with self.doc.transaction(origin="local"):
+            for tname, changes in changeset.tables.items():
+                for uuid, change in changes.items():
+                    self._write_row(tname, uuid, change.old, change.new, known)
+        update = b"".join(self._captured) if len(self._captured) == 1 else (
+            _merge(self._captured))
+        self._captured.clear()
+        sealed = seal(self.schema_digest, self.epoch, self.client_id, update) if update \
+            else None
+        if sealed is not None and self._log is not None:
+            try:
+                self._log.append(_pack([_UPDATE, self.epoch, update]),
+                                 sync=self._fsync or changeset.durable)
+            except (OSError, StorageError) as exc:
+                self._failed = f"{self.name}: a commit could not be logged ({exc}); reopen"
+                self._events.clear()
+                raise ReplicaFailedError(self._failed) from exc
+        dirty: set[RowKey] = set()
+        self._drain_events(dirty)
+        diff = self._refresh(dirty, known)
+        self._stats.local_commits += 1
+        self._emit(ChangeEvent(diff, sealed, True))
+        self._maybe_compact_log()
+        return diff
+
+    def _write_row(self, tname: str, uuid: str, old: Row | None, new: Row | None,
+                   known: dict[RowKey, Row | None]) -> None:
+        m = self._maps[tname]
+        table = self.schema.tables[tname]
+        extras = self._extras[tname].get(uuid, ())
+        raw = self.view.raw[tname].get(uuid)
+        if new is None:
+            del m[uuid]
+            for k in extras:
+                del m[k]
+            known[tname, uuid] = None
+            return
+        if old is None:
+            for k in extras:  # leftovers of an earlier life of this uuid
+                del m[k]
+            birth = self._rng.randrange(1, 2**32)
+            m[uuid] = enc.pack_marker(table, birth, new)
+            known[tname, uuid] = new
+            return
+        marker = enc.unpack_marker(table, uuid, m[uuid])
+        birth = marker.birth
+        for col in table.ordered[1:]:
+            i = col.index
+            if old[i] == new[i]:
+                continue
+            if i == 1:
+                m[enc.register_key(uuid, enc.VERSION)] = enc.pack_version(birth, new[1][0])
+            elif not enc.is_element_column(col.type):
+                m[enc.register_key(uuid, col.name)] = enc.pack_register(birth, col, new[i])
+            else:
+                self._write_elements(m, uuid, col, birth, marker.row[i], old[i], new[i],
+                                     extras)
+        # The shown row was the raw row: the new raw row is exactly the engine's.
+        if raw is old:
+            known[tname, uuid] = new
+
+    def _write_elements(self, m: Map, uuid: str, col: Any, birth: int, in_marker: tuple,
+                        old: tuple, new: tuple, extras: Any) -> None:
+        ktype = col.type.key.type
+        if col.type.value is None:
+            old_d = dict.fromkeys(old)
+            new_d = dict.fromkeys(new)
+            marker_keys = set(in_marker)
+        else:
+            old_d = dict(old)
+            new_d = dict(new)
+            marker_keys = {k for k, _ in in_marker}
+        for k, v in new_d.items():
+            if k not in old_d or old_d[k] != v:
+                m[enc.element_key(uuid, col.name, enc.ADD, enc.atom_key(ktype, k))] = \
+                    enc.pack_element(birth, col, v)
+        for k in old_d:
+            if k in new_d:
+                continue
+            ks = enc.atom_key(ktype, k)
+            add = enc.element_key(uuid, col.name, enc.ADD, ks)
+            if add in extras:
+                del m[add]
+            rem = enc.element_key(uuid, col.name, enc.REMOVE, ks)
+            if k in marker_keys and rem not in extras:
+                m[rem] = enc.pack_element(birth, col)
+
+    # --- remote updates ---------------------------------------------------------------------
+
+    def apply_update(self, payload: bytes | bytearray | memoryview) -> ApplyResult:
+        """Merge a sealed update from a peer.
+
+        Raises :class:`CorruptUpdateError` (reject the peer) or :class:`EpochMismatchError`
+        (resync by full state); either way the document is untouched.
+        """
+        try:
+            sealed = open_sealed(payload)
+        except CorruptUpdateError:
+            self._stats.rejected_updates += 1
+            raise
+        if sealed.schema != self.schema_digest:
+            self._stats.rejected_updates += 1
+            raise CorruptUpdateError(f"update for another schema ({sealed.schema[:12]}...)")
+        if sealed.epoch != self.epoch:
+            raise EpochMismatchError(
+                f"update from epoch {sealed.epoch}, replica is at epoch {self.epoch}",
+                mine=self.epoch, theirs=sealed.epoch)
+        start = single_writer_start(sealed.update)
+        if start is not None and self._clock(start[0]) < start[1]:
+            # Something from this writer is missing: hold it back until that arrives.
+            self._stats.gaps += 1
+            self._park(start, sealed.update)
+            return ApplyResult(Changeset(), True, False)
+        result = self._apply_raw(sealed.update)
+        if self._parked:
+            result = self._unpark(result)
+        return result
+
+    def _clock(self, client: int) -> int:
+        return decode_state_vector(self.doc.get_state()).get(client, 0)
+
+    def _park(self, start: tuple[int, int], update: bytes) -> None:
+        self._parked[start] = update
+        self._parked_bytes += len(update)
+        while self._parked and (len(self._parked) > self._max_parked
+                                or self._parked_bytes > self._max_parked_bytes):
+            _, dropped = self._parked.popitem(last=False)
+            self._parked_bytes -= len(dropped)
+
+    def _unpark(self, result: ApplyResult) -> ApplyResult:
+        """Apply the held-back updates that no longer follow a gap."""
+        progress = True
+        changes = result.changes
+        while progress:
+            progress = False
+            sv = decode_state_vector(self.doc.get_state())
+            for start in sorted(self._parked):
+                client, clock = start
+                if sv.get(client, 0) >= clock:
+                    update = self._parked.pop(start)
+                    self._parked_bytes -= len(update)
+                    more = self._apply_raw(update)
+                    changes = _combine(changes, more.changes)
+                    progress = True
+                    break
+        return ApplyResult(changes, bool(self._parked) or result.gap, True)
+
+    def _apply_raw(self, update: bytes) -> ApplyResult:
+        import pycrdt
+
+        try:
+            wanted = decode_state_vector(pycrdt.get_state(update))
+        except (ValueError, RuntimeError, TypeError, CorruptUpdateError) as exc:
+            self._stats.rejected_updates += 1
+            raise CorruptUpdateError(f"update does not decode: {exc}") from None
+        self._captured.clear()
+        try:
+            with self.doc.transaction(origin="remote"):
+                self.doc.apply_update(update)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            self._events.clear()
+            self._stats.rejected_updates += 1
+            raise CorruptUpdateError(f"update does not apply: {exc}") from None
+        except BaseException as exc:  # pyo3's PanicException is a BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
+            self._events.clear()
+            self._stats.rejected_updates += 1
+            raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
+        delta = _merge(self._captured) if self._captured else b""
+        self._captured.clear()
+        if delta and self._log is not None:
+            # Not fsynced: the next local commit's fsync covers it, and a remote update lost
+            # in a crash comes back from a peer (no local update can depend on it).
+            self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)
+        dirty: set[RowKey] = set()
+        self._drain_events(dirty)
+        if self._gapped:
+            # pycrdt does not report every change to items it had applied past a gap (a
+            # delete of such an item comes without an event): re-read the whole document.
+            self._rescan(dirty)
+        diff = self._refresh(dirty, {})
+        for client, clock in wanted.items():
+            if clock > self._wanted.get(client, 0):
+                self._wanted[client] = clock
+        gap = not covers(decode_state_vector(self.doc.get_state()), self._wanted)
+        self._gapped = gap
+        if delta:
+            self._stats.remote_updates += 1
+        else:
+            self._stats.duplicate_updates += 1
+        if gap:
+            self._stats.gaps += 1
+        if diff:
+            self._emit(ChangeEvent(diff, None, False))
+        self._maybe_compact_log()
+        return ApplyResult(diff, gap, bool(delta))
+
+    # --- anti-entropy -----------------------------------------------------------------------
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
+        """A sealed update with everything this replica has beyond a peer's state vector."""
+        sv = bytes(state_vector)
+        decode_state_vector(sv)  # raises CorruptUpdateError on garbage
+        return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update(sv))
+
+    def full_state(self) -> bytes:
+        return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update())
+
+    # --- from the document to the view ------------------------------------------------------
+
+    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]) -> None:
+        try:
+            k = enc.parse_key(key)
+        except DecodeError as exc:
+            self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None, str(exc)))
+            return
+        if isinstance(k, str):
+            dirty.add((tname, k))
+            return
+        extras = self._extras[tname]
+        if action == "delete":
+            s = extras.get(k.uuid)
+            if s is not None:
+                s.discard(key)
+                if not s:
+                    del extras[k.uuid]
+        else:
+            extras.setdefault(k.uuid, set()).add(key)
+        dirty.add((tname, k.uuid))
+
+    def _rescan(self, dirty: set[RowKey]) -> None:
+        """Rebuild the key bookkeeping from the document; every row becomes dirty."""
+        self._stats.rescans += 1
+        for tname, m in self._maps.items():
+            self._extras[tname] = {}
+            for key in list(m.keys()):
+                self._note_key(tname, key, "add", dirty)
+            dirty.update((tname, u) for u in self.view.raw[tname])
+
+    def _drain_events(self, dirty: set[RowKey]) -> None:
+        events, self._events[:] = list(self._events), []
+        for tname, key, action in events:
+            self._note_key(tname, key, action, dirty)
+
+    def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None]) -> Changeset:
+        changes: dict[RowKey, Row | None] = {}
+        for key in dirty:
+            if key in known:
+                changes[key] = known[key]
+            else:
+                changes[key] = self._read_row(*key)
+        diff = self.view.update(changes)
+        return diff
+
+    def _read_row(self, tname: str, uuid: str) -> Row | None:
+        m = self._maps[tname]
+        marker = m.get(uuid)
+        if marker is None:
+            return None
+        extras = {k: m.get(k) for k in self._extras[tname].get(uuid, ())}
+        invalid: list[str] = []
+        try:
+            _, row = self._decoders[tname].row(uuid, marker, extras, invalid)
+        except DecodeError as exc:
+            invalid.append(f"marker: {exc}")
+            row = None
+        for problem in invalid:
+            self.conflicts.report(Conflict(ConflictKind.INVALID, tname, uuid, None, problem))
+        return row
+
+    # --- compaction -------------------------------------------------------------------------
+
+    def rebuild(self, epoch: int) -> None:
+        """Start compaction epoch ``epoch`` (> the current one) from the current view.
+
+        Every replica that rebuilds from the same view gets a byte-identical document: the base
+        is written by :data:`BASE_CLIENT_ID` in sorted order, every row as one marker of birth
+        0. Hidden rows, leftover keys and all history are gone; what readers see does not
+        change. Only correct when every replica rebuilds from the same view (see
+        docs/consistency.md): updates from another epoch are refused.
+        """
+        if epoch <= self.epoch:
+            raise ValueError(f"epoch {epoch} is not after the current epoch {self.epoch}")
+        base = build_base(self.schema, self.view.rows)
+        doc = Doc(client_id=self.client_id)
+        doc.apply_update(base)
+        old_rows = {t: dict(self.view.rows.iter_rows(t)) for t in self.schema.tables}
+        self.epoch = epoch
+        self._stats.epoch = epoch
+        self._reset_doc(doc)
+        if self._log is not None:
+            self._rewrite_log()
+        for t, rows in old_rows.items():
+            assert len(rows) == self.view.rows.row_count(t), "rebuild changed the view"
+
+    def _rewrite_log(self) -> None:
+        assert self._log is not None
+        header = _pack([_HEADER, {"schema": self.schema_digest, "client_id": self.client_id,
+                                  "format": 1}])
+        self._log.rewrite([header, _pack([_STATE, self.epoch, self.doc.get_update()])])
+        self._snapshot_bytes = self._log.statistics().bytes
+
+    def _maybe_compact_log(self) -> None:
+        if self._log is None:
+            return
+        size = self._log.statistics().bytes
+        if size < max(self._compact_min_bytes, self._compact_ratio * self._snapshot_bytes):
+            return
+        t0 = time.perf_counter()
+        try:
+            self._rewrite_log()
+        except (OSError, StorageError):
+            logger.warning("%s: log compaction failed; will retry later", self.name,
+                           exc_info=True)
+            self._snapshot_bytes = size
+            return
+        logger.info("%s: log compacted from %d to %d bytes in %.2f s", self.name, size,
+                    self._snapshot_bytes, time.perf_counter() - t0)
+
+    # --- misc -------------------------------------------------------------------------------
+
+    def statistics(self) -> ReplicaStatistics:
+        s = dataclasses.replace(self._stats)
+        s.rows = self.row_total()
+        s.hidden_rows = len(self.view.hidden())
+        s.log_bytes = self._log.statistics().bytes if self._log is not None else 0
+        s.conflicts = self.conflicts.counts()
+        return s
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_base(schema: DatabaseSchema, rows: Any) -> bytes:
+    """The deterministic base document of an epoch holding ``rows`` (a Snapshot)."""
+    doc = Doc(client_id=BASE_CLIENT_ID)
+    maps = {t: doc.get(t, type=Map) for t in sorted(schema.tables)}
+    with doc.transaction():
+        for tname in sorted(schema.tables):
+            table = schema.tables[tname]
+            m = maps[tname]
+            for uuid, row in sorted(rows.iter_rows(tname)):
+                m[uuid] = enc.pack_marker(table, 0, row)
+    return doc.get_update()
+
+
+def _combine(a: Changeset, b: Changeset) -> Changeset:
+    """One changeset with the effect of ``a`` then ``b`` (for monitors: old of a, new of b)."""
+    if not a:
+        return b
+    if not b:
+        return a
+    out = Changeset({t: dict(rows) for t, rows in a.tables.items()})
+    for t, rows in b.tables.items():
+        mine = out.tables.setdefault(t, {})
+        for u, ch in rows.items():
+            first = mine.get(u)
+            if first is None:
+                mine[u] = ch
+            elif first.old is None and ch.new is None:
+                del mine[u]
+            else:
+                mine[u] = RowChange(first.old, ch.new)
+    return out
+
+
+def _merge(updates: list[bytes]) -> bytes:
+    if len(updates) == 1:
+        return updates[0]
+    import pycrdt
+
+    return pycrdt.merge_updates(*updates)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _read_log(log: RecordLog, schema: DatabaseSchema
+              ) -> tuple[dict[str, Any] | None, int, list[bytes]]:
+    header: dict[str, Any] | None = None
+    epoch = 0
+    updates: list[bytes] = []
+    digest = schema_digest(schema)
+    for n, payload in enumerate(log.replay()):
+        try:
+            rec = msgpack.unpackb(payload, raw=False, max_ext_len=0)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise DecodeError(f"{log.path}: record {n} is not msgpack: {exc}") from None
+        kind = rec[0] if isinstance(rec, list) and rec else None
+        if n == 0:
+            if kind != _HEADER or not isinstance(rec[1], dict):
+                raise DecodeError(f"{log.path}: does not start with a replica header")
+            header = rec[1]
+            if header.get("schema") != digest:
+                raise StorageError(f"{log.path}: written for another schema of {schema.name}")
+        elif kind == _STATE:
+            epoch = rec[1]
+            updates = [rec[2]]
+        elif kind == _UPDATE:
+            if rec[1] != epoch:
+                raise DecodeError(f"{log.path}: record {n} is from epoch {rec[1]}, "
+                                  f"log is at {epoch}")
+            updates.append(rec[2])
+        else:
+            raise DecodeError(f"{log.path}: record {n} has unknown kind {kind!r}")
+    return header, epoch, updates

@@ -1,0 +1,381 @@
+"""The deterministic, schema-valid view of a merged replica: what readers actually see.
+
+The merged document holds *raw* rows (:mod:`crdtdb.replica.encoding`), and a merge of
+concurrent transactions, each valid on its own, can leave them breaking the schema. The view
+is a pure function of the raw rows, computed the same way on every node, that always satisfies
+the schema. It is defined in two strata, so that it has exactly one answer:
+
+1. From raw values alone: in each index, among rows with the same index values, only the
+   smallest uuid may be shown; in a table with ``maxRows``, only the ``maxRows`` smallest
+   uuids may be shown.
+2. Among the remaining rows, the *greatest* set ``V`` such that every row of ``V`` still
+   holds after cleaning its values against ``V``. A row's *shown* value is its raw value with
+   each set or map cut to the column's maximum (keeping the first elements in OVSDB order),
+   then with every reference to a row outside ``V`` dropped (map pairs whose key or value is
+   such a reference go). A row holds when: every column still has its minimum number of
+   elements; every index column is shown unchanged (else its uniqueness is unknown); and, in a
+   non-root table, some other row of ``V`` references it strongly in its shown values.
+
+Every rule only ever hides more rows as fewer rows are shown, so the greatest ``V`` exists, is
+unique, and is found by starting from all rows and removing violators in any order.
+
+Maintenance is incremental and exact: after a batch of raw changes, hidden rows connected to
+a changed row through references are put back, then violators are removed from a worklist
+seeded with the changed rows, the rows put back and their neighbours. A row outside that region
+keeps its status: its inputs either did not change or only gained shown rows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from crdtdb.engine.memory import MemoryDatabase
+from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
+from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
+
+RowKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A column whose shown value can differ from its raw value."""
+
+    col: ColumnSchema
+    key_table: str | None
+    value_table: str | None
+    key_strong: bool
+    value_strong: bool
+    n_max: int
+    in_index: bool
+
+
+class _TableInfo:
+    def __init__(self, table: TableSchema):
+        self.table = table
+        self.index_cols = [tuple(table.columns[c].index for c in ix) for ix in table.indexes]
+        in_index = {i for cols in self.index_cols for i in cols}
+        checked = []
+        for col in table.ordered[2:]:
+            t = col.type
+            kt = t.key.ref_table
+            vt = t.value.ref_table if t.value is not None else None
+            limited = t.n_max > 1 and t.n_max < 2**63
+            if kt is None and vt is None and not limited:
+                continue
+            checked.append(_Checked(col, kt, vt, t.key.is_strong_ref, bool(
+                t.value is not None and t.value.is_strong_ref), t.n_max, col.index in in_index))
+        self.checked = tuple(checked)
+        self.refs = tuple(c for c in checked if c.key_table or c.value_table)
+        self.is_root = table.is_root
+        self.max_rows = table.max_rows
+
+
+class View:
+    """Raw rows in, shown rows out. ``rows`` is the :class:`~crdtdb.engine.Snapshot` to read."""
+
+    def __init__(self, schema: DatabaseSchema, conflicts: ConflictLog | None = None):
+        self.schema = schema
+        self.conflicts = conflicts if conflicts is not None else ConflictLog()
+        #: What readers, monitors and transactions see.
+        self.rows = MemoryDatabase(schema)
+        self.raw: dict[str, dict[str, Row]] = {t: {} for t in schema.tables}
+        self._info = {name: _TableInfo(t) for name, t in schema.tables.items()}
+        #: Raw references, reversed: target -> rows whose raw value names it.
+        self._in: dict[RowKey, set[RowKey]] = {}
+        #: Rows stratum 1 hides, and why.
+        self._s1: dict[RowKey, ConflictKind] = {}
+        #: Rows stratum 2 hides, and why.
+        self._hidden: dict[RowKey, ConflictKind] = {}
+        #: table -> per index: raw index values -> uuids holding them.
+        self._groups: dict[str, list[dict[tuple, set[str]]]] = {
+            name: [{} for _ in info.index_cols] for name, info in self._info.items()}
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def hidden(self) -> dict[RowKey, ConflictKind]:
+        """Rows present in the merged state but not shown, with the reason."""
+        return {**self._s1, **self._hidden}
+
+    def is_shown(self, table: str, uuid: str) -> bool:
+        return self.rows.get_row(table, uuid) is not None
+
+    # --- the update -------------------------------------------------------------------------
+
+    def update(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
+        """Take new raw rows (``None``: the row is gone); return what readers saw change."""
+        dirty: set[RowKey] = set()
+        extra: set[RowKey] = set()  # rows the old raw values referenced
+        touched_groups: set[tuple[str, int, tuple]] = set()
+        max_rows_tables: set[str] = set()
+        for key, new in changes.items():
+            t, u = key
+            raw = self.raw[t]
+            old = raw.get(u)
+            if old is new or (old is not None and new is not None and old == new):
+                continue
+            info = self._info[t]
+            if old is not None:
+                for target in self._targets(info, old):
+                    refs = self._in.get(target)
+                    if refs is not None:
+                        refs.discard(key)
+                        if not refs:
+                            del self._in[target]
+                    extra.add(target)
+            if new is not None:
+                for target in self._targets(info, new):
+                    self._in.setdefault(target, set()).add(key)
+                raw[u] = new
+            else:
+                del raw[u]
+                self._hidden.pop(key, None)
+            groups = self._groups[t]
+            for i, cols in enumerate(info.index_cols):
+                if old is not None:
+                    k = tuple(old[c] for c in cols)
+                    g = groups[i].get(k)
+                    if g is not None:
+                        g.discard(u)
+                        if not g:
+                            del groups[i][k]
+                    touched_groups.add((t, i, k))
+                if new is not None:
+                    k = tuple(new[c] for c in cols)
+                    groups[i].setdefault(k, set()).add(u)
+                    touched_groups.add((t, i, k))
+            if (old is None) != (new is None) and info.max_rows < 2**63:
+                max_rows_tables.add(t)
+            dirty.add(key)
+        if not dirty:
+            return Changeset()
+
+        # Stratum 1: index duplicates and maxRows, from raw values.
+        candidates = set(dirty)
+        for t, i, k in touched_groups:
+            candidates.update((t, u) for u in self._groups[t][i].get(k, ()))
+        winners: dict[str, set[str]] = {}
+        for t in max_rows_tables:
+            winners[t] = set(sorted(self.raw[t])[:self._info[t].max_rows])
+            candidates.update((t, u) for u in self.raw[t])
+            candidates.update(k for k in self._s1 if k[0] == t)
+        for key in candidates:
+            kind = self._s1_reason(key, winners)
+            if kind != self._s1.get(key):
+                if kind is None:
+                    del self._s1[key]
+                else:
+                    self._s1[key] = kind
+                dirty.add(key)
+
+        # Stratum 2: put back the hidden rows connected to a change, then remove violators.
+        seeds = dirty | extra
+        reset = self._reset_region(seeds)
+        work = seeds | reset
+        for x in seeds | reset:
+            t, u = x
+            row = self.raw[t].get(u)
+            if row is not None:
+                work.update(self._targets(self._info[t], row))
+            if self.rows.get_row(t, u) is None or not self._candidate(x):
+                # Maybe shown now, or not any more: its referrers' shown values change
+                # (and, in the second case, may now break).
+                work.update(self._in.get(x, ()))
+        touched = set(work)
+        queue = deque(work)
+        queued = set(work)
+        while queue:
+            x = queue.popleft()
+            queued.discard(x)
+            if not self._candidate(x):
+                continue
+            kind = self._violation(x)
+            if kind is not None:
+                self._hidden[x] = kind
+                for y in self._neighbors(x):
+                    touched.add(y)
+                    if y not in queued:
+                        queued.add(y)
+                        queue.append(y)
+
+        # What readers see now, for every row whose shown value may have changed.
+        out = Changeset()
+        for key in sorted(touched):
+            t, u = key
+            old_row = self.rows.get_row(t, u)
+            row, conflicts = self._shown(key)
+            self.conflicts.set_row(t, u, conflicts)
+            if row != old_row:
+                out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
+        if out:
+            self.rows.apply(out)
+        return out
+
+    def _reset_region(self, seeds: set[RowKey]) -> set[RowKey]:
+        """Un-hide the stratum-2-hidden rows reachable from ``seeds`` through hidden rows."""
+        if not self._hidden:
+            return set()
+        seen = set(seeds)
+        region = {x for x in seeds if x in self._hidden}
+        grew = True
+        while grew:
+            grew = False
+            for h in self._hidden:
+                if h in seen:
+                    continue
+                t, u = h
+                if any(r in seen for r in self._in.get(h, ())) or any(
+                        x in seen for x in self._targets(self._info[t], self.raw[t][u])):
+                    seen.add(h)
+                    region.add(h)
+                    grew = True
+        for h in region:
+            del self._hidden[h]
+        return region
+
+    # --- rules ------------------------------------------------------------------------------
+
+    def _s1_reason(self, key: RowKey, winners: Mapping[str, set[str]]) -> ConflictKind | None:
+        t, u = key
+        row = self.raw[t].get(u)
+        if row is None:
+            return None
+        info = self._info[t]
+        if info.max_rows < 2**63:
+            w = winners.get(t)
+            if w is None:
+                w = set(sorted(self.raw[t])[:info.max_rows])
+            if u not in w:
+                return ConflictKind.MAX_ROWS
+        for i, cols in enumerate(info.index_cols):
+            g = self._groups[t][i].get(tuple(row[c] for c in cols), ())
+            if len(g) > 1 and min(g) != u:
+                return ConflictKind.INDEX_DUPLICATE
+        return None
+
+    def _candidate(self, key: RowKey) -> bool:
+        """In stratum 2's current set: present, not hidden by stratum 1 nor (yet) stratum 2."""
+        return key[1] in self.raw[key[0]] and key not in self._s1 and key not in self._hidden
+
+    def _violation(self, key: RowKey) -> ConflictKind | None:
+        t, u = key
+        info = self._info[t]
+        row = self.raw[t][u]
+        for c in info.checked:
+            d = row[c.col.index]
+            if not d:
+                continue
+            shown, _ = self._clean(c, u, d)
+            if len(shown) < c.col.type.n_min:
+                return ConflictKind.DANGLING_REQUIRED
+            if c.in_index and shown != d:
+                return ConflictKind.DANGLING_INDEX
+        if not info.is_root and not self._strongly_referenced(key):
+            return ConflictKind.ORPHAN
+        return None
+
+    def _clean(self, c: _Checked, self_uuid: str, d: tuple) -> tuple[tuple, ConflictKind | None]:
+        kind = None
+        if len(d) > c.n_max:
+            d = d[:c.n_max]
+            kind = ConflictKind.SET_SIZE
+        if c.key_table is not None or c.value_table is not None:
+            kt, vt = c.key_table, c.value_table
+            if c.col.type.value is None:
+                kept = tuple(a for a in d if self._target_ok(kt, a, self_uuid))
+            else:
+                kept = tuple(p for p in d
+                             if (kt is None or self._target_ok(kt, p[0], self_uuid))
+                             and (vt is None or self._target_ok(vt, p[1], self_uuid)))
+            if len(kept) != len(d):
+                d = kept
+                kind = kind or ConflictKind.DANGLING_VALUE
+        return d, kind
+
+    def _target_ok(self, table: str, uuid: str, self_uuid: str) -> bool:
+        return uuid == self_uuid or self._candidate((table, uuid))
+
+    def _strongly_referenced(self, key: RowKey) -> bool:
+        t, u = key
+        for src in self._in.get(key, ()):
+            if src == key or not self._candidate(src):
+                continue
+            st, su = src
+            row = self.raw[st][su]
+            for c in self._info[st].refs:
+                d = row[c.col.index]
+                if not d:
+                    continue
+                d = d[:c.n_max]
+                if c.key_table == t and c.key_strong:
+                    atoms = d if c.col.type.value is None else [p[0] for p in d]
+                    if u in atoms:
+                        return True
+                if c.value_table == t and c.value_strong and any(p[1] == u for p in d):
+                    return True
+        return False
+
+    def _shown(self, key: RowKey) -> tuple[Row | None, list[Conflict]]:
+        t, u = key
+        row = self.raw[t].get(u)
+        if row is None:
+            return None, []
+        kind = self._s1.get(key) or self._hidden.get(key)
+        if kind is not None:
+            return None, [Conflict(kind, t, u, None, self._why(key, kind))]
+        info = self._info[t]
+        conflicts: list[Conflict] = []
+        shown = None
+        for c in info.checked:
+            d = row[c.col.index]
+            if not d:
+                continue
+            cd, ck = self._clean(c, u, d)
+            if ck is not None:
+                if shown is None:
+                    shown = list(row)
+                shown[c.col.index] = cd
+                conflicts.append(Conflict(ck, t, u, c.col.name,
+                                          f"{len(d) - len(cd)} of {len(d)} elements dropped"))
+        return (row if shown is None else tuple(shown)), conflicts
+
+    def _why(self, key: RowKey, kind: ConflictKind) -> str:
+        if kind is ConflictKind.INDEX_DUPLICATE:
+            return "another row with a smaller uuid has the same index values"
+        if kind is ConflictKind.MAX_ROWS:
+            return f"table holds more than {self._info[key[0]].max_rows} rows"
+        if kind is ConflictKind.ORPHAN:
+            return "non-root row that no shown row references strongly"
+        if kind is ConflictKind.DANGLING_INDEX:
+            return "an index column lost a reference or elements"
+        return "a column lost the reference it needs"
+
+    # --- graph ------------------------------------------------------------------------------
+
+    def _targets(self, info: _TableInfo, row: Row) -> Iterator[RowKey]:
+        for c in info.refs:
+            d = row[c.col.index]
+            if not d:
+                continue
+            if c.col.type.value is None:
+                for a in d:
+                    yield c.key_table, a  # type: ignore[misc]
+            else:
+                for k, v in d:
+                    if c.key_table is not None:
+                        yield c.key_table, k
+                    if c.value_table is not None:
+                        yield c.value_table, v
+
+    def _neighbors(self, key: RowKey) -> Iterable[RowKey]:
+        t, u = key
+        row = self.raw[t].get(u)
+        refs = self._in.get(key)
+        if row is None:
+            return refs or ()
+        out = set(self._targets(self._info[t], row))
+        if refs:
+            out.update(refs)
+        return out
