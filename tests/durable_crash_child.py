@@ -1,6 +1,9 @@
 """Child process for the crash test in test_durable.py: commit forever until killed.
 
     python durable_crash_child.py DATA_DIR SCHEMA_PATH [compact_min_bytes] [chunk_bytes] [torn]
+                                  [store]
+
+``store`` is ``durable`` (DurableDatabase, the default) or ``replica`` (the CRDT replica).
 
 Commit ``i`` (continuing from the ``last`` counter already in the database) is a
 deterministic Southbound transaction, see :func:`commit_ops`. The child prints ``ready N``
@@ -75,18 +78,30 @@ def tear_writes() -> None:
     os.pwrite = pwrite
 
 
+def open_store(store: str, data_dir: str, schema: Any, compact_min_bytes: int,
+               chunk_bytes: int) -> Any:
+    if store == "replica":
+        from crdtdb.replica import Replica
+
+        return Replica.open(data_dir, schema, compact_min_bytes=compact_min_bytes,
+                            compact_ratio=2.0)
+    from crdtdb.storage import DurableDatabase
+
+    return DurableDatabase.open(data_dir, schema, compact_min_bytes=compact_min_bytes,
+                                compact_ratio=2.0, chunk_bytes=chunk_bytes)
+
+
 def main(argv: list[str]) -> int:
     from crdtdb.engine import DatabaseSchema
-    from crdtdb.storage import DurableDatabase
 
     data_dir, schema_path = argv[0], argv[1]
     compact_min_bytes = int(argv[2]) if len(argv) > 2 else 32 * 1024
     chunk_bytes = int(argv[3]) if len(argv) > 3 else 4096
     if len(argv) > 4 and argv[4] == "1":
         tear_writes()
+    store = argv[5] if len(argv) > 5 else "durable"
     schema = DatabaseSchema.from_file(schema_path)
-    db = DurableDatabase.open(data_dir, schema, compact_min_bytes=compact_min_bytes,
-                              compact_ratio=2.0, chunk_bytes=chunk_bytes)
+    db = open_store(store, data_dir, schema, compact_min_bytes, chunk_bytes)
     i = last_commit(db)
     out = sys.stdout
     out.write(f"ready {i}\n")

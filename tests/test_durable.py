@@ -285,10 +285,11 @@ def _expected_commits(k: int) -> set[int]:
     return set(range(max(1, k - child.WINDOW + 1), k + 1))
 
 
-def _check_recovered(data_dir: Path, sb: DatabaseSchema, acked: int, attempted: int) -> int:
+def _check_recovered(data_dir: Path, sb: DatabaseSchema, acked: int, attempted: int,
+                     store: str = "durable") -> int:
     """Reopen after the kill: the state must be exactly that after commit k, for some
     acked <= k <= attempted; returns k."""
-    with DurableDatabase.open(data_dir, sb) as db:
+    with child.open_store(store, str(data_dir), sb, 32 * 1024, 4096) as db:
         k = child.last_commit(db)
         assert acked <= k <= attempted + 1, (acked, k)
         assert violations(db) == []
@@ -305,12 +306,13 @@ def _check_recovered(data_dir: Path, sb: DatabaseSchema, acked: int, attempted: 
 
 
 def _run_and_kill(data_dir: Path, schema_path: Path, delay: float,
-                  torn: bool) -> tuple[int, int, int]:
+                  torn: bool, store: str = "durable") -> tuple[int, int, int]:
     """Start the child, let it commit for ``delay`` seconds, SIGKILL it.
 
     Returns (commits before the run, last acknowledged commit, lines read)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = [str(data_dir), str(schema_path), str(32 * 1024), "4096", "1" if torn else "0"]
+    args = [str(data_dir), str(schema_path), str(32 * 1024), "4096", "1" if torn else "0",
+            store]
     proc = subprocess.Popen([sys.executable, str(CHILD), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None
@@ -348,16 +350,16 @@ def _run_and_kill(data_dir: Path, schema_path: Path, delay: float,
 
 
 def _crash_loop(tmp_path: Path, sb: DatabaseSchema, schema_path: Path, runs: int,
-                seed: int) -> None:
+                seed: int, store: str = "durable") -> None:
     rng = random.Random(seed)
     data_dir = tmp_path / "db"
     previous = 0
     total = 0
     for run in range(runs):
         start, acked, n = _run_and_kill(data_dir, schema_path, rng.uniform(0.05, 0.6),
-                                        torn=run % 2 == 1)
+                                        torn=run % 2 == 1, store=store)
         assert start == previous  # nothing acknowledged was lost across earlier kills
-        previous = _check_recovered(data_dir, sb, acked, acked)
+        previous = _check_recovered(data_dir, sb, acked, acked, store)
         total += n
     assert total > 0
 

@@ -1,0 +1,423 @@
+"""The replica's merge semantics, view rules, integrity checks and durability, by example.
+
+Each merge example runs two replicas that do not see each other's commit before making their
+own (concurrent), then exchange updates in both orders; both must end up showing the same.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_durable
+
+from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.replica import (
+    ConflictKind,
+    CorruptUpdateError,
+    EpochMismatchError,
+    Replica,
+    ReplicaFailedError,
+)
+from crdtdb.replica import encoding as enc
+from tests.replica_support import (
+    check_reload,
+    check_view,
+    make_replica,
+    ok,
+    shown,
+    txn,
+    where_uuid,
+)
+
+
+@pytest.fixture(scope="module")
+def sb(sb_schema_path: Path) -> DatabaseSchema:
+    return DatabaseSchema.from_file(sb_schema_path).stored()
+
+
+class Pair:
+    """Two replicas and the updates each made that the other has not applied yet."""
+
+    def __init__(self, schema: DatabaseSchema | None = None):
+        kw: dict[str, Any] = {} if schema is None else {"schema": schema}
+        self.a = make_replica(1, 11, **kw)
+        self.b = make_replica(2, 22, **kw)
+        self.out: dict[int, list[bytes]] = {1: [], 2: []}
+        for r in (self.a, self.b):
+            r.add_listener(lambda ev, cid=r.client_id: ev.update and self.out[cid].append(
+                ev.update))
+
+    def sync(self) -> None:
+        for src, dst in ((self.a, self.b), (self.b, self.a)):
+            for u in self.out[src.client_id]:
+                dst.apply_update(u)
+            self.out[src.client_id].clear()
+        assert shown(self.a) == shown(self.b)
+        assert self.a.view.hidden() == self.b.view.hidden()
+        for r in (self.a, self.b):
+            check_view(r)
+            check_reload(r)
+
+    def col(self, r: Replica, table: str, uuid: str, column: str) -> tuple:
+        row = r.get_row(table, uuid)
+        assert row is not None
+        return row[r.schema.tables[table].columns[column].index]
+
+
+def _port(pair: Pair) -> tuple[str, str]:
+    res = ok(txn(pair.a,
+                 {"op": "insert", "table": "Datapath_Binding", "uuid-name": "dp",
+                  "row": {"tunnel_key": 1}},
+                 {"op": "insert", "table": "Port_Binding", "uuid-name": "pb",
+                  "row": {"logical_port": "lp1", "tunnel_key": 1,
+                          "datapath": ["named-uuid", "dp"],
+                          "options": ["map", [["a", "1"]]]}},
+                 {"op": "insert", "table": "Encap", "uuid-name": "e",
+                  "row": {"type": "geneve", "ip": "192.0.2.1", "chassis_name": "hv1"}},
+                 {"op": "insert", "table": "Chassis", "uuid-name": "ch",
+                  "row": {"name": "hv1", "hostname": "hv1", "encaps": ["named-uuid", "e"]}}))
+    pair.sync()
+    return res[1]["uuid"][1], res[3]["uuid"][1]
+
+
+def test_concurrent_writes_to_different_columns_both_survive(sb: DatabaseSchema) -> None:
+    pair = Pair(sb)
+    pb, ch = _port(pair)
+    # ovn-controller claims the port while ovn-northd rewrites its options.
+    ok(txn(pair.b, {"op": "update", "table": "Port_Binding", "where": where_uuid(pb),
+                    "row": {"chassis": ["uuid", ch], "up": True}}))
+    ok(txn(pair.a, {"op": "update", "table": "Port_Binding", "where": where_uuid(pb),
+                    "row": {"options": ["map", [["b", "2"]]]}}))
+    pair.sync()
+    for r in (pair.a, pair.b):
+        assert pair.col(r, "Port_Binding", pb, "chassis") == (ch,)
+        assert pair.col(r, "Port_Binding", pb, "up") == (True,)
+        assert pair.col(r, "Port_Binding", pb, "options") == (("b", "2"),)
+
+
+def test_map_columns_merge_per_key(sb: DatabaseSchema) -> None:
+    pair = Pair(sb)
+    pb, _ = _port(pair)
+    ok(txn(pair.a, {"op": "mutate", "table": "Port_Binding", "where": where_uuid(pb),
+                    "mutations": [["options", "insert", ["map", [["x", "from-a"]]]]]}))
+    ok(txn(pair.b, {"op": "mutate", "table": "Port_Binding", "where": where_uuid(pb),
+                    "mutations": [["options", "delete", ["set", ["a"]]],
+                                  ["options", "insert", ["map", [["y", "from-b"]]]]]}))
+    pair.sync()
+    assert pair.col(pair.a, "Port_Binding", pb, "options") == (("x", "from-a"),
+                                                               ("y", "from-b"))
+
+
+def test_same_map_key_written_concurrently_has_one_winner_everywhere(sb: DatabaseSchema) -> None:
+    pair = Pair(sb)
+    pb, _ = _port(pair)
+    for r, v in ((pair.a, "A"), (pair.b, "B")):
+        ok(txn(r, {"op": "update", "table": "Port_Binding", "where": where_uuid(pb),
+                   "row": {"options": ["map", [["a", v]]]}}))
+    pair.sync()
+    assert pair.col(pair.a, "Port_Binding", pb, "options") in ((("a", "A"),), (("a", "B"),))
+
+
+def test_set_add_wins_over_concurrent_remove() -> None:
+    pair = Pair()
+    p = ok(txn(pair.a, {"op": "insert", "table": "Parent",
+                        "row": {"name": "p", "tags": ["set", ["x", "y"]]}}))[0]["uuid"][1]
+    pair.sync()
+    # a removes x; b removes x and adds it back (so b's add is concurrent with a's remove).
+    ok(txn(pair.a, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+                    "mutations": [["tags", "delete", "x"]]}))
+    ok(txn(pair.b, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+                    "mutations": [["tags", "delete", "x"]]}))
+    ok(txn(pair.b, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+                    "mutations": [["tags", "insert", "x"], ["tags", "delete", "y"]]}))
+    pair.sync()
+    assert pair.col(pair.a, "Parent", p, "tags") == ("x",)
+
+
+def test_row_delete_wins_over_concurrent_update() -> None:
+    pair = Pair()
+    p = ok(txn(pair.a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    pair.sync()
+    ok(txn(pair.a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    ok(txn(pair.b, {"op": "update", "table": "Parent", "where": where_uuid(p),
+                    "row": {"n": 5, "tags": ["set", ["new"]]}}))
+    pair.sync()
+    assert pair.a.get_row("Parent", p) is None
+    # A later insert with the same uuid does not pick up the update that lost.
+    ok(txn(pair.a, {"op": "insert", "table": "Parent", "uuid": p, "row": {"name": "again"}}))
+    pair.sync()
+    assert pair.col(pair.b, "Parent", p, "tags") == ()
+    assert pair.col(pair.b, "Parent", p, "n") == (0,)
+
+
+def test_index_duplicates_show_one_row_and_report_the_other() -> None:
+    pair = Pair()
+    seen: list[Any] = []
+    pair.b.conflicts.add_listener(seen.append)
+    ra = ok(txn(pair.a, {"op": "insert", "table": "Parent", "row": {"name": "same"}}))
+    rb = ok(txn(pair.b, {"op": "insert", "table": "Parent", "row": {"name": "same"}}))
+    pair.sync()
+    ua, ub = ra[0]["uuid"][1], rb[0]["uuid"][1]
+    keep, lose = sorted([ua, ub])
+    for r in (pair.a, pair.b):
+        assert [u for u, _ in r.iter_rows("Parent")] == [keep]
+        assert r.view.hidden() == {("Parent", lose): ConflictKind.INDEX_DUPLICATE}
+        assert r.conflicts.counts()["index-duplicate"] == 1
+    assert any(ev.active and ev.conflict.uuid == lose for ev in seen)
+    # Deleting the row shown lets the other one appear: the conflict goes away.
+    ok(txn(pair.a, {"op": "delete", "table": "Parent", "where": where_uuid(keep)}))
+    pair.sync()
+    assert [u for u, _ in pair.b.iter_rows("Parent")] == [lose]
+    assert pair.b.conflicts.active() == []
+    assert any(not ev.active and ev.conflict.uuid == lose for ev in seen)
+
+
+def test_strong_reference_to_a_concurrently_deleted_row_hides_the_referrer() -> None:
+    pair = Pair()
+    p = ok(txn(pair.a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    pair.sync()
+    ok(txn(pair.a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    link = ok(txn(pair.b, {"op": "insert", "table": "Link",
+                           "row": {"target": ["uuid", p]}}))[0]["uuid"][1]
+    pair.sync()
+    assert pair.a.get_row("Link", link) is None
+    assert pair.a.view.hidden() == {("Link", link): ConflictKind.DANGLING_REQUIRED}
+
+
+def test_weak_reference_to_a_concurrently_deleted_row_is_dropped() -> None:
+    pair = Pair()
+    r = ok(txn(pair.a, {"op": "insert", "table": "Parent", "uuid-name": "p",
+                        "row": {"name": "p"}},
+                {"op": "insert", "table": "Parent", "row": {"name": "q"}}))
+    p, q = r[0]["uuid"][1], r[1]["uuid"][1]
+    pair.sync()
+    ok(txn(pair.a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    ok(txn(pair.b, {"op": "update", "table": "Parent", "where": where_uuid(q),
+                    "row": {"friends": ["uuid", p]}}))
+    pair.sync()
+    assert pair.col(pair.a, "Parent", q, "friends") == ()
+    [c] = pair.a.conflicts.active()
+    assert (c.kind, c.column) == (ConflictKind.DANGLING_VALUE, "friends")
+
+
+def test_orphaned_child_is_hidden() -> None:
+    pair = Pair()
+    r = ok(txn(pair.a, {"op": "insert", "table": "Child", "uuid-name": "c",
+                        "row": {"label": "c"}},
+                {"op": "insert", "table": "Parent",
+                 "row": {"name": "p", "children": ["named-uuid", "c"]}}))
+    c, p = r[0]["uuid"][1], r[1]["uuid"][1]
+    pair.sync()
+    # a drops the reference (the engine collects the child); b points a second parent at it.
+    ok(txn(pair.a, {"op": "update", "table": "Parent", "where": where_uuid(p),
+                    "row": {"children": ["set", []]}}))
+    ok(txn(pair.b, {"op": "update", "table": "Child", "where": where_uuid(c),
+                    "row": {"label": "still here"}}))
+    pair.sync()
+    assert pair.a.get_row("Child", c) is None
+
+
+def test_max_rows_keeps_the_smallest_uuids() -> None:
+    pair = Pair()
+    ga = ok(txn(pair.a, {"op": "insert", "table": "Global", "row": {"counter": 1}}))
+    gb = ok(txn(pair.b, {"op": "insert", "table": "Global", "row": {"counter": 2}}))
+    pair.sync()
+    keep = min(ga[0]["uuid"][1], gb[0]["uuid"][1])
+    assert [u for u, _ in pair.a.iter_rows("Global")] == [keep]
+
+
+def test_set_merged_past_its_maximum_shows_the_first_elements() -> None:
+    pair = Pair()
+    p = ok(txn(pair.a, {"op": "insert", "table": "Parent",
+                        "row": {"name": "p", "small": 1}}))[0]["uuid"][1]
+    pair.sync()
+    ok(txn(pair.a, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+                    "mutations": [["small", "insert", 3]]}))
+    ok(txn(pair.b, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+                    "mutations": [["small", "insert", 2]]}))
+    pair.sync()
+    assert pair.col(pair.a, "Parent", p, "small") == (1, 2)
+    [c] = pair.a.conflicts.active()
+    assert c.kind is ConflictKind.SET_SIZE
+
+
+# --- what enters the document -----------------------------------------------------------------
+
+def _one_update() -> tuple[Replica, bytes]:
+    a = make_replica(1, 1)
+    out: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and out.append(ev.update))
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p", "n": 7}}))
+    return a, out[0]
+
+
+def test_every_single_byte_corruption_is_rejected_before_the_document() -> None:
+    _, update = _one_update()
+    rng = random.Random(5)
+    for i in range(len(update)):
+        b = make_replica(2, 2)
+        damaged = bytearray(update)
+        damaged[i] ^= 1 << rng.randrange(8)
+        with pytest.raises(CorruptUpdateError):
+            b.apply_update(bytes(damaged))
+        assert b.doc.get_update() == make_replica(3, 3).doc.get_update()
+        assert b.statistics().rejected_updates == 1
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x00", b"garbage" * 10, b"\x96" + b"\x01" * 5])
+def test_garbage_and_truncation_are_rejected(payload: bytes) -> None:
+    _, update = _one_update()
+    b = make_replica(2, 2)
+    for bad in (payload, update[: len(update) // 2], update[:-1]):
+        with pytest.raises(CorruptUpdateError):
+            b.apply_update(bad)
+    assert shown(b)["Parent"] == {}
+
+
+def test_a_sealed_update_that_pycrdt_cannot_apply_is_rejected() -> None:
+    a, _ = _one_update()
+    from crdtdb.replica.envelope import seal
+
+    b = make_replica(2, 2)
+    for junk in (b"\x01\x02\x03", b"\xff" * 40):
+        with pytest.raises(CorruptUpdateError):
+            b.apply_update(seal(a.schema_digest, 0, 1, junk))
+    with pytest.raises(CorruptUpdateError, match="another schema"):
+        b.apply_update(seal("not-the-schema", 0, 1, a.doc.get_update()))
+    with pytest.raises(CorruptUpdateError):
+        b.diff(b"\xff\xff")
+
+
+def test_updates_from_another_epoch_are_refused() -> None:
+    a, update = _one_update()
+    b = make_replica(2, 2)
+    b.apply_update(update)
+    a.rebuild(1)
+    b.rebuild(1)
+    assert a.doc.get_update() == b.doc.get_update()
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "q"}}))
+    with pytest.raises(EpochMismatchError) as info:
+        b.apply_update(update)
+    assert (info.value.mine, info.value.theirs) == (1, 0)
+    b.apply_update(a.diff(b.state_vector()))
+    assert shown(a) == shown(b)
+
+
+def test_an_update_after_a_gap_waits_for_the_gap() -> None:
+    a = make_replica(1, 1)
+    out: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and out.append(ev.update))
+    p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 1}}))
+    b = make_replica(2, 2)
+    res = b.apply_update(out[1])
+    assert res.gap and not res.changes
+    res = b.apply_update(out[0])
+    assert not res.gap
+    assert shown(b) == shown(a)
+    assert b.statistics().gaps == 1
+
+
+# --- the document's layout ------------------------------------------------------------------
+
+def test_a_fresh_row_is_one_map_entry_and_updates_add_keys() -> None:
+    a = make_replica(1, 1)
+    p = ok(txn(a, {"op": "insert", "table": "Parent",
+                   "row": {"name": "p", "tags": ["set", ["x"]],
+                           "opts": ["map", [["k", "v"]]]}}))[0]["uuid"][1]
+    assert list(a._maps["Parent"].keys()) == [p]
+    ok(txn(a, {"op": "mutate", "table": "Parent", "where": where_uuid(p),
+               "mutations": [["tags", "delete", "x"], ["tags", "insert", "y"],
+                             ["n", "+=", 2]]}))
+    assert sorted(a._maps["Parent"].keys()) == sorted([
+        p, enc.register_key(p, "n"), enc.register_key(p, "_version"),
+        enc.element_key(p, "tags", "-", "x"), enc.element_key(p, "tags", "+", "y")])
+    a.rebuild(1)
+    assert list(a._maps["Parent"].keys()) == [p]
+    check_view(a)
+
+
+def test_atom_keys_round_trip() -> None:
+    from crdtdb.engine.types import BaseType, type_from_json
+
+    for t, atoms in (("integer", [0, -1, 2**63 - 1, -(2**63)]),
+                     ("real", [0.0, -1.5, 1e300, 5e-324]),
+                     ("boolean", [True, False]), ("string", ["", "a\x1fb", "日本"]),
+                     ("uuid", ["5eed0001-0000-4000-8000-000000000001"])):
+        base: BaseType = type_from_json(t).key
+        for atom in atoms:
+            assert enc.parse_atom_key(base, enc.atom_key(base.type, atom)) == atom
+    with pytest.raises(Exception, match="canonical"):
+        enc.parse_atom_key(type_from_json("integer").key, "01")
+
+
+# --- durability -------------------------------------------------------------------------------
+
+def test_reopen_keeps_rows_client_id_and_remote_updates(tmp_path: Path) -> None:
+    from tests.replica_support import MERGE_SCHEMA
+
+    other = make_replica(7, 7)
+    out: list[bytes] = []
+    other.add_listener(lambda ev: ev.update and out.append(ev.update))
+    ok(txn(other, {"op": "insert", "table": "Parent", "row": {"name": "remote"}}))
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        cid = r.client_id
+        r.apply_update(out[0])
+        ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "local"}}))
+        before = shown(r)
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        assert r.client_id == cid
+        assert shown(r) == before
+        ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "after"}}))
+        # The reopened replica continues its own history: a peer merges it cleanly.
+        other.apply_update(r.diff(other.state_vector()))
+        assert shown(other) == shown(r)
+
+
+def test_log_compaction_and_rebuild_survive_reopen(tmp_path: Path) -> None:
+    from tests.replica_support import MERGE_SCHEMA
+
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA, compact_min_bytes=2048) as r:
+        p = ok(txn(r, {"op": "insert", "table": "Parent",
+                       "row": {"name": "p"}}))[0]["uuid"][1]
+        for i in range(300):
+            ok(txn(r, {"op": "update", "table": "Parent", "where": where_uuid(p),
+                       "row": {"n": i}}))
+        assert r.statistics().log_bytes < 20_000
+        r.rebuild(1)
+        ok(txn(r, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": -1}}))
+        before = shown(r)
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        assert r.epoch == 1
+        assert shown(r) == before
+
+
+def test_a_commit_that_cannot_be_logged_is_not_acknowledged(tmp_path: Path) -> None:
+    from tests.replica_support import MERGE_SCHEMA
+
+    r = Replica.open(tmp_path / "r", MERGE_SCHEMA)
+    r._log.close()  # the next append fails
+    with pytest.raises(ReplicaFailedError):
+        txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p"}})
+    with pytest.raises(ReplicaFailedError):
+        txn(r, {"op": "insert", "table": "Parent", "row": {"name": "q"}})
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as again:
+        assert shown(again)["Parent"] == {}
+
+
+def test_kill_9_loses_no_acknowledged_commit(tmp_path: Path, sb_schema_path: Path) -> None:
+    schema = DatabaseSchema.from_file(sb_schema_path)
+    test_durable._crash_loop(tmp_path, schema, sb_schema_path, runs=4, seed=3,
+                             store="replica")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_kill_9_loses_no_acknowledged_commit_slow(tmp_path: Path, sb_schema_path: Path,
+                                                  seed: int) -> None:
+    schema = DatabaseSchema.from_file(sb_schema_path)
+    test_durable._crash_loop(tmp_path, schema, sb_schema_path, runs=8, seed=200 + seed,
+                             store="replica")
