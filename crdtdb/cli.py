@@ -124,20 +124,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("two schemas name the same database: %s", ", ".join(names))
         return 2
     databases: dict[str, Any] = {}
-    if args.data_dir:
-        from crdtdb.storage.durable import DurableDatabase
-
-        for schema in schemas:
-            t0 = time.perf_counter()
-            db = DurableDatabase.open(Path(args.data_dir) / schema.name, schema,
-                                      fsync=args.fsync == "always")
-            rows = sum(db.row_count(t) for t in schema.tables)
-            log.info("%s: loaded %d rows from %s in %.2f s", schema.name, rows,
-                     Path(args.data_dir) / schema.name, time.perf_counter() - t0)
-            databases[schema.name] = db
-    else:
+    fsync = args.fsync == "always"
+    if not args.data_dir:
         log.warning("no --data-dir: databases are in memory only and lost on exit")
-        databases = {schema.name: MemoryDatabase(schema) for schema in schemas}
+    for schema in schemas:
+        t0 = time.perf_counter()
+        where = Path(args.data_dir) / schema.name if args.data_dir else None
+        db: Any
+        if args.store == "replica":
+            from crdtdb.replica import Replica
+
+            db = (Replica.open(where, schema, fsync=fsync) if where is not None
+                  else Replica.in_memory(schema))
+        elif where is not None:
+            from crdtdb.storage.durable import DurableDatabase
+
+            db = DurableDatabase.open(where, schema, fsync=fsync)
+        else:
+            db = MemoryDatabase(schema)
+        if where is not None:
+            rows = sum(db.row_count(t) for t in schema.tables)
+            log.info("%s: loaded %d rows from %s (%s store) in %.2f s", schema.name, rows,
+                     where, args.store, time.perf_counter() - t0)
+        databases[schema.name] = db
     limits = Limits(probe_interval_s=args.probe_interval,
                     max_message_bytes=args.max_message_bytes,
                     max_backlog_bytes=args.max_backlog_bytes)
@@ -200,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "acknowledged, so it survives the process being killed, and fsynced "
                         "when the transaction asks for a durable commit; always: fsync every "
                         "commit, so it survives a power cut too (several times slower)")
+    p.add_argument("--store", choices=("replica", "log"), default="replica",
+                   help="replica (default): each database is a CRDT replica that can merge "
+                        "with peers; log: a plain single-node store (an append-only log)")
     p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
     p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
     p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")

@@ -317,10 +317,16 @@ class EngineSide:
     hold rows (the ones operations are generated for).
     """
 
-    def __init__(self, model: SchemaModel, schema: DatabaseSchema, tables: Sequence[str]):
+    def __init__(self, model: SchemaModel, schema: DatabaseSchema, tables: Sequence[str],
+                 store: str = "memory"):
         self.model = model
         self.tables = sorted(tables)
-        self.db = MemoryDatabase(schema)
+        if store == "replica":  # a single CRDT replica: commits go through the document
+            from crdtdb.replica import Replica
+
+            self.db: Any = Replica.in_memory(schema, client_id=1)
+        else:
+            self.db = MemoryDatabase(schema)
         self.pool: dict[str, list[str]] = {t: [] for t in model.tables}
         self.refs: dict[str, Ref] = {}  # UUID -> the latest Ref naming it
         self._cache_key = -1

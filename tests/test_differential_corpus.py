@@ -147,20 +147,32 @@ def server_transcript(
 _engine_schemas: dict[str, Any] = {}
 
 
-def run_on_engine(case: Case) -> list[list[Any]]:
+def run_on_engine(case: Case, store: str = "memory") -> list[list[Any]]:
+    """Run the case on a fresh store: ``memory`` (the engine's reference store) or
+    ``replica`` (a single CRDT replica: every commit goes through the document and the view).
+    """
     # Imported here so that the server-side tests still run while the engine does not.
     from crdtdb.engine import DatabaseSchema, MemoryDatabase
+    from crdtdb.replica import Replica
 
     if case.schema not in _engine_schemas:
         with schema_path(case).open() as f:
             # The real server serves the schema as ovsdb-tool create stored it.
             _engine_schemas[case.schema] = DatabaseSchema.from_json(json.load(f)).stored()
-    db = MemoryDatabase(_engine_schemas[case.schema])
+    schema = _engine_schemas[case.schema]
+    db: Any = (MemoryDatabase(schema) if store == "memory"
+               else Replica.in_memory(schema, client_id=1))
     transcript = []
     for ops in case.transactions:
         results = db.transact(copy.deepcopy(ops))
         # The contract is "JSON-ready python values": prove it, and turn tuples into lists.
         transcript.append(json.loads(json.dumps(results)))
+    if store == "replica":
+        from tests.replica_support import check_reload, check_view
+
+        check_view(db)
+        check_reload(db)
+        assert db.view.hidden() == {}
     return transcript
 
 
@@ -209,12 +221,13 @@ def test_server_behaves_as_case_says(
 
 
 @pytest.mark.ovsdb_server
+@pytest.mark.parametrize("store", ["memory", "replica"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_engine_matches_ovsdb_server(
-    case: Case, server_transcript: Callable[[Case], list[list[Any]]]
+    case: Case, store: str, server_transcript: Callable[[Case], list[list[Any]]]
 ) -> None:
     server = server_transcript(case)
-    engine = run_on_engine(case)
+    engine = run_on_engine(case, store)
     assert_same(server, engine, case.transactions, name=case.name)
 
 

@@ -155,6 +155,7 @@ KNOWN_ENGINE_MISMATCHES: list[KnownMismatch] = [
 
 DEFAULT_EXAMPLES = 100
 SLOW_EXAMPLES = 1000
+REPLICA_EXAMPLES = 60
 
 
 @functools.cache
@@ -187,10 +188,10 @@ class Replay:
     """One sequence replayed on ovsdb-server and on a fresh engine, with both transcripts."""
 
     def __init__(self, server: OvsdbServer, client: OvsdbClient, model: SchemaModel,
-                 schema: DatabaseSchema, tables: Sequence[str]) -> None:
+                 schema: DatabaseSchema, tables: Sequence[str], store: str = "memory") -> None:
         self.server = server
         self.client = client
-        self.engine = EngineSide(model, schema, tables)
+        self.engine = EngineSide(model, schema, tables, store)
         self.server_pool: dict[str, list[str]] = {t: [] for t in model.tables}
         self.transactions: list[Any] = []  # abstract; None for a state check
         self.server_results: list[list[Any]] = []
@@ -348,17 +349,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path
 
 
 def replay(server: OvsdbServer, path: Path, tables: Sequence[str] | None,
-           sequence: list[list[Any]]) -> None:
+           sequence: list[list[Any]], store: str = "memory") -> None:
     model, schema = _schemas(path)
     tables = tables or sorted(model.tables)
     server.reset()
     with server.client(timeout=5.0) as client:
-        r = Replay(server, client, model, schema, tables)
+        r = Replay(server, client, model, schema, tables, store)
         try:
             for ops in sequence:
                 r.run(ops)
         except _KnownMismatch:
             return
+        if store == "replica":
+            from tests.replica_support import check_reload, check_view
+
+            check_view(r.engine.db)
+            check_reload(r.engine.db)
 
 
 def _settings(examples: int, *, explore: bool = False) -> settings:
@@ -391,6 +397,39 @@ def test_kitchen_sink_sequences(
     sequence: list[list[Any]],
 ) -> None:
     replay(servers(kitchen_sink_schema_path), kitchen_sink_schema_path, None, sequence)
+
+
+@pytest.mark.ovsdb_server
+@_settings(REPLICA_EXAMPLES)
+@given(sequence=SB_SEQUENCES)
+def test_southbound_sequences_on_a_replica(
+    servers: Callable[[Path], OvsdbServer], sb_schema_path: Path, sequence: list[list[Any]]
+) -> None:
+    """The same comparison with the engine's commits going through one CRDT replica."""
+    replay(servers(sb_schema_path), sb_schema_path, SB_TABLES, sequence, store="replica")
+
+
+@pytest.mark.ovsdb_server
+@_settings(REPLICA_EXAMPLES)
+@given(sequence=KS_SEQUENCES)
+def test_kitchen_sink_sequences_on_a_replica(
+    servers: Callable[[Path], OvsdbServer], kitchen_sink_schema_path: Path,
+    sequence: list[list[Any]],
+) -> None:
+    replay(servers(kitchen_sink_schema_path), kitchen_sink_schema_path, None, sequence,
+           store="replica")
+
+
+@pytest.mark.slow
+@pytest.mark.ovsdb_server
+@_settings(SLOW_EXAMPLES, explore=True)
+@given(sequence=KS_SEQUENCES)
+def test_kitchen_sink_sequences_on_a_replica_long(
+    servers: Callable[[Path], OvsdbServer], kitchen_sink_schema_path: Path,
+    sequence: list[list[Any]],
+) -> None:
+    replay(servers(kitchen_sink_schema_path), kitchen_sink_schema_path, None, sequence,
+           store="replica")
 
 
 @pytest.mark.slow

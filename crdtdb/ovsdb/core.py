@@ -251,6 +251,16 @@ class ServerCore:
                     other.outbox.append(Notification(_UPDATE_METHOD[mon.version],
                                                      self._update_params(mon, updates)))
 
+    def publish(self, db_name: str, changeset: Changeset) -> None:
+        """Tell monitors and pending waits about a change that did not come from a session
+        (a merge of a peer's update into a replica, a consensus plugin's change feed)."""
+        if db_name not in self.databases or db_name == "_Server":
+            raise ValueError(f"unknown database {db_name!r}")
+        if not changeset:
+            return
+        self._committed(db_name, changeset)
+        self._retry_waits(db_name)
+
     def _update_params(self, mon: Monitor, updates: Any) -> list[Any]:
         if mon.version is Version.V3:
             return [mon.id, ZERO_UUID, updates]

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from crdtdb.engine.snapshot import Changeset
 from crdtdb.errors import CrdtdbError
 from crdtdb.ovsdb.core import Database, ServerCore, Session
 from crdtdb.ovsdb.jsonrpc import (
@@ -262,6 +263,11 @@ class OvsdbServer:
             return
         conn.wakeup.set()
 
+    def publish(self, db_name: str, changeset: Changeset) -> None:
+        """A change from outside any session: notify monitors, retry waits, send."""
+        self.core.publish(db_name, changeset)
+        self._flush()
+
     def _flush(self) -> None:
         """Encode every session's queued messages (a commit can address many sessions)."""
         for conn in list(self._conns.values()):
@@ -353,6 +359,16 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
     disconnected)."""
     core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000))
     server = OvsdbServer(core, limits or Limits())
+    # Stores that change on their own (a replica merging a peer's update) say so.
+    feeds: list[tuple[Any, Any]] = []
+    for name, db in databases.items():
+        add = getattr(db, "add_listener", None)
+        if add is not None:
+            def on_change(ev: Any, name: str = name) -> None:
+                if not ev.local:
+                    server.publish(name, ev.changes)
+            add(on_change)
+            feeds.append((db, on_change))
     async with trio.open_nursery() as nursery:
         for remote in remotes:
             await server._listen(remote, ssl_files, nursery)
@@ -363,6 +379,8 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
             nursery.cancel_scope.cancel()
             for path in server._unix_paths:
                 path.unlink(missing_ok=True)
+            for db, fn in feeds:
+                db.remove_listener(fn)
 
 
 def _peer_name(stream: trio.abc.Stream, where: str) -> str:
