@@ -119,24 +119,26 @@ def decode_state_vector(buf: bytes) -> dict[int, int]:
     return out
 
 
-def single_writer_start(update: bytes) -> tuple[int, int] | None:
-    """``(client, first clock)`` of an update holding one client's items (what a local commit
-    produces), read from its header; ``None`` for any other update.
+def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
+    """``(client, first clock, struct count)`` of an update holding one client's items (what
+    a local commit produces), read from its header; ``None`` for any other update.
 
     pycrdt shows items of an update that starts past the receiver's clock for that client,
     then loses track of them (a later delete comes without an event): such an update must
-    wait until the gap before it is filled.
+    wait until the gap before it is filled. Every struct spans at least one clock, so
+    ``first + count`` never overestimates the writer's clock after the update (and is exact
+    for the replica's map entries, one clock each).
     """
     try:
         n_clients, pos = _varuint(update, 0)
         if n_clients != 1:
             return None
-        _, pos = _varuint(update, pos)  # number of structs
+        n_structs, pos = _varuint(update, pos)
         client, pos = _varuint(update, pos)
         clock, pos = _varuint(update, pos)
     except CorruptUpdateError:
         return None
-    return client, clock
+    return client, clock, n_structs
 
 
 def covers(mine: dict[int, int], theirs: dict[int, int]) -> bool:

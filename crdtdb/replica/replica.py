@@ -41,7 +41,7 @@ from crdtdb.replica.envelope import (
     decode_state_vector,
     open_sealed,
     seal,
-    single_writer_start,
+    single_writer_span,
 )
 from crdtdb.replica.view import RowKey, View
 from crdtdb.storage.durable import schema_digest
@@ -142,12 +142,16 @@ class Replica:
         self._subs: list[Any] = []
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
-        self._events: list[tuple[str, str, str]] = []
+        self._events: list[tuple[str, str, str, Any]] = []
+        #: table -> uuid -> the birth of the row's marker
+        self._births: dict[str, dict[str, int]] = {t: {} for t in self.schema.tables}
         self._captured: list[bytes] = []
         #: The document may hold items applied past a gap (see _apply_raw).
         self._gapped = False
         #: The highest clock of every client in the updates applied so far.
         self._wanted: dict[int, int] = {}
+        #: The document's state vector, kept up to date without decoding it every time.
+        self._clocks: dict[int, int] = decode_state_vector(doc.get_state())
         #: Updates held back behind a gap: (client, first clock) -> update.
         self._parked: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._parked_bytes = 0
@@ -170,7 +174,7 @@ class Replica:
 
         def on_event(ev: Any) -> None:  # runs inside pycrdt: only queue work
             for key, change in ev.keys.items():
-                events.append((tname, key, change["action"]))
+                events.append((tname, key, change["action"], change.get("newValue")))
         return on_event
 
     # --- opening ----------------------------------------------------------------------------
@@ -292,6 +296,8 @@ class Replica:
         update = b"".join(self._captured) if len(self._captured) == 1 else (
             _merge(self._captured))
         self._captured.clear()
+        if update:
+            self._advance_clocks(update)
         sealed = seal(self.schema_digest, self.epoch, self.client_id, update) if update \
             else None
         if sealed is not None and self._log is not None:
@@ -303,8 +309,8 @@ class Replica:
                 self._events.clear()
                 raise ReplicaFailedError(self._failed) from exc
         dirty: set[RowKey] = set()
-        self._drain_events(dirty)
-        diff = self._refresh(dirty, known)
+        by_row = self._drain_events(dirty)
+        diff = self._refresh(dirty, known, by_row)
         self._stats.local_commits += 1
         self._emit(ChangeEvent(diff, sealed, True))
         self._maybe_compact_log()
@@ -320,6 +326,7 @@ class Replica:
             del m[uuid]
             for k in extras:
                 del m[k]
+            self._births[tname].pop(uuid, None)
             known[tname, uuid] = None
             return
         if old is None:
@@ -327,6 +334,7 @@ class Replica:
                 del m[k]
             birth = self._rng.randrange(1, 2**32)
             m[uuid] = enc.pack_marker(table, birth, new)
+            self._births[tname][uuid] = birth
             known[tname, uuid] = new
             return
         marker = enc.unpack_marker(table, uuid, m[uuid])
@@ -392,19 +400,32 @@ class Replica:
             raise EpochMismatchError(
                 f"update from epoch {sealed.epoch}, replica is at epoch {self.epoch}",
                 mine=self.epoch, theirs=sealed.epoch)
-        start = single_writer_start(sealed.update)
-        if start is not None and self._clock(start[0]) < start[1]:
-            # Something from this writer is missing: hold it back until that arrives.
-            self._stats.gaps += 1
-            self._park(start, sealed.update)
-            return ApplyResult(Changeset(), True, False)
-        result = self._apply_raw(sealed.update)
+        span = single_writer_span(sealed.update)
+        if span is not None and self._clock(span[0]) < span[1]:
+            self._clocks = decode_state_vector(self.doc.get_state())  # the exact clocks
+            if self._clock(span[0]) < span[1]:
+                # Something from this writer is missing: hold it back until that arrives.
+                self._stats.gaps += 1
+                self._park(span[:2], sealed.update)
+                return ApplyResult(Changeset(), True, False)
+        result = self._apply_raw(sealed.update, single_writer=span is not None)
         if self._parked:
             result = self._unpark(result)
         return result
 
     def _clock(self, client: int) -> int:
-        return decode_state_vector(self.doc.get_state()).get(client, 0)
+        return self._clocks.get(client, 0)
+
+    def _advance_clocks(self, update: bytes) -> None:
+        """Account for a single writer's contiguous update (a local commit, or a remote one
+        that did not follow a gap) without decoding the document's whole state vector."""
+        span = single_writer_span(update)
+        if span is None:
+            self._clocks = decode_state_vector(self.doc.get_state())
+            return
+        client, start, n = span
+        if start + n > self._clocks.get(client, 0):
+            self._clocks[client] = start + n
 
     def _park(self, start: tuple[int, int], update: bytes) -> None:
         self._parked[start] = update
@@ -420,19 +441,18 @@ class Replica:
         changes = result.changes
         while progress:
             progress = False
-            sv = decode_state_vector(self.doc.get_state())
             for start in sorted(self._parked):
                 client, clock = start
-                if sv.get(client, 0) >= clock:
+                if self._clock(client) >= clock:
                     update = self._parked.pop(start)
                     self._parked_bytes -= len(update)
-                    more = self._apply_raw(update)
+                    more = self._apply_raw(update, single_writer=True)
                     changes = _combine(changes, more.changes)
                     progress = True
                     break
         return ApplyResult(changes, bool(self._parked) or result.gap, True)
 
-    def _apply_raw(self, update: bytes) -> ApplyResult:
+    def _apply_raw(self, update: bytes, *, single_writer: bool = False) -> ApplyResult:
         import pycrdt
 
         try:
@@ -461,16 +481,21 @@ class Replica:
             # in a crash comes back from a peer (no local update can depend on it).
             self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)
         dirty: set[RowKey] = set()
-        self._drain_events(dirty)
+        by_row = self._drain_events(dirty)
         if self._gapped:
             # pycrdt does not report every change to items it had applied past a gap (a
             # delete of such an item comes without an event): re-read the whole document.
             self._rescan(dirty)
-        diff = self._refresh(dirty, {})
+            by_row = {}
+        diff = self._refresh(dirty, {}, by_row)
         for client, clock in wanted.items():
             if clock > self._wanted.get(client, 0):
                 self._wanted[client] = clock
-        gap = not covers(decode_state_vector(self.doc.get_state()), self._wanted)
+        if single_writer:
+            self._advance_clocks(update)
+        else:
+            self._clocks = decode_state_vector(self.doc.get_state())
+        gap = not covers(self._clocks, self._wanted)
         self._gapped = gap
         if delta:
             self._stats.remote_updates += 1
@@ -499,15 +524,15 @@ class Replica:
 
     # --- from the document to the view ------------------------------------------------------
 
-    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]) -> None:
+    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]) -> str | None:
         try:
             k = enc.parse_key(key)
         except DecodeError as exc:
             self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None, str(exc)))
-            return
+            return None
         if isinstance(k, str):
             dirty.add((tname, k))
-            return
+            return k
         extras = self._extras[tname]
         if action == "delete":
             s = extras.get(k.uuid)
@@ -518,6 +543,7 @@ class Replica:
         else:
             extras.setdefault(k.uuid, set()).add(key)
         dirty.add((tname, k.uuid))
+        return k.uuid
 
     def _rescan(self, dirty: set[RowKey]) -> None:
         """Rebuild the key bookkeeping from the document; every row becomes dirty."""
@@ -528,32 +554,97 @@ class Replica:
                 self._note_key(tname, key, "add", dirty)
             dirty.update((tname, u) for u in self.view.raw[tname])
 
-    def _drain_events(self, dirty: set[RowKey]) -> None:
+    def _drain_events(self, dirty: set[RowKey]) -> dict[RowKey, list[tuple[str, str, Any]]]:
+        """Book the queued map events; return them by row, in order."""
         events, self._events[:] = list(self._events), []
-        for tname, key, action in events:
-            self._note_key(tname, key, action, dirty)
+        by_row: dict[RowKey, list[tuple[str, str, Any]]] = {}
+        for tname, key, action, value in events:
+            uuid = self._note_key(tname, key, action, dirty)
+            if uuid is not None:
+                by_row.setdefault((tname, uuid), []).append((key, action, value))
+        return by_row
 
-    def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None]) -> Changeset:
+    def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],
+                 by_row: dict[RowKey, list[tuple[str, str, Any]]] | None = None) -> Changeset:
         changes: dict[RowKey, Row | None] = {}
         for key in dirty:
             if key in known:
                 changes[key] = known[key]
+                continue
+            row: Any = _FULL_READ
+            events = by_row.get(key) if by_row else None
+            if events is not None:
+                try:
+                    row = self._delta_row(key[0], key[1], events)
+                except DecodeError:
+                    row = _FULL_READ
+            changes[key] = self._read_row(*key) if row is _FULL_READ else row
+        return self.view.update(changes)
+
+    def _delta_row(self, tname: str, uuid: str, events: list[tuple[str, str, Any]]) -> Any:
+        """The row after ``events``, computed from its previous raw value and the events'
+        new values alone (no document reads); ``_FULL_READ`` where that is not enough."""
+        table = self.schema.tables[tname]
+        births = self._births[tname]
+        raw = self.view.raw[tname].get(uuid)
+        birth = births.get(uuid)
+        row: list | None = None
+        for key, action, value in events:
+            if key == uuid:  # the marker
+                if action == "delete":
+                    births.pop(uuid, None)
+                    raw, birth, row = None, None, None
+                    continue
+                if self._extras[tname].get(uuid) or action != "add":
+                    return _FULL_READ
+                m = enc.unpack_marker(table, uuid, value)
+                births[uuid] = birth = m.birth
+                row = m.row
+                continue
+            if action == "delete" or birth is None:
+                return _FULL_READ
+            if row is None:
+                if raw is None:
+                    return _FULL_READ
+                row = list(raw)
+            k = enc.parse_key(key)
+            assert not isinstance(k, str)
+            col = table.columns.get(k.column)
+            if col is None or col.index == 0:
+                return _FULL_READ
+            if k.op is None:
+                b, d = enc.unpack_register(col, value)
+                if b == birth:
+                    row[col.index] = d
+                continue
+            assert k.element is not None
+            b, v = enc.unpack_element(col, k.op, value)
+            if b != birth:
+                continue
+            atom = enc.parse_atom_key(col.type.key, k.element)
+            if k.op == enc.REMOVE:
+                plus = enc.element_key(uuid, k.column, enc.ADD, k.element)
+                if plus in self._extras[tname].get(uuid, ()):
+                    continue  # added again since: still present
+                row[col.index] = enc.merge_elements(col.type, row[col.index], {}, (atom,))
             else:
-                changes[key] = self._read_row(*key)
-        diff = self.view.update(changes)
-        return diff
+                row[col.index] = enc.merge_elements(col.type, row[col.index], {atom: v}, ())
+        return None if row is None else tuple(row)
 
     def _read_row(self, tname: str, uuid: str) -> Row | None:
         m = self._maps[tname]
         marker = m.get(uuid)
         if marker is None:
+            self._births[tname].pop(uuid, None)
             return None
         extras = {k: m.get(k) for k in self._extras[tname].get(uuid, ())}
         invalid: list[str] = []
         try:
-            _, row = self._decoders[tname].row(uuid, marker, extras, invalid)
+            birth, row = self._decoders[tname].row(uuid, marker, extras, invalid)
+            self._births[tname][uuid] = birth
         except DecodeError as exc:
             invalid.append(f"marker: {exc}")
+            self._births[tname].pop(uuid, None)
             row = None
         for problem in invalid:
             self.conflicts.report(Conflict(ConflictKind.INVALID, tname, uuid, None, problem))
@@ -640,6 +731,9 @@ def build_base(schema: DatabaseSchema, rows: Any) -> bytes:
             for uuid, row in sorted(rows.iter_rows(tname)):
                 m[uuid] = enc.pack_marker(table, 0, row)
     return doc.get_update()
+
+
+_FULL_READ = object()
 
 
 def _combine(a: Changeset, b: Changeset) -> Changeset:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.engine.types import UNLIMITED
 from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
 
 RowKey = tuple[str, str]
@@ -62,7 +63,7 @@ class _TableInfo:
             t = col.type
             kt = t.key.ref_table
             vt = t.value.ref_table if t.value is not None else None
-            limited = t.n_max > 1 and t.n_max < 2**63
+            limited = t.n_max > 1 and t.n_max < UNLIMITED
             if kt is None and vt is None and not limited:
                 continue
             checked.append(_Checked(col, kt, vt, t.key.is_strong_ref, bool(
@@ -117,17 +118,19 @@ class View:
             if old is new or (old is not None and new is not None and old == new):
                 continue
             info = self._info[t]
-            if old is not None:
-                for target in self._targets(info, old):
-                    refs = self._in.get(target)
-                    if refs is not None:
-                        refs.discard(key)
-                        if not refs:
-                            del self._in[target]
-                    extra.add(target)
+            old_targets = set(self._targets(info, old)) if old is not None else set()
+            new_targets = set(self._targets(info, new)) if new is not None else set()
+            for target in old_targets - new_targets:
+                refs = self._in.get(target)
+                if refs is not None:
+                    refs.discard(key)
+                    if not refs:
+                        del self._in[target]
+            for target in new_targets - old_targets:
+                self._in.setdefault(target, set()).add(key)
+            # Rows that gained or lost this referrer (GC may hide or show them).
+            extra.update(old_targets ^ new_targets)
             if new is not None:
-                for target in self._targets(info, new):
-                    self._in.setdefault(target, set()).add(key)
                 raw[u] = new
             else:
                 del raw[u]
@@ -146,7 +149,7 @@ class View:
                     k = tuple(new[c] for c in cols)
                     groups[i].setdefault(k, set()).add(u)
                     touched_groups.add((t, i, k))
-            if (old is None) != (new is None) and info.max_rows < 2**63:
+            if (old is None) != (new is None) and info.max_rows < UNLIMITED:
                 max_rows_tables.add(t)
             dirty.add(key)
         if not dirty:
@@ -176,13 +179,15 @@ class View:
         work = seeds | reset
         for x in seeds | reset:
             t, u = x
-            row = self.raw[t].get(u)
-            if row is not None:
-                work.update(self._targets(self._info[t], row))
-            if self.rows.get_row(t, u) is None or not self._candidate(x):
+            shown_before = self.rows.get_row(t, u) is not None
+            candidate = self._candidate(x)
+            if not shown_before or not candidate:
                 # Maybe shown now, or not any more: its referrers' shown values change
                 # (and, in the second case, may now break).
                 work.update(self._in.get(x, ()))
+            if shown_before and not candidate and u in self.raw[t]:
+                # Hidden by stratum 1: the rows it references lost a shown referrer.
+                work.update(self._targets(self._info[t], self.raw[t][u]))
         touched = set(work)
         queue = deque(work)
         queued = set(work)
@@ -243,7 +248,7 @@ class View:
         if row is None:
             return None
         info = self._info[t]
-        if info.max_rows < 2**63:
+        if info.max_rows < UNLIMITED:
             w = winners.get(t)
             if w is None:
                 w = set(sorted(self.raw[t])[:info.max_rows])

@@ -1,0 +1,300 @@
+"""The CRDT replica's costs, side by side with ovsdb-server where it has a counterpart.
+
+* 100k Logical_Flow rows: RSS of a process holding them in a replica (document + view) vs
+  ovsdb-server's RSS after the same load; the replica's full-state update vs the bytes of
+  ovsdb-server's initial monitor reply for that table;
+* joining a node: a fresh replica applying that full state (time, RSS);
+* restart: reopening a durable replica of those rows from its log;
+* churn: 1M single-column overwrites on 10k rows, RSS before and after an epoch rebuild,
+  against the RSS right after loading the 10k rows;
+* merge rate: remote single-column updates applied one at a time by a replica holding the
+  100k rows, vs ovsdb-server running single-row update transactions (pipelined).
+
+Every replica measurement runs in a fresh child process, so RSS numbers do not mix. Prints a
+table and, unless ``--no-write``, writes it to docs/benchmarks.md.
+
+    python -m sims.bench_replica            # full run (a few minutes)
+    python -m sims.bench_replica --quick    # smoke run with small counts (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crdtdb.engine import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset, RowChange
+from crdtdb.testing.ovsdb_server import OvsdbServer, find_sb_schema
+from sims.bench_engine import _rss_kib
+from sims.pipeline import run_pipelined
+from sims.report import run_header, write_section
+from sims.workload import DB, bulk_txns, check, datapath_txn, update_txn
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
+
+
+# --- child measurements (each in its own process) ----------------------------------------------
+
+def _load(schema: DatabaseSchema, n_rows: int, batch: int, data_dir: Path | None = None) -> Any:
+    from crdtdb.replica import Replica
+
+    r = (Replica.open(data_dir, schema, fsync=False) if data_dir is not None
+         else Replica.in_memory(schema, client_id=1))
+    dp = check(r.transact(datapath_txn()))[0]["uuid"][1]
+    for ops in bulk_txns(n_rows, batch, dp):
+        check(r.transact(ops))
+    return r
+
+
+def child_load(schema: DatabaseSchema, n_rows: int, batch: int, state_file: Path) -> dict:
+    gc.collect()
+    base = _rss_kib()
+    t0 = time.perf_counter()
+    r = _load(schema, n_rows, batch)
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    rss = _rss_kib()
+    full = r.full_state()
+    state_file.write_bytes(full)
+    return {"load_s": load_s, "rss_kib": rss, "grown_kib": rss - base,
+            "full_state_bytes": len(full), "rows": r.row_count("Logical_Flow")}
+
+
+def child_join(schema: DatabaseSchema, state_file: Path) -> dict:
+    from crdtdb.replica import Replica
+
+    full = state_file.read_bytes()
+    gc.collect()
+    base = _rss_kib()
+    r = Replica.in_memory(schema, client_id=2)
+    t0 = time.perf_counter()
+    r.apply_update(full)
+    join_s = time.perf_counter() - t0
+    del full
+    gc.collect()
+    return {"join_s": join_s, "rss_kib": _rss_kib(), "grown_kib": _rss_kib() - base,
+            "rows": r.row_count("Logical_Flow")}
+
+
+def child_restart(schema: DatabaseSchema, n_rows: int, batch: int, data_dir: Path) -> dict:
+    from crdtdb.replica import Replica
+
+    r = _load(schema, n_rows, batch, data_dir)
+    r.close()
+    t0 = time.perf_counter()
+    r = Replica.open(data_dir, schema)
+    restart_s = time.perf_counter() - t0
+    rows = r.row_count("Logical_Flow")
+    r.close()
+    return {"restart_s": restart_s, "rows": rows}
+
+
+def _overwrite(r: Any, uuids: list[str], n: int, per_txn: int, col: int) -> float:
+    """n single-column overwrites (priority), per_txn rows per commit; seconds taken."""
+    t0 = time.perf_counter()
+    k = 0
+    while k < n:
+        cs = Changeset()
+        rows = cs.tables.setdefault("Logical_Flow", {})
+        for _ in range(min(per_txn, n - k)):
+            u = uuids[k % len(uuids)]
+            if u in rows:
+                break
+            old = r.get_row("Logical_Flow", u)
+            new = list(old)
+            new[1] = (str(uuidlib.UUID(int=k + 1, version=4)),)
+            new[col] = (k % 65536,)
+            rows[u] = RowChange(old, tuple(new))
+            k += 1
+        r.commit(cs)
+    return time.perf_counter() - t0
+
+
+def child_churn(schema: DatabaseSchema, n_rows: int, n_overwrites: int) -> dict:
+    r = _load(schema, n_rows, 1000)
+    gc.collect()
+    fresh = _rss_kib()
+    uuids = sorted(u for u, _ in r.iter_rows("Logical_Flow"))
+    col = schema.tables["Logical_Flow"].columns["priority"].index
+    churn_s = _overwrite(r, uuids, n_overwrites, 100, col)
+    gc.collect()
+    churned = _rss_kib()
+    size_before = len(r.full_state())
+    t0 = time.perf_counter()
+    r.rebuild(1)
+    rebuild_s = time.perf_counter() - t0
+    gc.collect()
+    return {"fresh_kib": fresh, "churned_kib": churned, "compacted_kib": _rss_kib(),
+            "churn_rate": n_overwrites / churn_s, "rebuild_s": rebuild_s,
+            "state_before": size_before, "state_after": len(r.full_state())}
+
+
+def child_merge(schema: DatabaseSchema, n_rows: int, n_updates: int) -> dict:
+    from crdtdb.replica import Replica
+
+    a = _load(schema, n_rows, 1000)
+    b = Replica.in_memory(schema, client_id=2)
+    b.apply_update(a.full_state())
+    updates: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and updates.append(ev.update))
+    uuids = sorted(u for u, _ in a.iter_rows("Logical_Flow"))
+    col = schema.tables["Logical_Flow"].columns["priority"].index
+    _overwrite(a, uuids, n_updates, 1, col)
+    t0 = time.perf_counter()
+    for u in updates:
+        b.apply_update(u)
+    merge_s = time.perf_counter() - t0
+    assert b.get_row("Logical_Flow", uuids[0]) == a.get_row("Logical_Flow", uuids[0])
+    return {"merge_rate": len(updates) / merge_s,
+            "update_bytes": sum(map(len, updates)) / len(updates)}
+
+
+def _child(what: str, args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "sims.bench_replica", "--child", what, *args],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- ovsdb-server -----------------------------------------------------------------------------
+
+def server_side(schema_path: Path, tmp: Path, n_rows: int, batch: int,
+                n_updates: int) -> dict:
+    with OvsdbServer(schema_path, tmp / "server") as server, \
+            server.client(timeout=300) as client:
+        dp = check(client.transact(DB, datapath_txn()))[0]["uuid"][1]
+        run_pipelined(server.sock_path, list(bulk_txns(n_rows, batch, dp)), window=64)
+        rss = _rss_kib(server.pid)
+        cols = [c for c in json.loads(schema_path.read_text())["tables"]["Logical_Flow"]
+                ["columns"]]
+        dump = client.call("monitor_cond", [DB, "m", {"Logical_Flow": [{"columns": cols}]}])
+        dump_bytes = len(json.dumps(dump, separators=(",", ":")).encode())
+        uuids = sorted(dump["Logical_Flow"])
+        txns = [update_txn(i, uuids[i % len(uuids)]) for i in range(n_updates)]
+        t0 = time.perf_counter()
+        run_pipelined(server.sock_path, txns, window=64)
+        update_rate = n_updates / (time.perf_counter() - t0)
+    return {"rss_kib": rss, "dump_bytes": dump_bytes, "update_rate": update_rate}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    what: str
+    crdtdb: str
+    server: str
+    ratio: str
+    goal: str
+    met: str
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:,.0f} MiB"
+
+
+def render(rows: list[Row], params: dict[str, Any]) -> str:
+    lines = ["| measurement | crdtdb replica | ovsdb-server | ratio | goal | met |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.what} | {r.crdtdb} | {r.server} | {r.ratio} | {r.goal} | {r.met} |"
+              for r in rows]
+    return run_header(params) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000, help="Logical_Flow rows")
+    ap.add_argument("--churn-rows", type=int, default=10_000)
+    ap.add_argument("--overwrites", type=int, default=1_000_000)
+    ap.add_argument("--updates", type=int, default=20_000, help="remote updates to merge")
+    ap.add_argument("--quick", action="store_true", help="tiny counts, for a smoke test")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--schema", type=Path, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("child_args", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    schema_path = args.schema or find_sb_schema()
+    if schema_path is None:
+        print("OVN_Southbound schema not found (install ovn-common)", file=sys.stderr)
+        return 2
+    schema = DatabaseSchema.from_file(schema_path).stored()
+    if args.child is not None:
+        a = args.child_args
+        fn = {"load": lambda: child_load(schema, int(a[0]), 1000, Path(a[1])),
+              "join": lambda: child_join(schema, Path(a[0])),
+              "restart": lambda: child_restart(schema, int(a[0]), 1000, Path(a[1])),
+              "churn": lambda: child_churn(schema, int(a[0]), int(a[1])),
+              "merge": lambda: child_merge(schema, int(a[0]), int(a[1]))}[args.child]
+        print(json.dumps(fn()))
+        return 0
+    if args.quick:
+        args.rows, args.churn_rows, args.overwrites, args.updates = 2000, 500, 5000, 500
+    n = args.rows
+    with tempfile.TemporaryDirectory(prefix="bench-replica-") as tmp_s:
+        tmp = Path(tmp_s)
+        state = tmp / "full.state"
+        print(f"load {n} Logical_Flow rows into a replica", file=sys.stderr)
+        load = _child("load", [str(n), str(state)])
+        print("join: apply the full state to a fresh replica", file=sys.stderr)
+        join = _child("join", [str(state)])
+        print("restart a durable replica", file=sys.stderr)
+        restart = _child("restart", [str(n), str(tmp / "durable")])
+        print(f"churn: {args.overwrites} overwrites on {args.churn_rows} rows", file=sys.stderr)
+        churn = _child("churn", [str(args.churn_rows), str(args.overwrites)])
+        print(f"merge {args.updates} remote single-column updates", file=sys.stderr)
+        merge = _child("merge", [str(n), str(args.updates)])
+        print("ovsdb-server: same load, monitor dump, pipelined updates", file=sys.stderr)
+        server = server_side(schema_path, tmp, n, 1000, args.updates)
+    rows = [
+        Row(f"RSS holding {n:,} flows", _mib(load["rss_kib"]), _mib(server["rss_kib"]),
+            f"{load['rss_kib'] / server['rss_kib']:.2f}x", "<= 1x",
+            _yes(load["rss_kib"] <= server["rss_kib"])),
+        Row("full state vs initial monitor dump", f"{load['full_state_bytes'] / MIB:.1f} MB",
+            f"{server['dump_bytes'] / MIB:.1f} MB",
+            f"{load['full_state_bytes'] / server['dump_bytes']:.2f}x", "<= 0.5x",
+            _yes(load["full_state_bytes"] <= 0.5 * server["dump_bytes"])),
+        Row("join: apply the full state", f"{join['join_s']:.2f} s "
+            f"(RSS {_mib(join['rss_kib'])})", "-", "-", "<= 1 s", _yes(join["join_s"] <= 1)),
+        Row("restart from the log", f"{restart['restart_s']:.2f} s", "-", "-", "-", "-"),
+        Row(f"load {n:,} flows (1000 per commit)", f"{load['load_s']:.2f} s", "-", "-", "-",
+            "-"),
+        Row(f"RSS after {args.overwrites:,} overwrites on {args.churn_rows:,} rows",
+            f"{_mib(churn['churned_kib'])} (fresh load {_mib(churn['fresh_kib'])})", "-",
+            f"{churn['churned_kib'] / churn['fresh_kib']:.2f}x fresh", "-", "-"),
+        Row("RSS after an epoch rebuild", f"{_mib(churn['compacted_kib'])} "
+            f"(rebuild {churn['rebuild_s']:.2f} s; state {churn['state_before'] / MIB:.1f} -> "
+            f"{churn['state_after'] / MIB:.1f} MB)", "-",
+            f"{churn['compacted_kib'] / churn['fresh_kib']:.2f}x fresh", "<= 1.5x fresh",
+            _yes(churn["compacted_kib"] <= 1.5 * churn["fresh_kib"])),
+        Row("local single-column overwrites", f"{churn['churn_rate']:,.0f}/s", "-", "-", "-",
+            "-"),
+        Row("remote single-column updates merged", f"{merge['merge_rate']:,.0f}/s "
+            f"({merge['update_bytes']:.0f} B each)",
+            f"{server['update_rate']:,.0f} txn/s (pipelined updates)",
+            f"{merge['merge_rate'] / server['update_rate']:.2f}x", ">= 20k/s",
+            _yes(merge["merge_rate"] >= 20_000)),
+    ]
+    params = {"rows": n, "churn_rows": args.churn_rows, "overwrites": args.overwrites,
+              "updates": args.updates}
+    body = render(rows, params)
+    print(body)
+    if not args.no_write and not args.quick:
+        write_section("bench-replica", "CRDT replica (sims/bench_replica.py)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
