@@ -45,3 +45,16 @@ def test_bench_storage_quick(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert bench_storage.main(["--quick"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.ovsdb_server
+def test_bench_replica_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    _need()
+    from sims import bench_replica
+
+    assert bench_replica.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for line in ("RSS holding 2,000 flows", "full state vs initial monitor dump",
+                 "join: apply the full state", "RSS after an epoch rebuild",
+                 "remote single-column updates merged"):
+        assert line in out
