@@ -190,11 +190,26 @@ def unpack_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
         raise DecodeError(f"marker of {table.name} row {uuid} has {len(obj)} members")
     row = list(table.default_row)
     row[0] = (uuid,)
-    row[1] = (binary.check_atom_obj(cols[1].type.key, obj[1]),)
+    version = obj[1]
+    if type(version) is not binary.UuidAtom:
+        version = binary.check_atom_obj(cols[1].type.key, version)
+    row[1] = (str(version),)
+    decoders = _decoders(table)
     for i in range(2, len(obj)):
         if obj[i] is not None:
-            row[i] = binary.datum_from_obj(cols[i].type, obj[i])
+            row[i] = decoders[i](obj[i])
     return Marker(obj[0], row)
+
+
+def _decoders(table: TableSchema) -> list[Any]:
+    found = _DECODERS.get(id(table))
+    if found is None or found[0] is not table:
+        found = _DECODERS[id(table)] = (
+            table, [binary.datum_decoder(c.type) for c in table.ordered])
+    return found[1]
+
+
+_DECODERS: dict[int, tuple[TableSchema, list[Any]]] = {}
 
 
 def unpack_register(col: ColumnSchema, payload: Any) -> tuple[int, tuple]:
@@ -203,7 +218,7 @@ def unpack_register(col: ColumnSchema, payload: Any) -> tuple[int, tuple]:
         raise DecodeError("register must be [birth, datum]")
     if col.name == VERSION:
         return obj[0], (binary.check_atom_obj(col.type.key, obj[1]),)
-    return obj[0], binary.datum_from_obj(col.type, obj[1])
+    return obj[0], binary.datum_decoder(col.type)(obj[1])
 
 
 def unpack_element(col: ColumnSchema, op: str, payload: Any) -> tuple[int, Any]:

@@ -136,10 +136,13 @@ class Replica:
         self._reset_doc(Doc(client_id=client_id))
 
     def _reset_doc(self, doc: Doc) -> None:
+        self._unsubscribe()
         self.doc = doc
         self.view = View(self.schema, self.conflicts)
         self._maps: dict[str, Map] = {}
-        self._subs: list[Any] = []
+        #: (observed object, subscription): pycrdt keeps callback and document in a cycle
+        #: Python's GC cannot see, so a document is only freed once they are unobserved.
+        self._subs: list[tuple[Any, Any]] = []
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
         self._events: list[tuple[str, str, str, Any]] = []
@@ -158,8 +161,8 @@ class Replica:
         for tname in self.schema.tables:
             m = doc.get(tname, type=Map)
             self._maps[tname] = m
-            self._subs.append(m.observe(self._on_map_event(tname)))
-        self._subs.append(doc.observe(lambda ev: self._captured.append(ev.update)))
+            self._subs.append((m, m.observe(self._on_map_event(tname))))
+        self._subs.append((doc, doc.observe(lambda ev: self._captured.append(ev.update))))
         # A document that already holds data (a base or a replayed log): read it whole.
         dirty: set[RowKey] = set()
         for tname, m in self._maps.items():
@@ -168,6 +171,11 @@ class Replica:
         self._events.clear()
         self._captured.clear()
         self._refresh(dirty, {})
+
+    def _unsubscribe(self) -> None:
+        for owner, sub in getattr(self, "_subs", ()):
+            owner.unobserve(sub)
+        self._subs = []
 
     def _on_map_event(self, tname: str) -> Callable[[Any], None]:
         events = self._events
@@ -670,6 +678,7 @@ class Replica:
         self.epoch = epoch
         self._stats.epoch = epoch
         self._reset_doc(doc)
+        _return_free_memory()
         if self._log is not None:
             self._rewrite_log()
         for t, rows in old_rows.items():
@@ -710,6 +719,7 @@ class Replica:
         return s
 
     def close(self) -> None:
+        self._unsubscribe()
         if self._log is not None:
             self._log.close()
 
@@ -734,6 +744,21 @@ def build_base(schema: DatabaseSchema, rows: Any) -> bytes:
 
 
 _FULL_READ = object()
+
+
+def _return_free_memory() -> None:
+    """Give the old document's freed heap back to the OS (glibc keeps it otherwise)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 def _combine(a: Changeset, b: Changeset) -> Changeset:

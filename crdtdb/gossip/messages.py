@@ -1,0 +1,153 @@
+"""The gossip protocol's messages and their msgpack wire form.
+
+Every message is one msgpack array whose first member names its kind. Decoding is strict:
+anything unexpected is a :class:`GossipProtocolError` (the peer misbehaved: drop it), never a
+crash. Updates inside messages stay sealed (:mod:`crdtdb.replica.envelope`): the replica checks
+them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from crdtdb.errors import CrdtdbError
+
+#: Bound on one decoded message (a full state of 100k rows is ~25 MB).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+PROTOCOL_VERSION = 1
+
+
+class GossipProtocolError(CrdtdbError):
+    """A peer sent something that is not a valid gossip message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message each way: who I am and what I replicate (db -> [schema digest, epoch])."""
+
+    node_id: str
+    databases: dict[str, tuple[str, int]]
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A rumor: one commit's sealed update, ``hops`` forwards from its origin."""
+
+    db: str
+    update: bytes
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateVector:
+    """Anti-entropy: "this is what I have; send me the rest" (``reply``: and send yours)."""
+
+    db: str
+    state_vector: bytes
+    reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """Anti-entropy answer: everything the sender has beyond the asker's state vector."""
+
+    db: str
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+Message = Hello | Push | StateVector | Diff | Ping | Ack
+
+
+def encode(msg: Message) -> bytes:
+    if isinstance(msg, Hello):
+        obj: list[Any] = ["hello", msg.version, msg.node_id,
+                          {k: list(v) for k, v in msg.databases.items()}]
+    elif isinstance(msg, Push):
+        obj = ["push", msg.db, msg.update, msg.hops]
+    elif isinstance(msg, StateVector):
+        obj = ["sv", msg.db, msg.state_vector, msg.reply]
+    elif isinstance(msg, Diff):
+        obj = ["diff", msg.db, msg.update]
+    elif isinstance(msg, Ping):
+        obj = ["ping", msg.seq]
+    elif isinstance(msg, Ack):
+        obj = ["ack", msg.seq]
+    else:
+        raise TypeError(f"not a gossip message: {msg!r}")
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _str(x: Any, what: str, max_len: int = 256) -> str:
+    if not isinstance(x, str) or not x or len(x) > max_len:
+        raise GossipProtocolError(f"{what} must be a non-empty string of at most {max_len}")
+    return x
+
+
+def _uint(x: Any, what: str) -> int:
+    if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x < 2**63:
+        raise GossipProtocolError(f"{what} must be an unsigned integer")
+    return x
+
+
+def _bytes(x: Any, what: str) -> bytes:
+    if not isinstance(x, bytes):
+        raise GossipProtocolError(f"{what} must be binary")
+    return x
+
+
+def decode(frame: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    if len(frame) > max_message_bytes:
+        raise GossipProtocolError(f"message of {len(frame)} bytes exceeds "
+                                  f"{max_message_bytes}")
+    try:
+        obj = msgpack.unpackb(frame, raw=False, max_ext_len=0, max_array_len=16,
+                              max_map_len=1024, max_str_len=4096,
+                              max_bin_len=max_message_bytes, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise GossipProtocolError(f"not a msgpack message: {exc}") from None
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
+        raise GossipProtocolError("a message must be an array starting with its kind")
+    kind, args = obj[0], obj[1:]
+    try:
+        if kind == "hello" and len(args) == 3:
+            version, node_id, dbs = args
+            if not isinstance(dbs, dict):
+                raise GossipProtocolError("hello: databases must be a map")
+            databases: dict[str, tuple[str, int]] = {}
+            for name, v in dbs.items():
+                if not (isinstance(v, list) and len(v) == 2):
+                    raise GossipProtocolError("hello: each database is [digest, epoch]")
+                databases[_str(name, "database")] = (_str(v[0], "digest"),
+                                                     _uint(v[1], "epoch"))
+            return Hello(_str(node_id, "node id"), databases, _uint(version, "version"))
+        if kind == "push" and len(args) == 3:
+            return Push(_str(args[0], "database"), _bytes(args[1], "update"),
+                        _uint(args[2], "hops"))
+        if kind == "sv" and len(args) == 3:
+            if not isinstance(args[2], bool):
+                raise GossipProtocolError("sv: reply must be a boolean")
+            return StateVector(_str(args[0], "database"), _bytes(args[1], "state vector"),
+                               args[2])
+        if kind == "diff" and len(args) == 2:
+            return Diff(_str(args[0], "database"), _bytes(args[1], "update"))
+        if kind == "ping" and len(args) == 1:
+            return Ping(_uint(args[0], "seq"))
+        if kind == "ack" and len(args) == 1:
+            return Ack(_uint(args[0], "seq"))
+    except GossipProtocolError as exc:
+        raise GossipProtocolError(f"{kind}: {exc}") from None
+    raise GossipProtocolError(f"unknown message {kind!r} with {len(args)} arguments")

@@ -1,0 +1,297 @@
+"""The gossip protocol as a sans-I/O state machine: frames and time in, frames out.
+
+What it does, per replicated database:
+
+* **push**: a local commit's sealed update goes to ``fanout`` random peers; a peer that finds
+  it new forwards it to ``fanout`` others (never back to the sender) until ``max_hops``; a
+  duplicate stops there;
+* **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets this
+  node's state vector and answers with a diff, then asks for one back (push-pull). This alone
+  guarantees convergence; pushes only make it fast. A pushed update that follows a gap
+  triggers an immediate pull from its sender;
+* **failure detection**: each peer is pinged every ``ping_interval_s``; one silent for
+  ``peer_timeout_s`` is disconnected (the transport reconnects with backoff).
+
+A peer that sends a frame that does not decode, an update that fails its checks, or traffic
+before its hello, is disconnected (a :class:`Disconnect` output); the node carries on.
+Nothing here does I/O, reads a clock or draws randomness on its own: the caller passes ``now``
+and an RNG, and performs the :class:`Send`/:class:`Disconnect` outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtdb.gossip import messages as m
+from crdtdb.replica import CorruptUpdateError, EpochMismatchError, Replica
+
+log = logging.getLogger("crdtdb.gossip")
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    fanout: int = 3
+    max_hops: int = 6
+    anti_entropy_interval_s: float = 1.0
+    ping_interval_s: float = 1.0
+    peer_timeout_s: float = 5.0
+    max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    peer: str
+    reason: str
+
+
+Output = Send | Disconnect
+
+
+@dataclass(slots=True)
+class PeerState:
+    """One connection. ``node_id`` and ``databases`` are known once its hello arrived."""
+
+    key: str
+    connected_at: float
+    last_heard: float
+    node_id: str | None = None
+    #: databases replicated with this peer (same schema and epoch on both sides)
+    databases: frozenset[str] = frozenset()
+    next_ping: float = 0.0
+    ping_seq: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(slots=True)
+class GossipStatistics:
+    pushes_sent: int = 0
+    pushes_received: int = 0
+    pushes_new: int = 0
+    pushes_duplicate: int = 0
+    forwards: int = 0
+    pulls: int = 0
+    diffs_received: int = 0
+    gaps: int = 0
+    disconnects: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Gossip:
+    def __init__(self, node_id: str, replicas: Mapping[str, Replica], *,
+                 rng: random.Random, config: GossipConfig | None = None):
+        self.node_id = node_id
+        self.replicas = dict(replicas)
+        self.rng = rng
+        self.config = config or GossipConfig()
+        self.peers: dict[str, PeerState] = {}
+        self._next_anti_entropy: float | None = None
+        self._stats = GossipStatistics()
+
+    # --- connections ------------------------------------------------------------------------
+
+    def hello(self) -> m.Hello:
+        return m.Hello(self.node_id, {name: (r.schema_digest, r.epoch)
+                                      for name, r in self.replicas.items()})
+
+    def connected(self, peer: str, now: float) -> list[Output]:
+        """A new connection (either direction): introduce ourselves."""
+        self.peers[peer] = PeerState(peer, now, now, next_ping=now + self.config.ping_interval_s)
+        return self._send(peer, self.hello())
+
+    def disconnected(self, peer: str) -> None:
+        self.peers.pop(peer, None)
+
+    def ready_peers(self, db: str | None = None) -> list[str]:
+        """Connections past hello (replicating ``db``), one per node, in a stable order."""
+        by_node: dict[str, str] = {}
+        for key, p in self.peers.items():
+            if p.node_id is None or (db is not None and db not in p.databases):
+                continue
+            by_node.setdefault(p.node_id, key)
+        return sorted(by_node.values())
+
+    # --- input --------------------------------------------------------------------------------
+
+    def receive(self, peer: str, frame: bytes, now: float) -> list[Output]:
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        p.last_heard = now
+        p.frames_in += 1
+        p.bytes_in += len(frame)
+        self._stats.bytes_received += len(frame)
+        try:
+            msg = m.decode(frame, max_message_bytes=self.config.max_message_bytes)
+            return self._handle(p, msg)
+        except (m.GossipProtocolError, CorruptUpdateError) as exc:
+            return self._drop(peer, f"protocol error: {exc}")
+
+    def _handle(self, p: PeerState, msg: m.Message) -> list[Output]:
+        if isinstance(msg, m.Hello):
+            return self._on_hello(p, msg)
+        if p.node_id is None:
+            raise m.GossipProtocolError(f"{type(msg).__name__.lower()} before hello")
+        if isinstance(msg, m.Ping):
+            return self._send(p.key, m.Ack(msg.seq))
+        if isinstance(msg, m.Ack):
+            return []
+        replica = self.replicas.get(msg.db)
+        if replica is None or msg.db not in p.databases:
+            raise m.GossipProtocolError(f"database {msg.db!r} is not replicated with this peer")
+        if isinstance(msg, m.Push):
+            return self._on_push(p, replica, msg)
+        if isinstance(msg, m.StateVector):
+            out = self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
+            if msg.reply:
+                out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))
+            return out
+        assert isinstance(msg, m.Diff)
+        self._stats.diffs_received += 1
+        return self._apply(p, replica, msg.update)
+
+    def _on_hello(self, p: PeerState, msg: m.Hello) -> list[Output]:
+        if p.node_id is not None:
+            raise m.GossipProtocolError("second hello")
+        if msg.version != m.PROTOCOL_VERSION:
+            raise m.GossipProtocolError(f"protocol version {msg.version}, "
+                                        f"expected {m.PROTOCOL_VERSION}")
+        if msg.node_id == self.node_id:
+            return self._drop(p.key, "connected to itself")
+        shared = []
+        for name, replica in self.replicas.items():
+            theirs = msg.databases.get(name)
+            if theirs is None:
+                continue
+            if theirs != (replica.schema_digest, replica.epoch):
+                log.warning("%s: %s has %s with another schema or epoch (%s); not replicated",
+                            self.node_id, msg.node_id, name, theirs)
+                continue
+            shared.append(name)
+        p.node_id = msg.node_id
+        p.databases = frozenset(shared)
+        log.info("%s: peer %s (%s) up, replicating %s", self.node_id, msg.node_id, p.key,
+                 ", ".join(sorted(shared)) or "nothing")
+        out: list[Output] = []
+        for db in sorted(shared):  # catch up at once
+            out += self._send(p.key, m.StateVector(db, self.replicas[db].state_vector(), True))
+        return out
+
+    def _on_push(self, p: PeerState, replica: Replica, msg: m.Push) -> list[Output]:
+        self._stats.pushes_received += 1
+        try:
+            result = replica.apply_update(msg.update)
+        except EpochMismatchError:
+            return []
+        out: list[Output] = []
+        if result.gap:
+            self._stats.gaps += 1
+            self._stats.pulls += 1
+            out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))
+        if not result.new:
+            self._stats.pushes_duplicate += 1
+            return out
+        self._stats.pushes_new += 1
+        if msg.hops + 1 < self.config.max_hops:
+            for peer in self._choose(msg.db, exclude=p.key):
+                self._stats.forwards += 1
+                out += self._send(peer, m.Push(msg.db, msg.update, msg.hops + 1))
+        return out
+
+    def _apply(self, p: PeerState, replica: Replica, update: bytes) -> list[Output]:
+        try:
+            replica.apply_update(update)
+        except EpochMismatchError as exc:
+            log.warning("%s: diff from %s not merged: %s", self.node_id, p.node_id, exc)
+        return []
+
+    # --- local commits and time -----------------------------------------------------------
+
+    def local_update(self, db: str, update: bytes) -> list[Output]:
+        out: list[Output] = []
+        for peer in self._choose(db):
+            self._stats.pushes_sent += 1
+            out += self._send(peer, m.Push(db, update, 0))
+        return out
+
+    def tick(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        cfg = self.config
+        for key, p in list(self.peers.items()):
+            if now - p.last_heard > cfg.peer_timeout_s:
+                out += self._drop(key, f"no response for {now - p.last_heard:.1f} s")
+                continue
+            if now >= p.next_ping and p.node_id is not None:
+                p.ping_seq += 1
+                p.next_ping = now + cfg.ping_interval_s
+                out += self._send(key, m.Ping(p.ping_seq))
+        if self._next_anti_entropy is None:
+            self._next_anti_entropy = now + self._jittered(cfg.anti_entropy_interval_s)
+        if now >= self._next_anti_entropy:
+            self._next_anti_entropy = now + self._jittered(cfg.anti_entropy_interval_s)
+            ready = self.ready_peers()
+            if ready:
+                peer = self.rng.choice(ready)
+                for db in sorted(self.peers[peer].databases):
+                    self._stats.pulls += 1
+                    out += self._send(peer, m.StateVector(db, self.replicas[db].state_vector(),
+                                                          True))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` has something to do next (``None``: after the first tick)."""
+        times = [p.next_ping for p in self.peers.values() if p.node_id is not None]
+        times += [p.last_heard + self.config.peer_timeout_s for p in self.peers.values()]
+        if self._next_anti_entropy is not None:
+            times.append(self._next_anti_entropy)
+        return min(times) if times else self._next_anti_entropy
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _jittered(self, seconds: float) -> float:
+        return seconds * self.rng.uniform(0.5, 1.5)
+
+    def _choose(self, db: str, exclude: str | None = None) -> list[str]:
+        candidates = [k for k in self.ready_peers(db) if k != exclude]
+        if len(candidates) <= self.config.fanout:
+            return candidates
+        return self.rng.sample(candidates, self.config.fanout)
+
+    def _send(self, peer: str, msg: m.Message) -> list[Output]:
+        frame = m.encode(msg)
+        p = self.peers.get(peer)
+        if p is not None:
+            p.frames_out += 1
+            p.bytes_out += len(frame)
+        self._stats.bytes_sent += len(frame)
+        return [Send(peer, frame)]
+
+    def _drop(self, peer: str, reason: str) -> list[Output]:
+        p = self.peers.pop(peer, None)
+        self._stats.disconnects += 1
+        log.warning("%s: dropping peer %s (%s): %s", self.node_id, peer,
+                    p.node_id if p else "?", reason)
+        return [Disconnect(peer, reason)]
+
+    def statistics(self) -> GossipStatistics:
+        s = GossipStatistics(**{k: getattr(self._stats, k)
+                                for k in GossipStatistics.__slots__ if k != "peers"})
+        s.peers = {key: {"node_id": p.node_id, "databases": sorted(p.databases),
+                         "frames_in": p.frames_in, "frames_out": p.frames_out,
+                         "bytes_in": p.bytes_in, "bytes_out": p.bytes_out}
+                   for key, p in self.peers.items()}
+        return s
