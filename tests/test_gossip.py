@@ -1,0 +1,173 @@
+"""The gossip protocol: strict messages, hostile peers dropped, convergence under faults.
+
+The convergence property runs the sans-I/O core on tests/gossip_sim.py's network: random
+transactions on random nodes while frames are lost, duplicated, reordered and partitions
+come and go; then the network heals and every replica must show the same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from crdtdb.gossip import Disconnect, Gossip, GossipConfig, GossipProtocolError, Send
+from crdtdb.gossip import messages as m
+from tests.gossip_sim import SimNet
+from tests.replica_support import check_view, make_replica, ok, shown, txn
+from tests.test_replica_merge import Transactions
+
+# --- messages -----------------------------------------------------------------------------------
+
+MESSAGES = [m.Hello("n1", {"Merge": ("abc", 0)}), m.Push("Merge", b"\x01\x02", 3),
+            m.StateVector("Merge", b"\x00", True), m.Diff("Merge", b"xyz"), m.Ping(7),
+            m.Ack(7)]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda x: type(x).__name__)
+def test_messages_round_trip(msg: m.Message) -> None:
+    assert m.decode(m.encode(msg)) == msg
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.binary(max_size=200) | st.builds(
+    lambda o: msgpack.packb(o, use_bin_type=True),
+    st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                 | st.text(max_size=5)
+                 | st.binary(max_size=5), lambda c: st.lists(c, max_size=5)
+                 | st.dictionaries(st.text(max_size=3), c, max_size=3))))
+def test_any_bytes_decode_or_raise_the_protocol_error(frame: bytes) -> None:
+    with contextlib.suppress(GossipProtocolError):
+        m.decode(frame)
+
+
+def test_oversized_message_is_refused() -> None:
+    with pytest.raises(GossipProtocolError, match="exceeds"):
+        m.decode(m.encode(m.Diff("Merge", b"x" * 2000)), max_message_bytes=1000)
+
+
+# --- hostile peers ------------------------------------------------------------------------------
+
+def _pair() -> tuple[Gossip, Gossip, Any, Any]:
+    ra, rb = make_replica(1, 1), make_replica(2, 2)
+    ga = Gossip("a", {"Merge": ra}, rng=random.Random(1))
+    gb = Gossip("b", {"Merge": rb}, rng=random.Random(2))
+    return ga, gb, ra, rb
+
+
+def _hello(g: Gossip, peer: str) -> None:
+    [hello] = g.connected(peer, 0.0)
+    assert isinstance(hello, Send)
+
+
+@pytest.mark.parametrize("frame", [b"", b"\xc1", b"garbage", m.encode(m.Ping(1)),
+                                   msgpack.packb(["push", "Merge", b"x", 0])],
+                         ids=["empty", "bad-msgpack", "text", "ping-before-hello",
+                              "push-before-hello"])
+def test_a_peer_sending_garbage_is_dropped(frame: bytes) -> None:
+    ga, _, _, _ = _pair()
+    _hello(ga, "b")
+    out = ga.receive("b", frame, 0.1)
+    assert [type(o) for o in out] == [Disconnect]
+    assert "b" not in ga.peers
+
+
+def test_a_corrupted_update_drops_the_peer_and_never_reaches_the_replica() -> None:
+    ga, gb, ra, rb = _pair()
+    _hello(ga, "b")
+    ga.receive("b", m.encode(gb.hello()), 0.0)
+    sent: list[bytes] = []
+    rb.add_listener(lambda ev: ev.update and sent.append(ev.update))
+    ok(txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    damaged = bytearray(sent[0])
+    damaged[-20] ^= 0x40
+    out = ga.receive("b", m.encode(m.Push("Merge", bytes(damaged), 0)), 0.1)
+    assert [type(o) for o in out] == [Disconnect]
+    assert shown(ra)["Parent"] == {}
+    assert ra.statistics().rejected_updates == 1
+
+
+def test_a_silent_peer_times_out() -> None:
+    ga, _, _, _ = _pair()
+    _hello(ga, "b")
+    cfg = ga.config
+    out = ga.tick(cfg.peer_timeout_s + 0.1)
+    assert any(isinstance(o, Disconnect) for o in out)
+
+
+def test_mismatched_schema_is_not_replicated() -> None:
+    ga, _, _, _ = _pair()
+    _hello(ga, "b")
+    ga.receive("b", m.encode(m.Hello("b", {"Merge": ("other-digest", 0)})), 0.0)
+    assert ga.ready_peers("Merge") == []
+
+
+# --- convergence ----------------------------------------------------------------------------------
+
+def _cluster(n: int, seed: int, **cfg: Any) -> SimNet:
+    replicas = {f"n{i}": make_replica(i + 1, seed * 100 + i) for i in range(n)}
+    return SimNet(replicas, seed=seed, config=GossipConfig(**cfg) if cfg else None)
+
+
+def test_a_write_reaches_every_node_quickly_without_faults() -> None:
+    net = _cluster(8, 1)
+    net.run_for(1.0)
+    p = ok(txn(net.replicas["n3"], {"op": "insert", "table": "Parent",
+                                    "row": {"name": "p"}}))[0]["uuid"][1]
+    start = net.now
+    while not all(r.get_row("Parent", p) for r in net.replicas.values()):
+        assert net.step()
+    assert net.now - start < 0.2  # push, not anti-entropy (1 s)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), n=st.integers(2, 5), seed=st.integers(0, 10_000),
+       loss=st.sampled_from([0.0, 0.1, 0.4]), duplicate=st.sampled_from([0.0, 0.2]),
+       partition=st.sampled_from(["none", "halves", "isolate", "one-way", "flap"]))
+def test_replicas_converge_after_faults_heal(data: Any, n: int, seed: int, loss: float,
+                                             duplicate: float, partition: str) -> None:
+    net = _cluster(n, seed)
+    ids = sorted(net.replicas)
+    net.run_for(0.5)
+    net.faults.loss, net.faults.duplicate = loss, duplicate
+    net.faults.latency_s = (0.001, 0.3)  # reordering
+    if partition == "halves":
+        net.faults.groups = [set(ids[: n // 2]), set(ids[n // 2:])]
+    elif partition == "isolate":
+        net.faults.groups = [{ids[0]}, set(ids[1:])]
+    elif partition == "one-way":
+        net.faults.one_way = {(ids[0], x) for x in ids[1:]}
+    event(f"partition: {partition}")
+    for step in range(data.draw(st.integers(1, 25), label="writes")):
+        r = net.replicas[data.draw(st.sampled_from(ids), label="node")]
+        r.transact(Transactions(data, r).draw())
+        net.run_for(data.draw(st.sampled_from([0.0, 0.05, 0.5, 2.0]), label="pause"))
+        if partition == "flap" and step % 3 == 0:
+            net.faults.groups = None if net.faults.groups else [{ids[0]}, set(ids[1:])]
+    net.faults.groups, net.faults.one_way = None, set()
+    net.faults.loss = net.faults.duplicate = 0.0
+    took = net.run_until_converged(limit_s=60)
+    event(f"converged within {'1' if took <= 1 else '5' if took <= 5 else '60'} s of the heal")
+    first = next(iter(net.replicas.values()))
+    for r in net.replicas.values():
+        check_view(r)
+        assert shown(r) == shown(first)
+        assert r.view.hidden() == first.view.hidden()
+
+
+@pytest.mark.slow
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), n=st.integers(2, 8), seed=st.integers(0, 10_000),
+       loss=st.sampled_from([0.0, 0.1, 0.4, 0.7]), duplicate=st.sampled_from([0.0, 0.2, 0.5]),
+       partition=st.sampled_from(["none", "halves", "isolate", "one-way", "flap"]))
+def test_replicas_converge_after_faults_heal_long(data: Any, n: int, seed: int, loss: float,
+                                                  duplicate: float, partition: str) -> None:
+    test_replicas_converge_after_faults_heal.hypothesis.inner_test(  # type: ignore[attr-defined]
+        data, n, seed, loss, duplicate, partition)
