@@ -151,8 +151,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_message_bytes=args.max_message_bytes,
                     max_backlog_bytes=args.max_backlog_bytes)
 
+    gossiping = bool(args.listen or args.peer)
+    if gossiping and args.store != "replica":
+        log.error("--listen/--peer need --store=replica")
+        return 2
+    if args.discover:
+        log.error("--discover (mDNS) is not implemented yet; use --peer")
+        return 2
+
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if gossiping:
+                from crdtdb.node import load_node_id, open_node
+                from transport.tcp import TlsConfig, parse_hostport
+
+                data_dir = Path(args.data_dir) if args.data_dir else None
+                status_file = (Path(args.status_file) if args.status_file
+                               else data_dir / "status.json" if data_dir else None)
+                async with open_node(
+                        databases, node_id=args.node_id or load_node_id(data_dir),
+                        listen=[parse_hostport(x) for x in args.listen or ()],
+                        peers=[parse_hostport(x) for x in args.peer or ()],
+                        tls=TlsConfig(*ssl_args) if all(ssl_args) else None,
+                        remotes=remotes, ssl_files=ssl_files, limits=limits,
+                        status_file=status_file) as node:
+                    log.info("node %s serving %s", node.node_id, ", ".join(databases))
+                    async for signum in signals:
+                        log.info("received %s: shutting down", signal.Signals(signum).name)
+                        break
+                return
             async with open_ovsdb_server(databases, remotes, ssl_files=ssl_files,
                                          limits=limits) as server:
                 addresses = [server.address_of(lst, r)
@@ -168,6 +195,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
             close = getattr(db, "close", None)
             if close is not None:
                 close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / "status.json"
+    try:
+        st = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.error("cannot read node status from %s: %s", path, exc)
+        return 1
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    age = time.time() - st.get("time", 0)
+    print(f"node {st['node_id']}  up {st['uptime_s']:.0f} s  listening on "
+          f"{', '.join(st['listen']) or '-'}  (status {age:.1f} s old"
+          f"{'; is the node running?' if age > 5 else ''})")
+    peers = [p for p in st["peers"].values() if p["node_id"]]
+    print(f"peers: {len(peers)}")
+    for key, p in sorted(st["peers"].items()):
+        print(f"  {p['node_id'] or '(no hello yet)':24} {key:32} in {p['bytes_in']:>10,} B "
+              f"out {p['bytes_out']:>10,} B")
+    g = st["gossip"]
+    print(f"gossip: {g['pushes_sent']} pushed, {g['pushes_new']} new / "
+          f"{g['pushes_duplicate']} duplicate received, {g['pulls']} pulls, "
+          f"{g['gaps']} gaps, {g['disconnects']} peers dropped")
+    for name, d in st["databases"].items():
+        conflicts = {k: v for k, v in d["conflicts"].items() if v}
+        print(f"{name}: {d['rows']} rows, {d['hidden_rows']} hidden, epoch {d['epoch']}, "
+              f"{d['local_commits']} local commits, {d['remote_updates']} merged, "
+              f"{d['rejected_updates']} rejected; conflicts: "
+              f"{', '.join(f'{k}={v}' for k, v in conflicts.items()) or 'none'}")
     return 0
 
 
@@ -212,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", choices=("replica", "log"), default="replica",
                    help="replica (default): each database is a CRDT replica that can merge "
                         "with peers; log: a plain single-node store (an append-only log)")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT",
+                   help="accept gossip connections from peers here (repeatable)")
+    p.add_argument("--peer", action="append", metavar="HOST:PORT",
+                   help="a peer to gossip with; kept connected with backoff (repeatable)")
+    p.add_argument("--discover", action="store_true",
+                   help="find peers with mDNS (_crdtdb._tcp); not implemented yet")
+    p.add_argument("--node-id", metavar="NAME",
+                   help="this node's name among its peers (default: kept in --data-dir)")
+    p.add_argument("--status-file", metavar="FILE",
+                   help="where to write the node's status every second (default: "
+                        "DATA_DIR/status.json); read it with crdtdb status")
     p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
     p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
     p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")
@@ -227,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "than this (default %(default)s)")
     p.add_argument("schemas", nargs="+", metavar="SCHEMA", help=".ovsschema file")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="show a running node's peers, lag and conflicts",
+                       description="Print the status a gossiping node writes every second "
+                                   "(its --status-file, or status.json in its --data-dir).")
+    p.add_argument("path", metavar="FILE|DIR", help="status file, or the node's data dir")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("schema", help="check .ovsschema files",
                        description="Parse and validate schemas; print a summary of each.")

@@ -1,0 +1,166 @@
+"""A crdtdb node: replicas served to OVSDB clients while they gossip with peers.
+
+``open_node`` wires the pieces together under one nursery: the OVSDB server (JSON-RPC
+remotes), the tcp transport, and the sans-I/O gossip core, which it feeds with transport
+events and timer ticks and whose outputs it performs. Local commits are pushed to peers as
+they are acknowledged; peers' updates merge into the replicas and reach monitoring clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crdtdb.gossip import Disconnect, Gossip, GossipConfig, Send
+from crdtdb.replica import ChangeEvent, Replica
+from transport.base import PeerDown, PeerUp, Received
+from transport.tcp import TcpLimits, TcpTransport, TlsConfig, open_tcp_transport
+
+log = logging.getLogger("crdtdb.node")
+
+STATUS_INTERVAL_S = 1.0
+
+
+class Node:
+    """A running node: use :func:`open_node`."""
+
+    def __init__(self, node_id: str, replicas: Mapping[str, Replica], gossip: Gossip,
+                 transport: TcpTransport, ovsdb: Any, status_file: Path | None):
+        self.node_id = node_id
+        self.replicas = dict(replicas)
+        self.gossip = gossip
+        self.transport = transport
+        self.ovsdb = ovsdb
+        self.status_file = status_file
+        self.started = time.time()
+        self._wakeup = trio.Event()
+
+    def _perform(self, outputs: Sequence[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                self.transport.send_nowait(out.peer, out.frame)
+            elif isinstance(out, Disconnect):
+                self.transport.disconnect(out.peer, out.reason)
+        self._wakeup.set()  # deadlines may have moved
+
+    def _on_commit(self, db: str) -> Any:
+        def on_change(ev: ChangeEvent) -> None:
+            if ev.local and ev.update is not None:
+                self._perform(self.gossip.local_update(db, ev.update))
+        return on_change
+
+    async def _pump(self) -> None:
+        async for ev in self.transport.events:
+            now = trio.current_time()
+            if isinstance(ev, Received):
+                self._perform(self.gossip.receive(ev.peer, ev.frame, now))
+            elif isinstance(ev, PeerUp):
+                self._perform(self.gossip.connected(ev.peer, now))
+            elif isinstance(ev, PeerDown):
+                p = self.gossip.peers.get(ev.peer)
+                if p is not None:
+                    log.info("%s: peer %s (%s) down: %s", self.node_id, ev.peer,
+                             p.node_id, ev.reason)
+                self.gossip.disconnected(ev.peer)
+
+    async def _timers(self) -> None:
+        while True:
+            self._perform(self.gossip.tick(trio.current_time()))
+            self._wakeup = trio.Event()
+            deadline = self.gossip.next_deadline()
+            at = trio.current_time() + 1.0 if deadline is None else deadline
+            with trio.move_on_at(max(at, trio.current_time() + 0.005)):
+                await self._wakeup.wait()
+
+    async def _status_writer(self) -> None:
+        assert self.status_file is not None
+        while True:
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), indent=1, default=str))
+            os.replace(tmp, self.status_file)
+            await trio.sleep(STATUS_INTERVAL_S)
+
+    def status(self) -> dict[str, Any]:
+        """Peers, lag and conflicts: what ``crdtdb status`` prints."""
+        g = self.gossip.statistics()
+        return {
+            "node_id": self.node_id,
+            "time": time.time(),
+            "uptime_s": time.time() - self.started,
+            "listen": [f"{h}:{p}" for h, p in self.transport.listen_addresses],
+            "peers": g.peers,
+            "gossip": {k: v for k, v in dataclasses.asdict(g).items() if k != "peers"},
+            "databases": {name: dataclasses.asdict(r.statistics())
+                          for name, r in self.replicas.items()},
+        }
+
+
+def load_node_id(data_dir: Path | None) -> str:
+    """The node's name: kept in ``data_dir/node-id`` so that it survives restarts."""
+    if data_dir is None:
+        return f"node-{uuidlib.uuid4().hex[:12]}"
+    path = data_dir / "node-id"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    node_id = f"node-{uuidlib.uuid4().hex[:12]}"
+    path.write_text(node_id + "\n")
+    return node_id
+
+
+@asynccontextmanager
+async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
+                    listen: Sequence[tuple[str, int]] = (),
+                    peers: Sequence[tuple[str, int]] = (),
+                    tls: TlsConfig | None = None, remotes: Sequence[Any] = (),
+                    ssl_files: Any = None, limits: Any = None,
+                    gossip_config: GossipConfig | None = None,
+                    tcp_limits: TcpLimits | None = None,
+                    status_file: Path | None = None,
+                    rng: random.Random | None = None) -> AsyncIterator[Node]:
+    """Serve ``replicas`` on OVSDB ``remotes`` and gossip them with ``peers`` (and whoever
+    connects to ``listen``) until the block exits."""
+    from crdtdb.ovsdb.server import open_ovsdb_server
+
+    rng = rng or random.Random()
+    async with AsyncExitStack() as stack:
+        transport = await stack.enter_async_context(
+            open_tcp_transport(listen=listen, peers=peers, tls=tls, limits=tcp_limits,
+                               rng=random.Random(rng.random())))
+        ovsdb = None
+        if remotes:
+            ovsdb = await stack.enter_async_context(
+                open_ovsdb_server(replicas, list(remotes), ssl_files=ssl_files, limits=limits))
+        gossip = Gossip(node_id, replicas, rng=random.Random(rng.random()),
+                        config=gossip_config)
+        node = Node(node_id, replicas, gossip, transport, ovsdb, status_file)
+        hooks = [(r, node._on_commit(name)) for name, r in replicas.items()]
+        for r, fn in hooks:
+            r.add_listener(fn)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node._pump)
+                nursery.start_soon(node._timers)
+                if status_file is not None:
+                    nursery.start_soon(node._status_writer)
+                log.info("%s: node up (listening on %s; peers %s)", node_id,
+                         ", ".join(f"{h}:{p}" for h, p in transport.listen_addresses) or "-",
+                         ", ".join(f"{h}:{p}" for h, p in peers) or "-")
+                try:
+                    yield node
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            for r, fn in hooks:
+                r.remove_listener(fn)
