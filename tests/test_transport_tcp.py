@@ -1,0 +1,179 @@
+"""The tcp transport and a node's defences: framing, oversized frames, garbage, mutual TLS."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from test_serve_tls_probe import _ca, _cert
+
+from crdtdb.gossip import messages as gm
+from crdtdb.node import open_node
+from tests.replica_support import make_replica, ok, shown, txn
+from transport import FrameDecoder, LocalProtocolError, RemoteProtocolError, frame
+from transport.base import PeerDown, PeerUp, Received
+from transport.tcp import TcpLimits, TlsConfig, open_tcp_transport, parse_hostport
+
+# --- framing (sans-I/O) ------------------------------------------------------------------------
+
+
+def test_frames_split_anywhere_come_out_whole() -> None:
+    data = b"".join(frame(p) for p in (b"", b"a", b"x" * 1000))
+    for cut in range(len(data) + 1):
+        d = FrameDecoder()
+        out = []
+        for chunk in (data[:cut], data[cut:]):
+            d.receive_data(chunk)
+            while (f := d.next_frame()) is not None:
+                out.append(f)
+        assert out == [b"", b"a", b"x" * 1000]
+
+
+def test_oversized_frames_are_refused_before_buffering() -> None:
+    d = FrameDecoder(max_frame_bytes=10)
+    d.receive_data(struct.pack(">I", 11))
+    with pytest.raises(RemoteProtocolError, match="11 bytes"):
+        d.next_frame()
+    with pytest.raises(LocalProtocolError):
+        frame(b"x" * 11, max_frame_bytes=10)
+
+
+def test_parse_hostport() -> None:
+    assert parse_hostport("127.0.0.1:6641") == ("127.0.0.1", 6641)
+    assert parse_hostport("[::1]:1") == ("::1", 1)
+    for bad in ("6641", "host:", "host:99999", ":1"):
+        with pytest.raises(ValueError):
+            parse_hostport(bad)
+
+
+# --- transports -----------------------------------------------------------------------------------
+
+async def _next(events: Any, kind: type, timeout: float = 5.0) -> Any:
+    with trio.fail_after(timeout):
+        async for ev in events:
+            if isinstance(ev, kind):
+                return ev
+    raise AssertionError("channel closed")
+
+
+@pytest.mark.trio
+async def test_two_transports_exchange_frames() -> None:
+    async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a, \
+            open_tcp_transport(peers=a.listen_addresses) as b:
+        up_b = await _next(b.events, PeerUp)
+        up_a = await _next(a.events, PeerUp)
+        b.send_nowait(up_b.peer, b"hello")
+        got = await _next(a.events, Received)
+        assert (got.peer, got.frame) == (up_a.peer, b"hello")
+        a.send_nowait(up_a.peer, b"back")
+        assert (await _next(b.events, Received)).frame == b"back"
+
+
+@pytest.mark.trio
+async def test_an_oversized_frame_drops_that_peer_only() -> None:
+    limits = TcpLimits(max_frame_bytes=1000)
+    async with open_tcp_transport(listen=[("127.0.0.1", 0)], limits=limits) as a:
+        host, port = a.listen_addresses[0]
+        bad = await trio.open_tcp_stream(host, port)
+        await _next(a.events, PeerUp)
+        await bad.send_all(struct.pack(">I", 10**8))
+        down = await _next(a.events, PeerDown)
+        assert "frame of 100000000 bytes" in down.reason
+        with trio.fail_after(5):
+            assert await bad.receive_some(10) == b""  # closed on us
+        await bad.aclose()
+        async with open_tcp_transport(peers=[(host, port)]) as good:
+            up = await _next(good.events, PeerUp)
+            good.send_nowait(up.peer, b"fine")
+            assert (await _next(a.events, Received)).frame == b"fine"
+
+
+@pytest.mark.trio
+async def test_a_node_drops_a_peer_sending_garbage_and_keeps_serving() -> None:
+    r = make_replica(1, 1)
+    async with open_node({"Merge": r}, node_id="a", listen=[("127.0.0.1", 0)]) as node:
+        host, port = node.transport.listen_addresses[0]
+        bad = await trio.open_tcp_stream(host, port)
+        await bad.send_all(frame(b"\xc1garbage"))
+        with trio.fail_after(5):
+            while await bad.receive_some(65536):
+                pass  # the node's hello, then EOF
+        await bad.aclose()
+        assert node.gossip.statistics().disconnects == 1
+        # A well-behaved peer still converges.
+        peer = make_replica(2, 2)
+        async with open_node({"Merge": peer}, node_id="b", peers=[(host, port)]):
+            ok(txn(peer, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+            with trio.fail_after(10):
+                while shown(r)["Parent"] == {}:
+                    await trio.sleep(0.02)
+
+
+@pytest.mark.trio
+async def test_a_corrupted_update_from_a_peer_is_refused_over_tcp() -> None:
+    r = make_replica(1, 1)
+    other = make_replica(2, 2)
+    sent: list[bytes] = []
+    other.add_listener(lambda ev: ev.update and sent.append(ev.update))
+    ok(txn(other, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    damaged = bytearray(sent[0])
+    damaged[len(damaged) // 2] ^= 0x01
+    async with open_node({"Merge": r}, node_id="a", listen=[("127.0.0.1", 0)]) as node:
+        host, port = node.transport.listen_addresses[0]
+        s = await trio.open_tcp_stream(host, port)
+        hello = gm.Hello("evil", {"Merge": (r.schema_digest, 0)})
+        await s.send_all(frame(gm.encode(hello)) +
+                         frame(gm.encode(gm.Push("Merge", bytes(damaged), 0))))
+        with trio.fail_after(5):
+            while await s.receive_some(65536):
+                pass
+        await s.aclose()
+    assert shown(r)["Parent"] == {}
+    assert r.statistics().rejected_updates == 1
+
+
+# --- mutual TLS ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("gossip-pki")
+    _ca(d, "cacert")
+    _ca(d, "othercacert")
+    for name in ("n1", "n2"):
+        _cert(d, name, "cacert")
+    _cert(d, "stranger", "othercacert")
+    return d
+
+
+def _tls(d: Path, name: str, ca: str = "cacert") -> TlsConfig:
+    return TlsConfig(str(d / f"{name}-privkey.pem"), str(d / f"{name}-cert.pem"),
+                     str(d / f"{ca}.pem"))
+
+
+@pytest.mark.trio
+async def test_mutual_tls_admits_cluster_members_and_refuses_strangers(pki: Path) -> None:
+    async with open_tcp_transport(listen=[("127.0.0.1", 0)], tls=_tls(pki, "n1")) as a:
+        # A stranger (certificate from another CA) never becomes a peer, on either side.
+        async with open_tcp_transport(peers=a.listen_addresses,
+                                      tls=_tls(pki, "stranger", "othercacert")) as s:
+            with trio.move_on_after(1.5):
+                ev = await _next(a.events, PeerUp)
+                raise AssertionError(f"stranger admitted: {ev}")
+            assert s.statistics()["connections"] == 0
+        # Without TLS at all: refused too.
+        async with open_tcp_transport(peers=a.listen_addresses) as plain:
+            with trio.move_on_after(1.0):
+                await _next(a.events, PeerUp)
+                raise AssertionError("plain-text peer admitted")
+            del plain
+        async with open_tcp_transport(peers=a.listen_addresses, tls=_tls(pki, "n2")) as b:
+            up_b = await _next(b.events, PeerUp)
+            await _next(a.events, PeerUp)
+            b.send_nowait(up_b.peer, b"over tls")
+            assert (await _next(a.events, Received)).frame == b"over tls"
