@@ -1,4 +1,5 @@
-"""The README's main job: scripts/demo serves NB and SB to the real ovn-nbctl/ovn-sbctl."""
+"""The README's main job: scripts/demo runs three gossiping nodes; real ovn-nbctl/ovn-sbctl
+write through one node and read through another."""
 
 from __future__ import annotations
 
@@ -27,5 +28,7 @@ def test_demo_serves_real_ovn_clients_and_keeps_data(tmp_path: Path) -> None:
         assert 'addresses: ["50:54:00:00:00:01 192.168.0.11"]' in out.stdout
         assert "Chassis hv1" in out.stdout and 'ip: "192.0.2.11"' in out.stdout
         assert out.stdout.count("(sw0)") == 1, f"run {attempt}: --may-exist kept one switch"
-    log = (tmp_path / "run" / "crdtdb.log").read_text()
+        assert "node2 has both writes" in out.stdout
+        assert "peers: 2" in out.stdout
+    log = (tmp_path / "run" / "node0" / "crdtdb.log").read_text()
     assert "loaded" in log and "shutting down" in log
