@@ -30,6 +30,8 @@ from transport.tcp import TcpLimits, TcpTransport, TlsConfig, open_tcp_transport
 log = logging.getLogger("crdtdb.node")
 
 STATUS_INTERVAL_S = 1.0
+#: How long a closing node waits for its queued frames to leave.
+DRAIN_TIMEOUT_S = 2.0
 
 
 class Node:
@@ -160,6 +162,10 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
                 try:
                     yield node
                 finally:
+                    # What was committed last is still queued for peers: hand it over.
+                    with trio.move_on_after(DRAIN_TIMEOUT_S) as drain:
+                        drain.shield = True
+                        await transport.drain()
                     nursery.cancel_scope.cancel()
         finally:
             for r, fn in hooks:

@@ -72,6 +72,7 @@ class _Conn:
         self.send, self.queue = trio.open_memory_channel[bytes](limits.max_queued_frames)
         self.cancel = trio.CancelScope()
         self.reason = "closed"
+        self.busy = False
 
 
 class TcpTransport:
@@ -107,6 +108,12 @@ class TcpTransport:
         if conn is not None:
             conn.reason = reason
             conn.cancel.cancel()
+
+    async def drain(self) -> None:
+        """Wait until every queued frame was handed to the kernel (bound it with a timeout)."""
+        while any(c.queue.statistics().current_buffer_used or c.busy
+                  for c in self._conns.values()):
+            await trio.sleep(0.01)
 
     def statistics(self) -> dict[str, Any]:
         return {"connections": len(self._conns),
@@ -159,8 +166,10 @@ class TcpTransport:
 
     async def _writer(self, conn: _Conn) -> None:
         async for data in conn.queue:
+            conn.busy = True
             try:
                 await conn.stream.send_all(data)
+                conn.busy = False
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
                     OSError) as exc:
                 conn.reason = f"connection lost: {exc}"
