@@ -58,3 +58,13 @@ def test_bench_replica_quick(capsys: pytest.CaptureFixture[str]) -> None:
                  "join: apply the full state", "RSS after an epoch rebuild",
                  "remote single-column updates merged"):
         assert line in out
+
+
+def test_bench_gossip_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    if find_sb_schema() is None:
+        pytest.skip("ovn-common not installed")
+    from sims import bench_gossip
+
+    assert bench_gossip.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| 10 |" in out and "redundancy" in out

@@ -103,8 +103,10 @@ def test_writes_on_any_node_reach_every_node(cluster: Cluster) -> None:
     for node in (a, b, c):
         eventually("one encap left", lambda node=node: len(
             sbctl(node, "--bare", "--columns=ip", "list", "Encap").split()) == 1)
-    status = json.loads((a.data_dir / "status.json").read_text())  # type: ignore[operator]
-    assert len([p for p in status["peers"].values() if p["node_id"]]) == 2
+    def peers_in_status() -> int:
+        status = json.loads((a.data_dir / "status.json").read_text())  # type: ignore[operator]
+        return len({p["node_id"] for p in status["peers"].values() if p["node_id"]})
+    eventually("status file lists both peers", lambda: peers_in_status() == 2)
 
 
 def test_a_killed_node_keeps_its_data_and_catches_up(cluster: Cluster) -> None:

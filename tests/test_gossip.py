@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from crdtdb.gossip import Disconnect, Gossip, GossipConfig, GossipProtocolError, Send
 from crdtdb.gossip import messages as m
-from tests.gossip_sim import SimNet
+from sims.simnet import SimNet
 from tests.replica_support import check_view, make_replica, ok, shown, txn
 from tests.test_replica_merge import Transactions
 
@@ -136,7 +136,8 @@ def test_replicas_converge_after_faults_heal(data: Any, n: int, seed: int, loss:
     ids = sorted(net.replicas)
     net.run_for(0.5)
     net.faults.loss, net.faults.duplicate = loss, duplicate
-    net.faults.latency_s = (0.001, 0.3)  # reordering
+    net.faults.latency_s = (0.001, 0.3)
+    net.faults.reorder = data.draw(st.booleans(), label="reorder")
     if partition == "halves":
         net.faults.groups = [set(ids[: n // 2]), set(ids[n // 2:])]
     elif partition == "isolate":

@@ -34,9 +34,9 @@ log = logging.getLogger("crdtdb.gossip")
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
-    fanout: int = 3
-    max_hops: int = 6
-    anti_entropy_interval_s: float = 1.0
+    fanout: int = 2
+    max_hops: int = 16
+    anti_entropy_interval_s: float = 0.25
     ping_interval_s: float = 1.0
     peer_timeout_s: float = 5.0
     max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES

@@ -1,6 +1,8 @@
-"""A deterministic, synchronous network for the sans-I/O gossip core (tests only).
+"""A deterministic, synchronous network for the sans-I/O gossip core (property tests and the
+gossip benchmark).
 
-Nodes are (Replica, Gossip) pairs on a full mesh of simulated connections. Every frame is
+Nodes are (Replica, Gossip) pairs on simulated connections: a full mesh, or each node dialling
+``degree`` random others. Every frame is
 delivered after a random latency, or lost, or duplicated; a partition silently drops frames
 between two groups (so pings time out, peers are dropped, and reconnects fail until the heal).
 Time is virtual; one seeded RNG decides everything.
@@ -26,6 +28,8 @@ class Faults:
     loss: float = 0.0
     duplicate: float = 0.0
     latency_s: tuple[float, float] = (0.001, 0.02)
+    #: Deliver frames of one link out of order (tcp never does; a fault to test against).
+    reorder: bool = False
     #: node ids that cannot reach each other: frames between two groups are dropped
     groups: list[set[str]] | None = None
     #: frames a -> b dropped (one-way partitions)
@@ -43,7 +47,7 @@ class Faults:
 
 class SimNet:
     def __init__(self, replicas: dict[str, Replica], *, seed: int,
-                 config: GossipConfig | None = None):
+                 config: GossipConfig | None = None, degree: int | None = None):
         self.rng = random.Random(seed)
         self.now = 0.0
         self.faults = Faults()
@@ -54,11 +58,20 @@ class SimNet:
         self._queue: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self.links: set[frozenset[str]] = set()
+        self._last: dict[tuple[str, str], float] = {}
         self.frames = 0
         self.bytes = 0
         for nid, r in replicas.items():
             r.add_listener(self._on_commit(nid))
-        for a, b in itertools.combinations(sorted(replicas), 2):
+        ids = sorted(replicas)
+        if degree is None or degree >= len(ids) - 1:
+            pairs = set(itertools.combinations(ids, 2))
+        else:
+            pairs = set()
+            for a in ids:
+                for b in self.rng.sample([x for x in ids if x != a], degree):
+                    pairs.add((min(a, b), max(a, b)))
+        for a, b in sorted(pairs):
             self._schedule(0.0, "connect", (a, b))
         for nid in replicas:
             self._schedule(self.rng.uniform(0, 0.1), "tick", (nid,))
@@ -90,8 +103,11 @@ class SimNet:
             return
         copies = 2 if self.rng.random() < f.duplicate else 1
         for _ in range(copies):
-            self._schedule(self.now + self.rng.uniform(*f.latency_s), "deliver",
-                           (src, dst, frame))
+            at = self.now + self.rng.uniform(*f.latency_s)
+            if not f.reorder:  # a stream: never overtake the link's previous frame
+                at = max(at, self._last.get((src, dst), 0.0))
+                self._last[src, dst] = at
+            self._schedule(at, "deliver", (src, dst, frame))
 
     def _cut(self, a: str, b: str) -> None:
         link = frozenset((a, b))
