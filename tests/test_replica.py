@@ -421,3 +421,28 @@ def test_kill_9_loses_no_acknowledged_commit_slow(tmp_path: Path, sb_schema_path
     schema = DatabaseSchema.from_file(sb_schema_path)
     test_durable._crash_loop(tmp_path, schema, sb_schema_path, runs=8, seed=200 + seed,
                              store="replica")
+
+
+def test_large_updates_travel_compressed_and_are_still_checked() -> None:
+    import msgpack
+
+    from crdtdb.replica.envelope import open_sealed
+
+    a = make_replica(1, 1)
+    for i in range(200):
+        ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}",
+                                                              "tags": ["set", ["x", "y"]]}}))
+    full = a.full_state()
+    obj = msgpack.unpackb(full)
+    assert obj[6] == "zlib" and len(full) < len(a.doc.get_update()) / 2
+    assert open_sealed(full).update == a.doc.get_update()
+    for where in (len(full) // 3, len(full) // 2, len(full) - 30):
+        damaged = bytearray(full)
+        damaged[where] ^= 0x10
+        with pytest.raises(CorruptUpdateError):
+            make_replica(2, 2).apply_update(bytes(damaged))
+    with pytest.raises(CorruptUpdateError, match="inflates past"):
+        open_sealed(full, max_update_bytes=1000)
+    b = make_replica(2, 2)
+    b.apply_update(full)
+    assert shown(b) == shown(a)

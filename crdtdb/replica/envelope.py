@@ -7,12 +7,15 @@ writer's client id, and a BLAKE2b digest covers all of it: damage in transit or 
 update from another database or from a history that compaction replaced are all refused before
 pycrdt sees a byte. (Authenticating peers is the transport's job: mutual TLS.)
 
-Wire form: msgpack array ``[1, schema_digest, epoch, client_id, update, digest16]``.
+Wire form: msgpack array ``[1, schema_digest, epoch, client_id, update, digest16, codec]``;
+``codec`` is ``""`` or ``"zlib"`` (updates over 4 KiB are compressed when that saves space:
+a full state shrinks several times). The digest covers the uncompressed update.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass
 
 import msgpack
@@ -23,6 +26,8 @@ FORMAT = 1
 DIGEST_BYTES = 16
 #: An update bigger than this is refused unopened (a full state of 100k rows is ~25 MB).
 DEFAULT_MAX_UPDATE_BYTES = 256 * 1024 * 1024
+#: Updates at least this big are sent compressed if that makes them smaller.
+COMPRESS_MIN_BYTES = 4096
 
 
 class ReplicaError(CrdtdbError):
@@ -59,8 +64,26 @@ def _digest(schema: str, epoch: int, client_id: int, update: bytes) -> bytes:
 
 
 def seal(schema: str, epoch: int, client_id: int, update: bytes) -> bytes:
-    return msgpack.packb([FORMAT, schema, epoch, client_id, update,
-                          _digest(schema, epoch, client_id, update)], use_bin_type=True)
+    digest = _digest(schema, epoch, client_id, update)
+    body, codec = update, ""
+    if len(update) >= COMPRESS_MIN_BYTES:
+        packed = zlib.compress(update, 1)
+        if len(packed) < len(update):
+            body, codec = packed, "zlib"
+    return msgpack.packb([FORMAT, schema, epoch, client_id, body, digest, codec],
+                         use_bin_type=True)
+
+
+def _inflate(body: bytes, max_update_bytes: int) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(body, max_update_bytes + 1)
+    except zlib.error as exc:
+        raise CorruptUpdateError(f"compressed update does not inflate: {exc}") from None
+    if len(out) > max_update_bytes or d.unconsumed_tail or not d.eof:
+        raise CorruptUpdateError("compressed update is truncated or inflates past "
+                                 f"{max_update_bytes} bytes")
+    return out
 
 
 def open_sealed(payload: bytes | bytearray | memoryview, *,
@@ -74,12 +97,14 @@ def open_sealed(payload: bytes | bytearray | memoryview, *,
                               max_bin_len=max_update_bytes, max_array_len=8, max_map_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptUpdateError(f"not a sealed update: {exc}") from None
-    if not (isinstance(obj, list) and len(obj) == 6 and obj[0] == FORMAT
+    if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == FORMAT
             and isinstance(obj[1], str) and isinstance(obj[2], int)
             and isinstance(obj[3], int) and isinstance(obj[4], bytes)
-            and isinstance(obj[5], bytes)):
+            and isinstance(obj[5], bytes) and obj[6] in ("", "zlib")):
         raise CorruptUpdateError("not a sealed update (bad shape or format version)")
-    _, schema, epoch, client_id, update, digest = obj
+    _, schema, epoch, client_id, update, digest, codec = obj
+    if codec == "zlib":
+        update = _inflate(update, max_update_bytes)
     if digest != _digest(schema, epoch, client_id, update):
         raise CorruptUpdateError(f"checksum mismatch on an update of {len(update)} bytes "
                                  f"from client {client_id}")
