@@ -151,12 +151,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_message_bytes=args.max_message_bytes,
                     max_backlog_bytes=args.max_backlog_bytes)
 
-    gossiping = bool(args.listen or args.peer)
+    gossiping = bool(args.listen or args.peer or args.discover)
     if gossiping and args.store != "replica":
         log.error("--listen/--peer need --store=replica")
         return 2
-    if args.discover:
-        log.error("--discover (mDNS) is not implemented yet; use --peer")
+    if args.discover and not args.listen:
+        log.error("--discover needs --listen: discovered peers dial this address")
         return 2
 
     async def run() -> None:
@@ -174,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         peers=[parse_hostport(x) for x in args.peer or ()],
                         tls=TlsConfig(*ssl_args) if all(ssl_args) else None,
                         remotes=remotes, ssl_files=ssl_files, limits=limits,
-                        status_file=status_file) as node:
+                        status_file=status_file, discover=args.discover) as node:
                     log.info("node %s serving %s", node.node_id, ", ".join(databases))
                     async for signum in signals:
                         log.info("received %s: shutting down", signal.Signals(signum).name)
@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer", action="append", metavar="HOST:PORT",
                    help="a peer to gossip with; kept connected with backoff (repeatable)")
     p.add_argument("--discover", action="store_true",
-                   help="find peers with mDNS (_crdtdb._tcp); not implemented yet")
+                   help="announce this node and find peers with mDNS (_crdtdb._tcp) on the "
+                        "--listen address's network")
     p.add_argument("--node-id", metavar="NAME",
                    help="this node's name among its peers (default: kept in --data-dir)")
     p.add_argument("--status-file", metavar="FILE",

@@ -85,6 +85,25 @@ class Node:
             with trio.move_on_at(max(at, trio.current_time() + 0.005)):
                 await self._wakeup.wait()
 
+    async def _discover(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+        """Announce this node on mDNS and dial the nodes found (the smaller node id dials)."""
+        from transport.discovery import open_mdns_discovery
+
+        if not self.transport.listen_addresses:
+            raise ValueError("--discover needs --listen (peers must be able to dial us)")
+        host, port = self.transport.listen_addresses[0]
+        addresses = None if host in ("0.0.0.0", "") else [host]
+        async with open_mdns_discovery(self.node_id, port, sorted(self.replicas),
+                                       addresses=addresses) as found:
+            task_status.started()
+            async for f in found:
+                if f.node_id is not None and f.node_id <= self.node_id:
+                    continue  # that node dials us
+                if self.transport.add_peer(f.host, f.port):
+                    log.info("%s: discovered %s at %s:%d", self.node_id, f.node_id, f.host,
+                             f.port)
+
     async def _status_writer(self) -> None:
         assert self.status_file is not None
         while True:
@@ -129,7 +148,7 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
                     ssl_files: Any = None, limits: Any = None,
                     gossip_config: GossipConfig | None = None,
                     tcp_limits: TcpLimits | None = None,
-                    status_file: Path | None = None,
+                    status_file: Path | None = None, discover: bool = False,
                     rng: random.Random | None = None) -> AsyncIterator[Node]:
     """Serve ``replicas`` on OVSDB ``remotes`` and gossip them with ``peers`` (and whoever
     connects to ``listen``) until the block exits."""
@@ -156,6 +175,8 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
                 nursery.start_soon(node._timers)
                 if status_file is not None:
                     nursery.start_soon(node._status_writer)
+                if discover:
+                    await nursery.start(node._discover)
                 log.info("%s: node up (listening on %s; peers %s)", node_id,
                          ", ".join(f"{h}:{p}" for h, p in transport.listen_addresses) or "-",
                          ", ".join(f"{h}:{p}" for h, p in peers) or "-")

@@ -88,6 +88,7 @@ class TcpTransport:
         self._ids = itertools.count(1)
         self._send_events, self.events = trio.open_memory_channel[TransportEvent](1000)
         self.listen_addresses: list[tuple[str, int]] = []
+        self._dialing: set[tuple[str, int]] = set()
 
     # --- Transport ----------------------------------------------------------------------------
 
@@ -108,6 +109,15 @@ class TcpTransport:
         if conn is not None:
             conn.reason = reason
             conn.cancel.cancel()
+
+    def add_peer(self, host: str, port: int) -> bool:
+        """Keep a connection to another peer from now on (e.g. found by discovery); False if
+        it is already dialled."""
+        if (host, port) in self._dialing:
+            return False
+        self._dialing.add((host, port))
+        self._nursery.start_soon(self._dial, host, port)
+        return True
 
     async def drain(self) -> None:
         """Wait until every queued frame was handed to the kernel (bound it with a timeout)."""
@@ -240,7 +250,7 @@ async def open_tcp_transport(*, listen: Sequence[tuple[str, int]] = (),
         for host, port in listen:
             await nursery.start(t._listen, host, port)
         for host, port in peers:
-            nursery.start_soon(t._dial, host, port)
+            t.add_peer(host, port)
         try:
             yield t
         finally:
