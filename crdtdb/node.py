@@ -38,7 +38,7 @@ class Node:
     """A running node: use :func:`open_node`."""
 
     def __init__(self, node_id: str, replicas: Mapping[str, Replica], gossip: Gossip,
-                 transport: TcpTransport, ovsdb: Any, status_file: Path | None):
+                 transport: TcpTransport | Any, ovsdb: Any, status_file: Path | None):
         self.node_id = node_id
         self.replicas = dict(replicas)
         self.gossip = gossip
@@ -149,16 +149,22 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
                     gossip_config: GossipConfig | None = None,
                     tcp_limits: TcpLimits | None = None,
                     status_file: Path | None = None, discover: bool = False,
+                    transport: Any = None,
                     rng: random.Random | None = None) -> AsyncIterator[Node]:
     """Serve ``replicas`` on OVSDB ``remotes`` and gossip them with ``peers`` (and whoever
-    connects to ``listen``) until the block exits."""
+    connects to ``listen``) until the block exits.
+
+    ``transport``: an already open transport (e.g. a :mod:`transport.memory` endpoint) to
+    use instead of tcp; ``listen``/``peers``/``tls`` are then ignored.
+    """
     from crdtdb.ovsdb.server import open_ovsdb_server
 
     rng = rng or random.Random()
     async with AsyncExitStack() as stack:
-        transport = await stack.enter_async_context(
-            open_tcp_transport(listen=listen, peers=peers, tls=tls, limits=tcp_limits,
-                               rng=random.Random(rng.random())))
+        if transport is None:
+            transport = await stack.enter_async_context(
+                open_tcp_transport(listen=listen, peers=peers, tls=tls, limits=tcp_limits,
+                                   rng=random.Random(rng.random())))
         ovsdb = None
         if remotes:
             ovsdb = await stack.enter_async_context(
