@@ -217,8 +217,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     peers = [p for p in st["peers"].values() if p["node_id"]]
     print(f"peers: {len(peers)}")
     for key, p in sorted(st["peers"].items()):
+        lag = ", ".join(f"{db}: they lack {v['they_lack']}, we lack {v['we_lack']}"
+                        for db, v in p.get("lag", {}).items())
         print(f"  {p['node_id'] or '(no hello yet)':24} {key:32} in {p['bytes_in']:>10,} B "
-              f"out {p['bytes_out']:>10,} B")
+              f"out {p['bytes_out']:>10,} B  lag (items) {lag or '-'}")
     g = st["gossip"]
     print(f"gossip: {g['pushes_sent']} pushed, {g['pushes_new']} new / "
           f"{g['pushes_duplicate']} duplicate received, {g['pulls']} pulls, "

@@ -660,14 +660,15 @@ class Replica:
 
     # --- compaction -------------------------------------------------------------------------
 
-    def rebuild(self, epoch: int) -> None:
+    def rebuild(self, epoch: int, *, release_memory: bool = True) -> None:
         """Start compaction epoch ``epoch`` (> the current one) from the current view.
 
         Every replica that rebuilds from the same view gets a byte-identical document: the base
         is written by :data:`BASE_CLIENT_ID` in sorted order, every row as one marker of birth
         0. Hidden rows, leftover keys and all history are gone; what readers see does not
         change. Only correct when every replica rebuilds from the same view (see
-        docs/consistency.md): updates from another epoch are refused.
+        docs/consistency.md): updates from another epoch are refused. ``release_memory``
+        hands the freed heap back to the OS (``malloc_trim``; costs a walk of the heap).
         """
         if epoch <= self.epoch:
             raise ValueError(f"epoch {epoch} is not after the current epoch {self.epoch}")
@@ -678,7 +679,8 @@ class Replica:
         self.epoch = epoch
         self._stats.epoch = epoch
         self._reset_doc(doc)
-        _return_free_memory()
+        if release_memory:
+            _return_free_memory()
         if self._log is not None:
             self._rewrite_log()
         for t, rows in old_rows.items():
@@ -751,9 +753,7 @@ def _return_free_memory() -> None:
     import contextlib
     import ctypes
     import ctypes.util
-    import gc
 
-    gc.collect()
     name = ctypes.util.find_library("c")
     if name is None:
         return
