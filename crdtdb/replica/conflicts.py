@@ -86,6 +86,9 @@ class ConflictLog:
     def active(self) -> list[Conflict]:
         return [c for row in self._by_row.values() for c in row.values()]
 
+    def any_active(self) -> bool:
+        return bool(self._by_row)
+
     def counts(self) -> dict[str, int]:
         """Active conflicts by kind (a gauge), every kind present."""
         out = {k.value: 0 for k in ConflictKind}

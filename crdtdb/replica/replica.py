@@ -318,7 +318,7 @@ class Replica:
                 raise ReplicaFailedError(self._failed) from exc
         dirty: set[RowKey] = set()
         by_row = self._drain_events(dirty)
-        diff = self._refresh(dirty, known, by_row)
+        diff = self._refresh(dirty, known, by_row, engine_checked=dirty.issubset(known))
         self._stats.local_commits += 1
         self._emit(ChangeEvent(diff, sealed, True))
         self._maybe_compact_log()
@@ -573,7 +573,8 @@ class Replica:
         return by_row
 
     def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],
-                 by_row: dict[RowKey, list[tuple[str, str, Any]]] | None = None) -> Changeset:
+                 by_row: dict[RowKey, list[tuple[str, str, Any]]] | None = None, *,
+                 engine_checked: bool = False) -> Changeset:
         changes: dict[RowKey, Row | None] = {}
         for key in dirty:
             if key in known:
@@ -587,7 +588,7 @@ class Replica:
                 except DecodeError:
                     row = _FULL_READ
             changes[key] = self._read_row(*key) if row is _FULL_READ else row
-        return self.view.update(changes)
+        return self.view.update(changes, engine_checked=engine_checked)
 
     def _delta_row(self, tname: str, uuid: str, events: list[tuple[str, str, Any]]) -> Any:
         """The row after ``events``, computed from its previous raw value and the events'

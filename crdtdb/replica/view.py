@@ -105,8 +105,17 @@ class View:
 
     # --- the update -------------------------------------------------------------------------
 
-    def update(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
-        """Take new raw rows (``None``: the row is gone); return what readers saw change."""
+    def update(self, changes: Mapping[RowKey, Row | None], *,
+               engine_checked: bool = False) -> Changeset:
+        """Take new raw rows (``None``: the row is gone); return what readers saw change.
+
+        ``engine_checked``: the changes are a transaction the engine ran against this view.
+        When the view shows every raw row unchanged (no conflict anywhere), the new raw state
+        is then the engine's valid result, so the rules are not re-evaluated.
+        """
+        fast = engine_checked and not self._s1 and not self._hidden \
+            and not self.conflicts.any_active()
+        olds: dict[RowKey, Row | None] = {}
         dirty: set[RowKey] = set()
         extra: set[RowKey] = set()  # rows the old raw values referenced
         touched_groups: set[tuple[str, int, tuple]] = set()
@@ -117,6 +126,7 @@ class View:
             old = raw.get(u)
             if old is new or (old is not None and new is not None and old == new):
                 continue
+            olds[key] = old
             info = self._info[t]
             old_targets = set(self._targets(info, old)) if old is not None else set()
             new_targets = set(self._targets(info, new)) if new is not None else set()
@@ -154,6 +164,13 @@ class View:
             dirty.add(key)
         if not dirty:
             return Changeset()
+        if fast:
+            out = Changeset()
+            for key in sorted(dirty):
+                t, u = key
+                out.tables.setdefault(t, {})[u] = RowChange(olds[key], self.raw[t].get(u))
+            self.rows.apply(out)
+            return out
 
         # Stratum 1: index duplicates and maxRows, from raw values.
         candidates = set(dirty)
