@@ -92,6 +92,10 @@ class MemoryNetwork:
         self._wakeup = trio.Event()
         self._link_free: dict[tuple[str, str], float] = {}
         self._fifo: dict[tuple[str, str], float] = {}
+        #: nodes that are down (crashed): nothing connects to them
+        self.down: set[str] = set()
+        #: called with (time, src, dst, frame) for every delivered frame (traces)
+        self.on_deliver: Any = None
         self.frames_sent = 0
         self.bytes_sent = 0
         self.frames_lost = 0
@@ -107,6 +111,8 @@ class MemoryNetwork:
         self._try_connect(a, b)
 
     def _try_connect(self, a: str, b: str) -> None:
+        if a in self.down or b in self.down:
+            return
         ta, tb = self.nodes[a], self.nodes[b]
         if b in ta.peers or self.faults.blocked(a, b) or self.faults.blocked(b, a):
             return
@@ -114,6 +120,17 @@ class MemoryNetwork:
         tb.peers.add(a)
         ta._event(PeerUp(b))
         tb._event(PeerUp(a))
+
+    def crash(self, name: str) -> None:
+        """The node is gone: its links drop (its peers see the connection close)."""
+        self.down.add(name)
+        for peer in sorted(self.nodes[name].peers):
+            self.disconnect(name, peer, "crashed")
+
+    def revive(self, name: str) -> MemoryTransport:
+        """The node is back, with a fresh endpoint; its links are re-dialled."""
+        self.down.discard(name)
+        return self.endpoint(name)
 
     def disconnect(self, a: str, b: str, reason: str) -> None:
         ta, tb = self.nodes[a], self.nodes[b]
@@ -154,6 +171,8 @@ class MemoryNetwork:
                 _, _, dst, ev = heapq.heappop(self._heap)
                 t = self.nodes[dst]
                 if isinstance(ev, Received) and ev.peer in t.peers:
+                    if self.on_deliver is not None:
+                        self.on_deliver(now, ev.peer, dst, ev.frame)
                     t._event(ev)
             if now >= next_redial:
                 next_redial = now + RECONNECT_S

@@ -204,36 +204,49 @@ class Replica:
         The client id is created with the directory and kept in its log: a replica never
         writes under its id without the state that id already wrote.
         """
-        rng = rng or random.Random()
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             data_dir.mkdir(parents=True)
             fsync_dir(data_dir.parent)
         log = RecordLog.open(data_dir / LOG_NAME)
         try:
-            t0 = time.perf_counter()
-            header, epoch, updates = _read_log(log, schema)
-            if header is None:
-                client_id = new_client_id(rng)
-                log.append(_pack([_HEADER, {"schema": schema_digest(schema),
-                                            "client_id": client_id, "format": 1}]))
-                epoch = 0
-            else:
-                client_id = header["client_id"]
-            doc = Doc(client_id=client_id)
-            for u in updates:
-                doc.apply_update(u)
-            self = cls(schema, client_id=client_id, epoch=epoch, rng=rng, log=log,
-                       fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
-                       compact_ratio=compact_ratio)
-            self._reset_doc(doc)
-            self._snapshot_bytes = log.statistics().bytes
-            logger.info("%s: opened replica of %s (client %d, epoch %d, %d rows) in %.2f s",
-                        data_dir, schema.name, client_id, epoch, self.row_total(),
-                        time.perf_counter() - t0)
+            return cls.open_log(log, schema, fsync=fsync, rng=rng, new_uuid=new_uuid,
+                                compact_min_bytes=compact_min_bytes,
+                                compact_ratio=compact_ratio)
         except BaseException:
             log.close()
             raise
+
+    @classmethod
+    def open_log(cls, log: Any, schema: DatabaseSchema, *, fsync: bool = True,
+                 rng: random.Random | None = None,
+                 new_uuid: Callable[[], str] = random_uuid,
+                 compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+                 compact_ratio: float = DEFAULT_COMPACT_RATIO) -> Self:
+        """Open the replica kept in ``log`` (a :class:`RecordLog`, or anything with its
+        ``append``/``replay``/``rewrite``/``statistics``/``close``: simulations pass a
+        simulated disk)."""
+        rng = rng or random.Random()
+        t0 = time.perf_counter()
+        header, epoch, updates = _read_log(log, schema)
+        if header is None:
+            client_id = new_client_id(rng)
+            log.append(_pack([_HEADER, {"schema": schema_digest(schema),
+                                        "client_id": client_id, "format": 1}]))
+            epoch = 0
+        else:
+            client_id = header["client_id"]
+        doc = Doc(client_id=client_id)
+        for u in updates:
+            doc.apply_update(u)
+        self = cls(schema, client_id=client_id, epoch=epoch, rng=rng, log=log,
+                   fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
+                   compact_ratio=compact_ratio)
+        self._reset_doc(doc)
+        self._snapshot_bytes = log.statistics().bytes
+        logger.info("%s: opened replica of %s (client %d, epoch %d, %d rows) in %.2f s",
+                    log.path, schema.name, client_id, epoch, self.row_total(),
+                    time.perf_counter() - t0)
         return self
 
     # --- Snapshot ---------------------------------------------------------------------------
