@@ -252,6 +252,8 @@ class Simulation:
         self.crashes = 0
         self.acked: list[tuple[int, int]] = []  # (client, clock after) of local updates
         self.inserted: dict[str, float] = {}  # row uuid -> commit time
+        #: propagation is measured for rows inserted from then on (after the warm-up)
+        self.t_measure = float("inf")
         self.seen: dict[str, dict[str, float]] = {}  # row uuid -> node -> first time
         for n in self.nodes:
             self.net.endpoint(n.name)
@@ -335,7 +337,7 @@ class Simulation:
                                                                         len(names) - 1)):
                     self.net.connect(a, b)
             await trio.sleep(1.0)
-            t_fault = trio.current_time()
+            t_fault = self.t_measure = trio.current_time()
             async with trio.open_nursery() as phase:
                 phase.start_soon(self.faults)
                 while trio.current_time() - t_fault < cfg.fault_s:
@@ -368,12 +370,13 @@ class Simulation:
             self.trace.update(repr(sorted((t, sorted(rows.items()))
                                           for t, rows in r.view.raw.items())).encode())
         reach = sorted(max(self.seen[u].values()) - t for u, t in self.inserted.items()
-                       if len(self.seen.get(u, {})) == len(self.nodes))
+                       if t >= self.t_measure and len(self.seen.get(u, {})) == len(self.nodes))
         first = replicas[0] if replicas else None
         return SimResult(
             seed=cfg.seed, nodes=cfg.nodes, profile=self.profile,
             trace_hash=self.trace.hexdigest()[:16], converged=converged_at is not None,
-            convergence_s=converged_at, invariant_violations=violations, lost_writes=lost,
+            convergence_s=None if converged_at is None else round(converged_at, 3),
+            invariant_violations=violations, lost_writes=lost,
             acknowledged_writes=len(self.acked),
             conflicts=dict(first.conflicts.counts()) if first else {},
             propagation_ms={q: (reach[min(len(reach) - 1, int(p * len(reach)))] * 1000
