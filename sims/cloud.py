@@ -86,6 +86,9 @@ def pin_determinism(seed: int) -> None:
     """trio schedules deterministically only when told to (private API, pinned trio)."""
     import trio._core._run as trio_run
 
+    if not hasattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING") or not hasattr(trio_run, "_r"):
+        raise RuntimeError(f"trio {trio.__version__} has no deterministic scheduling switch; "
+                           "simulations would not be reproducible (see pyproject's pin)")
     trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
     trio_run._r.seed(seed)
 
