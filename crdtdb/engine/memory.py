@@ -75,14 +75,25 @@ class MemoryDatabase:
             table = self.schema.tables[tname]
             rows = self._rows[tname]
             for uuid, change in changes.items():
-                if change.old is not None:
-                    self._unindex(table, uuid, change.old)
-                if change.new is None:
+                old, new = change.old, change.new
+                if old is not None and new is not None and self._same_keys(table, old, new):
+                    rows[uuid] = new  # same index values and references: nothing to redo
+                    continue
+                if old is not None:
+                    self._unindex(table, uuid, old)
+                if new is None:
                     rows.pop(uuid, None)
                 else:
-                    rows[uuid] = change.new
-                    self._index(table, uuid, change.new)
+                    rows[uuid] = new
+                    self._index(table, uuid, new)
         self.n_commits += 1
+
+    def _same_keys(self, table: TableSchema, old: Row, new: Row) -> bool:
+        for cols in self._index_cols[table.name]:
+            for i in cols:
+                if old[i] != new[i]:
+                    return False
+        return all(old[col.index] == new[col.index] for col in table.ref_columns)
 
     def _index(self, table: TableSchema, uuid: str, row: Row) -> None:
         for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],

@@ -429,7 +429,7 @@ class Replica:
                 self._stats.gaps += 1
                 self._park(span[:2], sealed.update)
                 return ApplyResult(Changeset(), True, False)
-        result = self._apply_raw(sealed.update, single_writer=span is not None)
+        result = self._apply_raw(sealed.update, single_writer=span or False)
         if self._parked:
             result = self._unpark(result)
         return result
@@ -437,10 +437,12 @@ class Replica:
     def _clock(self, client: int) -> int:
         return self._clocks.get(client, 0)
 
-    def _advance_clocks(self, update: bytes) -> None:
+    def _advance_clocks(self, update: bytes,
+                        span: tuple[int, int, int] | bool | None = None) -> None:
         """Account for a single writer's contiguous update (a local commit, or a remote one
         that did not follow a gap) without decoding the document's whole state vector."""
-        span = single_writer_span(update)
+        if not isinstance(span, tuple):
+            span = single_writer_span(update)
         if span is None:
             self._clocks = decode_state_vector(self.doc.get_state())
             return
@@ -473,14 +475,17 @@ class Replica:
                     break
         return ApplyResult(changes, bool(self._parked) or result.gap, True)
 
-    def _apply_raw(self, update: bytes, *, single_writer: bool = False) -> ApplyResult:
+    def _apply_raw(self, update: bytes, *,
+                   single_writer: tuple[int, int, int] | bool = False) -> ApplyResult:
         import pycrdt
 
-        try:
-            wanted = decode_state_vector(pycrdt.get_state(update))
-        except (ValueError, RuntimeError, TypeError, CorruptUpdateError) as exc:
-            self._stats.rejected_updates += 1
-            raise CorruptUpdateError(f"update does not decode: {exc}") from None
+        wanted: dict[int, int] = {}
+        if not single_writer:  # a single writer's span is known from its header
+            try:
+                wanted = decode_state_vector(pycrdt.get_state(update))
+            except (ValueError, RuntimeError, TypeError, CorruptUpdateError) as exc:
+                self._stats.rejected_updates += 1
+                raise CorruptUpdateError(f"update does not decode: {exc}") from None
         self._captured.clear()
         try:
             with self.doc.transaction(origin="remote"):
@@ -513,7 +518,7 @@ class Replica:
             if clock > self._wanted.get(client, 0):
                 self._wanted[client] = clock
         if single_writer:
-            self._advance_clocks(update)
+            self._advance_clocks(update, single_writer)
         else:
             self._clocks = decode_state_vector(self.doc.get_state())
         gap = not covers(self._clocks, self._wanted)

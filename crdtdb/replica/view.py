@@ -113,8 +113,9 @@ class View:
         When the view shows every raw row unchanged (no conflict anywhere), the new raw state
         is then the engine's valid result, so the rules are not re-evaluated.
         """
-        fast = engine_checked and not self._s1 and not self._hidden \
-            and not self.conflicts.any_active()
+        quiet = not self._s1 and not self._hidden and not self.conflicts.any_active()
+        fast = quiet and (engine_checked or all(self._plain(k, new)
+                                                for k, new in changes.items()))
         olds: dict[RowKey, Row | None] = {}
         dirty: set[RowKey] = set()
         extra: set[RowKey] = set()  # rows the old raw values referenced
@@ -234,6 +235,26 @@ class View:
         if out:
             self.rows.apply(out)
         return out
+
+    def _plain(self, key: RowKey, new: Row | None) -> bool:
+        """A change no rule can react to: a row that stays, with the same references and
+        index values, and no set over its maximum."""
+        t, u = key
+        old = self.raw[t].get(u)
+        if old is None or new is None:
+            return False
+        info = self._info[t]
+        for c in info.checked:
+            i = c.col.index
+            if (c.key_table or c.value_table or c.in_index) and old[i] != new[i]:
+                return False
+            if len(new[i]) > c.n_max:
+                return False
+        for cols in info.index_cols:
+            for i in cols:
+                if old[i] != new[i]:
+                    return False
+        return True
 
     def _reset_region(self, seeds: set[RowKey]) -> set[RowKey]:
         """Un-hide the stratum-2-hidden rows reachable from ``seeds`` through hidden rows."""
