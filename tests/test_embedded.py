@@ -97,3 +97,15 @@ async def test_the_example_agent_claims_ports_created_on_a_peer(tmp_path: Path) 
             assert [r["chassis"] for r in rows] == [hv1["_uuid"], hv1["_uuid"], None]  # type: ignore
             assert all(r["up"] for r in rows[:2])  # type: ignore[index]
     assert claimed == [2]
+
+
+@pytest.mark.trio
+async def test_a_monitor_that_falls_behind_is_told() -> None:
+    async with crdtdb.open_node([MERGE]) as node:
+        db = node.database("Merge")
+        with pytest.raises(crdtdb.MonitorOverflowError):
+            async with db.monitor("Parent", buffer=2) as changes:
+                for i in range(5):
+                    db.insert("Parent", {"name": f"p{i}"})
+                async for _ in changes:
+                    pass

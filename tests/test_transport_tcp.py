@@ -177,3 +177,22 @@ async def test_mutual_tls_admits_cluster_members_and_refuses_strangers(pki: Path
             await _next(a.events, PeerUp)
             b.send_nowait(up_b.peer, b"over tls")
             assert (await _next(a.events, Received)).frame == b"over tls"
+
+
+@pytest.mark.trio
+async def test_a_peer_that_does_not_read_is_disconnected() -> None:
+    limits = TcpLimits(max_queued_frames=4)
+    async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a, \
+            open_tcp_transport(peers=a.listen_addresses, limits=limits) as b:
+        up = await _next(b.events, PeerUp)
+        await _next(a.events, PeerUp)
+        # a's events are never consumed again: its reader stops, the socket fills up, b's
+        # writer blocks and b's queue overflows.
+        with trio.fail_after(20):
+            while True:
+                b.send_nowait(up.peer, b"x" * 256 * 1024)
+                await trio.sleep(0)
+                if b.statistics()["connections"] == 0:
+                    break
+        down = await _next(b.events, PeerDown)
+        assert "not reading" in down.reason
