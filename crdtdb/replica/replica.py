@@ -542,8 +542,17 @@ class Replica:
     def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
         """A sealed update with everything this replica has beyond a peer's state vector."""
         sv = bytes(state_vector)
-        decode_state_vector(sv)  # raises CorruptUpdateError on garbage
-        return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update(sv))
+        if len(sv) > 64 * 1024 * 1024:
+            raise CorruptUpdateError(f"state vector of {len(sv)} bytes")
+        try:
+            update = self.doc.get_update(sv)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CorruptUpdateError(f"not a state vector: {exc}") from None
+        except BaseException as exc:  # pyo3's PanicException is a BaseException
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise CorruptUpdateError(f"state vector made pycrdt panic: {exc}") from None
+        return seal(self.schema_digest, self.epoch, self.client_id, update)
 
     def full_state(self) -> bytes:
         return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update())
