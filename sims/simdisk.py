@@ -22,12 +22,14 @@ class SimLog:
         self.path = PurePath(f"simdisk:{name}")
         self._records: list[bytes] = []
         self._synced = 0
+        self._bytes = 0
         self.closed = False
 
     def append(self, payload: bytes | bytearray | memoryview, *, sync: bool = True) -> int:
         if self.closed:
             raise OSError(f"{self.path}: closed")
         self._records.append(bytes(payload))
+        self._bytes += len(payload)
         if sync:
             self._synced = len(self._records)
         return len(payload)
@@ -38,9 +40,10 @@ class SimLog:
     def rewrite(self, records: Iterable[bytes | bytearray | memoryview]) -> None:
         self._records = [bytes(r) for r in records]
         self._synced = len(self._records)
+        self._bytes = sum(len(r) for r in self._records)
 
     def statistics(self) -> _Stats:
-        return _Stats(sum(len(r) for r in self._records))
+        return _Stats(self._bytes)
 
     def close(self) -> None:
         self.closed = True
@@ -48,6 +51,7 @@ class SimLog:
     def crash(self) -> None:
         """The machine lost power: records appended since the last sync are gone."""
         del self._records[self._synced:]
+        self._bytes = sum(len(r) for r in self._records)
         self.closed = True
 
     def reopen(self) -> None:

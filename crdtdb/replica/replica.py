@@ -479,13 +479,6 @@ class Replica:
                    single_writer: tuple[int, int, int] | bool = False) -> ApplyResult:
         import pycrdt
 
-        wanted: dict[int, int] = {}
-        if not single_writer:  # a single writer's span is known from its header
-            try:
-                wanted = decode_state_vector(pycrdt.get_state(update))
-            except (ValueError, RuntimeError, TypeError, CorruptUpdateError) as exc:
-                self._stats.rejected_updates += 1
-                raise CorruptUpdateError(f"update does not decode: {exc}") from None
         self._captured.clear()
         try:
             with self.doc.transaction(origin="remote"):
@@ -502,6 +495,17 @@ class Replica:
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
         delta = _merge(self._captured) if self._captured else b""
         self._captured.clear()
+        if not delta and not self._events:
+            # Nothing new: a duplicate, or a diff repeating what this replica has (most
+            # anti-entropy rounds). Clocks, gaps and the view are as they were.
+            self._stats.duplicate_updates += 1
+            return ApplyResult(Changeset(), self._gapped, False)
+        wanted: dict[int, int] = {}
+        if not single_writer:  # a single writer's span is known from its header
+            try:
+                wanted = decode_state_vector(pycrdt.get_state(update))
+            except (ValueError, RuntimeError, TypeError, CorruptUpdateError):
+                wanted = {}
         if delta and self._log is not None:
             # Not fsynced: the next local commit's fsync covers it, and a remote update lost
             # in a crash comes back from a peer (no local update can depend on it).
