@@ -257,13 +257,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
                            heal_limit_s=args.heal_limit_s, profile=args.profile)
         label = f"seed {seed}"
 
-        def progress(done: float, total: float, label: str = label) -> None:
+        step = [0]
+
+        def progress(done: float, total: float, label: str = label,
+                     step: list[int] = step) -> None:
             if sys.stderr.isatty():
                 width = 30
                 k = int(width * min(1.0, done / total))
                 sys.stderr.write(f"\r{label}: [{'#' * k}{'.' * (width - k)}] "
                                  f"{done:5.1f}/{total:.0f} simulated s")
                 sys.stderr.flush()
+            elif int(10 * done / total) > step[0]:  # a log line every 10%
+                step[0] = int(10 * done / total)
+                log.info("%s: %.0f of at most %.0f simulated s", label, done, total)
 
         t0 = time.perf_counter()
         result = run(config, progress=progress)

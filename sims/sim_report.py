@@ -28,8 +28,12 @@ def _runs(nodes: list[int], seed: int, fault_s: float) -> list[dict[str, Any]]:
         for profile in ("none", "halves"):
             print(f"N = {n}, faults {profile} ...", file=sys.stderr)
             t0 = time.perf_counter()
+            def progress(done: float, total: float, n: int = n, t0: float = t0) -> None:
+                print(f"  N = {n}: {done:.1f} simulated s, "
+                      f"{time.perf_counter() - t0:.0f} s wall", file=sys.stderr)
+
             r = run(SimConfig(seed=seed, nodes=n, fault_s=fault_s, profile=profile,
-                              heal_limit_s=60))
+                              heal_limit_s=60), progress=progress)
             d = r.to_json()
             d["wall_s"] = time.perf_counter() - t0
             out.append(d)
