@@ -269,7 +269,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 sys.stderr.flush()
             elif int(10 * done / total) > step[0]:  # a log line every 10%
                 step[0] = int(10 * done / total)
-                log.info("%s: %.0f of at most %.0f simulated s", label, done, total)
+                print(f"{label}: {done:.0f} of at most {total:.0f} simulated s",
+                      file=sys.stderr, flush=True)
 
         t0 = time.perf_counter()
         result = run(config, progress=progress)
