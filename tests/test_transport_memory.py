@@ -88,3 +88,19 @@ async def test_nodes_converge_after_partition_and_loss(
                 await trio.sleep(0.25)
         await stack.aclose()
         n.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_memory_discovery_tells_every_watcher() -> None:
+    from transport.discovery import Found, MemoryRegistry, open_static_discovery
+
+    reg = MemoryRegistry()
+    reg.announce(Found("sim", 1, "a"))
+    async with reg.watch() as w1, reg.watch() as w2:
+        assert (await w1.receive()).node_id == "a"
+        assert (await w2.receive()).node_id == "a"
+        reg.announce(Found("sim", 2, "b"))
+        assert (await w1.receive()).node_id == "b"
+        assert (await w2.receive()).node_id == "b"
+    async with open_static_discovery([("10.0.0.1", 6650)]) as found:
+        assert await found.receive() == Found("10.0.0.1", 6650)
