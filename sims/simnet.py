@@ -14,35 +14,13 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from crdtdb.gossip import Disconnect, Gossip, GossipConfig, Send
 from crdtdb.replica import Replica
+from transport.memory import LinkFaults
 
 RECONNECT_S = 0.5
-
-
-@dataclass
-class Faults:
-    loss: float = 0.0
-    duplicate: float = 0.0
-    latency_s: tuple[float, float] = (0.001, 0.02)
-    #: Deliver frames of one link out of order (tcp never does; a fault to test against).
-    reorder: bool = False
-    #: node ids that cannot reach each other: frames between two groups are dropped
-    groups: list[set[str]] | None = None
-    #: frames a -> b dropped (one-way partitions)
-    one_way: set[tuple[str, str]] = field(default_factory=set)
-
-    def blocked(self, a: str, b: str) -> bool:
-        if (a, b) in self.one_way:
-            return True
-        if self.groups is None:
-            return False
-        ga = next((i for i, g in enumerate(self.groups) if a in g), None)
-        gb = next((i for i, g in enumerate(self.groups) if b in g), None)
-        return ga != gb
 
 
 class SimNet:
@@ -50,7 +28,7 @@ class SimNet:
                  config: GossipConfig | None = None, degree: int | None = None):
         self.rng = random.Random(seed)
         self.now = 0.0
-        self.faults = Faults()
+        self.faults = LinkFaults(latency_s=(0.001, 0.02))
         self.replicas = replicas
         self.gossip = {nid: Gossip(nid, {r.name: r}, rng=random.Random(seed * 7919 + i),
                                    config=config)
