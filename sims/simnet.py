@@ -5,7 +5,8 @@ Nodes are (Replica, Gossip) pairs on simulated connections: a full mesh, or each
 ``degree`` random others. Every frame is
 delivered after a random latency, or lost, or duplicated; a partition silently drops frames
 between two groups (so pings time out, peers are dropped, and reconnects fail until the heal).
-Time is virtual; one seeded RNG decides everything.
+Time is virtual; one seeded RNG decides everything. (Link bandwidth limits are modelled only
+by transport/memory.py.)
 """
 
 from __future__ import annotations
