@@ -159,6 +159,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("--discover needs --listen: discovered peers dial this address")
         return 2
 
+    async def until_signal(signals: Any) -> None:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            return
+
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             if gossiping:
@@ -176,18 +181,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         remotes=remotes, ssl_files=ssl_files, limits=limits,
                         status_file=status_file, discover=args.discover) as node:
                     log.info("node %s serving %s", node.node_id, ", ".join(databases))
-                    async for signum in signals:
-                        log.info("received %s: shutting down", signal.Signals(signum).name)
-                        break
+                    await until_signal(signals)
                 return
             async with open_ovsdb_server(databases, remotes, ssl_files=ssl_files,
                                          limits=limits) as server:
                 addresses = [server.address_of(lst, r)
                              for lst, r in zip(server.listeners, remotes, strict=True)]
                 log.info("serving %s on %s", ", ".join(databases), ", ".join(addresses))
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    break
+                await until_signal(signals)
     try:
         trio.run(run)
     finally:

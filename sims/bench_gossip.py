@@ -128,13 +128,10 @@ def measure_tcp(schema_path: Any, n: int, writes: int, degree: int, seed: int) -
 
     from crdtdb.ovsdb.jsonrpc import JsonRpcConnection, Notification, Request, Sentinel
     from crdtdb.testing.crdtdb_server import CrdtdbServer
+    from crdtdb.testing.ports import free_tcp_ports
 
     rng = random.Random(seed)
-    ports = []
-    for _ in range(n):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    ports = free_tcp_ports(n)
     with tempfile.TemporaryDirectory(prefix="bench-gossip-") as tmp:
         servers = []
         for i in range(n):

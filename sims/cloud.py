@@ -239,8 +239,9 @@ class _Node:
 
 
 class Simulation:
-    def __init__(self, config: SimConfig):
+    def __init__(self, config: SimConfig, clock: trio.testing.MockClock):
         self.config = config
+        self.clock = clock
         self.rng = random.Random(config.seed)
         self.profile = config.profile or self.rng.choice(PROFILES)
         self.schema = DatabaseSchema.from_file(config.schema_path).stored()
@@ -316,7 +317,9 @@ class Simulation:
                     await trio.sleep(rng.uniform(0.5, 3.0))
                     self.restarted[victim.name].set()
             if "clock-jump" in kinds and rng.random() < 0.2:
-                await trio.sleep(rng.uniform(5, 20))  # a node-wide pause: timers all fire
+                # Every clock leaps forward at once (a VM paused, then resumed): every
+                # timer is late, peers look silent past their timeout and get dropped.
+                self.clock.jump(rng.uniform(5, 20))
         # Heal: no faults, every node up, no more writes.
         f.loss = f.duplicate = 0.0
         f.groups, f.one_way, f.latency_s = None, set(), (0.001, 0.01)
@@ -419,6 +422,6 @@ def run(config: SimConfig, progress: Callable[[float, float], None] | None = Non
     if not Path(config.schema_path).exists():
         raise FileNotFoundError(f"{config.schema_path}: install ovn-common")
     pin_determinism(config.seed)
-    sim = Simulation(config)
     clock = trio.testing.MockClock(autojump_threshold=0)
+    sim = Simulation(config, clock)
     return trio.run(sim.main, progress, clock=clock)

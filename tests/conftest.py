@@ -3,6 +3,8 @@
 - ``--slow`` runs the tests marked ``slow`` (they are skipped otherwise, unless selected
   explicitly with ``-m slow``).
 - ``sb_schema_path`` / ``kitchen_sink_schema_path``: schema files.
+- ``pki``: a directory with ``cacert``, ``server``, ``client`` (signed by it) and
+  ``stranger`` (signed by ``othercacert``) keys and certificates.
 - ``ovsdb_server``: a factory that starts a real ovsdb-server on a fresh database.  Tests
   that use it must be marked ``@pytest.mark.ovsdb_server``.  Without the binaries those
   tests are skipped, except when the environment variable CI is set: then they fail.
@@ -11,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,3 +89,35 @@ def ovsdb_server(tmp_path: Path) -> Iterator[Callable[[Path | str], OvsdbServer]
     yield start
     for server in servers:
         server.close()
+
+
+# --- a PKI for the TLS tests (made with openssl) ------------------------------------------
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)
+
+
+def _cert(d: Path, name: str, ca: str) -> None:
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}-privkey.pem", "-out", f"{name}.csr", cwd=d)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-out", f"{name}-cert.pem", cwd=d)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with a server and a client certificate, and a stranger signed by another CA."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    _ca(d, "cacert")
+    _ca(d, "othercacert")
+    _cert(d, "server", "cacert")
+    _cert(d, "client", "cacert")
+    _cert(d, "stranger", "othercacert")
+    return d

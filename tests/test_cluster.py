@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,11 @@ import pytest
 from support import SB_SCHEMA, need_ovn
 
 from crdtdb.testing.crdtdb_server import CrdtdbServer
+from crdtdb.testing.ports import free_tcp_ports
 
 pytestmark = pytest.mark.ovsdb_server
 
 TIMEOUT_S = 20.0
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def sbctl(server: CrdtdbServer, *args: str) -> str:
@@ -61,7 +49,7 @@ def eventually(what: str, fn: Callable[[], bool], timeout: float = TIMEOUT_S) ->
 
 class Cluster:
     def __init__(self, tmp_path: Path, n: int):
-        self.ports = free_ports(n)
+        self.ports = free_tcp_ports(n)
         self.nodes: list[CrdtdbServer] = []
         for i in range(n):
             peers = [f"--peer=127.0.0.1:{p}" for j, p in enumerate(self.ports) if j < i]

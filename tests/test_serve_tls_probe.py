@@ -22,35 +22,6 @@ SB = Path("/usr/share/ovn/ovn-sb.ovsschema")
 pytestmark = pytest.mark.ovsdb_server
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)
-
-
-def _cert(d: Path, name: str, ca: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-             "-keyout", f"{name}-privkey.pem", "-out", f"{name}.csr", cwd=d)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}-cert.pem", cwd=d)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("pki")
-    _ca(d, "cacert")
-    _ca(d, "othercacert")
-    _cert(d, "server", "cacert")
-    _cert(d, "client", "cacert")
-    _cert(d, "stranger", "othercacert")
-    return d
-
-
 def _need() -> None:
     require_binaries()
     if not SB.exists() or not shutil.which("ovsdb-client"):

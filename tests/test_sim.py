@@ -81,14 +81,14 @@ def test_swarm_finds_a_dropped_anti_entropy_round(monkeypatch: pytest.MonkeyPatc
         return real_tick(self, now)
 
     monkeypatch.setattr(protocol.Gossip, "tick", tick_without_anti_entropy)
-    monkeypatch.setattr(protocol.Gossip, "_on_hello", _hello_without_catch_up(monkeypatch))
+    monkeypatch.setattr(protocol.Gossip, "_on_hello", _hello_without_catch_up())
     failed = [seed for seed in range(10)
               if not run(SimConfig(seed=seed, nodes=4, fault_s=6, heal_limit_s=10,
                                    profile="loss")).converged]
     assert failed, "the planted bug went unnoticed"
 
 
-def _hello_without_catch_up(monkeypatch: pytest.MonkeyPatch) -> Any:
+def _hello_without_catch_up() -> Any:
     from crdtdb.gossip import protocol
 
     real = protocol.Gossip._on_hello

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_serve_tls_probe import _ca, _cert
 
 from crdtdb.gossip import messages as gm
 from crdtdb.node import open_node
@@ -138,19 +136,6 @@ async def test_a_corrupted_update_from_a_peer_is_refused_over_tcp() -> None:
 
 # --- mutual TLS ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("gossip-pki")
-    _ca(d, "cacert")
-    _ca(d, "othercacert")
-    for name in ("n1", "n2"):
-        _cert(d, name, "cacert")
-    _cert(d, "stranger", "othercacert")
-    return d
-
-
 def _tls(d: Path, name: str, ca: str = "cacert") -> TlsConfig:
     return TlsConfig(str(d / f"{name}-privkey.pem"), str(d / f"{name}-cert.pem"),
                      str(d / f"{ca}.pem"))
@@ -158,7 +143,7 @@ def _tls(d: Path, name: str, ca: str = "cacert") -> TlsConfig:
 
 @pytest.mark.trio
 async def test_mutual_tls_admits_cluster_members_and_refuses_strangers(pki: Path) -> None:
-    async with open_tcp_transport(listen=[("127.0.0.1", 0)], tls=_tls(pki, "n1")) as a:
+    async with open_tcp_transport(listen=[("127.0.0.1", 0)], tls=_tls(pki, "server")) as a:
         # A stranger (certificate from another CA) never becomes a peer, on either side.
         async with open_tcp_transport(peers=a.listen_addresses,
                                       tls=_tls(pki, "stranger", "othercacert")) as s:
@@ -172,7 +157,7 @@ async def test_mutual_tls_admits_cluster_members_and_refuses_strangers(pki: Path
                 await _next(a.events, PeerUp)
                 raise AssertionError("plain-text peer admitted")
             del plain
-        async with open_tcp_transport(peers=a.listen_addresses, tls=_tls(pki, "n2")) as b:
+        async with open_tcp_transport(peers=a.listen_addresses, tls=_tls(pki, "client")) as b:
             up_b = await _next(b.events, PeerUp)
             await _next(a.events, PeerUp)
             b.send_nowait(up_b.peer, b"over tls")

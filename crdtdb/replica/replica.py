@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import msgpack
+import pycrdt
 from pycrdt import Doc, Map
 
 from crdtdb.engine.schema import DatabaseSchema
@@ -314,11 +315,13 @@ class Replica:
             for tname, changes in changeset.tables.items():
                 for uuid, change in changes.items():
                     self._write_row(tname, uuid, change.old, change.new, known)
-        update = b"".join(self._captured) if len(self._captured) == 1 else (
-            _merge(self._captured))
+        update = _merge(self._captured)
         self._captured.clear()
-        if update:
-            self._advance_clocks(update)
+        span = single_writer_span(update) if update else None
+        if span is not None:
+            self._advance_clocks(span)
+        elif update:
+            self._clocks = decode_state_vector(self.doc.get_state())
         sealed = seal(self.schema_digest, self.epoch, self.client_id, update) if update \
             else None
         if sealed is not None and self._log is not None:
@@ -358,8 +361,11 @@ class Replica:
             self._births[tname][uuid] = birth
             known[tname, uuid] = new
             return
-        marker = enc.unpack_marker(table, uuid, m[uuid])
-        birth = marker.birth
+        birth = self._births[tname].get(uuid)
+        marker: enc.Marker | None = None
+        if birth is None:
+            marker = enc.unpack_marker(table, uuid, m[uuid])
+            birth = marker.birth
         for col in table.ordered[1:]:
             i = col.index
             if old[i] == new[i]:
@@ -369,6 +375,8 @@ class Replica:
             elif not enc.is_element_column(col.type):
                 m[enc.register_key(uuid, col.name)] = enc.pack_register(birth, col, new[i])
             else:
+                if marker is None:  # which elements the marker holds
+                    marker = enc.unpack_marker(table, uuid, m[uuid])
                 self._write_elements(m, uuid, col, birth, marker.row[i], old[i], new[i],
                                      extras)
         # The shown row was the raw row: the new raw row is exactly the engine's.
@@ -427,9 +435,9 @@ class Replica:
             if self._clock(span[0]) < span[1]:
                 # Something from this writer is missing: hold it back until that arrives.
                 self._stats.gaps += 1
-                self._park(span[:2], sealed.update)
+                self._park(span, sealed.update)
                 return ApplyResult(Changeset(), True, False)
-        result = self._apply_raw(sealed.update, single_writer=span or False)
+        result = self._apply_raw(sealed.update, span)
         if self._parked:
             result = self._unpark(result)
         return result
@@ -437,21 +445,15 @@ class Replica:
     def _clock(self, client: int) -> int:
         return self._clocks.get(client, 0)
 
-    def _advance_clocks(self, update: bytes,
-                        span: tuple[int, int, int] | bool | None = None) -> None:
+    def _advance_clocks(self, span: tuple[int, int, int]) -> None:
         """Account for a single writer's contiguous update (a local commit, or a remote one
         that did not follow a gap) without decoding the document's whole state vector."""
-        if not isinstance(span, tuple):
-            span = single_writer_span(update)
-        if span is None:
-            self._clocks = decode_state_vector(self.doc.get_state())
-            return
         client, start, n = span
         if start + n > self._clocks.get(client, 0):
             self._clocks[client] = start + n
 
-    def _park(self, start: tuple[int, int], update: bytes) -> None:
-        self._parked[start] = update
+    def _park(self, span: tuple[int, int, int], update: bytes) -> None:
+        self._parked[span] = update
         self._parked_bytes += len(update)
         while self._parked and (len(self._parked) > self._max_parked
                                 or self._parked_bytes > self._max_parked_bytes):
@@ -464,21 +466,19 @@ class Replica:
         changes = result.changes
         while progress:
             progress = False
-            for start in sorted(self._parked):
-                client, clock = start
+            for span in sorted(self._parked):
+                client, clock, _ = span
                 if self._clock(client) >= clock:
-                    update = self._parked.pop(start)
+                    update = self._parked.pop(span)
                     self._parked_bytes -= len(update)
-                    more = self._apply_raw(update, single_writer=True)
+                    more = self._apply_raw(update, span)
                     changes = _combine(changes, more.changes)
                     progress = True
                     break
         return ApplyResult(changes, bool(self._parked) or result.gap, True)
 
-    def _apply_raw(self, update: bytes, *,
-                   single_writer: tuple[int, int, int] | bool = False) -> ApplyResult:
-        import pycrdt
-
+    def _apply_raw(self, update: bytes, span: tuple[int, int, int] | None) -> ApplyResult:
+        """Apply a checked update; ``span``: its single writer's clocks, if it has one."""
         self._captured.clear()
         try:
             with self.doc.transaction(origin="remote"):
@@ -493,7 +493,7 @@ class Replica:
             self._events.clear()
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
-        delta = _merge(self._captured) if self._captured else b""
+        delta = _merge(self._captured)
         self._captured.clear()
         if not delta and not self._events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
@@ -501,7 +501,7 @@ class Replica:
             self._stats.duplicate_updates += 1
             return ApplyResult(Changeset(), self._gapped, False)
         wanted: dict[int, int] = {}
-        if not single_writer:  # a single writer's span is known from its header
+        if span is None:  # a single writer's span is known from its header
             try:
                 wanted = decode_state_vector(pycrdt.get_state(update))
             except (ValueError, RuntimeError, TypeError, CorruptUpdateError):
@@ -521,8 +521,8 @@ class Replica:
         for client, clock in wanted.items():
             if clock > self._wanted.get(client, 0):
                 self._wanted[client] = clock
-        if single_writer:
-            self._advance_clocks(update, single_writer)
+        if span is not None:
+            self._advance_clocks(span)
         else:
             self._clocks = decode_state_vector(self.doc.get_state())
         gap = not covers(self._clocks, self._wanted)
@@ -563,7 +563,9 @@ class Replica:
 
     # --- from the document to the view ------------------------------------------------------
 
-    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]) -> str | None:
+    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]
+                  ) -> enc.Key | str | None:
+        """Book a key's add or delete; the parsed key (a marker's is its uuid), or None."""
         try:
             k = enc.parse_key(key)
         except DecodeError as exc:
@@ -582,7 +584,7 @@ class Replica:
         else:
             extras.setdefault(k.uuid, set()).add(key)
         dirty.add((tname, k.uuid))
-        return k.uuid
+        return k
 
     def _rescan(self, dirty: set[RowKey]) -> None:
         """Rebuild the key bookkeeping from the document; every row becomes dirty."""
@@ -593,18 +595,19 @@ class Replica:
                 self._note_key(tname, key, "add", dirty)
             dirty.update((tname, u) for u in self.view.raw[tname])
 
-    def _drain_events(self, dirty: set[RowKey]) -> dict[RowKey, list[tuple[str, str, Any]]]:
+    def _drain_events(self, dirty: set[RowKey]) -> dict[RowKey, list[_KeyEvent]]:
         """Book the queued map events; return them by row, in order."""
         events, self._events[:] = list(self._events), []
-        by_row: dict[RowKey, list[tuple[str, str, Any]]] = {}
+        by_row: dict[RowKey, list[_KeyEvent]] = {}
         for tname, key, action, value in events:
-            uuid = self._note_key(tname, key, action, dirty)
-            if uuid is not None:
-                by_row.setdefault((tname, uuid), []).append((key, action, value))
+            k = self._note_key(tname, key, action, dirty)
+            if k is not None:
+                uuid = k if isinstance(k, str) else k.uuid
+                by_row.setdefault((tname, uuid), []).append((k, action, value))
         return by_row
 
     def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],
-                 by_row: dict[RowKey, list[tuple[str, str, Any]]] | None = None, *,
+                 by_row: dict[RowKey, list[_KeyEvent]] | None = None, *,
                  engine_checked: bool = False) -> Changeset:
         changes: dict[RowKey, Row | None] = {}
         for key in dirty:
@@ -621,7 +624,7 @@ class Replica:
             changes[key] = self._read_row(*key) if row is _FULL_READ else row
         return self.view.update(changes, engine_checked=engine_checked)
 
-    def _delta_row(self, tname: str, uuid: str, events: list[tuple[str, str, Any]]) -> Any:
+    def _delta_row(self, tname: str, uuid: str, events: list[_KeyEvent]) -> Any:
         """The row after ``events``, computed from its previous raw value and the events'
         new values alone (no document reads); ``_FULL_READ`` where that is not enough."""
         table = self.schema.tables[tname]
@@ -629,8 +632,8 @@ class Replica:
         raw = self.view.raw[tname].get(uuid)
         birth = births.get(uuid)
         row: list | None = None
-        for key, action, value in events:
-            if key == uuid:  # the marker
+        for k, action, value in events:
+            if isinstance(k, str):  # the marker
                 if action == "delete":
                     births.pop(uuid, None)
                     raw, birth, row = None, None, None
@@ -647,8 +650,6 @@ class Replica:
                 if raw is None:
                     return _FULL_READ
                 row = list(raw)
-            k = enc.parse_key(key)
-            assert not isinstance(k, str)
             col = table.columns.get(k.column)
             if col is None or col.index == 0:
                 return _FULL_READ
@@ -707,7 +708,6 @@ class Replica:
         base = build_base(self.schema, self.view.rows)
         doc = Doc(client_id=self.client_id)
         doc.apply_update(base)
-        old_rows = {t: dict(self.view.rows.iter_rows(t)) for t in self.schema.tables}
         self.epoch = epoch
         self._stats.epoch = epoch
         self._reset_doc(doc)
@@ -715,8 +715,6 @@ class Replica:
             _return_free_memory()
         if self._log is not None:
             self._rewrite_log()
-        for t, rows in old_rows.items():
-            assert len(rows) == self.view.rows.row_count(t), "rebuild changed the view"
 
     def _rewrite_log(self) -> None:
         assert self._log is not None
@@ -778,6 +776,8 @@ def build_base(schema: DatabaseSchema, rows: Any) -> bytes:
 
 
 _FULL_READ = object()
+#: A map event of one row: the parsed key (a marker's is its uuid), action, new value.
+_KeyEvent = tuple[enc.Key | str, str, Any]
 
 
 def _return_free_memory() -> None:
@@ -814,10 +814,9 @@ def _combine(a: Changeset, b: Changeset) -> Changeset:
 
 
 def _merge(updates: list[bytes]) -> bytes:
-    if len(updates) == 1:
-        return updates[0]
-    import pycrdt
-
+    """One update with the effect of ``updates`` (empty for none)."""
+    if len(updates) <= 1:
+        return updates[0] if updates else b""
     return pycrdt.merge_updates(*updates)
 
 
