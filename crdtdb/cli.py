@@ -123,11 +123,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         log.error("two schemas name the same database: %s", ", ".join(names))
         return 2
+    from crdtdb.consensus.config import Config, ConfigError, Consistency, load_config
+
+    try:
+        config = load_config(args.config) if args.config else Config()
+        config.validate(names)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    linearizable = [s for s in schemas
+                    if config.policy(s.name).consistency is Consistency.LINEARIZABLE]
     databases: dict[str, Any] = {}
     fsync = args.fsync == "always"
     if not args.data_dir:
         log.warning("no --data-dir: databases are in memory only and lost on exit")
     for schema in schemas:
+        if schema in linearizable:
+            continue
         t0 = time.perf_counter()
         where = Path(args.data_dir) / schema.name if args.data_dir else None
         db: Any
@@ -165,32 +177,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return
 
     async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            if gossiping:
-                from crdtdb.node import load_node_id, open_node
-                from transport.tcp import TlsConfig, parse_hostport
+        from crdtdb.consensus.plugins import open_linearizable
+        from crdtdb.node import load_node_id
 
-                data_dir = Path(args.data_dir) if args.data_dir else None
-                status_file = (Path(args.status_file) if args.status_file
-                               else data_dir / "status.json" if data_dir else None)
-                async with open_node(
-                        databases, node_id=args.node_id or load_node_id(data_dir),
-                        listen=[parse_hostport(x) for x in args.listen or ()],
-                        peers=[parse_hostport(x) for x in args.peer or ()],
-                        tls=TlsConfig(*ssl_args) if all(ssl_args) else None,
-                        remotes=remotes, ssl_files=ssl_files, limits=limits,
-                        status_file=status_file, discover=args.discover) as node:
-                    log.info("node %s serving %s", node.node_id, ", ".join(databases))
+        data_dir = Path(args.data_dir) if args.data_dir else None
+        node_id = args.node_id or load_node_id(data_dir)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_linearizable(config, linearizable, node_id=node_id,
+                                         data_dir=data_dir, fsync=fsync) as lin:
+                if gossiping:
+                    from crdtdb.node import open_node
+                    from transport.tcp import TlsConfig, parse_hostport
+
+                    status_file = (Path(args.status_file) if args.status_file
+                                   else data_dir / "status.json" if data_dir else None)
+                    async with open_node(
+                            databases, node_id=node_id, linearizable=lin.databases,
+                            lock_gate=lin.lock_gate,
+                            listen=[parse_hostport(x) for x in args.listen or ()],
+                            peers=[parse_hostport(x) for x in args.peer or ()],
+                            tls=TlsConfig(*ssl_args) if all(ssl_args) else None,
+                            remotes=remotes, ssl_files=ssl_files, limits=limits,
+                            status_file=status_file, discover=args.discover) as node:
+                        log.info("node %s serving %s", node.node_id,
+                                 ", ".join([*databases, *lin.databases]))
+                        await until_signal(signals)
+                    return
+                async with open_ovsdb_server({**databases, **lin.databases}, remotes,
+                                             ssl_files=ssl_files, limits=limits,
+                                             lock_gate=lin.lock_gate) as server:
+                    addresses = [server.address_of(lst, r)
+                                 for lst, r in zip(server.listeners, remotes, strict=True)]
+                    log.info("serving %s on %s", ", ".join([*databases, *lin.databases]),
+                             ", ".join(addresses))
                     await until_signal(signals)
-                return
-            async with open_ovsdb_server(databases, remotes, ssl_files=ssl_files,
-                                         limits=limits) as server:
-                addresses = [server.address_of(lst, r)
-                             for lst, r in zip(server.listeners, remotes, strict=True)]
-                log.info("serving %s on %s", ", ".join(databases), ", ".join(addresses))
-                await until_signal(signals)
+
     try:
         trio.run(run)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     finally:
         for db in databases.values():
             close = getattr(db, "close", None)
@@ -340,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", choices=("replica", "log"), default="replica",
                    help="replica (default): each database is a CRDT replica that can merge "
                         "with peers; log: a plain single-node store (an append-only log)")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file saying, per database, eventual (a CRDT replica) or "
+                        "linearizable (through a consensus plugin: local, etcd, ovsdb) and "
+                        "where locks live; see docs/configuration.md (default: everything "
+                        "eventual, locks in this node)")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
                    help="accept gossip connections from peers here (repeatable)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT",

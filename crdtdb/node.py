@@ -150,9 +150,14 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
                     tcp_limits: TcpLimits | None = None,
                     status_file: Path | None = None, discover: bool = False,
                     transport: Any = None,
-                    rng: random.Random | None = None) -> AsyncIterator[Node]:
+                    rng: random.Random | None = None,
+                    linearizable: Mapping[str, Any] | None = None,
+                    lock_gate: Any = None) -> AsyncIterator[Node]:
     """Serve ``replicas`` on OVSDB ``remotes`` and gossip them with ``peers`` (and whoever
     connects to ``listen``) until the block exits.
+
+    ``linearizable``: more databases to serve, kept by a consensus plugin (not gossiped);
+    ``lock_gate``: the plugin's cluster-wide locks (see :class:`crdtdb.ovsdb.core.LockGate`).
 
     ``transport``: an already open transport (e.g. a :mod:`transport.memory` endpoint) to
     use instead of tcp; ``listen``/``peers``/``tls`` are then ignored.
@@ -168,7 +173,8 @@ async def open_node(replicas: Mapping[str, Replica], *, node_id: str,
         ovsdb = None
         if remotes:
             ovsdb = await stack.enter_async_context(
-                open_ovsdb_server(replicas, list(remotes), ssl_files=ssl_files, limits=limits))
+                open_ovsdb_server({**replicas, **(linearizable or {})}, list(remotes),
+                                  ssl_files=ssl_files, limits=limits, lock_gate=lock_gate))
         gossip = Gossip(node_id, replicas, rng=random.Random(rng.random()),
                         config=gossip_config)
         node = Node(node_id, replicas, gossip, transport, ovsdb, status_file)

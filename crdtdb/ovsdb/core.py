@@ -9,6 +9,14 @@ Ordering guarantees clients rely on:
 - the monitor updates caused by a transaction are queued before that transaction's reply;
 - a ``wait`` that cannot be satisfied yet is retried after every commit to its database and
   when its timeout expires (:meth:`ServerCore.run_timers`).
+
+A database whose ``linearizable`` attribute is true commits through a consensus plugin: the
+core runs the transaction against the store's cache and queues a
+:class:`~crdtdb.consensus.commit.CommitRequest` in :attr:`ServerCore.commits`; the I/O layer
+awaits the plugin and calls :meth:`ServerCore.commit_finished`. One transaction per such
+database is in flight at a time, so transactions of one node never conflict with each other.
+Locks can be gated by a :class:`LockGate` (locks held cluster-wide): a session owns a lock
+only while it heads the local queue *and* this node holds the lock in the cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from crdtdb.consensus.commit import (
+    Applied,
+    CommitOutcome,
+    CommitRequest,
+    Failed,
+    Retry,
+    asserted_locks,
+)
 from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
 from crdtdb.engine import data as D
 from crdtdb.engine.ovshash import OvsHmap, json_hash, shash_order
@@ -44,10 +60,35 @@ Event = Request | Notification | Reply | ErrorReply
 
 
 class Database(Snapshot, Protocol):
-    """A store the server can serve: a snapshot that also runs and commits transactions."""
+    """A store the server can serve: a snapshot that also runs and commits transactions.
+
+    A store with a true ``linearizable`` attribute only runs them (``execute`` must not apply
+    the changeset, and must expose ``revision``): its commits go through a plugin.
+    """
 
     def execute(self, operations: list[Any], *, locks: Any = None,
                 elapsed_ms: int = 0) -> Outcome: ...
+
+
+class LockGate(Protocol):
+    """Node-wide locks held in a cluster on behalf of this server's sessions.
+
+    The server sets its ``on_change`` attribute: the gate calls it with (name, held) whenever
+    it takes or loses a lock.
+    """
+
+    def held(self, name: str) -> bool: ...
+
+    def want(self, name: str, *, steal: bool) -> None:
+        """Contend for (or steal) ``name``; :meth:`ServerCore.lock_changed` reports the result.
+        """
+
+    def release(self, name: str) -> None: ...
+
+
+#: After this many conflicts in a row a transaction is answered with a "try again" error
+#: instead of being run again (the IDL retries it).
+MAX_COMMIT_RETRIES = 100
 
 
 @dataclass(eq=False)
@@ -57,6 +98,22 @@ class _Trigger:
     created_ms: int
     #: Absolute deadline, or None (no timeout): set while the transaction is blocked.
     deadline_ms: int | None = None
+    #: Waiting for its database's in-flight commit to finish before it can run.
+    queued: bool = False
+    #: Handed to the consensus plugin (see :class:`PendingCommit`).
+    committing: bool = False
+    #: Commits of it the plugin answered with Retry.
+    n_retries: int = 0
+
+
+@dataclass(eq=False)
+class PendingCommit:
+    """A transaction the I/O layer must commit through its database's plugin."""
+
+    session: Session
+    trigger: _Trigger
+    outcome: Outcome
+    request: CommitRequest
 
 
 @dataclass(eq=False)
@@ -83,11 +140,11 @@ class Session:
 
 
 class _SessionLocks:
-    def __init__(self, table: LockTable, session: Session):
-        self._table, self._session = table, session
+    def __init__(self, core: ServerCore, session: Session):
+        self._core, self._session = core, session
 
     def holds(self, lock: str) -> bool:
-        return self._table.holds(self._session, lock)
+        return self._core.holds_lock(self._session, lock)
 
 
 def _syntax_error_reply(req: Request, details: str) -> ErrorReply:
@@ -99,12 +156,17 @@ class ServerCore:
     """Everything one OVSDB server knows, shared by all its sessions."""
 
     def __init__(self, databases: Mapping[str, Database], *, now_ms: Callable[[], int],
-                 server_id: str | None = None, model: str = "standalone"):
+                 server_id: str | None = None, model: str = "standalone",
+                 lock_gate: LockGate | None = None):
         if "_Server" in databases:
             raise ValueError("_Server is the server's own database")
         self.now_ms = now_ms
         self.server_id = server_id or str(uuidlib.uuid4())
         self.locks = LockTable()
+        self.lock_gate = lock_gate
+        #: Commits for the I/O layer to hand to plugins (it empties the list).
+        self.commits: list[PendingCommit] = []
+        self._inflight: dict[str, PendingCommit] = {}
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self.server_db = _build_server_db(databases, model)
@@ -128,8 +190,12 @@ class ServerCore:
             return
         s.closed = True
         self.sessions.pop(s.id, None)
+        names = [name for (sess, name) in list(self.locks._waiters) if sess is s]
         for name, owner in self.locks.release_all(s):
-            self._notify(owner, "locked", [name])
+            if self._gate_held(name):
+                self._notify(owner, "locked", [name])
+        for name in names:
+            self._maybe_release(name)
         s.triggers.clear()
         s.monitors.clear()
         s.monitor_order = OvsHmap()
@@ -223,14 +289,30 @@ class ServerCore:
             self.waits_changed = True
 
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
-        """Run a transaction; False if it is blocked on a ``wait`` (keep it pending)."""
+        """Run a transaction; False if it is still pending (blocked on a ``wait``, queued
+        behind its database's in-flight commit, or committing)."""
         db = self.databases[t.db_name]
+        linearizable = getattr(db, "linearizable", False)
+        if linearizable and t.db_name in self._inflight:
+            t.queued = True
+            return False
+        t.queued = False
         now = self.now_ms() if now is None else now
-        outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self.locks, s),
+        outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self, s),
                              elapsed_ms=now - t.created_ms)
         if outcome.blocked:
             t.deadline_ms = (None if outcome.timeout_ms is None
                              else t.created_ms + outcome.timeout_ms)
+            return False
+        if linearizable:
+            ops = t.request.params[1:]
+            request = CommitRequest(t.db_name, ops, outcome.changeset or None,
+                                    outcome.read_set, db.revision,  # type: ignore[attr-defined]
+                                    asserted_locks(ops))
+            pending = PendingCommit(s, t, outcome, request)
+            self._inflight[t.db_name] = pending
+            self.commits.append(pending)
+            t.committing = True
             return False
         if outcome.changeset:
             self._committed(t.db_name, outcome.changeset)
@@ -238,6 +320,33 @@ class ServerCore:
         if outcome.changeset:
             self._retry_waits(t.db_name)
         return True
+
+    def commit_finished(self, pending: PendingCommit, result: CommitOutcome) -> None:
+        """The plugin's answer for ``pending``; with :class:`Applied` the store's change feed
+        has already published the changes (so monitors heard of them before this reply)."""
+        s, t = pending.session, pending.trigger
+        if self._inflight.get(t.db_name) is pending:
+            del self._inflight[t.db_name]
+        t.committing = False
+        key = monitor_key(t.request.id)
+        live = not s.closed and s.triggers.get(key) is t
+        reply: list[Any] | None = None
+        if isinstance(result, Applied):
+            reply = result.results if result.results is not None else pending.outcome.results
+        elif isinstance(result, Failed):
+            reply = [*(pending.outcome.results or []), result.error]
+        elif isinstance(result, Retry):
+            t.n_retries += 1
+            if t.n_retries > MAX_COMMIT_RETRIES:
+                log.warning("transaction %r on %s: %d conflicts in a row, giving up (%s)",
+                            t.request.id, t.db_name, t.n_retries - 1, result.reason)
+                reply = [*(pending.outcome.results or []), OvsdbError(
+                    "try again", f"commit conflicted {t.n_retries - 1} times: "
+                    f"{result.reason}").to_json()]
+        if reply is not None and live:
+            del s.triggers[key]
+            s.outbox.append(Reply(t.request.id, reply))
+        self._retry_waits(t.db_name)
 
     def _committed(self, db_name: str, changeset: Changeset) -> None:
         self.n_commits += 1
@@ -272,6 +381,8 @@ class ServerCore:
             progress = False
             for s in list(self.sessions.values()):
                 for key, t in list(s.triggers.items()):
+                    if t.committing or t.db_name in self._inflight:
+                        continue
                     if t.db_name == db_name and s.triggers.get(key) is t and self._try(s, t):
                         del s.triggers[key]
                         progress = True
@@ -283,13 +394,15 @@ class ServerCore:
             for key, t in list(s.triggers.items()):
                 # Evaluated as of the deadline, so a late wakeup still reports the timeout
                 # the client asked for.
-                if (t.deadline_ms is not None and now >= t.deadline_ms
+                if (t.deadline_ms is not None and now >= t.deadline_ms and not t.committing
+                        and t.db_name not in self._inflight
                         and self._try(s, t, now=t.deadline_ms)):
                     del s.triggers[key]
 
     def next_deadline_ms(self) -> int | None:
         deadlines = [t.deadline_ms for s in self.sessions.values()
-                     for t in s.triggers.values() if t.deadline_ms is not None]
+                     for t in s.triggers.values()
+                     if t.deadline_ms is not None and not t.committing and not t.queued]
         return min(deadlines) if deadlines else None
 
     def _cancel(self, s: Session, params: list[Any]) -> None:
@@ -390,9 +503,19 @@ class ServerCore:
             return ErrorReply(req.id, D.syntax_error(
                 req.params, f'must issue "unlock" before new "{req.method}"').to_json())
         owner, victim = self.locks.acquire(s, name, mode)
-        if victim is not None:
+        if self.lock_gate is None:
+            if victim is not None:
+                self._notify(victim, "stolen", [name])
+            return Reply(req.id, {"locked": owner})
+        held = self.lock_gate.held(name)
+        if victim is not None and held:
             self._notify(victim, "stolen", [name])
-        return Reply(req.id, {"locked": owner})
+        if not held:
+            # A steal is granted at once, as ovsdb-server does; this node takes the lock from
+            # the cluster in the background, and until it has, the transactions that assert the
+            # lock fail ("not owner") instead of committing.
+            self.lock_gate.want(name, steal=mode is LockMode.STEAL)
+        return Reply(req.id, {"locked": owner and (held or mode is LockMode.STEAL)})
 
     def _unlock(self, s: Session, req: Request) -> Event:
         name = self._lock_name(req)
@@ -402,14 +525,38 @@ class ServerCore:
         if not self.locks.has_waiter(s, name):
             return _syntax_error_reply(req, '"unlock" without "lock" or "steal"')
         new_owner = self.locks.release(s, name)
-        if new_owner is not None:
+        if new_owner is not None and self._gate_held(name):
             self._notify(new_owner, "locked", [name])
+        self._maybe_release(name)
         return Reply(req.id, {})
+
+    def holds_lock(self, s: Session, name: str) -> bool:
+        return self.locks.holds(s, name) and self._gate_held(name)
+
+    def _gate_held(self, name: str) -> bool:
+        return self.lock_gate is None or self.lock_gate.held(name)
+
+    def _maybe_release(self, name: str) -> None:
+        if self.lock_gate is not None and self.locks.owner(name) is None:
+            self.lock_gate.release(name)
+
+    def lock_changed(self, name: str, held: bool) -> None:
+        """The lock gate took (``held``) or lost ``name`` cluster-wide: tell the local owner
+        "locked" or "stolen"; after a loss this node keeps contending while anyone waits."""
+        owner = self.locks.owner(name)
+        if owner is None:
+            if held and self.lock_gate is not None:
+                self.lock_gate.release(name)
+            return
+        self._notify(owner, "locked" if held else "stolen", [name])
+        if not held and self.lock_gate is not None:
+            self.lock_gate.want(name, steal=False)
 
     def statistics(self) -> dict[str, int]:
         return {"sessions": len(self.sessions), "commits": self.n_commits,
                 "monitors": sum(len(s.monitors) for s in self.sessions.values()),
                 "pending_transactions": sum(len(s.triggers) for s in self.sessions.values()),
+                "commits_in_flight": len(self._inflight),
                 **self.locks.statistics()}
 
 

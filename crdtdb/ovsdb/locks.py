@@ -42,6 +42,11 @@ class LockTable:
         return bool(queue) and queue[0].session == session and \
             self._waiters.get((session, name)) is queue[0]
 
+    def owner(self, name: str) -> Hashable | None:
+        """The session at the head of ``name``'s queue, if any."""
+        queue = self._queues.get(name)
+        return queue[0].session if queue else None
+
     def acquire(self, session: Hashable, name: str,
                 mode: LockMode) -> tuple[bool, Hashable | None]:
         """Queue ``session``; returns (owns it now, session that was robbed or None)."""

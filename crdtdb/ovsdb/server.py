@@ -21,9 +21,10 @@ from typing import Any
 
 import trio
 
+from crdtdb.consensus.commit import CommitOutcome, Failed
 from crdtdb.engine.snapshot import Changeset
 from crdtdb.errors import CrdtdbError
-from crdtdb.ovsdb.core import Database, ServerCore, Session
+from crdtdb.ovsdb.core import Database, LockGate, PendingCommit, ServerCore, Session
 from crdtdb.ovsdb.jsonrpc import (
     CLOSED,
     NEED_DATA,
@@ -135,6 +136,7 @@ class OvsdbServer:
         self.listeners: list[trio.SocketListener | trio.SSLListener] = []
         self._unix_paths: list[Path] = []
         self.n_connections = 0
+        self._nursery: trio.Nursery | None = None
 
     # --- connections ----------------------------------------------------------------------
 
@@ -276,6 +278,31 @@ class OvsdbServer:
         if self.core.waits_changed:
             self.core.waits_changed = False
             self._deadline_changed.set()
+        if self.core.commits:
+            commits, self.core.commits = self.core.commits, []
+            assert self._nursery is not None, "commits need a running server"
+            for pending in commits:
+                self._nursery.start_soon(self._commit, pending)
+
+    async def _commit(self, pending: PendingCommit) -> None:
+        """Hand one transaction to its database's consensus plugin (which retries on its own
+        while the cluster is unavailable, as ovsdb-server keeps a transaction pending through
+        a Raft election)."""
+        db: Any = self.core.databases[pending.request.db_name]
+        try:
+            result: CommitOutcome = await db.commit(pending.request)
+        except Exception:
+            log.exception("%s: commit of %r failed", pending.request.db_name,
+                          pending.trigger.request.id)
+            result = Failed({"error": "internal error",
+                             "details": "commit failed in the consensus plugin (logged)"})
+        self.core.commit_finished(pending, result)
+        self._flush()
+
+    def lock_changed(self, name: str, held: bool) -> None:
+        """From the lock gate: this node took or lost ``name`` cluster-wide."""
+        self.core.lock_changed(name, held)
+        self._flush()
 
     async def _timers(self) -> None:
         """Complete waits whose timeout expired."""
@@ -354,11 +381,16 @@ class OvsdbServer:
 @asynccontextmanager
 async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Remote], *,
                             ssl_files: SslFiles | None = None, limits: Limits | None = None,
+                            lock_gate: LockGate | None = None,
                             ) -> AsyncIterator[OvsdbServer]:
     """Serve ``databases`` on ``remotes`` until the block exits (then every client is
-    disconnected)."""
-    core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000))
+    disconnected). ``lock_gate`` makes OVSDB locks cluster-wide (it must call
+    :meth:`OvsdbServer.lock_changed`)."""
+    core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000),
+                      lock_gate=lock_gate)
     server = OvsdbServer(core, limits or Limits())
+    if lock_gate is not None:
+        lock_gate.on_change = server.lock_changed  # type: ignore[attr-defined]
     # Stores that change on their own (a replica merging a peer's update) say so.
     feeds: list[tuple[Any, Any]] = []
     for name, db in databases.items():
@@ -370,6 +402,7 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
             add(on_change)
             feeds.append((db, on_change))
     async with trio.open_nursery() as nursery:
+        server._nursery = nursery
         for remote in remotes:
             await server._listen(remote, ssl_files, nursery)
         nursery.start_soon(server._timers)
