@@ -261,7 +261,7 @@ class OvsdbClient:
         self._calls: dict[int, _Call] = {}
         self._out = bytearray()
         self._out_ready = trio.Event()
-        self._notes_in, self._notes_out = trio.open_memory_channel[Notification](
+        self._notes_send, self._notes_recv = trio.open_memory_channel[Notification](
             max_queued_notifications
         )
         self._lost: ConnectionLost | None = None
@@ -398,7 +398,7 @@ class OvsdbClient:
         delivered; then :class:`ConnectionLost` (or ``trio.ClosedResourceError`` after
         :meth:`aclose`)."""
         try:
-            return await self._notes_out.receive()
+            return await self._notes_recv.receive()
         except trio.EndOfChannel:
             self._check_usable()
             raise AssertionError("notification channel closed on a live connection") from None
@@ -452,7 +452,7 @@ class OvsdbClient:
         calls, self._calls = self._calls, {}
         for call in calls.values():
             call.done.set()
-        self._notes_in.close()
+        self._notes_send.close()
         self._tasks.cancel()
 
     def _queue(self, data: bytes) -> None:
@@ -521,10 +521,10 @@ class OvsdbClient:
                 self._send_nowait(ErrorReply(event.id, "unknown method"))
         else:
             try:
-                self._notes_in.send_nowait(event)
+                self._notes_send.send_nowait(event)
             except trio.WouldBlock:
                 self._lose(NotificationOverflow(
-                    f"{self._notes_in.statistics().current_buffer_used} notifications queued "
+                    f"{self._notes_send.statistics().current_buffer_used} notifications queued "
                     "and not read (max_queued_notifications)"
                 ))
 
