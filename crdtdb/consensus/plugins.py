@@ -66,7 +66,18 @@ async def open_linearizable(config: Config, schemas: Sequence[DatabaseSchema], *
             if config.lock_plugin == "etcd":
                 out.lock_gate = plugin.locks
         if "ovsdb" in by_plugin or config.lock_plugin == "ovsdb":
-            raise ConfigError("the ovsdb plugin is not built yet: use etcd or local")
+            from crdtdb.consensus.ovsdb_relay import open_ovsdb_relay
+
+            if not by_plugin.get("ovsdb"):
+                raise ConfigError("locks.plugin = \"ovsdb\" needs a database on the ovsdb "
+                                  "plugin too (locks live in the leader of its cluster)")
+
+            relay = await stack.enter_async_context(open_ovsdb_relay(
+                config.ovsdb.remotes, by_plugin.get("ovsdb", [])))
+            out.databases.update(relay.databases)
+            out.plugins["ovsdb"] = relay
+            if config.lock_plugin == "ovsdb":
+                out.lock_gate = relay.locks
         for name in out.databases:
             log.info("%s: linearizable through the %s plugin", name,
                      config.policy(name).plugin)

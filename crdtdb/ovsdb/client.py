@@ -268,6 +268,9 @@ class OvsdbClient:
         self._closed = False
         self._tasks = trio.CancelScope()
         self._last_input = trio.current_time()
+        #: Notifications received so far (queued or read): a reader that counts what it
+        #: read can tell when it has seen every notification sent before some reply.
+        self.notifications_received = 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -520,6 +523,7 @@ class OvsdbClient:
             else:
                 self._send_nowait(ErrorReply(event.id, "unknown method"))
         else:
+            self.notifications_received += 1
             try:
                 self._notes_send.send_nowait(event)
             except trio.WouldBlock:

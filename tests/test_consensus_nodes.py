@@ -1,11 +1,12 @@
-"""The Northbound on a real etcd, through several real `crdtdb serve` nodes.
+"""The Northbound on a consensus plugin (a real etcd; a real 3-member Raft ovsdb-server),
+through several real `crdtdb serve` nodes.
 
 * ovn-nbctl writes through one node and reads through another (reads are linearizable: no
   waiting for a feed);
 * read-modify-write with verify (the Python IDL incrementing NB_Global.nb_cfg from several
   processes on two nodes, retrying on "try again") never loses an increment;
-* ovn-northd active/standby across two nodes with the Southbound lock on etcd: never two
-  active at once; failover when the active ovn-northd dies and when its node dies.
+* ovn-northd active/standby across two nodes with the Southbound lock on the plugin: never
+  two active at once; failover when the active ovn-northd dies and when its node dies.
 """
 
 from __future__ import annotations
@@ -26,26 +27,67 @@ from support import NB_SCHEMA, SB_SCHEMA, need_ovn
 
 from crdtdb.testing.crdtdb_server import CrdtdbServer
 from crdtdb.testing.etcd_server import EtcdCluster, find_etcd
+from crdtdb.testing.ovsdb_cluster import OvsdbCluster
 from crdtdb.testing.ports import free_tcp_ports
 
-pytestmark = [pytest.mark.etcd, pytest.mark.ovsdb_server,
-              pytest.mark.skipif(find_etcd() is None, reason="etcd not installed")]
+pytestmark = pytest.mark.ovsdb_server
 
 CLIENTS = Path(__file__).parent / "clients"
 #: etcd's defaults (128 operations, 1.5 MiB per request) are too small for OVN transactions.
 ETCD_ARGS = ("--max-txn-ops=65536", "--max-request-bytes=33554432")
 
 
-def write_config(path: Path, endpoints: list[str], *, sb: bool = False,
-                 lock_ttl_s: int = 2) -> Path:
-    lines = ['[plugins.etcd]', f'endpoints = {json.dumps(endpoints)}',
-             f'lock_ttl_s = {lock_ttl_s}',
-             '[databases.OVN_Northbound]', 'consistency = "linearizable"', 'plugin = "etcd"']
-    if sb:
-        lines += ['[databases.OVN_Southbound]', 'consistency = "eventual"',
-                  '[locks]', 'plugin = "etcd"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+class Backend:
+    """A running consensus engine and the --config text that puts the NB (and, with
+    ``sb``, the locks) on it."""
+
+    name: str
+
+    def config(self, path: Path, *, sb: bool = False) -> Path:
+        lines = [*self.plugin_lines(), '[databases.OVN_Northbound]',
+                 'consistency = "linearizable"', f'plugin = "{self.name}"']
+        if sb:
+            lines += ['[databases.OVN_Southbound]', 'consistency = "eventual"',
+                      '[locks]', f'plugin = "{self.name}"']
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def plugin_lines(self) -> list[str]:
+        raise NotImplementedError
+
+
+class EtcdBackend(Backend):
+    name = "etcd"
+
+    def __init__(self, cluster: EtcdCluster):
+        self.cluster = cluster
+
+    def plugin_lines(self) -> list[str]:
+        return ['[plugins.etcd]', f'endpoints = {json.dumps(self.cluster.endpoints)}',
+                'lock_ttl_s = 2']
+
+
+class OvsdbBackend(Backend):
+    name = "ovsdb"
+
+    def __init__(self, cluster: OvsdbCluster):
+        self.cluster = cluster
+
+    def plugin_lines(self) -> list[str]:
+        return ['[plugins.ovsdb]', f'remotes = "{self.cluster.remotes}"']
+
+
+@pytest.fixture(params=[
+    pytest.param("etcd", marks=[pytest.mark.etcd, pytest.mark.skipif(
+        find_etcd() is None, reason="etcd not installed")]),
+    pytest.param("ovsdb", marks=pytest.mark.ovsdb_cluster)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "etcd":
+        with EtcdCluster(1, tmp_path / "etcd", extra_args=ETCD_ARGS) as cluster:
+            yield EtcdBackend(cluster)
+    else:
+        with OvsdbCluster(NB_SCHEMA, tmp_path / "raft", 3) as raft:
+            yield OvsdbBackend(raft)
 
 
 def nbctl(node: CrdtdbServer, *args: str, check: bool = True) -> str:
@@ -66,21 +108,15 @@ def eventually(what: str, fn: Callable[[], bool], timeout_s: float = 15.0) -> fl
     return time.monotonic() - t0
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with EtcdCluster(1, tmp_path / "etcd", extra_args=ETCD_ARGS) as cluster:
-        yield cluster
-
-
-def nb_nodes(tmp_path: Path, etcd: EtcdCluster, n: int) -> list[CrdtdbServer]:
-    config = write_config(tmp_path / "crdtdb.toml", etcd.endpoints)
+def nb_nodes(tmp_path: Path, backend: Backend, n: int) -> list[CrdtdbServer]:
+    config = backend.config(tmp_path / "crdtdb.toml")
     return [CrdtdbServer([NB_SCHEMA], tmp_path / f"node{i}",
                          extra_args=[f"--config={config}", f"--node-id=n{i}"])
             for i in range(n)]
 
 
-def test_nbctl_writes_on_one_node_reads_on_another(tmp_path: Path, etcd: EtcdCluster) -> None:
-    a, b = nb_nodes(tmp_path, etcd, 2)
+def test_nbctl_writes_on_one_node_reads_on_another(tmp_path: Path, backend: Backend) -> None:
+    a, b = nb_nodes(tmp_path, backend, 2)
     with a, b:
         nbctl(a, "ls-add", "sw0")
         nbctl(a, "lsp-add", "sw0", "p1", "--", "lsp-set-addresses", "p1",
@@ -90,7 +126,7 @@ def test_nbctl_writes_on_one_node_reads_on_another(tmp_path: Path, etcd: EtcdClu
         assert "sw0" in shown and "p1" in shown and "10.0.0.1" in shown, shown
         nbctl(b, "lsp-del", "p1")
         assert "p1" not in nbctl(a, "show")
-        # A third node started later loads the database from etcd.
+        # A third node started later loads the database from the plugin.
         (c,) = [CrdtdbServer([NB_SCHEMA], tmp_path / "node-late",
                              extra_args=[f"--config={tmp_path / 'crdtdb.toml'}",
                                          "--node-id=late"])]
@@ -100,8 +136,8 @@ def test_nbctl_writes_on_one_node_reads_on_another(tmp_path: Path, etcd: EtcdClu
 
 
 def test_verify_read_modify_write_never_loses_an_update(tmp_path: Path,
-                                                         etcd: EtcdCluster) -> None:
-    a, b = nb_nodes(tmp_path, etcd, 2)
+                                                        backend: Backend) -> None:
+    a, b = nb_nodes(tmp_path, backend, 2)
     per_client, clients_per_node = 15, 2
     with a, b:
         nbctl(a, "init")
@@ -121,11 +157,11 @@ def test_verify_read_modify_write_never_loses_an_update(tmp_path: Path,
         print(f"{total} increments, {retried} retried after a failed verify")
 
 
-def test_northd_lock_is_never_held_twice(tmp_path: Path, etcd: EtcdCluster) -> None:
+def test_northd_lock_is_never_held_twice(tmp_path: Path, backend: Backend) -> None:
     from test_serve_northd import Northd
 
     ports = free_tcp_ports(2)
-    config = write_config(tmp_path / "crdtdb.toml", etcd.endpoints, sb=True)
+    config = backend.config(tmp_path / "crdtdb.toml", sb=True)
     nodes = [CrdtdbServer([NB_SCHEMA, SB_SCHEMA], tmp_path / f"node{i}",
                           extra_args=[f"--config={config}", f"--node-id=n{i}",
                                       f"--listen=127.0.0.1:{ports[i]}",
@@ -150,7 +186,7 @@ def test_northd_lock_is_never_held_twice(tmp_path: Path, etcd: EtcdCluster) -> N
             active = sample().index("active")
             standby = 1 - active
             assert sample()[standby] == "standby"
-            # The SB is gossiped between the nodes; the NB is on etcd: northd works end to end.
+            # The SB is gossiped between the nodes, the NB on the plugin: northd works.
             nbctl(nodes[standby], "--wait=sb", "ls-add", "sw0")
 
             # 1. The active ovn-northd dies: its node releases the lock, the other takes it.
@@ -169,7 +205,7 @@ def test_northd_lock_is_never_held_twice(tmp_path: Path, etcd: EtcdCluster) -> N
             os.kill(nodes[standby].pid, signal.SIGKILL)
             took = eventually("lock moves after its node died",
                               lambda: sample()[active] == "active", timeout_s=20)
-            print(f"failover after the node died: {took:.2f} s (lock ttl 2 s)")
+            print(f"failover after the node died: {took:.2f} s")
             assert ("active", "active") not in statuses
         finally:
             for n in northds:

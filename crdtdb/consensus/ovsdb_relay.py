@@ -1,0 +1,380 @@
+"""The ``ovsdb`` plugin: linearizable databases kept by a real clustered (Raft) ovsdb-server.
+
+A crdtdb node is then an OVSDB relay for these databases. It keeps one connection to the
+cluster's *leader* (found through ``_Server``, as the IDL does with leader-only) and does
+everything over it:
+
+* a ``monitor`` of every table keeps the node's cache; ovsdb-server sends a session's own
+  updates before its transaction's reply, so once the reply is in and the feed has consumed
+  every notification received before it, the cache shows the commit;
+* transactions are forwarded as the client sent them: the cluster executes and linearizes
+  them (its own verify and prerequisite checks), and its result array goes back unchanged;
+* locks are taken on that same session on behalf of the node's sessions, so an OVSDB
+  ``assert`` in a forwarded transaction is checked by the cluster against the very session
+  that holds the lock: fencing comes for free.
+
+When the leader changes (or the connection drops), the node reconnects to the new leader,
+reloads the cache (a fresh monitor, diffed against the cache) and takes its locks again; its
+sessions hear "stolen" in between. A transaction whose connection dropped mid-flight may or
+may not have committed: it is answered with an explicit "commit outcome unknown" error,
+never retried blindly (a retry could apply it twice).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from crdtdb.consensus.commit import Applied, CommitOutcome, CommitRequest, Failed
+from crdtdb.consensus.database import LinearizableDatabase
+from crdtdb.engine import data as D
+from crdtdb.engine.memory import MemoryDatabase
+from crdtdb.engine.schema import DatabaseSchema, TableSchema
+from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.errors import CrdtdbError, OvsdbError
+from crdtdb.ovsdb.client import (
+    ConnectFailed,
+    ConnectionLost,
+    OvsdbClient,
+    RpcError,
+    is_leader,
+    open_ovsdb_client,
+    parse_remotes,
+)
+
+log = logging.getLogger(__name__)
+
+_SERVER_MONITOR = "crdtdb-relay-_Server"
+
+
+class RelayError(CrdtdbError):
+    """The cluster answered something the relay cannot use (a schema mismatch, a bad
+    update)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    connect_timeout_s: float = 2.0
+    #: Pause between attempts to find a leader (doubling up to the max).
+    backoff_s_min: float = 0.05
+    backoff_s_max: float = 1.0
+
+
+def _row_from_json(table: TableSchema, uuid: str, cols: dict[str, Any],
+                   base: Row | None) -> Row:
+    row = list(base if base is not None else table.default_row)
+    row[0] = (uuid,)
+    for name, value in cols.items():
+        col = table.columns.get(name)
+        if col is None:
+            raise RelayError(f"{table.name}: the cluster sent unknown column {name!r}")
+        try:
+            row[col.index] = D.datum_from_json(col.type, value)
+        except OvsdbError as exc:
+            raise RelayError(f"{table.name}.{name}: bad value from the cluster: {exc}") \
+                from None
+    # The cluster's _version is not monitored; the cache keeps its own per modification.
+    row[1] = (str(uuidlib.uuid4()),)
+    return tuple(row)
+
+
+class OvsdbRelay:
+    """One node's relay to a clustered ovsdb-server. Use :func:`open_ovsdb_relay`."""
+
+    def __init__(self, remotes: str, schemas: Iterable[DatabaseSchema], *,
+                 options: RelayOptions):
+        self.remotes = [str(r) for r in parse_remotes(remotes)]
+        self.options = options
+        self.databases: dict[str, LinearizableDatabase] = {
+            s.name: LinearizableDatabase(s, MemoryDatabase(s), self) for s in schemas}
+        self.locks = RelayLockGate(self)
+        self._client: OvsdbClient | None = None
+        self._connected = trio.Event()
+        self._processed = 0
+        self._progress = trio.Event()
+        self._was_up = False
+        self.n_connects = 0
+        self.n_commits = 0
+        self.n_unknown_outcomes = 0
+
+    # --- connection -----------------------------------------------------------------------
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected to the leader, forever. ``started`` once a first cache is loaded."""
+        backoff_s = self.options.backoff_s_min
+        status: Any = task_status
+        while True:
+            try:
+                await self._session(status)
+            except (ConnectFailed, ConnectionLost, RpcError, RelayError) as exc:
+                log.warning("ovsdb cluster: %s; looking for the leader again", exc)
+            except _NotLeader as exc:
+                log.info("ovsdb cluster: %s; looking for the leader again", exc)
+            if self.n_connects:
+                status = trio.TASK_STATUS_IGNORED
+                backoff_s = self.options.backoff_s_min if self._was_up else backoff_s
+            self._was_up = False
+            await trio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self.options.backoff_s_max)
+
+    async def _connect_leader(self, stack: AsyncExitStack) -> OvsdbClient:
+        """Connect to each remote in turn; keep the first that is the connected leader of
+        every database the relay serves (a standalone server is its own leader)."""
+        failures: list[str] = []
+        for remote in self.remotes:
+            attempt = AsyncExitStack()
+            try:
+                client = await attempt.enter_async_context(open_ovsdb_client(
+                    remote, connect_timeout_s=self.options.connect_timeout_s))
+                leader = True
+                for name in self.databases:
+                    leader = leader and await is_leader(client, name)
+                if leader:
+                    await stack.enter_async_context(attempt)
+                    log.info("ovsdb cluster: connected to the leader at %s", remote)
+                    return client
+                failures.append(f"{remote}: not the leader")
+            except (ConnectFailed, ConnectionLost, RpcError, CrdtdbError) as exc:
+                failures.append(f"{remote}: {exc}")
+            await attempt.aclose()
+        raise _NotLeader("no leader among " + "; ".join(failures))
+
+    async def _session(self, task_status: Any) -> None:
+        async with AsyncExitStack() as stack:
+            client = await self._connect_leader(stack)
+            try:
+                await client.call("monitor", ["_Server", _SERVER_MONITOR, {
+                    "Database": {"columns": ["name", "leader", "connected"]}}])
+                for name, db in self.databases.items():
+                    initial = await client.call("monitor", [
+                        name, name, {t: {} for t in db.schema.tables}])
+                    self._reload(db, initial)
+                self.n_connects += 1
+                self._was_up = True
+                self._client = client
+                self._processed = client.notifications_received
+                self._connected.set()
+                task_status.started()
+                self.locks.reconnected(client)
+                await self._consume(client)
+            finally:
+                self._client = None
+                self._connected = trio.Event()
+                self._progress.set()
+                self._progress = trio.Event()
+                self.locks.disconnected()
+
+    def _reload(self, db: LinearizableDatabase, initial: dict[str, Any]) -> None:
+        """Make the cache equal to a full dump, as one feed change."""
+        rows: dict[tuple[str, str], Row] = {}
+        for tname, trows in (initial or {}).items():
+            table = db.schema.tables[tname]
+            for uuid, upd in trows.items():
+                rows[(tname, uuid)] = _row_from_json(table, uuid, upd.get("new", {}),
+                                                     db.get_row(tname, uuid))
+        cs = Changeset()
+        for tname in db.schema.tables:
+            for uuid, old in db.iter_rows(tname):
+                new = rows.get((tname, uuid))
+                if new is None or new[2:] != old[2:]:
+                    cs.tables.setdefault(tname, {})[uuid] = RowChange(old, new)
+        for (tname, uuid), new in rows.items():
+            if db.get_row(tname, uuid) is None:
+                cs.tables.setdefault(tname, {})[uuid] = RowChange(None, new)
+        db.apply_feed(db.revision + 1, cs)
+        log.info("%s: loaded %d rows from the ovsdb cluster", db.schema.name, len(rows))
+
+    async def _consume(self, client: OvsdbClient) -> None:
+        async for note in client.notifications():
+            method, params = note.method, note.params
+            if method == "update" and len(params) == 2:
+                mon, updates = params
+                if mon == _SERVER_MONITOR:
+                    self._check_leader(updates)
+                elif mon in self.databases:
+                    self._apply_update(self.databases[mon], updates)
+            elif method in ("locked", "stolen") and params:
+                self.locks.notified(str(params[0]), method == "locked")
+            self._processed += 1
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _check_leader(self, updates: dict[str, Any]) -> None:
+        for upd in updates.get("Database", {}).values():
+            new = upd.get("new")
+            if new is None or new.get("name") not in self.databases:
+                continue
+            if new.get("leader") is False or new.get("connected") is False:
+                raise _NotLeader(f"{new.get('name')}: this member is no longer the leader")
+
+    def _apply_update(self, db: LinearizableDatabase, updates: dict[str, Any]) -> None:
+        cs = Changeset()
+        for tname, trows in updates.items():
+            table = db.schema.tables.get(tname)
+            if table is None:
+                raise RelayError(f"update for unknown table {tname!r}")
+            for uuid, upd in trows.items():
+                old = db.get_row(tname, uuid)
+                new_json = upd.get("new")
+                new = (None if new_json is None
+                       else _row_from_json(table, uuid, new_json, old))
+                if old is not None or new is not None:
+                    cs.tables.setdefault(tname, {})[uuid] = RowChange(old, new)
+        db.apply_feed(db.revision + 1, cs)
+
+    # --- commits --------------------------------------------------------------------------
+
+    async def commit(self, db: LinearizableDatabase, request: CommitRequest) -> CommitOutcome:
+        name = db.schema.name
+        while True:
+            client = self._client
+            if client is None or not client.connected:
+                await self._connected.wait()
+                continue
+            try:
+                results = await client.transact(name, request.operations)
+            except ConnectionLost as exc:
+                self.n_unknown_outcomes += 1
+                return Failed({"error": "commit outcome unknown", "details": (
+                    f"the connection to the ovsdb cluster was lost while committing ({exc}): "
+                    "the transaction may or may not have been applied")})
+            except RpcError as exc:
+                # A JSON-RPC error for the request as a whole: the client gets it too.
+                error = exc.error if isinstance(exc.error, dict) else {
+                    "error": str(exc.error)}
+                return Failed(error)
+            await self._caught_up(client)
+            self.n_commits += 1
+            return Applied(results)
+
+    async def _caught_up(self, client: OvsdbClient) -> None:
+        """Until the feed has consumed every notification received so far (so the updates
+        the server sent before a reply are in the cache)."""
+        target = client.notifications_received
+        while self._client is client and self._processed < target:
+            await self._progress.wait()
+
+    def statistics(self) -> dict[str, int]:
+        return {"connects": self.n_connects, "commits": self.n_commits,
+                "unknown_outcomes": self.n_unknown_outcomes, **self.locks.statistics()}
+
+
+class _NotLeader(CrdtdbError):
+    """The member connected to is not (or no longer) the leader."""
+
+
+class RelayLockGate:
+    """OVSDB locks held in the cluster's leader, on the relay's one session.
+
+    ovsdb-server's locks live in the leader's memory (OVN's ovn-northd instances all connect
+    to the leader for that reason); the relay asks for them there on behalf of this node's
+    sessions, and forwarded transactions' ``assert`` are checked against that session.
+    """
+
+    def __init__(self, relay: OvsdbRelay):
+        self._relay = relay
+        self._held: set[str] = set()
+        self._wanted: dict[str, bool] = {}  # name -> steal
+        self._client: OvsdbClient | None = None
+        self._nursery: trio.Nursery | None = None
+        #: Told (name, held) on every change: the server's ``lock_changed``.
+        self.on_change: Callable[[str, bool], None] = lambda name, held: None
+        self.n_acquired = 0
+        self.n_lost = 0
+
+    def held(self, name: str) -> bool:
+        return name in self._held
+
+    def want(self, name: str, *, steal: bool) -> None:
+        first = name not in self._wanted
+        self._wanted[name] = self._wanted.get(name, False) or steal
+        if self._client is not None and (first or steal):
+            self._send(self._client, name, steal)
+
+    def release(self, name: str) -> None:
+        if self._wanted.pop(name, None) is None:
+            return
+        self._held.discard(name)
+        client = self._client
+        if client is not None and self._nursery is not None:
+            self._nursery.start_soon(self._call, client, "unlock", name)
+
+    def _send(self, client: OvsdbClient, name: str, steal: bool) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._call, client, "steal" if steal else "lock", name)
+
+    async def _call(self, client: OvsdbClient, method: str, name: str) -> None:
+        try:
+            result = await client.call(method, [name])
+        except (ConnectionLost, RpcError, trio.ClosedResourceError) as exc:
+            log.warning("lock %s: %s failed: %s", name, method, exc)
+            return
+        if method != "unlock" and isinstance(result, dict) and result.get("locked") is True:
+            self.notified(name, True)
+
+    def notified(self, name: str, held: bool) -> None:
+        """A "locked"/"stolen" notification (or a lock/steal reply) from the leader."""
+        if held:
+            if name in self._wanted and name not in self._held:
+                self._held.add(name)
+                self.n_acquired += 1
+                log.info("lock %s: acquired by this node", name)
+                self.on_change(name, True)
+        elif name in self._held:
+            self._held.discard(name)
+            self.n_lost += 1
+            log.warning("lock %s: stolen by another node", name)
+            if self._wanted.get(name) and self._client is not None and self._nursery:
+                # A robbed steal leaves the leader's queue: queue again, as a plain lock.
+                self._wanted[name] = False
+                self._nursery.start_soon(self._requeue, self._client, name)
+            self.on_change(name, False)
+
+    async def _requeue(self, client: OvsdbClient, name: str) -> None:
+        await self._call(client, "unlock", name)
+        if name in self._wanted:
+            await self._call(client, "lock", name)
+
+    def reconnected(self, client: OvsdbClient) -> None:
+        self._client = client
+        for name, steal in list(self._wanted.items()):
+            self._send(client, name, steal)
+
+    def disconnected(self) -> None:
+        self._client = None
+        for name in list(self._held):
+            self._held.discard(name)
+            self.n_lost += 1
+            log.warning("lock %s: lost with the connection to the leader", name)
+            self.on_change(name, False)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statistics(self) -> dict[str, int]:
+        return {"cluster_locks_held": len(self._held),
+                "cluster_locks_acquired": self.n_acquired, "cluster_locks_lost": self.n_lost}
+
+
+@asynccontextmanager
+async def open_ovsdb_relay(remotes: str, schemas: Iterable[DatabaseSchema], *,
+                           options: RelayOptions | None = None) -> AsyncIterator[OvsdbRelay]:
+    """Relay ``schemas``' databases to the clustered ovsdb-server at ``remotes`` (comma
+    separated) until the block exits; returns once the caches are loaded from the leader."""
+    relay = OvsdbRelay(remotes, schemas, options=options or RelayOptions())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.locks.run)
+        await nursery.start(relay.run)
+        try:
+            yield relay
+        finally:
+            nursery.cancel_scope.cancel()
