@@ -30,5 +30,7 @@ def test_demo_serves_real_ovn_clients_and_keeps_data(tmp_path: Path) -> None:
         assert out.stdout.count("(sw0)") == 1, f"run {attempt}: --may-exist kept one switch"
         assert "node2 has both writes" in out.stdout
         assert "peers: 2" in out.stdout
+        assert "the Northbound on etcd" in out.stdout
     log = (tmp_path / "run" / "node0" / "crdtdb.log").read_text()
     assert "loaded" in log and "shutting down" in log
+    assert "OVN_Northbound: linearizable through the etcd plugin" in log
