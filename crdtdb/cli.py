@@ -325,6 +325,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from crdtdb.sandbox import SandboxError, run_sandbox
+
+    try:
+        return run_sandbox(Path(args.dir).resolve(), args.chassis, central=args.central,
+                           nb_plugin=args.nb_plugin, ports_per_chassis=args.ports,
+                           keep_running=not args.once)
+    except SandboxError as exc:
+        log.error("sandbox: %s", exc)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crdtdb.ovsdb.server import Limits
 
@@ -424,6 +436,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swarm", type=int, default=1, metavar="K",
                    help="run K seeds: seed, seed+1, ...")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser(
+        "sandbox", help="run a real OVN cloud on this machine, its Southbound on crdtdb nodes",
+        description="Start N real chassis (ovsdb-server, ovs-vswitchd with the dummy datapath, "
+                    "ovn-controller), each with its own crdtdb node serving the Southbound and "
+                    "gossiping with a central node that serves the Northbound (linearizable) "
+                    "and the Southbound to ovn-northd; add ports, wait for --wait=hv, show "
+                    "the result, and keep running until Ctrl-C. See docs/sandbox.md.")
+    p.add_argument("--chassis", type=int, default=3, help="number of chassis (default 3)")
+    p.add_argument("--dir", default="sandbox", help="where everything runs (default ./sandbox)")
+    p.add_argument("--central", choices=("crdtdb", "ovsdb"), default="crdtdb",
+                   help="crdtdb (default): a crdtdb node per chassis; ovsdb: one central "
+                        "ovsdb-server, for comparison")
+    p.add_argument("--nb-plugin", choices=("local", "etcd"), default="local",
+                   help="the Northbound's consensus plugin (etcd starts a local etcd)")
+    p.add_argument("--ports", type=int, default=2, help="logical ports per chassis")
+    p.add_argument("--once", action="store_true", help="stop after showing the cloud")
+    p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("schema", help="check .ovsschema files",
                        description="Parse and validate schemas; print a summary of each.")
