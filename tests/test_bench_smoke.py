@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from support import require_binaries
+from support import need_ovn, require_binaries
 
+from crdtdb.testing.etcd_server import find_etcd
 from crdtdb.testing.ovsdb_server import find_sb_schema
 
 
@@ -68,3 +69,20 @@ def test_bench_gossip_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_gossip.main(["--quick", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "| 10 |" in out and "redundancy" in out
+
+
+@pytest.mark.ovsdb_server
+@pytest.mark.etcd
+@pytest.mark.ovsdb_cluster
+def test_bench_consensus_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    need_ovn()
+    if find_etcd() is None:
+        pytest.skip("etcd not installed")
+    from sims import bench_consensus
+
+    assert bench_consensus.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for line in ("ovsdb cluster, direct (leader)", "crdtdb -> ovsdb cluster", "crdtdb -> etcd",
+                 "write (ls-add / ls-del) p50", "read (select NB_Global) p50",
+                 "verified read-modify-write", "write throughput, 4 clients", "goal ("):
+        assert line in out
