@@ -190,7 +190,7 @@ class ServerCore:
             return
         s.closed = True
         self.sessions.pop(s.id, None)
-        names = [name for (sess, name) in list(self.locks._waiters) if sess is s]
+        names = self.locks.names_of(s)
         for name, owner in self.locks.release_all(s):
             if self._gate_held(name):
                 self._notify(owner, "locked", [name])

@@ -42,6 +42,10 @@ class LockTable:
         return bool(queue) and queue[0].session == session and \
             self._waiters.get((session, name)) is queue[0]
 
+    def names_of(self, session: Hashable) -> list[str]:
+        """The locks ``session`` holds or waits for."""
+        return [name for s, name in self._waiters if s == session]
+
     def owner(self, name: str) -> Hashable | None:
         """The session at the head of ``name``'s queue, if any."""
         queue = self._queues.get(name)
