@@ -6,8 +6,10 @@ state that the plugin's change feed keeps), then hands the result to the plugin 
 depended on changed since ``base_revision`` — or answers :class:`Retry`, and the core runs the
 transaction again on the newer cache, as ovsdb-server re-runs a transaction after a Raft
 "cluster error". A read-only transaction is a request too (with no changeset): the plugin
-answers once the cache has caught up with everything committed before the request, so reads
-are linearizable as well.
+finds the last commit before the request (a barrier), and answers Applied only if nothing the
+read depends on changed between ``base_revision`` and that commit (else Retry: it runs again
+on the newer cache). A plugin must never acknowledge a read whose result was computed on a
+cache older than its barrier: that is a stale read.
 """
 
 from __future__ import annotations

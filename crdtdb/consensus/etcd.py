@@ -252,15 +252,24 @@ class EtcdPlugin:
     async def commit(self, db: LinearizableDatabase, request: CommitRequest) -> CommitOutcome:
         backoff = _Backoff(self.options)
         if request.read_only:
-            # Linearizable read: the cache must show every commit that finished before now.
+            # Linearizable read, linearized at this barrier: the result (computed on the
+            # cache at base_revision) stands only if nothing it read changed since then.
             while True:
                 try:
-                    await db.wait_for_revision(await self._last_commit_revision(db))
-                    return Applied()
+                    mods = await self._table_revisions(db)
                 except EtcdUnavailable as exc:
                     log.warning("%s: etcd unavailable for a read (%s); retrying",
                                 db.schema.name, exc)
                     await backoff.wait()
+                    continue
+                await db.wait_for_revision(max(mods.values(), default=0))
+                changed = [t for t in conflict_tables(db.schema, request)
+                           if mods.get(t, 0) > request.base_revision]
+                if changed:
+                    self.n_retries += 1
+                    return Retry("a commit to " + ", ".join(sorted(changed))
+                                 + " raced the read")
+                return Applied()
         name = db.schema.name
         tables = sorted(conflict_tables(db.schema, request))
         compares = [Compare.mod(self._table_key(name, t), "LESS", request.base_revision + 1)
@@ -323,11 +332,12 @@ class EtcdPlugin:
             return Retry("lock lost" if lost_locks else
                          "a table it depends on changed: " + ", ".join(tables))
 
-    async def _last_commit_revision(self, db: LinearizableDatabase) -> int:
-        """The revision of the last commit to ``db`` (a quorum read: etcd's default)."""
+    async def _table_revisions(self, db: LinearizableDatabase) -> dict[str, int]:
+        """Table -> revision of the last commit that changed it (a quorum read: etcd's
+        default)."""
         prefix = f"{self._db_prefix(db.schema.name)}t/".encode()
         res = await self.client.range(prefix, prefix_end(prefix))
-        return max((kv.mod_revision for kv in res.kvs), default=0)
+        return {kv.key[len(prefix):].decode(): kv.mod_revision for kv in res.kvs}
 
     def statistics(self) -> dict[str, int]:
         return {"commits": self.n_commits, "retries": self.n_retries,
