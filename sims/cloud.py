@@ -1,22 +1,32 @@
-"""Seeded, deterministic simulations of an OVN cloud's Southbound on crdtdb nodes.
+"""Seeded, deterministic simulations of an OVN cloud on crdtdb nodes.
 
 N real nodes (engine, replica, gossip, the node loop) on the memory transport under trio's
 MockClock, each with a simulated disk. Node 0 plays ovn-northd (datapaths, port bindings,
 logical flows, nb_cfg); every node plays a chassis (registers Chassis/Encap/Chassis_Private,
-claims the ports requested for it, reports nb_cfg, learns MAC bindings). A seeded fault phase
-(partitions, loss, delay spikes, crashes with restarts, clock jumps) is followed by a healed
-phase that must converge. Then the checks: all views identical and valid, no acknowledged
-write lost, every hidden row accounted for as a conflict.
+claims the ports requested for it, reports nb_cfg, learns MAC bindings). The Southbound is a
+gossiped replica on every node.
+
+The Northbound is linearizable: on every node a :class:`~crdtdb.consensus.LinearizableDatabase`
+whose plugin is :mod:`sims.simconsensus` (a Raft group of simulated members hosted on the
+first nodes, on the same simulated network). CMS-like clients on the first nodes read, write
+and compare-and-set registers (NB_Global's nb_cfg, Logical_Switch external_ids) through
+their own node, each transaction committed through the plugin as the server core does; every
+call and return goes into a history for the linearizability checker.
+
+A seeded fault phase (partitions, loss, delay spikes, crashes with restarts, clock jumps) is
+followed by a healed phase that must converge. Then the checks: all views identical and
+valid, no acknowledged write lost, every hidden row accounted for as a conflict; the
+Northbound history linearizable, every node's Northbound cache the same, no committed entry
+lost.
 
 One seed fully determines a run: same seed, same trace hash (run with PYTHONHASHSEED=0, as
 ``crdtdb sim`` does). Every failure says "reproduce with seed=N".
-
-The Northbound's linearizable path is not simulated yet (the consensus issue).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import uuid as uuidlib
 from collections.abc import Callable
@@ -28,15 +38,33 @@ from typing import Any
 import trio
 import trio.testing
 
+from crdtdb.consensus.commit import Applied, CommitRequest, Failed
 from crdtdb.engine import DatabaseSchema, integrity
 from crdtdb.node import open_node
 from crdtdb.replica import Replica
 from crdtdb.replica.conflicts import ROW_KINDS
 from crdtdb.replica.envelope import decode_state_vector, open_sealed, single_writer_span
+from crdtdb.testing.linearizability import HistoryRecorder, KeyValueModel, check
+from sims.simconsensus import (
+    LEADER,
+    UNKNOWN_OUTCOME,
+    Member,
+    MemberDisk,
+    NbClient,
+    Stats,
+    Timing,
+)
 from sims.simdisk import SimLog
 from transport.memory import LinkFaults, MemoryNetwork
 
 SB = "OVN_Southbound"
+NB = "OVN_Northbound"
+#: The Northbound registers of the history: NB_Global's nb_cfg (bumped by compare-and-set,
+#: as ``ovn-nbctl --wait`` does) and the value "v" of some Logical_Switch rows' external_ids.
+NB_SWITCHES = ("ls0", "ls1", "ls2")
+NB_KEYS = ("nb_cfg", *NB_SWITCHES)
+#: Conflicts in a row before a Northbound transaction gives up ("try again").
+NB_MAX_RETRIES = 20
 PROFILES = ("none", "halves", "minority", "one-way", "flapping", "loss", "delay", "crash",
             "clock-jump", "mixed")
 
@@ -53,6 +81,13 @@ class SimConfig:
     degree: int = 4
     datapaths: int = 3
     schema_path: str = "/usr/share/ovn/ovn-sb.ovsschema"
+    nb_schema_path: str = "/usr/share/ovn/ovn-nb.ovsschema"
+    #: consensus members of the Northbound; member i is hosted on node i (mod nodes)
+    nb_members: int = 3
+    #: nodes 0..nb_clients-1 run a CMS-like Northbound client whose operations are checked
+    nb_clients: int = 5
+    #: wall seconds the linearizability checker may take before the verdict is "undecided"
+    check_timeout_s: float = 30.0
 
 
 @dataclass
@@ -72,6 +107,19 @@ class SimResult:
     frames: int
     crashes: int
     simulated_s: float
+    #: the Northbound history passed the checker (None: undecided within the time limit)
+    linearizable: bool | None = None
+    nb_ops: int = 0
+    nb_unknown_ops: int = 0
+    #: completed Northbound transactions, call to return (retries and barriers included)
+    nb_commit_ms: dict[str, float | None] = field(default_factory=dict)
+    nb_settled: bool = False
+    nb_elections: int = 0
+    nb_retries: int = 0
+    nb_bytes_per_node: float = 0.0
+    nb_violations: list[str] = field(default_factory=list)
+    #: the checker's explanation when the history is not linearizable
+    nb_check_report: str | None = None
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -93,17 +141,35 @@ def pin_determinism(seed: int) -> None:
     trio_run._r.seed(seed)
 
 
+class _HostFaults(LinkFaults):
+    """Faults between hosts: an endpoint that is not a node (a node's Northbound client, a
+    consensus member) is cut off, delayed and lost with the node that hosts it."""
+
+    def __init__(self, *, host: dict[str, str], **kw: Any):
+        super().__init__(**kw)
+        self.host = host
+
+    def blocked(self, a: str, b: str) -> bool:
+        return super().blocked(self.host.get(a, a), self.host.get(b, b))
+
+
 class _Node:
     def __init__(self, sim: Simulation, i: int):
         self.sim = sim
         self.i = i
         self.name = f"hv{i}"
+        self.nb_name = f"{self.name}:nb"
         self.rng = random.Random(sim.rng.random())
         self.disk = SimLog(self.name)
         self.replica: Replica | None = None
         self.crashed = trio.Event()
         self.up = False
         self.chassis: str | None = None
+        self.life = 0
+        self.nb: NbClient | None = None
+        self.nb_lock = trio.Lock()
+        #: the consensus members this node hosts (they crash with it)
+        self.members = [m for m in sim.nb_members if sim.host[m] == self.name]
 
     def new_uuid(self) -> str:
         return str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
@@ -125,25 +191,44 @@ class _Node:
 
     async def run(self) -> None:
         """The node's life: up until crashed, down for a while, up again (replayed)."""
+        sim = self.sim
         while True:
             self.crashed = trio.Event()
+            self.life += 1
             replica = self.open_replica()
-            transport = self.sim.net.revive(self.name)
+            transport = sim.net.revive(self.name)
             async with AsyncExitStack() as stack:
                 await stack.enter_async_context(open_node(
                     {SB: replica}, node_id=self.name, transport=transport,
                     rng=random.Random(self.rng.random())))
+                self.nb = NbClient(self.nb_name, sim.nb_members, sim.net.revive(self.nb_name),
+                                   sim.nb_schema, life=self.life,
+                                   rng=random.Random(self.rng.random()), timing=sim.nb_timing,
+                                   stats=sim.nb_stats, new_uuid=self.new_uuid)
+                self.nb_lock = trio.Lock()
                 self.up = True
                 async with trio.open_nursery() as n:
+                    for name in self.members:
+                        member = Member(name, sim.nb_members, sim.nb_disks[name],
+                                        sim.net.revive(name),
+                                        rng=random.Random(self.rng.random()),
+                                        timing=sim.nb_timing, stats=sim.nb_stats)
+                        sim.nb_live[name] = member
+                        n.start_soon(member.run)
+                    n.start_soon(self.nb.run)
                     n.start_soon(self.chassis_agent)
                     if self.i == 0:
                         n.start_soon(self.northd)
+                    if self.i < sim.config.nb_clients:
+                        n.start_soon(self.nb_agent)
                     await self.crashed.wait()
                     n.cancel_scope.cancel()
             self.up = False
             self.disk.crash()
-            self.sim.net.crash(self.name)
-            await self.sim.restarted[self.name].wait()
+            for name in (self.name, self.nb_name, *self.members):
+                sim.net.crash(name)
+                sim.nb_live.pop(name, None)
+            await sim.restarted[self.name].wait()
 
     def crash(self) -> None:
         self.sim.crashes += 1
@@ -233,9 +318,160 @@ class _Node:
                     self.transact([{"op": "delete", "table": "Logical_Flow",
                                     "where": [["priority", "==", self.rng.randrange(100)]]}])
             else:
-                nb_cfg += 1
-                self.transact([{"op": "update", "table": "SB_Global", "where": [],
-                                "row": {"nb_cfg": nb_cfg}}])
+                # Copy the Northbound's nb_cfg (as this node's cache has it) to the SB.
+                nb = self.nb_values()
+                if nb is not None and nb["nb_cfg"] != nb_cfg:
+                    nb_cfg = nb["nb_cfg"]
+                    self.transact([{"op": "update", "table": "SB_Global", "where": [],
+                                    "row": {"nb_cfg": nb_cfg}}])
+
+    # --- the Northbound: committed through the consensus plugin ----------------------------
+
+    async def nb_transact(self, ops: list[Any]) -> tuple[str, list[Any] | None]:
+        """Run a transaction as the server core does for a linearizable database: execute
+        it on the cache, commit it through the plugin, run it again on Retry; one in flight
+        per node. ("ok", results) once committed (or, for a read, linearized); ("unknown",
+        None) when the plugin cannot tell; ("refused", ...) when it certainly had no effect.
+        """
+        assert self.nb is not None
+        db = self.nb.db
+        self.sim.nb_inflight += 1
+        try:
+            async with self.nb_lock:
+                for _ in range(NB_MAX_RETRIES):
+                    outcome = db.execute(ops)
+                    if outcome.results is None:  # a wait that would block: not used here
+                        return "refused", None
+                    result = await db.commit(CommitRequest(
+                        NB, ops, outcome.changeset or None, outcome.read_set, db.revision))
+                    if isinstance(result, Applied):
+                        return "ok", outcome.results
+                    if isinstance(result, Failed):
+                        if result.error.get("error") == UNKNOWN_OUTCOME:
+                            return "unknown", None
+                        return "refused", [*outcome.results, result.error]
+                    self.sim.nb_retries += 1
+                return "refused", None
+        finally:
+            self.sim.nb_inflight -= 1
+
+    def nb_values(self) -> dict[str, int] | None:
+        """The registers as this node's cache has them (None before the setup)."""
+        if self.nb is None:
+            return None
+        db = self.nb.db
+        tables = db.schema.tables
+        out: dict[str, int] = {}
+        for _, row in db.iter_rows("NB_Global"):
+            out["nb_cfg"] = row[tables["NB_Global"].columns["nb_cfg"].index][0]
+        ls = tables["Logical_Switch"].columns
+        for _, row in db.iter_rows("Logical_Switch"):
+            name = row[ls["name"].index][0]
+            if name in NB_SWITCHES:
+                out[name] = int(dict(row[ls["external_ids"].index]).get("v", "0"))
+        return out if len(out) == len(NB_KEYS) else None
+
+    def _nb_setup_ops(self) -> list[Any]:
+        assert self.nb is not None
+        db = self.nb.db
+        ops: list[Any] = []
+        if db.row_count("NB_Global") == 0:
+            ops += [{"op": "wait", "table": "NB_Global", "where": [], "columns": ["nb_cfg"],
+                     "until": "==", "rows": [], "timeout": 0},
+                    {"op": "insert", "table": "NB_Global", "row": {}}]
+        name_i = db.schema.tables["Logical_Switch"].columns["name"].index
+        have = {row[name_i][0] for _, row in db.iter_rows("Logical_Switch")}
+        for name in NB_SWITCHES:
+            if name not in have:
+                ops += [{"op": "wait", "table": "Logical_Switch",
+                         "where": [["name", "==", name]], "columns": ["name"],
+                         "until": "==", "rows": [], "timeout": 0},
+                        {"op": "insert", "table": "Logical_Switch", "row": {"name": name}}]
+        return ops
+
+    async def nb_agent(self) -> None:
+        """A CMS-like client: creates the rows if its node does not see them yet (guarded
+        by waits, so only one node's attempt takes effect; the registers start at 0), then
+        reads, writes and compare-and-sets them through this node, every call recorded."""
+        sim = self.sim
+        rng = random.Random(self.rng.random())
+        while sim.workload_on and self._nb_setup_ops():
+            await self.nb_transact(self._nb_setup_ops())
+            if self._nb_setup_ops():
+                await trio.sleep(rng.uniform(0.1, 0.3))
+        ls = {"table": "Logical_Switch", "columns": ["external_ids"]}
+        while sim.workload_on:
+            await trio.sleep(rng.uniform(0.2, 0.6))
+            values = self.nb_values()
+            if not sim.workload_on or values is None:
+                continue
+            key = rng.choice(NB_KEYS)
+            what = rng.random()
+            if key == "nb_cfg":
+                g = {"table": "NB_Global", "where": [], "columns": ["nb_cfg"]}
+                if what < 0.5:
+                    await self._nb_call(key, ("read",), [{"op": "select", **g}])
+                else:
+                    now = values[key]
+                    await self._nb_call(key, ("cas", now, now + 1), [
+                        {"op": "wait", **g, "until": "==", "rows": [{"nb_cfg": now}],
+                         "timeout": 0},
+                        {"op": "update", "table": "NB_Global", "where": [],
+                         "row": {"nb_cfg": now + 1}}])
+                continue
+            where = [["name", "==", key]]
+            if what < 0.4:
+                await self._nb_call(key, ("read",), [{"op": "select", **ls, "where": where}])
+            elif what < 0.75:
+                new = next(sim.nb_fresh)
+                await self._nb_call(key, ("write", new), [
+                    {"op": "update", "table": "Logical_Switch", "where": where,
+                     "row": {"external_ids": _ext(new)}}])
+            else:
+                now, new = values[key], next(sim.nb_fresh)
+                await self._nb_call(key, ("cas", now, new), [
+                    {"op": "wait", **ls, "where": where, "until": "==",
+                     "rows": [{"external_ids": _ext(now)}], "timeout": 0},
+                    {"op": "update", "table": "Logical_Switch", "where": where,
+                     "row": {"external_ids": _ext(new)}}])
+
+    async def _nb_call(self, key: str, call: tuple[Any, ...], ops: list[Any]) -> None:
+        """One register operation: invoked, run, its response (or unknown fate) recorded.
+        A node that crashes meanwhile never returns: the call stays open (unknown)."""
+        sim = self.sim
+        h = sim.history.invoke(self.i, call, key)
+        t0 = trio.current_time()
+        status, results = await self.nb_transact(ops)
+        if status == "unknown":
+            sim.history.info(h)
+            return
+        errors = [i for i, r in enumerate(results or []) if isinstance(r, dict) and "error" in r]
+        if status != "ok" or results is None:
+            sim.history.fail(h)
+            return
+        if call[0] == "read":
+            rows = results[0]["rows"]
+            if key == "nb_cfg":
+                output = rows[0]["nb_cfg"] if rows else 0
+            else:
+                output = int(dict(rows[0]["external_ids"][1]).get("v", "0")) if rows else 0
+        elif call[0] == "write":
+            if errors or results[0].get("count") != 1:
+                sim.history.fail(h)
+                return
+            output = None
+        else:  # cas: the wait failed (False) or the update went through (True)
+            if (errors and errors[0] != 0) or (not errors and results[1].get("count") != 1):
+                sim.history.fail(h)
+                return
+            output = not errors
+        sim.history.ok(h, output)
+        sim.nb_latency.append(trio.current_time() - t0)
+
+
+def _ext(value: int) -> list[Any]:
+    """A register's value in Logical_Switch external_ids (0: no key)."""
+    return ["map", [["v", str(value)]] if value else []]
 
 
 class Simulation:
@@ -245,8 +481,21 @@ class Simulation:
         self.rng = random.Random(config.seed)
         self.profile = config.profile or self.rng.choice(PROFILES)
         self.schema = DatabaseSchema.from_file(config.schema_path).stored()
+        self.nb_schema = DatabaseSchema.from_file(config.nb_schema_path).stored()
+        self.nb_members = [f"nbm{i}" for i in range(config.nb_members)]
+        self.host = {m: f"hv{i % config.nodes}" for i, m in enumerate(self.nb_members)}
+        self.host.update({f"hv{i}:nb": f"hv{i}" for i in range(config.nodes)})
+        self.nb_disks = {m: MemberDisk() for m in self.nb_members}
+        self.nb_live: dict[str, Member] = {}
+        self.nb_timing = Timing()
+        self.nb_stats = Stats()
+        self.history = HistoryRecorder(clock=trio.current_time)
+        self.nb_fresh = itertools.count(1)  # register values: each one written once
+        self.nb_latency: list[float] = []
+        self.nb_inflight = 0
+        self.nb_retries = 0
         self.net = MemoryNetwork(rng=random.Random(self.rng.random()),
-                                 faults=LinkFaults(latency_s=(0.001, 0.01)))
+                                 faults=_HostFaults(latency_s=(0.001, 0.01), host=self.host))
         self.trace = hashlib.sha256()
         self.net.on_deliver = self._traced
         self.nodes = [_Node(self, i) for i in range(config.nodes)]
@@ -261,6 +510,9 @@ class Simulation:
         self.seen: dict[str, dict[str, float]] = {}  # row uuid -> node -> first time
         for n in self.nodes:
             self.net.endpoint(n.name)
+            self.net.endpoint(n.nb_name)
+        for m in self.nb_members:
+            self.net.endpoint(m)
 
     def _traced(self, now: float, src: str, dst: str, frame: bytes) -> None:
         self.trace.update(f"{now:.6f} {src} {dst} ".encode())
@@ -342,7 +594,18 @@ class Simulation:
                 for b in topo.sample([x for x in names if x != a], min(cfg.degree,
                                                                         len(names) - 1)):
                     self.net.connect(a, b)
+            for a, b in itertools.combinations(self.nb_members, 2):
+                self.net.connect(a, b)
+            for n in self.nodes:
+                for m in self.nb_members:
+                    self.net.connect(n.nb_name, m)
             await trio.sleep(1.0)
+            # The Northbound's rows exist (the registers of the history), and every node's
+            # cache shows them, before the faults (a few more seconds at most).
+            t_ready = trio.current_time() + 5.0
+            while trio.current_time() < t_ready and not all(
+                    n.nb_values() is not None for n in self.nodes):
+                await trio.sleep(0.1)
             t_fault = self.t_measure = trio.current_time()
             async with trio.open_nursery() as phase:
                 phase.start_soon(self.faults)
@@ -352,22 +615,44 @@ class Simulation:
                         progress(trio.current_time() - t_fault, cfg.fault_s + cfg.heal_limit_s)
             self.workload_on = False
             t_heal = trio.current_time()
-            converged_at = None
+            converged_at = nb_settled_at = None
             while trio.current_time() - t_heal < cfg.heal_limit_s:
                 await trio.sleep(0.5)
                 if progress:
                     progress(cfg.fault_s + trio.current_time() - t_heal,
                              cfg.fault_s + cfg.heal_limit_s)
-                if all(n.up for n in self.nodes) and self._converged():
+                if converged_at is None and all(n.up for n in self.nodes) and \
+                        self._converged():
                     converged_at = trio.current_time() - t_heal
+                if nb_settled_at is None and self._nb_settled():
+                    nb_settled_at = trio.current_time() - t_heal
+                if converged_at is not None and nb_settled_at is not None:
                     break
             replicas = [n.replica for n in self.nodes if n.replica is not None]
             violations = self._check_views(replicas)
             lost = self._lost_writes(replicas)
+            nb_states = [n.nb.state() for n in self.nodes if n.nb is not None]
             simulated = trio.current_time()
             nursery.cancel_scope.cancel()
         if converged_at is None:
             failures.append(f"no convergence within {cfg.heal_limit_s} s after the heal")
+        nb_violations = list(self.nb_stats.violations)
+        if nb_settled_at is None:
+            failures.append(f"the Northbound did not settle within {cfg.heal_limit_s} s "
+                            "after the heal (no leader, or some node's cache behind)")
+        elif any(s != nb_states[0] for s in nb_states):
+            nb_violations.append("nodes' Northbound caches differ after the heal")
+        if nb_violations:
+            failures.append(f"{len(nb_violations)} Northbound violations, e.g. "
+                            f"{nb_violations[0]}")
+        history = self.history.history()
+        verdict = check(history, KeyValueModel(0), timeout_s=cfg.check_timeout_s)
+        report = None
+        if verdict.ok is False:
+            report = verdict.explain()
+            lines = report.splitlines()
+            failures.append("the Northbound history is not linearizable: " + lines[0] + "\n"
+                            + "\n".join(lines[-8:]) + "\n(nb_check_report has all of it)")
         if violations:
             failures.append(f"{len(violations)} invariant violations, e.g. {violations[0]}")
         if lost:
@@ -375,6 +660,8 @@ class Simulation:
         for r in replicas:
             self.trace.update(repr(sorted((t, sorted(rows.items()))
                                           for t, rows in r.view.raw.items())).encode())
+        for s in nb_states:
+            self.trace.update(repr(s).encode())
         reach = sorted(max(self.seen[u].values()) - t for u, t in self.inserted.items()
                        if t >= self.t_measure and len(self.seen.get(u, {})) == len(self.nodes))
         first = replicas[0] if replicas else None
@@ -385,11 +672,30 @@ class Simulation:
             invariant_violations=violations, lost_writes=lost,
             acknowledged_writes=len(self.acked),
             conflicts=dict(first.conflicts.counts()) if first else {},
-            propagation_ms={q: (reach[min(len(reach) - 1, int(p * len(reach)))] * 1000
-                                if reach else None)
-                            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
-            bytes_per_node=self.net.bytes_sent / cfg.nodes, frames=self.net.frames_sent,
-            crashes=self.crashes, simulated_s=simulated, failures=failures)
+            propagation_ms=_percentiles(reach),
+            bytes_per_node=(self.net.bytes_sent - self.nb_stats.bytes) / cfg.nodes,
+            frames=self.net.frames_sent - self.nb_stats.frames,
+            crashes=self.crashes, simulated_s=simulated,
+            linearizable=verdict.ok, nb_ops=len(history),
+            nb_unknown_ops=sum(1 for op in history if op.unknown),
+            nb_commit_ms=_percentiles(sorted(self.nb_latency)),
+            nb_settled=nb_settled_at is not None, nb_elections=self.nb_stats.elections,
+            nb_retries=self.nb_retries, nb_bytes_per_node=self.nb_stats.bytes / cfg.nodes,
+            nb_violations=nb_violations, nb_check_report=report, failures=failures)
+
+    def _nb_settled(self) -> bool:
+        """Every member up, a leader with its whole log committed, no Northbound transaction
+        in flight, and every node's cache at that revision."""
+        if self.nb_inflight or len(self.nb_live) < len(self.nb_members):
+            return False
+        leaders = [m for m in self.nb_live.values() if m.role == LEADER]
+        if not leaders:
+            return False
+        top = max(leaders, key=lambda m: m.disk.term)
+        if top.commit_index != len(top.disk.log):
+            return False
+        return all(n.up and n.nb is not None and n.nb.db.revision == top.commit_index
+                   for n in self.nodes)
 
     def _converged(self) -> bool:
         first, *rest = [n.replica for n in self.nodes]
@@ -417,10 +723,18 @@ class Simulation:
         return lost
 
 
+def _percentiles(sorted_s: list[float]) -> dict[str, float | None]:
+    """p50/p90/p99 in milliseconds of sorted durations in seconds."""
+    n = len(sorted_s)
+    return {q: (round(sorted_s[min(n - 1, int(p * n))] * 1000, 3) if n else None)
+            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+
+
 def run(config: SimConfig, progress: Callable[[float, float], None] | None = None
         ) -> SimResult:
-    if not Path(config.schema_path).exists():
-        raise FileNotFoundError(f"{config.schema_path}: install ovn-common")
+    for path in (config.schema_path, config.nb_schema_path):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: install ovn-common")
     pin_determinism(config.seed)
     clock = trio.testing.MockClock(autojump_threshold=0)
     sim = Simulation(config, clock)

@@ -1,4 +1,5 @@
-"""The simulator: deterministic, passes a swarm of seeds, and catches planted bugs."""
+"""The simulator: deterministic, passes a swarm of seeds, and catches planted bugs (in the
+gossip, in the view, and in the Northbound's consensus plugin)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from sims.cloud import SimConfig, run
+from crdtdb.consensus.commit import Applied, CommitOutcome, CommitRequest, Failed
+from sims import simconsensus
+from sims.cloud import SimConfig, SimResult, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = Path("/usr/share/ovn/ovn-sb.ovsschema")
@@ -42,17 +45,20 @@ def test_same_seed_same_trace(tmp_path: Path) -> None:
     c = _cli(tmp_path, "--seed=12", "--nodes=4", "--fault-s=6", "--profile=mixed")
     assert a["trace_hash"] == b["trace_hash"] != c["trace_hash"]
     for key in ("trace_hash", "converged", "invariant_violations", "lost_writes",
-                "propagation_ms", "bytes_per_node"):
+                "propagation_ms", "bytes_per_node", "linearizable", "nb_ops", "nb_commit_ms"):
         assert key in a
     assert a["converged"] and a["invariant_violations"] == [] and a["lost_writes"] == 0
+    assert a["linearizable"] is True and a["nb_ops"] > 0 and a["nb_settled"]
+    assert a["nb_commit_ms"]["p50"] is not None
 
 
-def _swarm(seeds: range, nodes: tuple[int, int], fault_s: float) -> list[Any]:
+def _swarm(seeds: range, nodes: tuple[int, int], fault_s: float) -> list[SimResult]:
     results = []
     for seed in seeds:
         n = nodes[0] + seed % (nodes[1] - nodes[0] + 1)
         r = run(SimConfig(seed=seed, nodes=n, fault_s=fault_s, heal_limit_s=30))
         assert r.ok, f"reproduce with seed={seed} (nodes={n}): {r.failures}"
+        assert r.linearizable is True, f"reproduce with seed={seed} (nodes={n}): undecided"
         results.append(r)
     return results
 
@@ -62,6 +68,9 @@ def test_short_swarm() -> None:
     assert {r.profile for r in results} >= {"crash", "loss"} or len(
         {r.profile for r in results}) >= 5
     assert sum(r.acknowledged_writes for r in results) > 200
+    # The Northbound did work, and the faults left some outcomes unknown.
+    assert sum(r.nb_ops for r in results) > 400
+    assert sum(r.nb_unknown_ops for r in results) > 0
 
 
 @pytest.mark.slow
@@ -109,3 +118,54 @@ def test_swarm_finds_a_broken_merge_rule(monkeypatch: pytest.MonkeyPatch) -> Non
              if run(SimConfig(seed=seed, nodes=4, fault_s=8, profile="halves",
                               heal_limit_s=10)).invariant_violations]
     assert found, "the planted bug went unnoticed"
+
+
+# --- planted bugs in the Northbound's consensus plugin --------------------------------------
+
+
+def _first_caught(profiles: tuple[str, ...], seeds: range = range(12)) -> int | None:
+    """The first seed whose run the linearizability checker rejects (a partition profile
+    each, in turn), or None."""
+    for seed in seeds:
+        r = run(SimConfig(seed=seed, nodes=4 + seed % 2, fault_s=6, heal_limit_s=10,
+                          profile=profiles[seed % len(profiles)]))
+        if r.linearizable is False:
+            assert not r.ok and any("not linearizable" in f for f in r.failures)
+            return seed
+    return None
+
+
+def test_swarm_finds_commits_acknowledged_without_a_majority(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: the leader counts an entry committed as soon as it holds it. A leader
+    cut off in a minority keeps acknowledging writes that the majority's new leader never
+    sees (and later overwrites): the history checker must notice."""
+    monkeypatch.setattr(simconsensus.Member, "commit_quorum", lambda self: 1)
+    assert _first_caught(("halves", "flapping")) is not None, "the planted bug went unnoticed"
+
+
+def test_swarm_finds_reads_without_a_barrier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: reads (and failed compare-and-sets) are answered from the node's cache
+    without a majority round. A node cut off from the members serves stale values while the
+    others move on."""
+    async def no_barrier(self: simconsensus.NbClient, request: CommitRequest
+                         ) -> CommitOutcome:
+        return Applied()
+
+    monkeypatch.setattr(simconsensus.NbClient, "read_barrier", no_barrier)
+    assert _first_caught(("minority", "halves")) is not None, "the planted bug went unnoticed"
+
+
+def test_swarm_finds_reads_answered_from_before_their_barrier(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug, subtler: the barrier is there, but the read's result is the one computed
+    on the cache before it (not run again when a table it read changed meanwhile). A node
+    whose cache lagged while the others wrote answers with the old value."""
+    async def barrier_only(self: simconsensus.NbClient, request: CommitRequest
+                           ) -> CommitOutcome:
+        got = await self._request({"k": "read"})
+        return Applied() if got else Failed({"error": simconsensus.UNKNOWN_OUTCOME})
+
+    monkeypatch.setattr(simconsensus.NbClient, "read_barrier", barrier_only)
+    assert _first_caught(("minority", "halves", "flapping"), range(14)) is not None, \
+        "the planted bug went unnoticed"
