@@ -305,9 +305,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             sys.stderr.write("\r" + " " * 70 + "\r")
         verdict = "ok" if result.ok else "FAILED: " + "; ".join(result.failures)
+        nb = {True: "linearizable", False: "NOT linearizable", None: "undecided"}[
+            result.linearizable]
         print(f"seed {seed}: {args.nodes} nodes, faults {result.profile}: {verdict} "
               f"(trace {result.trace_hash}, converged in {result.convergence_s} s after the "
               f"heal, {result.acknowledged_writes} writes, {result.crashes} crashes, "
+              f"NB {nb} over {result.nb_ops} ops, "
               f"{result.simulated_s / wall:.1f} simulated s per wall s)")
         if not result.ok:
             failed += 1
@@ -419,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
-        "sim", help="simulate an OVN cloud's Southbound on crdtdb nodes under faults",
+        "sim", help="simulate an OVN cloud on crdtdb nodes under faults",
         description="Run a seeded, deterministic simulation: N real nodes on a simulated "
-                    "network with an OVN-like workload, a fault phase, then a healed phase "
-                    "that must converge; checks views, invariants and acknowledged writes. "
+                    "network with an OVN-like workload (Southbound gossiped, Northbound on a "
+                    "simulated majority plugin), a fault phase, then a healed phase that must "
+                    "converge; checks views, invariants, acknowledged writes and the "
+                    "Northbound's history for linearizability. "
                     "Exit status 1 if a run failed (it prints how to reproduce it).")
     p.add_argument("--seed", type=int, default=1, help="the run's seed (first of a swarm)")
     p.add_argument("--nodes", type=int, default=5, help="nodes (chassis; node 0 is northd)")
