@@ -531,6 +531,16 @@ class Sandbox:
                                    f"{proc.tail()}")
             time.sleep(0.02)
 
+    def processes(self) -> dict[str, int]:
+        """name -> pid of every running sandbox process: the central ones (``crdtdb`` or
+        ``ovsdb-server``, ``ovn-northd``) and each chassis's (``hv1-crdtdb``, ``hv1-ovsdb``,
+        ``hv1-vswitchd``, ``hv1-controller``)."""
+        out = {}
+        for p in [*self._central, *(q for ch in self.chassis for q in ch.procs)]:
+            if p.proc is not None and p.running:
+                out[p.name] = p.proc.pid
+        return out
+
     def statistics(self) -> dict[str, Any]:
         return {"chassis": len(self.chassis), "central": self.central_kind}
 

@@ -86,3 +86,19 @@ def test_bench_consensus_quick(capsys: pytest.CaptureFixture[str]) -> None:
                  "write (ls-add / ls-del) p50", "read (select NB_Global) p50",
                  "verified read-modify-write", "write throughput, 4 clients", "goal ("):
         assert line in out
+
+
+@pytest.mark.ovsdb_server
+def test_bench_sandbox_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    from crdtdb.sandbox import TOOLS
+
+    need_ovn(*TOOLS)
+    from sims import bench_sandbox
+
+    assert bench_sandbox.main(["--quick", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    for line in ("sandbox start-up (2 chassis registered)", "`--wait=sb` p50",
+                 "`--wait=hv` p90", "database CPU during the changes, total",
+                 "database RSS, total", "no slower than with ovsdb-server at N = 2",
+                 "has reached the last chassis node"):
+        assert line in out
