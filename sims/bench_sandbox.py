@@ -598,18 +598,19 @@ NOTES = """How to read it:
   ovn-controller. With crdtdb the central node serves the NB (consensus path, `local`
   plugin) and the SB to northd, and each chassis's ovn-controller talks to its own crdtdb
   node (a full SB replica) that gossips with the central node (a star through the sandbox's
-  tcp relays; push fanout 2, pull anti-entropy every 0.25 s).
+  tcp relays; local commits pushed to every peer, forwards to 2, pull anti-entropy every
+  0.25 s).
 - `--wait=sb` is answered when ovn-northd has put the change into the SB (central only in
   both clouds). `--wait=hv` also needs every chassis to see the new SB_Global.nb_cfg, bring
   its flows up to date and report it in its Chassis_Private row, and northd to see all those
   reports: with crdtdb, that is a gossip trip from the central node to every chassis node and
-  back. In the star, the central node pushes each update to `fanout` = 2 random chassis
-  nodes, which have no other peer to forward it to; every other chassis node gets it from
-  the next pull anti-entropy exchange with the central node (its own pull, or the central
-  node's pull of it), every 0.25 s x uniform(0.5, 1.5). `--wait=hv` waits for the last of
-  them, so it approaches that interval as N grows; the way back (a chassis node pushes its
-  Chassis_Private to its one peer, the central node) is a push. The idle CPU of the central
-  node is those exchanges and pings, N peers' worth.
+  back. ovn-northd's write of SB_Global.nb_cfg is a local commit of the central node, pushed
+  to every chassis node at once (eager push up to 64 peers: with random fanout 2, the other
+  leaves of the star waited for their next pull, and `--wait=hv` took 369 ms at N = 20);
+  each chassis node's Chassis_Private report is a local commit pushed to its one peer, the
+  central node. What remains is N Python processes sharing 2 cores with N ovn-controllers
+  and vswitchds. The idle CPU of the central node is the pull exchanges and pings of N
+  peers: every chassis node pulls it about 4 times a second.
 - "During the changes" is the change phase (VIF binds, `ovn-nbctl` commands, the final
   check that every port is claimed). "While idle" is the window after it. "Per change (net of
   idle)" subtracts the idle rate times the phase's wall time, so a slower cloud is not

@@ -2,9 +2,13 @@
 
 What it does, per replicated database:
 
-* **push**: a local commit's sealed update goes to ``fanout`` random peers; a peer that finds
-  it new forwards it to ``fanout`` others (never back to the sender) until ``max_hops``; a
-  duplicate stops there;
+* **push**: a local commit's sealed update goes to every ready peer when there are at most
+  ``eager_push_max_peers`` of them (else to ``fanout`` random ones); a peer that finds it new
+  forwards it to ``fanout`` random others (never back to the sender) until ``max_hops``; a
+  duplicate stops there. Pushing local commits to every peer is what makes a hub (the
+  central node of a star, as in an OVN cloud where ovn-northd's node talks to every chassis)
+  reach all its leaves at once: a leaf has nobody else to forward to, so with random fanout
+  most leaves would wait for their next anti-entropy round;
 * **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets this
   node's state vector and answers with a diff, then asks for one back (push-pull). This alone
   guarantees convergence; pushes only make it fast. A pushed update that follows a gap
@@ -36,6 +40,8 @@ log = logging.getLogger("crdtdb.gossip")
 @dataclass(frozen=True, slots=True)
 class GossipConfig:
     fanout: int = 2
+    #: Local commits go to every peer up to this many peers (see the module docstring).
+    eager_push_max_peers: int = 64
     max_hops: int = 16
     anti_entropy_interval_s: float = 0.25
     ping_interval_s: float = 1.0
@@ -228,7 +234,9 @@ class Gossip:
 
     def local_update(self, db: str, update: bytes) -> list[Output]:
         out: list[Output] = []
-        for peer in self._choose(db):
+        ready = self.ready_peers(db)
+        peers = ready if len(ready) <= self.config.eager_push_max_peers else self._choose(db)
+        for peer in peers:
             self._stats.pushes_sent += 1
             out += self._send(peer, m.Push(db, update, 0))
         return out
