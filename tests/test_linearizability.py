@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -276,9 +275,7 @@ def test_a_timeout_gives_undecided_never_ok() -> None:
 def test_a_search_stopped_midway_is_undecided() -> None:
     """Forty concurrent writes then an impossible read: 2**40 orders to rule out."""
     history = [write(c, 0, 100, c) for c in range(40)] + [read(99, 200, 201, -1)]
-    start = time.monotonic()
     result = check(history, KeyValueModel(), timeout_s=0.2)
-    assert time.monotonic() - start < 2.0
     assert result.ok is None and result.undecided == ["x"] and result.steps > 0
     assert "UNDECIDED" in result.explain()
 
@@ -577,32 +574,33 @@ def random_plan(rnd: random.Random, n_ops: int, keys: int, clients: int,
     return plan
 
 
-def _check_two_thousand(keys: int, p_unknown: float, limit_s: float) -> None:
+def _check_two_thousand(keys: int, p_unknown: float, max_steps: int) -> None:
+    """The search's cost is bounded in steps (deterministic for a seeded history), not in
+    seconds: about 2x what it took when this test was written, so a regression in the
+    pruning shows without timing anything."""
     history = simulate(random_plan(random.Random(7), 2000, keys, 5, p_unknown))
-    start = time.monotonic()
-    result = check(history, KeyValueModel(), timeout_s=60)
+    result = check(history, KeyValueModel(), timeout_s=600)
     assert result.ok is True, result.explain()
-    assert time.monotonic() - start < limit_s, result.explain()
+    assert result.steps < max_steps, result.steps
     # A violation late in the history: the search must rule out everything before it.
     i = max(i for i, o in enumerate(history) if o.input[0] == "read" and not o.unknown)
     o = history[i]
     history[i] = Operation(o.client, o.call_s, o.return_s, o.input, -1, o.key)
-    start = time.monotonic()
-    result = check(history, KeyValueModel(), timeout_s=60)
+    result = check(history, KeyValueModel(), timeout_s=600)
     assert result.ok is False, result.explain()
-    assert time.monotonic() - start < limit_s, result.explain()
+    assert result.steps < max_steps, result.steps
     assert result.failure is not None and result.failure.stuck is history[i]
     assert "earlier operations" in result.explain(prefix_ops=5)
 
 
-def test_two_thousand_operations_over_ten_keys_check_in_milliseconds() -> None:
-    _check_two_thousand(keys=10, p_unknown=0.02, limit_s=1.0)
+def test_two_thousand_operations_over_ten_keys() -> None:
+    _check_two_thousand(keys=10, p_unknown=0.02, max_steps=5_000)  # 2269 and 994 seen
 
 
 def test_two_thousand_operations_on_one_key() -> None:
-    _check_two_thousand(keys=1, p_unknown=0.0, limit_s=3.0)
+    _check_two_thousand(keys=1, p_unknown=0.0, max_steps=160_000)  # 10106 and 78781 seen
 
 
 @pytest.mark.slow
 def test_two_thousand_operations_on_one_key_with_unknown_outcomes() -> None:
-    _check_two_thousand(keys=1, p_unknown=0.02, limit_s=30.0)
+    _check_two_thousand(keys=1, p_unknown=0.02, max_steps=4_000_000)  # 132329, 1837906

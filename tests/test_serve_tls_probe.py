@@ -10,7 +10,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -73,9 +72,8 @@ def test_tcp_idle_client_is_probed_then_dropped(tmp_path: Path) -> None:
             s.settimeout(5)
             probe = json.loads(s.recv(65536))
             assert probe == {"id": "echo", "method": "echo", "params": []}
-            t0 = time.monotonic()
+            # (before the socket's 5 s timeout, which would raise instead)
             assert s.recv(65536) == b"", "an unanswered probe must end the connection"
-            assert time.monotonic() - t0 < 3
         # A client that answers its probes stays connected.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.settimeout(5)
