@@ -172,3 +172,45 @@ def test_replicas_converge_after_faults_heal_long(data: Any, n: int, seed: int, 
                                                   duplicate: float, partition: str) -> None:
     test_replicas_converge_after_faults_heal.hypothesis.inner_test(  # type: ignore[attr-defined]
         data, n, seed, loss, duplicate, partition)
+
+
+# --- anti-entropy backoff -----------------------------------------------------------------------
+
+def _deliver(nodes: dict[str, Gossip], queue: list[tuple[str, Any]], t: float) -> None:
+    """Deliver every frame (and the frames they cause) at once."""
+    while queue:
+        src, out = queue.pop(0)
+        if isinstance(out, Send):
+            queue += [(out.peer, o) for o in nodes[out.peer].receive(src, out.frame, t)]
+
+
+def _pulls_between(ga: Gossip, gb: Gossip, t0: float, t1: float, step: float = 0.05) -> int:
+    """Run both nodes' timers from t0 to t1 on a perfect network; returns a's pulls."""
+    nodes = {"a": ga, "b": gb}
+    before = ga.statistics().pulls
+    t = t0
+    while t < t1:
+        _deliver(nodes, [("a", o) for o in ga.tick(t)] + [("b", o) for o in gb.tick(t)], t)
+        t += step
+    return ga.statistics().pulls - before
+
+
+def test_idle_pulls_back_off_and_new_data_brings_them_back() -> None:
+    ga, gb, ra, rb = _pair()
+    _deliver({"a": ga, "b": gb},
+             [("a", o) for o in ga.connected("b", 0.0)] + [("b", o) for o in gb.connected(
+                 "a", 0.0)], 0.0)
+    cfg = ga.config
+    idle = _pulls_between(ga, gb, 0.0, 20.0)
+    # Without backoff: about 20 / 0.25 = 80 pulls; with it, near 20 / max interval.
+    assert idle <= 20.0 / cfg.anti_entropy_max_interval_s * 1.5 + 4, idle
+    # b commits, and its push to a is lost: a's next pull must find it and go back to the
+    # base rate.
+    ok(txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "late"}}))
+    t = 20.0
+    while shown(ra) != shown(rb):
+        assert t < 20.0 + 1.5 * cfg.anti_entropy_max_interval_s + 1.0, "never pulled"
+        _pulls_between(ga, gb, t, t + 0.05)
+        t += 0.05
+    # The pull that found it went back to the base rate (doubled once since, at most).
+    assert ga._ae_interval_s <= 2 * cfg.anti_entropy_interval_s

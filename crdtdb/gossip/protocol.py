@@ -12,7 +12,10 @@ What it does, per replicated database:
 * **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets this
   node's state vector and answers with a diff, then asks for one back (push-pull). This alone
   guarantees convergence; pushes only make it fast. A pushed update that follows a gap
-  triggers an immediate pull from its sender;
+  triggers an immediate pull from its sender. While exchanges bring nothing new, the interval
+  doubles up to ``anti_entropy_max_interval_s`` (pushes carry the normal traffic; a hub with
+  N leaves would otherwise answer 4N pulls a second forever); new data from a pull, a gap or
+  a peer coming up brings it back to ``anti_entropy_interval_s``;
 * **failure detection**: each peer is pinged every ``ping_interval_s``; one silent for
   ``peer_timeout_s`` is disconnected (the transport reconnects with backoff).
 
@@ -44,6 +47,7 @@ class GossipConfig:
     eager_push_max_peers: int = 64
     max_hops: int = 16
     anti_entropy_interval_s: float = 0.25
+    anti_entropy_max_interval_s: float = 2.0
     ping_interval_s: float = 1.0
     peer_timeout_s: float = 5.0
     max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
@@ -110,6 +114,7 @@ class Gossip:
         self.config = config or GossipConfig()
         self.peers: dict[str, PeerState] = {}
         self._next_anti_entropy: float | None = None
+        self._ae_interval_s = self.config.anti_entropy_interval_s
         self._stats = GossipStatistics()
 
     # --- connections ------------------------------------------------------------------------
@@ -197,6 +202,7 @@ class Gossip:
         p.databases = frozenset(shared)
         log.info("%s: peer %s (%s) up, replicating %s", self.node_id, msg.node_id, p.key,
                  ", ".join(sorted(shared)) or "nothing")
+        self._lively()
         out: list[Output] = []
         for db in sorted(shared):  # catch up at once
             out += self._send(p.key, m.StateVector(db, self.replicas[db].state_vector(), True))
@@ -210,6 +216,7 @@ class Gossip:
             return []
         out: list[Output] = []
         if result.gap:
+            self._lively()
             self._stats.gaps += 1
             self._stats.pulls += 1
             out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))
@@ -225,10 +232,20 @@ class Gossip:
 
     def _apply(self, p: PeerState, replica: Replica, update: bytes) -> list[Output]:
         try:
-            replica.apply_update(update)
+            result = replica.apply_update(update)
         except EpochMismatchError as exc:
             log.warning("%s: diff from %s not merged: %s", self.node_id, p.node_id, exc)
+            return []
+        if result.new or result.gap:
+            self._lively()
         return []
+
+    def _lively(self) -> None:
+        """Something was missing here: pull at the base rate again (and soon)."""
+        base = self.config.anti_entropy_interval_s
+        if self._ae_interval_s > base:
+            self._ae_interval_s = base
+            self._next_anti_entropy = None  # rescheduled from now at the next tick
 
     # --- local commits and time -----------------------------------------------------------
 
@@ -253,9 +270,11 @@ class Gossip:
                 p.next_ping = now + cfg.ping_interval_s
                 out += self._send(key, m.Ping(p.ping_seq))
         if self._next_anti_entropy is None:
-            self._next_anti_entropy = now + self._jittered(cfg.anti_entropy_interval_s)
+            self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
         if now >= self._next_anti_entropy:
-            self._next_anti_entropy = now + self._jittered(cfg.anti_entropy_interval_s)
+            self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
+            # Back off until something new turns up (see _lively).
+            self._ae_interval_s = min(2 * self._ae_interval_s, cfg.anti_entropy_max_interval_s)
             ready = self.ready_peers()
             if ready:
                 peer = self.rng.choice(ready)
