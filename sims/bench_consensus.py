@@ -353,10 +353,11 @@ def render(targets: list[Target], params: dict[str, Any], leader_moved: bool) ->
   majority of the three members has it in its log; a read-only transaction is answered from
   the leader's memory with no Raft round, which is why direct reads cost about what a
   standalone ovsdb-server's do.
-- *crdtdb -> ovsdb cluster*: the same client on a crdtdb node's unix socket. The node runs
-  the transaction on its cache, forwards it unchanged to the leader over its one relay
-  connection (tcp loopback: a second hop, and a second JSON encode/decode in Python), and
-  answers once its monitor of the leader shows the commit. Reads are forwarded too (that is
+- *crdtdb -> ovsdb cluster*: the same client on a crdtdb node's unix socket. The node
+  forwards the transaction unchanged (without running it: the cluster does) to the leader
+  over its one relay connection (tcp loopback: a second hop, and a second JSON
+  encode/decode in Python), several at a time, and answers once its monitor of the leader
+  shows the commit. Reads are forwarded too (that is
   what makes them linearizable), so they pay the hop as well. The relay's monitor also
   receives the direct client's commits (both targets share one database).
 - *crdtdb -> etcd*: the node runs the transaction itself on its cache and commits it as one
@@ -368,9 +369,10 @@ def render(targets: list[Target], params: dict[str, Any], leader_moved: bool) ->
   name), one client. Read: sequential `select` of NB_Global. Read-modify-write: `wait`
   nb_cfg == v + `update` nb_cfg = v + 1, the shape of an IDL transaction with `verify`.
   Throughput: concurrent clients each adding and deleting their own switches (distinct
-  rows), committed transactions per second. crdtdb keeps one transaction per
-  linearizable database in flight per node (crdtdb/ovsdb/core.py), so its throughput is
-  about 1 / its write latency whatever the number of clients.
+  rows), committed transactions per second. With etcd, crdtdb keeps one transaction per
+  linearizable database in flight per node (crdtdb/ovsdb/core.py: it runs them on its
+  cache), so its throughput is about 1 / its write latency whatever the number of clients;
+  the ovsdb relay forwards them concurrently.
 - Clients use trio and the project's OVSDB client, all on unix sockets; the targets run in
   alternating rounds (order rotated each round) so machine noise hits them alike. Both
   clusters keep their logs on the machine's ordinary disk."""

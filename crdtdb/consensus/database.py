@@ -58,8 +58,12 @@ class LinearizableDatabase:
     linearizable = True
 
     def __init__(self, schema: DatabaseSchema, store: CacheStore, committer: Committer, *,
-                 revision: int = 0, new_uuid: Callable[[], str] = random_uuid):
+                 revision: int = 0, new_uuid: Callable[[], str] = random_uuid,
+                 forwards: bool = False):
         self.schema = schema
+        #: The committer runs transactions itself (a relay): the server core forwards them
+        #: unrun, several at a time; the cache then only serves monitors.
+        self.forwards = forwards
         self.store = store
         self.committer = committer
         #: The plugin revision the cache reflects.

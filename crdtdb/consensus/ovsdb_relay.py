@@ -91,8 +91,11 @@ class OvsdbRelay:
                  options: RelayOptions):
         self.remotes = [str(r) for r in parse_remotes(remotes)]
         self.options = options
+        # The cluster runs and orders the transactions: the core forwards them as sent,
+        # several at a time (see crdtdb.ovsdb.core).
         self.databases: dict[str, LinearizableDatabase] = {
-            s.name: LinearizableDatabase(s, MemoryDatabase(s), self) for s in schemas}
+            s.name: LinearizableDatabase(s, MemoryDatabase(s), self, forwards=True)
+            for s in schemas}
         self.locks = RelayLockGate(self)
         self._client: OvsdbClient | None = None
         self._connected = trio.Event()

@@ -15,6 +15,8 @@ core runs the transaction against the store's cache and queues a
 :class:`~crdtdb.consensus.commit.CommitRequest` in :attr:`ServerCore.commits`; the I/O layer
 awaits the plugin and calls :meth:`ServerCore.commit_finished`. One transaction per such
 database is in flight at a time, so transactions of one node never conflict with each other.
+A store whose ``forwards`` attribute is also true (a relay: the plugin runs transactions
+itself) gets them unrun and unqueued, except those with a ``wait`` that may block.
 Locks can be gated by a :class:`LockGate` (locks held cluster-wide): a session owns a lock
 only while it heads the local queue *and* this node holds the lock in the cluster.
 """
@@ -42,7 +44,7 @@ from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
 from crdtdb.engine import data as D
 from crdtdb.engine.ovshash import OvsHmap, json_hash, shash_order
 from crdtdb.engine.ovsjson import is_id
-from crdtdb.engine.snapshot import Changeset, RowChange, Snapshot
+from crdtdb.engine.snapshot import Changeset, ReadSet, RowChange, Snapshot
 from crdtdb.errors import OvsdbError
 from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
 from crdtdb.ovsdb.locks import LockMode, LockTable
@@ -293,6 +295,15 @@ class ServerCore:
         behind its database's in-flight commit, or committing)."""
         db = self.databases[t.db_name]
         linearizable = getattr(db, "linearizable", False)
+        if getattr(db, "forwards", False) and not _waits_on_time(t.request.params[1:]):
+            # The plugin runs the transaction itself (a relay to a clustered ovsdb-server):
+            # no local run, and no need to hold others back (the cluster orders them).
+            ops = t.request.params[1:]
+            self.commits.append(PendingCommit(s, t, Outcome(None), CommitRequest(
+                t.db_name, ops, None, ReadSet(), db.revision,  # type: ignore[attr-defined]
+                asserted_locks(ops))))
+            t.committing = True
+            return False
         if linearizable and t.db_name in self._inflight:
             t.queued = True
             return False
@@ -558,6 +569,13 @@ class ServerCore:
                 "pending_transactions": sum(len(s.triggers) for s in self.sessions.values()),
                 "commits_in_flight": len(self._inflight),
                 **self.locks.statistics()}
+
+
+def _waits_on_time(operations: list[Any]) -> bool:
+    """Whether a transaction has a ``wait`` that may block (a timeout other than 0): such a
+    transaction is first run locally, so that it waits here rather than in the cluster."""
+    return any(isinstance(op, dict) and op.get("op") == "wait" and op.get("timeout") != 0
+               for op in operations)
 
 
 def _build_server_db(databases: Mapping[str, Database], model: str) -> MemoryDatabase:
