@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         log.error("two schemas name the same database: %s", ", ".join(names))
         return 2
-    from crdtdb.consensus.config import Config, ConfigError, Consistency, load_config
+    from crdtdb.consensus.config import Config, ConfigError, load_config
 
     try:
         config = load_config(args.config) if args.config else Config()
@@ -131,14 +131,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    linearizable = [s for s in schemas
-                    if config.policy(s.name).consistency is Consistency.LINEARIZABLE]
+    # Databases with a linearizable table go to the plugins; those with only linearizable
+    # tables have no replica.
+    linearizable = [s for s in schemas if config.linearizable_tables(s)]
+    fully = {s.name for s in linearizable if config.linearizable_tables(s) == set(s.tables)}
     databases: dict[str, Any] = {}
     fsync = args.fsync == "always"
     if not args.data_dir:
         log.warning("no --data-dir: databases are in memory only and lost on exit")
     for schema in schemas:
-        if schema in linearizable:
+        if schema.name in fully:
             continue
         t0 = time.perf_counter()
         where = Path(args.data_dir) / schema.name if args.data_dir else None
@@ -185,6 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with open_linearizable(config, linearizable, node_id=node_id,
                                          data_dir=data_dir, fsync=fsync) as lin:
+                served = lin.served(databases)
                 if gossiping:
                     from crdtdb.node import open_node
                     from transport.tcp import TlsConfig, parse_hostport
@@ -192,7 +195,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     status_file = (Path(args.status_file) if args.status_file
                                    else data_dir / "status.json" if data_dir else None)
                     async with open_node(
-                            databases, node_id=node_id, linearizable=lin.databases,
+                            databases, node_id=node_id, linearizable={
+                                n: d for n, d in served.items()
+                                if n not in databases or n in lin.split},
                             lock_gate=lin.lock_gate,
                             listen=[parse_hostport(x) for x in args.listen or ()],
                             peers=[parse_hostport(x) for x in args.peer or ()],
@@ -200,15 +205,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             remotes=remotes, ssl_files=ssl_files, limits=limits,
                             status_file=status_file, discover=args.discover) as node:
                         log.info("node %s serving %s", node.node_id,
-                                 ", ".join([*databases, *lin.databases]))
+                                 ", ".join(served))
                         await until_signal(signals)
                     return
-                async with open_ovsdb_server({**databases, **lin.databases}, remotes,
+                async with open_ovsdb_server(served, remotes,
                                              ssl_files=ssl_files, limits=limits,
                                              lock_gate=lin.lock_gate) as server:
                     addresses = [server.address_of(lst, r)
                                  for lst, r in zip(server.listeners, remotes, strict=True)]
-                    log.info("serving %s on %s", ", ".join([*databases, *lin.databases]),
+                    log.info("serving %s on %s", ", ".join(served),
                              ", ".join(addresses))
                     await until_signal(signals)
 

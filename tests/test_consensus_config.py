@@ -65,10 +65,8 @@ def test_mistakes_name_the_key(doc: dict, where: str) -> None:
 
 
 def test_validate_refuses_what_cannot_be_served() -> None:
-    split = parse_config({"databases": {SB: {"consistency": "eventual", "tables": {
-        "Chassis": {"consistency": "linearizable"}}}}})
-    with pytest.raises(ConfigError, match="different consistency are not supported yet"):
-        split.validate([SB])
+    # A split whose references cross levels is refused when the databases open (with the
+    # schema): tests/test_consensus_split.py.
     with pytest.raises(ConfigError, match="no schema given"):
         parse_config({"databases": {NB: {}}}).validate([SB])
     with pytest.raises(ConfigError, match=r"plugins\.ovsdb\.remotes"):

@@ -13,6 +13,8 @@ Reference: docs/configuration.md. In short::
 
     [databases.OVN_Southbound]
     consistency = "eventual"
+    [databases.OVN_Southbound.tables.Chassis]   # one table at another level: a split
+    consistency = "linearizable"                # database (crdtdb.consensus.split)
 
     [locks]                    # where OVSDB locks live (they are server-wide in OVSDB)
     plugin = "etcd"            # "local": held in this node only
@@ -78,9 +80,16 @@ class Config:
     def policy(self, db: str) -> DatabasePolicy:
         return self.databases.get(db, self.default)
 
+    def linearizable_tables(self, schema: Any) -> frozenset[str]:
+        """The tables of ``schema``'s database that are linearizable (all, none, or some: a
+        split database, see crdtdb.consensus.split)."""
+        p = self.policy(schema.name)
+        return frozenset(t for t in schema.tables
+                         if p.tables.get(t, p.consistency) is Consistency.LINEARIZABLE)
+
     def plugins_used(self) -> set[str]:
         used = {p.plugin for p in self.databases.values()
-                if p.consistency is Consistency.LINEARIZABLE}
+                if Consistency.LINEARIZABLE in {p.consistency, *p.tables.values()}}
         if self.default.consistency is Consistency.LINEARIZABLE:
             used.add(self.default.plugin)
         if self.lock_plugin is not None:
@@ -91,16 +100,10 @@ class Config:
         """Refuse what this version cannot serve, before anything starts (``db_names``: the
         databases served, when known: the file must not name others)."""
         names = set(db_names) if db_names is not None else None
-        for db, policy in self.databases.items():
+        for db in self.databases:
             if names is not None and db not in names:
                 raise ConfigError(f"databases.{db}: no schema given for this database "
                                   f"(serving: {', '.join(sorted(names)) or 'nothing'})")
-            split = {c for c in policy.tables.values()} - {policy.consistency}
-            if split:
-                raise ConfigError(
-                    f"databases.{db}.tables: tables of one database with different "
-                    "consistency are not supported yet (a transaction could not be both "
-                    "merged and linearized); set the level for the whole database")
         if "ovsdb" in self.plugins_used() and not self.ovsdb.remotes:
             raise ConfigError("plugins.ovsdb.remotes: the clustered ovsdb-server's remotes are "
                               "needed (e.g. \"tcp:10.0.0.1:6641,tcp:10.0.0.2:6641\")")

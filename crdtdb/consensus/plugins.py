@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdtdb.consensus.config import Config, ConfigError, Consistency
+from crdtdb.consensus.config import Config, ConfigError
 from crdtdb.consensus.database import LinearizableDatabase
 from crdtdb.consensus.local import local_database
+from crdtdb.consensus.split import SplitDatabase, check_split
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import DatabaseSchema
 
@@ -21,10 +22,22 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class Linearized:
     databases: dict[str, LinearizableDatabase] = field(default_factory=dict)
+    #: Split databases (tables of both levels): name -> the linearizable tables. Their entry
+    #: in ``databases`` holds those tables only; :meth:`served` joins it to the replica.
+    split: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Cluster-wide locks for the server (None: locks stay in this node).
     lock_gate: Any = None
     #: The running plugins by name, for statistics.
     plugins: dict[str, Any] = field(default_factory=dict)
+
+    def served(self, eventual: dict[str, Any]) -> dict[str, Any]:
+        """What the server serves: the eventual stores (replicas), the linearizable
+        databases, and for a split database one SplitDatabase over both."""
+        out: dict[str, Any] = {**eventual, **self.databases}
+        for name, tables in self.split.items():
+            lin = self.databases[name]
+            out[name] = SplitDatabase(lin.schema, eventual[name], lin, tables)
+        return out
 
 
 @asynccontextmanager
@@ -35,18 +48,23 @@ async def open_linearizable(config: Config, schemas: Sequence[DatabaseSchema], *
     and the lock gate, until the block exits."""
     config.validate()
     by_plugin: dict[str, list[DatabaseSchema]] = {}
-    for schema in schemas:
-        policy = config.policy(schema.name)
-        if policy.consistency is Consistency.LINEARIZABLE:
-            by_plugin.setdefault(policy.plugin, []).append(schema)
     out = Linearized()
+    for schema in schemas:
+        tables = config.linearizable_tables(schema)
+        if tables:
+            by_plugin.setdefault(config.policy(schema.name).plugin, []).append(schema)
+            if tables != frozenset(schema.tables):
+                out.split[schema.name] = check_split(schema, tables)
     async with AsyncExitStack() as stack:
         for schema in by_plugin.get("local", []):
             store: Any
             if data_dir is not None:
                 from crdtdb.storage.durable import DurableDatabase
 
-                store = DurableDatabase.open(data_dir / schema.name, schema, fsync=fsync)
+                # A split database's replica has data_dir/NAME: this part goes beside it.
+                where = data_dir / (f"{schema.name}.linearizable" if schema.name in out.split
+                                    else schema.name)
+                store = DurableDatabase.open(where, schema, fsync=fsync)
                 stack.callback(store.close)
             else:
                 store = MemoryDatabase(schema)
@@ -79,6 +97,11 @@ async def open_linearizable(config: Config, schemas: Sequence[DatabaseSchema], *
             if config.lock_plugin == "ovsdb":
                 out.lock_gate = relay.locks
         for name in out.databases:
-            log.info("%s: linearizable through the %s plugin", name,
-                     config.policy(name).plugin)
+            if name in out.split:
+                log.info("%s: tables %s linearizable through the %s plugin, the others "
+                         "eventual", name, ", ".join(sorted(out.split[name])),
+                         config.policy(name).plugin)
+            else:
+                log.info("%s: linearizable through the %s plugin", name,
+                         config.policy(name).plugin)
         yield out

@@ -65,7 +65,9 @@ class Database(Snapshot, Protocol):
     """A store the server can serve: a snapshot that also runs and commits transactions.
 
     A store with a true ``linearizable`` attribute only runs them (``execute`` must not apply
-    the changeset, and must expose ``revision``): its commits go through a plugin.
+    the changeset, and must expose ``revision``): its commits go through a plugin. A store
+    with an ``is_linearizable(operations)`` method decides per transaction (tables of both
+    levels in one database).
     """
 
     def execute(self, operations: list[Any], *, locks: Any = None,
@@ -294,11 +296,12 @@ class ServerCore:
         """Run a transaction; False if it is still pending (blocked on a ``wait``, queued
         behind its database's in-flight commit, or committing)."""
         db = self.databases[t.db_name]
-        linearizable = getattr(db, "linearizable", False)
-        if getattr(db, "forwards", False) and not _waits_on_time(t.request.params[1:]):
+        ops = t.request.params[1:]
+        split = getattr(db, "is_linearizable", None)  # tables of both levels: per transaction
+        linearizable = split(ops) if split is not None else getattr(db, "linearizable", False)
+        if getattr(db, "forwards", False) and not _waits_on_time(ops):
             # The plugin runs the transaction itself (a relay to a clustered ovsdb-server):
             # no local run, and no need to hold others back (the cluster orders them).
-            ops = t.request.params[1:]
             self.commits.append(PendingCommit(s, t, Outcome(None), CommitRequest(
                 t.db_name, ops, None, ReadSet(), db.revision,  # type: ignore[attr-defined]
                 asserted_locks(ops))))
@@ -316,7 +319,6 @@ class ServerCore:
                              else t.created_ms + outcome.timeout_ms)
             return False
         if linearizable:
-            ops = t.request.params[1:]
             request = CommitRequest(t.db_name, ops, outcome.changeset or None,
                                     outcome.read_set, db.revision,  # type: ignore[attr-defined]
                                     asserted_locks(ops))
