@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from crdtdb.consensus.commit import Applied, CommitRequest, Failed, Retry
 from crdtdb.consensus.database import LinearizableDatabase
 from crdtdb.engine import DatabaseSchema, MemoryDatabase
@@ -178,3 +180,43 @@ def test_locks_are_owned_only_while_the_gate_holds_them() -> None:
     assert gate.wanted[-1] == ("L", False)  # and this node contends again
     core.handle(s, Request(4, "unlock", ["L"]))
     assert s.drain() == [Reply(4, {})] and gate.released == ["L"]
+
+
+class Gated:
+    """A committer that holds every commit until the test opens the gate."""
+
+    def __init__(self) -> None:
+        import trio
+
+        self.open = trio.Event()
+        self.n = 0
+
+    async def commit(self, db: LinearizableDatabase, request: CommitRequest) -> Any:
+        await self.open.wait()
+        if request.changeset:
+            db.apply_feed(db.revision + 1, request.changeset)
+        self.n += 1
+        return Applied()
+
+
+@pytest.mark.trio
+async def test_a_pipelining_client_is_paused_at_max_pending_commits() -> None:
+    import trio
+
+    from crdtdb.ovsdb.client import open_ovsdb_client
+    from crdtdb.ovsdb.server import Limits, Remote, open_ovsdb_server
+
+    gate = Gated()
+    db = LinearizableDatabase(SCHEMA, MemoryDatabase(SCHEMA), gate)
+    limits = Limits(max_pending_commits=5)
+    async with open_ovsdb_server({"db": db}, [Remote.parse("ptcp:0:127.0.0.1")],
+                                 limits=limits) as server:
+        host, port = server.listeners[0].socket.getsockname()[:2]
+        async with open_ovsdb_client(f"tcp:{host}:{port}") as client, \
+                trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(client.transact, "db", [insert(f"r{i}")])
+            await trio.sleep(0.5)  # everything sent; the server reads what it may
+            assert server.core.statistics()["pending_transactions"] <= 5
+            gate.open.set()
+        assert gate.n == 40 and db.row_count("T") == 40

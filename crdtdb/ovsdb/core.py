@@ -543,6 +543,10 @@ class ServerCore:
         self._maybe_release(name)
         return Reply(req.id, {})
 
+    def pending_commits(self, s: Session) -> int:
+        """``s``'s transactions waiting for a plugin (queued behind a commit, or committing)."""
+        return sum(1 for t in s.triggers.values() if t.queued or t.committing)
+
     def holds_lock(self, s: Session, name: str) -> bool:
         return self.locks.holds(s, name) and self._gate_held(name)
 

@@ -100,6 +100,10 @@ class Limits:
     #: Stop reading a client's requests while this much of its output is unsent (as
     #: ovsdb-server does), so a pipelining client gets backpressure, not unbounded buffering.
     pause_reading_bytes: int = 4 * 1024 * 1024
+    #: Stop reading a client's requests while this many of its transactions wait for a
+    #: consensus plugin (queued or committing), so a pipelining client cannot queue without
+    #: bound. Waits blocked on a condition do not count (the client may need to cancel them).
+    max_pending_commits: int = 1000
     #: How long a closing connection may take to flush the replies already queued for it.
     drain_timeout_s: float = 5.0
     receive_chunk_bytes: int = 256 * 1024
@@ -170,10 +174,16 @@ class OvsdbServer:
             log.info("%s: disconnected (session %d%s)", peer, conn.session.id,
                      f": {conn.closing_reason}" if conn.closing_reason else "")
 
+    async def _paused(self, conn: _Connection) -> None:
+        """Until the client may send more: its replies are going out, and not too many of
+        its transactions wait for a plugin."""
+        while (len(conn.out) >= self.limits.pause_reading_bytes
+               or self.core.pending_commits(conn.session) >= self.limits.max_pending_commits):
+            await conn.progress.wait()
+
     async def _reader(self, conn: _Connection) -> None:
         while True:
-            while len(conn.out) >= self.limits.pause_reading_bytes:
-                await conn.progress.wait()
+            await self._paused(conn)
             try:
                 data = await conn.stream.receive_some(self.limits.receive_chunk_bytes)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -182,6 +192,8 @@ class OvsdbServer:
             conn.last_input = trio.current_time()
             conn.codec.receive_data(data)
             while True:
+                # What is already buffered waits too (a pipelined burst arrives at once).
+                await self._paused(conn)
                 try:
                     event = conn.codec.next_event()
                 except RemoteProtocolError as exc:
