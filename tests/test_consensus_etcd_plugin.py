@@ -22,7 +22,7 @@ from crdtdb.consensus.etcd_client import open_etcd_client
 from crdtdb.engine import DatabaseSchema
 from crdtdb.testing.etcd_server import EtcdCluster, find_etcd
 
-pytestmark = [pytest.mark.etcd, pytest.mark.trio,
+pytestmark = [pytest.mark.etcd,
               pytest.mark.skipif(find_etcd() is None, reason="etcd not installed")]
 
 SCHEMA = DatabaseSchema.from_json({
@@ -54,6 +54,7 @@ async def commit(plugin: EtcdPlugin, ops: list) -> list:
         assert isinstance(result, Retry)
 
 
+@pytest.mark.trio
 async def test_stale_read_is_retried_not_acknowledged(etcd: EtcdCluster, tmp_path: Path
                                                       ) -> None:
     prefix = f"/{tmp_path.name}/"
@@ -70,6 +71,7 @@ async def test_stale_read_is_retried_not_acknowledged(etcd: EtcdCluster, tmp_pat
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.trio
 async def test_write_conflict_retries_on_the_newer_state(etcd: EtcdCluster, tmp_path: Path
                                                          ) -> None:
     prefix = f"/{tmp_path.name}/"
@@ -90,6 +92,7 @@ async def test_write_conflict_retries_on_the_newer_state(etcd: EtcdCluster, tmp_
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.trio
 async def test_fence_fails_once_the_lock_key_changed_hands(etcd: EtcdCluster, tmp_path: Path
                                                            ) -> None:
     prefix = f"/{tmp_path.name}/"
@@ -123,3 +126,15 @@ async def _start(etcd: EtcdCluster, node_id: str, prefix: str,
             client, [SCHEMA], node_id=node_id, options=EtcdOptions(prefix=prefix)) as plugin:
         task_status.started(plugin)
         await trio.sleep_forever()
+
+
+def test_the_number_of_contended_locks_is_bounded() -> None:
+    """No etcd needed: past max_locks, a want is refused before any task starts."""
+    from types import SimpleNamespace
+
+    from crdtdb.consensus.etcd import EtcdLockGate
+
+    gate = EtcdLockGate(SimpleNamespace(options=EtcdOptions(max_locks=2)))  # type: ignore
+    gate._tasks = {"a": trio.CancelScope(), "b": trio.CancelScope()}
+    gate.want("c", steal=False)  # refused (logged), not a RuntimeError for a missing nursery
+    assert set(gate._tasks) == {"a", "b"} and not gate.held("c")

@@ -77,6 +77,9 @@ class EtcdOptions:
     landed_ids_max: int = 4096
     #: Rows fetched per request when loading a database.
     page_rows: int = 1000
+    #: Distinct locks this node contends for at once (each is a task and an etcd key):
+    #: clients asking for more wait unlocked, with a warning in the log.
+    max_locks: int = 1024
 
 
 def conflict_tables(schema: DatabaseSchema, request: CommitRequest) -> set[str]:
@@ -375,6 +378,10 @@ class EtcdLockGate:
         if steal:
             self._steal.add(name)
         if name in self._tasks:
+            return
+        if len(self._tasks) >= self._plugin.options.max_locks:
+            log.warning("lock %s: not contended for: this node already contends for %d locks "
+                        "(max_locks)", name, len(self._tasks))
             return
         if self._nursery is None:
             raise RuntimeError("the lock gate is not running (use open_etcd_plugin)")

@@ -64,6 +64,9 @@ class RelayOptions:
     #: Pause between attempts to find a leader (doubling up to the max).
     backoff_s_min: float = 0.05
     backoff_s_max: float = 1.0
+    #: Distinct locks this node asks the leader for at once; beyond, clients wait unlocked
+    #: (with a warning in the log).
+    max_locks: int = 1024
 
 
 def _row_from_json(table: TableSchema, uuid: str, cols: dict[str, Any],
@@ -296,6 +299,10 @@ class RelayLockGate:
 
     def want(self, name: str, *, steal: bool) -> None:
         first = name not in self._wanted
+        if first and len(self._wanted) >= self._relay.options.max_locks:
+            log.warning("lock %s: not asked for: this node already asks for %d locks "
+                        "(max_locks)", name, len(self._wanted))
+            return
         self._wanted[name] = self._wanted.get(name, False) or steal
         if self._client is not None and (first or steal):
             self._send(self._client, name, steal)
