@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import time
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
@@ -67,6 +69,13 @@ NB_KEYS = ("nb_cfg", *NB_SWITCHES)
 NB_MAX_RETRIES = 20
 PROFILES = ("none", "halves", "minority", "one-way", "flapping", "loss", "delay", "crash",
             "clock-jump", "mixed")
+#: at most this many propagation times are kept in the result (a uniform sample of them)
+MAX_PROPAGATION_SAMPLES = 10_000
+#: the divergence series: one point every DIVERGENCE_INTERVAL_S simulated seconds from the
+#: start of the fault phase; past DIVERGENCE_MAX_POINTS, every other point is dropped and
+#: the interval doubles (so a long run keeps a coarser series of bounded length)
+DIVERGENCE_INTERVAL_S = 0.25
+DIVERGENCE_MAX_POINTS = 1000
 
 
 @dataclass
@@ -88,6 +97,10 @@ class SimConfig:
     nb_clients: int = 5
     #: wall seconds the linearizability checker may take before the verdict is "undecided"
     check_timeout_s: float = 30.0
+    #: stop the run after this many wall seconds (None: never). A stopped run is incomplete
+    #: (``completed`` false, nothing checked) and its cut-off point depends on the machine:
+    #: for measuring the simulation's speed at large N only.
+    wall_limit_s: float | None = None
 
 
 @dataclass
@@ -120,6 +133,22 @@ class SimResult:
     nb_violations: list[str] = field(default_factory=list)
     #: the checker's explanation when the history is not linearizable
     nb_check_report: str | None = None
+    #: propagation times (ms, sorted) of rows inserted after the warm-up: all of them, or a
+    #: uniform sample of MAX_PROPAGATION_SAMPLES drawn with the run's RNG
+    propagation_samples_ms: list[float] = field(default_factory=list)
+    #: [[t_s, nodes], ...]: t_s simulated seconds since the fault phase began, nodes the
+    #: number of nodes whose Southbound document differs from the most common one (by state
+    #: vector, which determines the view), a node that is down counting as differing
+    divergence: list[list[float]] = field(default_factory=list)
+    #: when the fault phase ended (the heal), on the same time axis as ``divergence``
+    heal_at_s: float | None = None
+    #: False when the run was stopped by ``wall_limit_s`` (then nothing was checked)
+    completed: bool = True
+    #: the phase a stopped run was in ("warm-up", "fault", "healed", "check")
+    stopped_in: str | None = None
+    #: phase -> [simulated s, wall s since the run began] when it began (speed per phase)
+    phase_starts: dict[str, list[float]] = field(default_factory=dict)
+    wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -508,6 +537,11 @@ class Simulation:
         #: propagation is measured for rows inserted from then on (after the warm-up)
         self.t_measure = float("inf")
         self.seen: dict[str, dict[str, float]] = {}  # row uuid -> node -> first time
+        self.divergence: list[list[float]] = []
+        self.divergence_interval = DIVERGENCE_INTERVAL_S
+        self.phase = "warm-up"
+        self.wall0 = time.perf_counter()
+        self.phase_starts: dict[str, list[float]] = {}
         for n in self.nodes:
             self.net.endpoint(n.name)
             self.net.endpoint(n.nb_name)
@@ -581,11 +615,82 @@ class Simulation:
     # --- the run -----------------------------------------------------------------------------
 
     async def main(self, progress: Callable[[float, float], None] | None = None) -> SimResult:
+        self.wall0 = time.perf_counter()
+        self._enter("warm-up")
+        with trio.CancelScope() as scope:
+            result = await self._run(scope, progress)
+            result.wall_s = time.perf_counter() - self.wall0
+            return result
+        return self._stopped()
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_starts[phase] = [round(trio.current_time(), 3),
+                                    round(time.perf_counter() - self.wall0, 3)]
+
+    async def _watchdog(self, limit_s: float, scope: trio.CancelScope) -> None:
+        """Stop the run once it has taken ``limit_s`` wall seconds (SimConfig.wall_limit_s)."""
+        while time.perf_counter() - self.wall0 < limit_s:
+            await trio.sleep(0.01)
+        scope.cancel()
+
+    def _stopped(self) -> SimResult:
+        """The result of a run stopped by its wall-time limit: how far it got, unchecked."""
+        cfg = self.config
+        now = trio.current_time()
+        return SimResult(
+            seed=cfg.seed, nodes=cfg.nodes, profile=self.profile,
+            trace_hash=self.trace.hexdigest()[:16], converged=False, convergence_s=None,
+            invariant_violations=[], lost_writes=0, acknowledged_writes=len(self.acked),
+            conflicts={}, propagation_ms=_percentiles([]),
+            bytes_per_node=(self.net.bytes_sent - self.nb_stats.bytes) / cfg.nodes,
+            frames=self.net.frames_sent - self.nb_stats.frames, crashes=self.crashes,
+            simulated_s=now, divergence=self.divergence, completed=False,
+            stopped_in=self.phase, phase_starts=self.phase_starts,
+            wall_s=time.perf_counter() - self.wall0,
+            failures=[f"stopped by the wall-time limit ({cfg.wall_limit_s} s) in the "
+                      f"{self.phase} phase, at {now:.3f} simulated s: nothing checked"])
+
+    # --- divergence: how many nodes see something else than most do -------------------------
+
+    def _divergent_nodes(self) -> int:
+        """Nodes whose Southbound document differs from the most common one, a node that
+        is down counting as differing. Documents are compared by state vector (which
+        updates they hold: equal vectors, equal documents, hence equal views), which costs
+        one encode and decode per node instead of a comparison of every row."""
+        docs: Counter[frozenset[tuple[int, int]]] = Counter()
+        for n in self.nodes:
+            if n.up and n.replica is not None:
+                docs[frozenset(decode_state_vector(n.replica.state_vector()).items())] += 1
+        return len(self.nodes) - max(docs.values(), default=0)
+
+    def _divergence_point(self, t0: float) -> None:
+        t = round(trio.current_time() - t0, 3)
+        point = [t, float(self._divergent_nodes())]
+        if self.divergence and self.divergence[-1][0] == t:
+            self.divergence[-1] = point
+        else:
+            self.divergence.append(point)
+
+    async def _sample_divergence(self, t0: float) -> None:
+        """A point every ``divergence_interval`` simulated seconds from ``t0``, the series
+        thinned (every other point, the interval doubled) when it reaches its bound."""
+        while True:
+            if len(self.divergence) >= DIVERGENCE_MAX_POINTS:
+                self.divergence = self.divergence[::2]
+                self.divergence_interval *= 2
+            self._divergence_point(t0)
+            await trio.sleep(self.divergence_interval)
+
+    async def _run(self, scope: trio.CancelScope,
+                   progress: Callable[[float, float], None] | None) -> SimResult:
         cfg = self.config
         names = [n.name for n in self.nodes]
         failures: list[str] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.net.run)
+            if cfg.wall_limit_s is not None:
+                nursery.start_soon(self._watchdog, cfg.wall_limit_s, scope)
             for n in self.nodes:
                 self.restarted[n.name].set()
                 nursery.start_soon(n.run)
@@ -607,6 +712,8 @@ class Simulation:
                     n.nb_values() is not None for n in self.nodes):
                 await trio.sleep(0.1)
             t_fault = self.t_measure = trio.current_time()
+            self._enter("fault")
+            nursery.start_soon(self._sample_divergence, t_fault)
             async with trio.open_nursery() as phase:
                 phase.start_soon(self.faults)
                 while trio.current_time() - t_fault < cfg.fault_s:
@@ -615,6 +722,7 @@ class Simulation:
                         progress(trio.current_time() - t_fault, cfg.fault_s + cfg.heal_limit_s)
             self.workload_on = False
             t_heal = trio.current_time()
+            self._enter("healed")
             converged_at = nb_settled_at = None
             while trio.current_time() - t_heal < cfg.heal_limit_s:
                 await trio.sleep(0.5)
@@ -628,6 +736,8 @@ class Simulation:
                     nb_settled_at = trio.current_time() - t_heal
                 if converged_at is not None and nb_settled_at is not None:
                     break
+            self._divergence_point(t_fault)
+            self._enter("check")
             replicas = [n.replica for n in self.nodes if n.replica is not None]
             violations = self._check_views(replicas)
             lost = self._lost_writes(replicas)
@@ -664,6 +774,10 @@ class Simulation:
             self.trace.update(repr(s).encode())
         reach = sorted(max(self.seen[u].values()) - t for u, t in self.inserted.items()
                        if t >= self.t_measure and len(self.seen.get(u, {})) == len(self.nodes))
+        samples = reach
+        if len(reach) > MAX_PROPAGATION_SAMPLES:
+            samples = sorted(random.Random(self.rng.random()).sample(reach,
+                                                                     MAX_PROPAGATION_SAMPLES))
         first = replicas[0] if replicas else None
         return SimResult(
             seed=cfg.seed, nodes=cfg.nodes, profile=self.profile,
@@ -672,7 +786,10 @@ class Simulation:
             invariant_violations=violations, lost_writes=lost,
             acknowledged_writes=len(self.acked),
             conflicts=dict(first.conflicts.counts()) if first else {},
-            propagation_ms=_percentiles(reach),
+            propagation_ms=_percentiles(reach, with_max=True),
+            propagation_samples_ms=[round(x * 1000, 3) for x in samples],
+            divergence=self.divergence, heal_at_s=round(t_heal - t_fault, 3),
+            phase_starts=self.phase_starts,
             bytes_per_node=(self.net.bytes_sent - self.nb_stats.bytes) / cfg.nodes,
             frames=self.net.frames_sent - self.nb_stats.frames,
             crashes=self.crashes, simulated_s=simulated,
@@ -723,11 +840,14 @@ class Simulation:
         return lost
 
 
-def _percentiles(sorted_s: list[float]) -> dict[str, float | None]:
-    """p50/p90/p99 in milliseconds of sorted durations in seconds."""
+def _percentiles(sorted_s: list[float], with_max: bool = False) -> dict[str, float | None]:
+    """p50/p90/p99 (and the maximum) in milliseconds of sorted durations in seconds."""
     n = len(sorted_s)
-    return {q: (round(sorted_s[min(n - 1, int(p * n))] * 1000, 3) if n else None)
-            for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+    out = {q: (round(sorted_s[min(n - 1, int(p * n))] * 1000, 3) if n else None)
+           for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+    if with_max:
+        out["max"] = round(sorted_s[-1] * 1000, 3) if n else None
+    return out
 
 
 def run(config: SimConfig, progress: Callable[[float, float], None] | None = None

@@ -3,6 +3,7 @@ gossip, in the view, and in the Northbound's consensus plugin)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from crdtdb.consensus.commit import Applied, CommitOutcome, CommitRequest, Failed
-from sims import simconsensus
+from sims import cloud, simconsensus
 from sims.cloud import SimConfig, SimResult, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,48 @@ def test_same_seed_same_trace(tmp_path: Path) -> None:
     assert a["converged"] and a["invariant_violations"] == [] and a["lost_writes"] == 0
     assert a["linearizable"] is True and a["nb_ops"] > 0 and a["nb_settled"]
     assert a["nb_commit_ms"]["p50"] is not None
+
+
+def test_result_has_propagation_samples_and_divergence_series() -> None:
+    """The report's raw material: the propagation times themselves, and how many nodes
+    differ from the most common Southbound over time (a partition into halves shows about
+    half of them; after the heal, none)."""
+    r = run(SimConfig(seed=3, nodes=6, fault_s=4, profile="halves", heal_limit_s=20))
+    assert r.ok, r.failures
+    d = json.loads(json.dumps(r.to_json()))
+    samples = d["propagation_samples_ms"]
+    assert samples and samples == sorted(samples)
+    assert len(samples) <= cloud.MAX_PROPAGATION_SAMPLES
+    assert d["propagation_ms"]["p50"] in samples and d["propagation_ms"]["max"] == samples[-1]
+    series = d["divergence"]
+    assert 0 < len(series) <= cloud.DIVERGENCE_MAX_POINTS + 1
+    assert all(len(p) == 2 and 0 <= p[1] <= 6 for p in series)
+    ts = [t for t, _ in series]
+    assert ts == sorted(ts) and ts[0] == 0.0
+    heal = d["heal_at_s"]
+    assert heal is not None and heal >= 4
+    assert max(v for t, v in series if 0.5 <= t < heal) >= 3  # one half at least
+    assert series[-1][1] == 0  # converged: every node on the same document
+
+
+def test_result_series_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloud, "MAX_PROPAGATION_SAMPLES", 5)
+    monkeypatch.setattr(cloud, "DIVERGENCE_MAX_POINTS", 8)
+    r = run(SimConfig(seed=4, nodes=5, fault_s=5, profile="halves", heal_limit_s=20))
+    assert r.ok, r.failures
+    assert len(r.propagation_samples_ms) == 5
+    assert r.propagation_samples_ms == sorted(r.propagation_samples_ms)
+    assert len(r.divergence) <= 9
+    assert r.divergence[-1][1] == 0 and r.divergence[-1][0] > (r.heal_at_s or 0)
+    # the last point is the one taken at the end; the others are evenly spaced
+    steps = {round(b[0] - a[0], 3) for a, b in itertools.pairwise(r.divergence[:-1])}
+    assert min(steps) >= 0.5  # thinned: the interval doubled at least once
+
+
+def test_wall_limit_stops_a_run_unchecked() -> None:
+    r = run(SimConfig(seed=5, nodes=4, fault_s=4, profile="none", wall_limit_s=0.0))
+    assert not r.completed and not r.ok and r.stopped_in == "warm-up"
+    assert "wall-time limit" in r.failures[0]
 
 
 def _swarm(seeds: range, nodes: tuple[int, int], fault_s: float) -> list[SimResult]:
