@@ -110,6 +110,8 @@ class Relay:
         except OSError:
             return
         finally:
+            with self._lock:
+                self._conns = [c for c in self._conns if c is not a and c is not b]
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.close()
@@ -300,6 +302,7 @@ class Sandbox:
         """Start (or restart) a chassis: its crdtdb node, ovsdb-server, vswitchd, controller."""
         ch.dir.mkdir(parents=True, exist_ok=True)
         env = ch.env
+        ch.procs = []  # filled as each starts, so stop() finds whatever did
         if self.central_kind == "crdtdb":
             if ch.relay is None:
                 ch.relay = Relay(("127.0.0.1", self._gossip_port))
@@ -315,6 +318,7 @@ class Sandbox:
             self.tools["ovsdb-server"], str(conf), f"--remote=punix:{ch.dir / 'conf.sock'}",
             "--no-chdir", f"--unixctl={ch.dir / 'ovsdb.ctl'}"], env, ch.dir / "ovsdb.log")
         ovsdb.start()
+        ch.procs.append(ovsdb)
         self._wait_socket(ch.dir / "conf.sock", ovsdb)
         vsctl = [self.tools["ovs-vsctl"], f"--db={ch.ovs_db}",
                  f"--timeout={self.step_timeout_s:.0f}"]
@@ -330,6 +334,7 @@ class Sandbox:
             self.tools["ovs-vswitchd"], ch.ovs_db, "--enable-dummy", "--disable-system",
             "--no-chdir", f"--unixctl={ch.dir / 'vswitchd.ctl'}"], env, ch.dir / "vswitchd.log")
         vswitchd.start()
+        ch.procs.append(vswitchd)
         self._run([*vsctl, "--may-exist", "add-br", "br-int", "--", "set", "bridge", "br-int",
                    "datapath_type=dummy", "fail-mode=secure",
                    "other-config:disable-in-band=true",
@@ -340,7 +345,7 @@ class Sandbox:
             f"--log-file={ch.dir / 'ovn-controller.log'}", "-vconsole:off"],
             env, ch.dir / "ovn-controller.console")
         controller.start()
-        ch.procs = [p for p in (ch.node, ovsdb, vswitchd, controller) if p is not None]
+        ch.procs.append(controller)
 
     def _chassis_node(self, ch: Chassis) -> _Proc:
         assert ch.relay is not None
@@ -351,6 +356,7 @@ class Sandbox:
             dict(os.environ), ch.dir / "crdtdb.log")
         (ch.dir / "sb.sock").unlink(missing_ok=True)
         node.start()
+        ch.procs.insert(0, node)  # stopped last
         self._wait_socket(ch.dir / "sb.sock", node)
         return node
 
@@ -386,8 +392,9 @@ class Sandbox:
             ch.node.stop(signal.SIGKILL)
 
     def restart_node(self, ch: Chassis) -> None:
+        if ch.node is not None:
+            ch.procs.remove(ch.node)
         ch.node = self._chassis_node(ch)
-        ch.procs[0] = ch.node
 
     # --- commands -------------------------------------------------------------------------
 

@@ -81,3 +81,12 @@ def test_unreadable_file_is_a_config_error(tmp_path) -> None:
     bad.write_text("[databases\n")
     with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_config(bad)
+
+
+def test_a_split_database_cannot_use_the_ovsdb_relay() -> None:
+    config = parse_config({"plugins": {"ovsdb": {"remotes": "tcp:127.0.0.1:6641"}},
+                           "databases": {"OVN_Northbound": {
+                               "consistency": "eventual", "plugin": "ovsdb", "tables": {
+                                   "Chassis_Template_Var": {"consistency": "linearizable"}}}}})
+    with pytest.raises(ConfigError, match="cannot use the ovsdb plugin"):
+        config.validate()

@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.etcd,
 SCHEMA = DatabaseSchema.from_json({
     "name": "db", "version": "1.0.0",
     "tables": {"T": {"columns": {"name": {"type": "string"}, "n": {"type": "integer"}},
-                     "isRoot": True}}})
+                     "isRoot": True},
+               "Ref": {"columns": {"to": {"type": {"key": {
+                   "type": "uuid", "refTable": "T"}}}}, "isRoot": True}}})
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,27 @@ async def test_write_conflict_retries_on_the_newer_state(etcd: EtcdCluster, tmp_
         rows = await commit(a, [{"op": "select", "table": "T", "where": [],
                                  "columns": ["n"]}])
         assert rows == [{"rows": [{"n": 2}]}]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_delete_racing_a_new_reference_never_leaves_it_dangling(
+        etcd: EtcdCluster, tmp_path: Path) -> None:
+    prefix = f"/{tmp_path.name}/"
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(_start, etcd, "a", prefix)
+        b = await nursery.start(_start, etcd, "b", prefix)
+        (insert,) = await commit(a, [{"op": "insert", "table": "T", "row": {"name": "r"}}])
+        r = insert["uuid"][1]
+        await b.databases["db"].wait_for_revision(a.databases["db"].revision)
+        delete = request_of(a.databases["db"], [{"op": "delete", "table": "T",
+                                                  "where": [["_uuid", "==", ["uuid", r]]]}])
+        await commit(b, [{"op": "insert", "table": "Ref", "row": {"to": ["uuid", r]}}])
+        # a's delete ran before b's reference existed: it must not commit as it is.
+        assert isinstance(await a.commit(a.databases["db"], delete), Retry)
+        again = await commit(a, [{"op": "delete", "table": "T",
+                                  "where": [["_uuid", "==", ["uuid", r]]]}])
+        assert again[-1]["error"] == "referential integrity violation"
         nursery.cancel_scope.cancel()
 
 

@@ -220,3 +220,32 @@ async def test_a_pipelining_client_is_paused_at_max_pending_commits() -> None:
             assert server.core.statistics()["pending_transactions"] <= 5
             gate.open.set()
         assert gate.n == 40 and db.row_count("T") == 40
+
+
+def test_a_wait_that_blocks_after_a_commit_gets_its_timer() -> None:
+    core, db = setup()
+    s1, s2 = core.open_session(), core.open_session()
+    core.handle(s1, Request(1, "transact", ["db", insert("a")]))
+    core.waits_changed = False
+    core.handle(s2, Request(1, "transact", ["db", {
+        "op": "wait", "table": "T", "where": [], "columns": ["name"], "until": "==",
+        "rows": [{"name": "zzz"}], "timeout": 1000}]))
+    assert core.next_deadline_ms() is None  # queued behind the commit: no timer yet
+    core.waits_changed = False
+    land(core, db)  # now it runs, and blocks
+    assert core.waits_changed and core.next_deadline_ms() == 1000
+
+
+def test_on_a_relay_an_assert_of_someone_elses_lock_is_answered_here() -> None:
+    db = LinearizableDatabase(SCHEMA, MemoryDatabase(SCHEMA), Unused(), forwards=True)
+    core = ServerCore({"db": db}, now_ms=lambda: 0)
+    owner, other = core.open_session(), core.open_session()
+    core.handle(owner, Request(1, "lock", ["L"]))
+    core.handle(other, Request(2, "transact", ["db", {"op": "assert", "lock": "L"},
+                                               insert("x")]))
+    # Not forwarded (the cluster would check the node's shared session, which holds L).
+    (pending,) = core.commits
+    assert not pending.request.forward and pending.outcome.results[0]["error"] == "not owner"
+    core.handle(owner, Request(3, "transact", ["db", {"op": "assert", "lock": "L"},
+                                               insert("y")]))
+    assert core.commits[-1].request.forward

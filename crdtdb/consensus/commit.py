@@ -32,6 +32,10 @@ class CommitRequest:
     base_revision: int
     #: Locks the transaction asserted: the commit must fail if this node no longer holds them.
     fences: tuple[str, ...] = ()
+    #: Sent unrun, for a plugin that runs transactions itself (``forwards`` stores); False
+    #: when the core ran it on the cache (then a request without changeset is a read or an
+    #: error the engine already answered).
+    forward: bool = False
 
     @property
     def read_only(self) -> bool:

@@ -104,6 +104,13 @@ class Config:
             if names is not None and db not in names:
                 raise ConfigError(f"databases.{db}: no schema given for this database "
                                   f"(serving: {', '.join(sorted(names)) or 'nothing'})")
+        for db, policy in self.databases.items():
+            if policy.plugin == "ovsdb" and len({policy.consistency,
+                                                 *policy.tables.values()}) > 1:
+                raise ConfigError(
+                    f"databases.{db}.tables: a database split between levels cannot use the "
+                    "ovsdb plugin (the relay forwards whole transactions to the cluster); use "
+                    "etcd or local")
         if "ovsdb" in self.plugins_used() and not self.ovsdb.remotes:
             raise ConfigError("plugins.ovsdb.remotes: the clustered ovsdb-server's remotes are "
                               "needed (e.g. \"tcp:10.0.0.1:6641,tcp:10.0.0.2:6641\")")

@@ -84,20 +84,37 @@ class EtcdOptions:
 
 def conflict_tables(schema: DatabaseSchema, request: CommitRequest) -> set[str]:
     """The tables whose change since ``base_revision`` invalidates the transaction: those it
-    scanned or looked rows up in, those it writes, and those its written rows reference
-    (a concurrent delete of a referenced row would leave a dangling reference)."""
+    scanned or looked rows up in, those it writes, those its written rows reference (a
+    concurrent delete of a referenced row would leave a dangling reference) and those that
+    reference the tables it writes (a concurrent insert of a reference to a row it deletes,
+    or garbage-collects, would too)."""
     rs = request.read_set
     out = set(rs.tables) | {t for t, _ in rs.rows}
     if request.changeset:
+        refs = _references(schema)
         for tname, changes in request.changeset.tables.items():
-            if not changes:
-                continue
-            out.add(tname)
-            for col in schema.tables[tname].ref_columns:
+            if changes:
+                out.add(tname)
+                out |= refs[tname]
+    return out
+
+
+_REFERENCES: dict[int, dict[str, set[str]]] = {}
+
+
+def _references(schema: DatabaseSchema) -> dict[str, set[str]]:
+    """Table -> the tables it references and the tables that reference it (cached)."""
+    edges = _REFERENCES.get(id(schema))
+    if edges is None:
+        edges = {name: set() for name in schema.tables}
+        for table in schema.tables.values():
+            for col in table.ref_columns:
                 for base in (col.type.key, col.type.value):
                     if base is not None and base.ref_table is not None:
-                        out.add(base.ref_table)
-    return out
+                        edges[table.name].add(base.ref_table)
+                        edges[base.ref_table].add(table.name)
+        _REFERENCES[id(schema)] = edges
+    return edges
 
 
 class _Backoff:
@@ -184,6 +201,12 @@ class EtcdPlugin:
         for (tname, uuid), new in rows.items():
             if db.get_row(tname, uuid) is None:
                 cs.tables.setdefault(tname, {})[uuid] = RowChange(None, new)
+        # The commit ids of the tables' last commits: a commit whose answer was lost while
+        # the feed reloaded is still recognised.
+        tprefix = f"{self._db_prefix(name)}t/".encode()
+        for kv in (await self.client.range(tprefix, prefix_end(tprefix),
+                                           revision=revision)).kvs:
+            self._remember(kv.value.decode(errors="replace"), kv.mod_revision)
         if revision > db.revision:
             db.apply_feed(revision, cs)
         log.info("%s: loaded %d rows from etcd at revision %d", name, len(rows), revision)
@@ -214,11 +237,20 @@ class EtcdPlugin:
                             db.revision)
                 try:
                     await self._reload(db)
-                except EtcdUnavailable:
+                except EtcdError:
                     await backoff.wait()
             except EtcdUnavailable as exc:
                 log.warning("%s: change feed lost (%s); reconnecting", name, exc)
                 await backoff.wait()
+            except (EtcdError, EtcdLayoutError, ValueError, KeyError) as exc:
+                # A watch etcd cancelled, or a key this version cannot read: start over from
+                # a full load rather than take the node down.
+                log.error("%s: change feed failed (%r); reloading", name, exc)
+                await backoff.wait()
+                try:
+                    await self._reload(db)
+                except EtcdError as again:
+                    log.warning("%s: reload failed (%s)", name, again)
 
     def _apply_events(self, db: LinearizableDatabase, events: list[Any]) -> None:
         name = db.schema.name
@@ -278,10 +310,12 @@ class EtcdPlugin:
         compares = [Compare.mod(self._table_key(name, t), "LESS", request.base_revision + 1)
                     for t in tables]
         failure: list[Any] = [Range(self._table_key(name, t)) for t in tables]
+        fence_tokens: dict[str, str] = {}
         for lock in request.fences:
             token = self.locks.token(lock)
             if token is None:
                 return Retry(f"lock {lock} is no longer held by this node")
+            fence_tokens[lock] = token
             compares.append(Compare.value(self.lock_key(lock), "EQUAL", token.encode()))
             failure.append(Range(self.lock_key(lock)))
         commit_id = f"{self.node_id}/{uuidlib.uuid4()}"
@@ -320,8 +354,7 @@ class EtcdPlugin:
                 kvs = t_resp if isinstance(t_resp, list) else getattr(t_resp, "kvs", [])
                 if req.key.startswith(f"{self.options.prefix}_locks/".encode()):
                     lock = req.key.decode().rsplit("/", 1)[1]
-                    token = self.locks.token(lock)
-                    if not kvs or token is None or kvs[0].value != token.encode():
+                    if not kvs or kvs[0].value != fence_tokens[lock].encode():
                         lost_locks.append(lock)
                 elif kvs:
                     latest = max(latest, kvs[0].mod_revision)
@@ -330,7 +363,7 @@ class EtcdPlugin:
                 self.n_commits += 1
                 return Applied()
             for lock in lost_locks:
-                self.locks.lost(lock)
+                self.locks.lost(lock, fence_tokens[lock])
             self.n_retries += 1
             return Retry("lock lost" if lost_locks else
                          "a table it depends on changed: " + ", ".join(tables))
@@ -377,6 +410,10 @@ class EtcdLockGate:
     def want(self, name: str, *, steal: bool) -> None:
         if steal:
             self._steal.add(name)
+            if name in self._tasks and name not in self._tokens:
+                # Its task may be watching another node's key for a long time: restart it
+                # as a steal now.
+                self._tasks.pop(name).cancel()
         if name in self._tasks:
             return
         if len(self._tasks) >= self._plugin.options.max_locks:
@@ -392,12 +429,17 @@ class EtcdLockGate:
     def release(self, name: str) -> None:
         scope = self._tasks.pop(name, None)
         self._steal.discard(name)
+        # Not held from now on (a pipelined lock right after must not see it held); the
+        # task deletes the key when its cancellation lands.
+        self._tokens.pop(name, None)
         if scope is not None:
             scope.cancel()
 
-    def lost(self, name: str) -> None:
-        """A commit's fence found the lock gone: forget it and tell the server."""
-        if self._tokens.pop(name, None) is not None:
+    def lost(self, name: str, token: str) -> None:
+        """A commit's fence found the key without ``token``: forget that acquisition (not a
+        newer one) and tell the server."""
+        if self._tokens.get(name) == token:
+            del self._tokens[name]
             self.n_lost += 1
             log.warning("lock %s: lost (found by a commit's fence)", name)
             self.on_change(name, False)
@@ -410,33 +452,39 @@ class EtcdLockGate:
             await self._keep_lease()
 
     async def _keep_lease(self) -> None:
+        """Grant and renew the lease. The locks count as held only while the lease is
+        surely alive: until (send time of the last successful renewal + TTL - a margin),
+        whatever the network does; a renewal that cannot answer by then loses them all."""
         ttl_s = self._plugin.options.lock_ttl_s
+        margin_s = ttl_s / 4
         client = self._plugin.client
         backoff = _Backoff(self._plugin.options)
         while True:
+            sent = trio.current_time()
             try:
-                lease, _ = await client.lease_grant(ttl_s)
+                lease, granted_s = await client.lease_grant(ttl_s)
             except EtcdError as exc:
                 log.warning("cannot get a lease for locks (%s); retrying", exc)
                 await backoff.wait()
                 continue
+            valid_until = sent + granted_s - margin_s
             self._lease = lease
             self._lease_ready.set()
-            renewed = trio.current_time()
-            while True:
+            while trio.current_time() < valid_until:
                 await trio.sleep(ttl_s / 3)
-                try:
-                    await client.lease_keepalive(lease)
-                    renewed = trio.current_time()
-                except EtcdLeaseExpired:
-                    break
-                except EtcdError as exc:
-                    if trio.current_time() - renewed < ttl_s:
+                sent = trio.current_time()
+                with trio.move_on_at(valid_until):
+                    try:
+                        granted_s = await client.lease_keepalive(lease)
+                    except EtcdLeaseExpired:
+                        break
+                    except EtcdError as exc:
                         log.warning("lease keepalive failed (%s); retrying", exc)
                         continue
-                    break
+                    valid_until = sent + granted_s - margin_s
             # The lease is (or may be) gone, and every lock on it.
-            log.warning("lock lease %x expired; every lock it held is lost", lease)
+            log.warning("lock lease %x expired or not renewed in time; every lock it held "
+                        "is lost", lease)
             self._lease = None
             self._lease_ready = trio.Event()
             for name in list(self._tokens):
@@ -448,16 +496,19 @@ class EtcdLockGate:
         client = self._plugin.client
         key = self._plugin.lock_key(name)
         backoff = _Backoff(self._plugin.options)
-        token: str | None = None
+        # One token per task: an attempt whose answer was lost, then retried, finds the key
+        # holding its own token and knows it won.
+        token = f"{self._plugin.node_id}/{uuidlib.uuid4()}"
+        sent = False
         with scope:
             try:
                 while True:
                     while self._lease is None:
                         await self._lease_ready.wait()
                     lease = self._lease
-                    token = f"{self._plugin.node_id}/{uuidlib.uuid4()}"
                     steal = name in self._steal
                     try:
+                        sent = True
                         if steal:
                             resp = await client.txn([], [Put(key, token.encode(), lease=lease)])
                         else:
@@ -470,7 +521,10 @@ class EtcdLockGate:
                         continue
                     backoff.reset()
                     self._steal.discard(name)
-                    if resp.succeeded:
+                    ours = resp.succeeded or any(
+                        isinstance(r, list) and r and r[0].value == token.encode()
+                        for r in resp.responses)
+                    if ours and self._lease == lease and name not in self._tokens:
                         self._tokens[name] = token
                         self.n_acquired += 1
                         log.info("lock %s: acquired by this node", name)
@@ -483,8 +537,9 @@ class EtcdLockGate:
                         log.warning("lock %s: lost (stolen or expired)", name)
                         self.on_change(name, False)
             finally:
-                if token is not None and self._tokens.get(name) == token:
+                if self._tokens.get(name) == token:
                     del self._tokens[name]
+                if sent:
                     with trio.move_on_after(2) as cleanup:
                         cleanup.shield = True
                         with contextlib.suppress(EtcdError):  # else the lease expires it
@@ -505,7 +560,15 @@ class EtcdLockGate:
                             if ev.type == "DELETE" or ev.kv.value != token.encode():
                                 return
             except EtcdCompacted:
-                return  # re-contend from scratch
+                # History is gone, the key is not: look at it now and go on from there.
+                try:
+                    res = await client.range(key)
+                except EtcdError:
+                    await trio.sleep(self._plugin.options.backoff_s_max)
+                    continue
+                if not res.kvs or res.kvs[0].value != token.encode():
+                    return
+                start = res.revision + 1
             except EtcdError as exc:
                 log.warning("lock watch on %r failed (%s); retrying", key, exc)
                 await trio.sleep(self._plugin.options.backoff_s_max)

@@ -164,7 +164,7 @@ class OvsdbRelay:
                 self.n_connects += 1
                 self._was_up = True
                 self._client = client
-                self._processed = client.notifications_received
+                self._processed = 0  # _consume counts every notification of this client
                 self._connected.set()
                 task_status.started()
                 self.locks.reconnected(client)
@@ -237,6 +237,10 @@ class OvsdbRelay:
     # --- commits --------------------------------------------------------------------------
 
     async def commit(self, db: LinearizableDatabase, request: CommitRequest) -> CommitOutcome:
+        if not request.forward and not request.changeset:
+            # The core ran it here (a wait that may block, or an assert of a lock the
+            # session does not own) and it changed nothing: its local answer stands.
+            return Applied()
         name = db.schema.name
         while True:
             client = self._client
@@ -245,7 +249,7 @@ class OvsdbRelay:
                 continue
             try:
                 results = await client.transact(name, request.operations)
-            except ConnectionLost as exc:
+            except (ConnectionLost, trio.ClosedResourceError) as exc:
                 self.n_unknown_outcomes += 1
                 return Failed({"error": "commit outcome unknown", "details": (
                     f"the connection to the ovsdb cluster was lost while committing ({exc}): "
@@ -261,10 +265,13 @@ class OvsdbRelay:
 
     async def _caught_up(self, client: OvsdbClient) -> None:
         """Until the feed has consumed every notification received so far (so the updates
-        the server sent before a reply are in the cache)."""
+        the server sent before a reply are in the cache); if the connection drops first,
+        until the next one has reloaded the cache from the leader."""
         target = client.notifications_received
         while self._client is client and self._processed < target:
             await self._progress.wait()
+        while self._client is None or (self._client is client and not client.connected):
+            await self._connected.wait()
 
     def statistics(self) -> dict[str, int]:
         return {"connects": self.n_connects, "commits": self.n_commits,

@@ -299,12 +299,15 @@ class ServerCore:
         ops = t.request.params[1:]
         split = getattr(db, "is_linearizable", None)  # tables of both levels: per transaction
         linearizable = split(ops) if split is not None else getattr(db, "linearizable", False)
-        if getattr(db, "forwards", False) and not _waits_on_time(ops):
+        if (getattr(db, "forwards", False) and not _waits_on_time(ops)
+                and all(self.holds_lock(s, lock) for lock in asserted_locks(ops))):
+            # (an assert of a lock this session does not own runs locally: "not owner";
+            # the cluster would only check the node's shared session)
             # The plugin runs the transaction itself (a relay to a clustered ovsdb-server):
             # no local run, and no need to hold others back (the cluster orders them).
             self.commits.append(PendingCommit(s, t, Outcome(None), CommitRequest(
                 t.db_name, ops, None, ReadSet(), db.revision,  # type: ignore[attr-defined]
-                asserted_locks(ops))))
+                asserted_locks(ops), forward=True)))
             t.committing = True
             return False
         if linearizable and t.db_name in self._inflight:
@@ -317,6 +320,7 @@ class ServerCore:
         if outcome.blocked:
             t.deadline_ms = (None if outcome.timeout_ms is None
                              else t.created_ms + outcome.timeout_ms)
+            self.waits_changed = True  # the timer task must learn the (new) deadline
             return False
         if linearizable:
             request = CommitRequest(t.db_name, ops, outcome.changeset or None,
@@ -415,7 +419,8 @@ class ServerCore:
     def next_deadline_ms(self) -> int | None:
         deadlines = [t.deadline_ms for s in self.sessions.values()
                      for t in s.triggers.values()
-                     if t.deadline_ms is not None and not t.committing and not t.queued]
+                     if t.deadline_ms is not None and not t.committing and not t.queued
+                     and t.db_name not in self._inflight]  # commit_finished retries those
         return min(deadlines) if deadlines else None
 
     def _cancel(self, s: Session, params: list[Any]) -> None:

@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,7 +279,8 @@ class OvsdbServer:
 
     def publish(self, db_name: str, changeset: Changeset) -> None:
         """A change from outside any session: notify monitors, retry waits, send."""
-        self.core.publish(db_name, changeset)
+        with _logged(f"publishing a change of {db_name}"):
+            self.core.publish(db_name, changeset)
         self._flush()
 
     def _flush(self) -> None:
@@ -308,12 +309,14 @@ class OvsdbServer:
                           pending.trigger.request.id)
             result = Failed({"error": "internal error",
                              "details": "commit failed in the consensus plugin (logged)"})
-        self.core.commit_finished(pending, result)
+        with _logged("finishing a commit"):
+            self.core.commit_finished(pending, result)
         self._flush()
 
     def lock_changed(self, name: str, held: bool) -> None:
         """From the lock gate: this node took or lost ``name`` cluster-wide."""
-        self.core.lock_changed(name, held)
+        with _logged(f"lock {name} changing hands"):
+            self.core.lock_changed(name, held)
         self._flush()
 
     async def _timers(self) -> None:
@@ -325,7 +328,8 @@ class OvsdbServer:
             with trio.move_on_at(at):
                 await self._deadline_changed.wait()
                 continue
-            self.core.run_timers()
+            with _logged("running timers"):
+                self.core.run_timers()
             self._flush()
 
     # --- listeners ------------------------------------------------------------------------
@@ -426,6 +430,16 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
                 path.unlink(missing_ok=True)
             for db, fn in feeds:
                 db.remove_listener(fn)
+
+
+@contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Outside a session's reader (which drops just that client), a bug must not take the
+    whole server down: log it and carry on."""
+    try:
+        yield
+    except Exception:
+        log.exception("internal error while %s", what)
 
 
 def _peer_name(stream: trio.abc.Stream, where: str) -> str:
