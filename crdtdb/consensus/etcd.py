@@ -60,6 +60,10 @@ from crdtdb.errors import CrdtdbError
 log = logging.getLogger(__name__)
 
 
+#: gRPC codes etcd uses for "not now" (resource exhausted, unavailable, deadline exceeded).
+_TRANSIENT_CODES = frozenset({4, 8, 14})
+
+
 class EtcdLayoutError(CrdtdbError):
     """A key under the plugin's prefix is not one the plugin writes (another program shares
     the prefix, or the schema changed): the feed stops rather than guess."""
@@ -319,6 +323,7 @@ class EtcdPlugin:
             compares.append(Compare.value(self.lock_key(lock), "EQUAL", token.encode()))
             failure.append(Range(self.lock_key(lock)))
         commit_id = f"{self.node_id}/{uuidlib.uuid4()}"
+        uncertain = False  # an earlier attempt's answer was lost
         success: list[Any] = []
         assert request.changeset is not None
         for tname, changes in request.changeset.tables.items():
@@ -334,11 +339,28 @@ class EtcdPlugin:
             try:
                 resp = await self.client.txn(compares, success, failure)
             except EtcdRequestError as exc:
+                if exc.code in _TRANSIENT_CODES:
+                    log.warning("%s: etcd answered %s; retrying", name, exc)
+                    await backoff.wait()
+                    continue
+                if uncertain:
+                    # An earlier attempt's answer was lost: it may have landed. Ask the
+                    # feed before calling it failed.
+                    try:
+                        mods = await self._table_revisions(db)
+                    except EtcdError:
+                        await backoff.wait()
+                        continue
+                    await db.wait_for_revision(max(mods.values(), default=0))
+                    if commit_id in self._landed:
+                        self.n_commits += 1
+                        return Applied()
                 # etcd refused the request itself (too many operations, too large): final.
                 log.error("%s: etcd refused a commit: %s", name, exc)
                 return Failed({"error": "commit failed", "details": f"etcd: {exc.message}"})
             except EtcdUnavailable as exc:
                 # The outcome is unknown: send it again (see the module docstring).
+                uncertain = True
                 self.n_unknown_outcomes += 1
                 log.warning("%s: etcd unavailable during a commit (%s); retrying", name, exc)
                 await backoff.wait()
