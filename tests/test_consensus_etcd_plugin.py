@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from crdtdb.consensus.commit import Applied, CommitRequest, Retry
+from crdtdb.consensus.commit import Applied, CommitRequest, Failed, Retry
 from crdtdb.consensus.etcd import EtcdOptions, EtcdPlugin, open_etcd_plugin
 from crdtdb.consensus.etcd_client import open_etcd_client
 from crdtdb.engine import DatabaseSchema
@@ -161,3 +161,22 @@ def test_the_number_of_contended_locks_is_bounded() -> None:
     gate._tasks = {"a": trio.CancelScope(), "b": trio.CancelScope()}
     gate.want("c", steal=False)  # refused (logged), not a RuntimeError for a missing nursery
     assert set(gate._tasks) == {"a", "b"} and not gate.held("c")
+
+
+@pytest.mark.trio
+async def test_a_transaction_too_large_for_etcd_fails_cleanly(etcd: EtcdCluster,
+                                                              tmp_path: Path) -> None:
+    """This etcd runs with its defaults (128 operations per Txn): a 200-row insert is
+    refused whole, answered as an OVSDB error, and nothing is committed."""
+    prefix = f"/{tmp_path.name}/"
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(_start, etcd, "a", prefix)
+        db = a.databases["db"]
+        ops = [{"op": "insert", "table": "T", "row": {"name": f"r{i}"}} for i in range(200)]
+        out = db.execute(ops)
+        result = await a.commit(db, CommitRequest("db", ops, out.changeset, out.read_set,
+                                                  db.revision))
+        assert isinstance(result, Failed), result
+        assert result.error["error"] == "commit failed" and "etcd" in result.error["details"]
+        assert db.row_count("T") == 0
+        nursery.cancel_scope.cancel()
