@@ -202,8 +202,10 @@ def test_idle_pulls_back_off_and_new_data_brings_them_back() -> None:
                  "a", 0.0)], 0.0)
     cfg = ga.config
     idle = _pulls_between(ga, gb, 0.0, 20.0)
-    # Without backoff: about 20 / 0.25 = 80 pulls; with it, near 20 / max interval.
-    assert idle <= 20.0 / cfg.anti_entropy_max_interval_s * 1.5 + 4, idle
+    # Without backoff: about 20 / 0.25 = 80 pulls; with it, the quiet rounds at the base
+    # rate, then near one per max interval.
+    assert idle <= cfg.anti_entropy_idle_rounds + 20.0 / cfg.anti_entropy_max_interval_s * 1.5 \
+        + 4, idle
     # b commits, and its push to a is lost: a's next pull must find it and go back to the
     # base rate.
     ok(txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "late"}}))

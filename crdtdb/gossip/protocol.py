@@ -12,10 +12,12 @@ What it does, per replicated database:
 * **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets this
   node's state vector and answers with a diff, then asks for one back (push-pull). This alone
   guarantees convergence; pushes only make it fast. A pushed update that follows a gap
-  triggers an immediate pull from its sender. While exchanges bring nothing new, the interval
-  doubles up to ``anti_entropy_max_interval_s`` (pushes carry the normal traffic; a hub with
-  N leaves would otherwise answer 4N pulls a second forever); new data from a pull, a gap or
-  a peer coming up brings it back to ``anti_entropy_interval_s``;
+  triggers an immediate pull from its sender. After ``anti_entropy_idle_rounds`` rounds in a
+  row with nothing new, the interval doubles up to ``anti_entropy_max_interval_s`` (an idle
+  hub with N leaves would otherwise answer 4N pulls a second forever); anything new — a
+  push, a pull's diff, a gap, a peer coming up — brings it back to
+  ``anti_entropy_interval_s``, so while writes flow (lulls included) the pulls that catch
+  what pushes missed run at full rate;
 * **failure detection**: each peer is pinged every ``ping_interval_s``; one silent for
   ``peer_timeout_s`` is disconnected (the transport reconnects with backoff).
 
@@ -48,6 +50,9 @@ class GossipConfig:
     max_hops: int = 16
     anti_entropy_interval_s: float = 0.25
     anti_entropy_max_interval_s: float = 2.0
+    #: Pull rounds without anything new before the interval starts doubling (quiet for
+    #: about this many base intervals: short lulls between writes keep the full rate).
+    anti_entropy_idle_rounds: int = 12
     ping_interval_s: float = 1.0
     peer_timeout_s: float = 5.0
     max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
@@ -115,6 +120,7 @@ class Gossip:
         self.peers: dict[str, PeerState] = {}
         self._next_anti_entropy: float | None = None
         self._ae_interval_s = self.config.anti_entropy_interval_s
+        self._quiet_rounds = 0
         self._stats = GossipStatistics()
 
     # --- connections ------------------------------------------------------------------------
@@ -224,6 +230,7 @@ class Gossip:
             self._stats.pushes_duplicate += 1
             return out
         self._stats.pushes_new += 1
+        self._lively()  # things are happening: pull at the base rate to catch what we missed
         if msg.hops + 1 < self.config.max_hops:
             for peer in self._choose(msg.db, exclude=p.key):
                 self._stats.forwards += 1
@@ -243,6 +250,7 @@ class Gossip:
     def _lively(self) -> None:
         """Something was missing here: pull at the base rate again (and soon)."""
         base = self.config.anti_entropy_interval_s
+        self._quiet_rounds = 0
         if self._ae_interval_s > base:
             self._ae_interval_s = base
             self._next_anti_entropy = None  # rescheduled from now at the next tick
@@ -273,8 +281,11 @@ class Gossip:
             self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
-            # Back off until something new turns up (see _lively).
-            self._ae_interval_s = min(2 * self._ae_interval_s, cfg.anti_entropy_max_interval_s)
+            # Back off once quiet for a while, until something new turns up (see _lively).
+            self._quiet_rounds += 1
+            if self._quiet_rounds > cfg.anti_entropy_idle_rounds:
+                self._ae_interval_s = min(2 * self._ae_interval_s,
+                                          cfg.anti_entropy_max_interval_s)
             ready = self.ready_peers()
             if ready:
                 peer = self.rng.choice(ready)
