@@ -599,7 +599,7 @@ NOTES = """How to read it:
   plugin) and the SB to northd, and each chassis's ovn-controller talks to its own crdtdb
   node (a full SB replica) that gossips with the central node (a star through the sandbox's
   tcp relays; local commits pushed to every peer, forwards to 2, pull anti-entropy every
-  0.25 s backing off to 2 s while idle).
+  0.25 s, backing off to 2 s after about 3 s of quiet).
 - `--wait=sb` is answered when ovn-northd has put the change into the SB (central only in
   both clouds). `--wait=hv` also needs every chassis to see the new SB_Global.nb_cfg, bring
   its flows up to date and report it in its Chassis_Private row, and northd to see all those
@@ -610,8 +610,10 @@ NOTES = """How to read it:
   each chassis node's Chassis_Private report is a local commit pushed to its one peer, the
   central node. What remains is N Python processes sharing 2 cores with N ovn-controllers
   and vswitchds. The idle CPU of the central node is the pull exchanges and pings of N
-  peers (each chassis node pulls it every 2 s once idle: the pulls back off from 0.25 s
-  while they bring nothing; it was 4 a second before, 12.7% of a core at N = 20, now 5.4%).
+  peers: each chassis node pulls it 4 times a second until about 3 s of quiet, then backs
+  off to one pull per 2 s (gossip's idle backoff). Most of this benchmark's 5 s idle window
+  comes before the backoff; a run with backoff after every empty pull measured 5.4% of a
+  core at N = 20 instead of about 12%, but cost the simulated network's convergence tail.
 - "During the changes" is the change phase (VIF binds, `ovn-nbctl` commands, the final
   check that every port is claimed). "While idle" is the window after it. "Per change (net of
   idle)" subtracts the idle rate times the phase's wall time, so a slower cloud is not
