@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,17 @@ def _need() -> None:
         pytest.skip("ovn-common / ovsdb-client not installed")
 
 
-def _port(server: CrdtdbServer, kind: str) -> int:
-    for addr in server.addresses():
-        if addr.startswith(kind + ":"):
-            return int(addr.rsplit(":", 1)[1])
-    raise AssertionError(f"no {kind} address in {server.addresses()}")
+def _port(server: CrdtdbServer, kind: str, timeout_s: float = 10.0) -> int:
+    """The server's ``kind`` listener port, from its log. The unix socket (which the fixture
+    waits for) is listened on first: the others may be logged a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for addr in server.addresses():
+            if addr.startswith(kind + ":"):
+                return int(addr.rsplit(":", 1)[1])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {kind} address in {server.addresses()}")
+        time.sleep(0.02)
 
 
 def test_pssl_mutual_tls_with_ovsdb_client(pki: Path, tmp_path: Path) -> None:
