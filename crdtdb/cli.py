@@ -387,10 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replica (default): each database is a CRDT replica that can merge "
                         "with peers; log: a plain single-node store (an append-only log)")
     p.add_argument("--config", metavar="FILE",
-                   help="TOML file saying, per database, eventual (a CRDT replica) or "
-                        "linearizable (through a consensus plugin: local, etcd, ovsdb) and "
-                        "where locks live; see docs/configuration.md (default: everything "
-                        "eventual, locks in this node)")
+                   help="TOML file saying, per database (or per table), eventual (a CRDT "
+                        "replica) or linearizable (through a consensus plugin: local, etcd, "
+                        "ovsdb) and where locks live; see docs/configuration.md (default: "
+                        "everything eventual, locks in this node)")
     p.add_argument("--listen", action="append", metavar="HOST:PORT",
                    help="accept gossip connections from peers here (repeatable)")
     p.add_argument("--peer", action="append", metavar="HOST:PORT",
