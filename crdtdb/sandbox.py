@@ -548,9 +548,6 @@ class Sandbox:
                 out[p.name] = p.proc.pid
         return out
 
-    def statistics(self) -> dict[str, Any]:
-        return {"chassis": len(self.chassis), "central": self.central_kind}
-
 
 def _fields(block: str) -> list[tuple[str, str]]:
     out = []

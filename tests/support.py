@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,17 @@ def need_ovn(*tools: str) -> dict[str, str]:
         if not schema.is_file():
             _missing(f"{schema} (Debian ovn-common)")
     return found
+
+
+def drive_local_commits(core: Any) -> None:
+    """Complete the commits a ServerCore handed out to the local plugin, synchronously (it
+    never really awaits), as the server's I/O layer would."""
+    while core.commits:
+        pending = core.commits.pop(0)
+        coro = core.databases[pending.request.db_name].commit(pending.request)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            core.commit_finished(pending, done.value)
+        else:  # pragma: no cover - the local plugin has nothing to wait for
+            raise AssertionError("the local plugin awaited something")

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import NB_SCHEMA, need_ovn
+from support import NB_SCHEMA, drive_local_commits, need_ovn
 
 from crdtdb.consensus.config import ConfigError, parse_config
 from crdtdb.consensus.local import local_database
@@ -61,16 +61,6 @@ def _core() -> tuple[ServerCore, SplitDatabase]:
     return core, db
 
 
-def _drive(core: ServerCore) -> None:
-    while core.commits:
-        pending = core.commits.pop(0)
-        coro = core.databases["OVN_Northbound"].commit(pending.request)  # type: ignore
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            core.commit_finished(pending, done.value)
-
-
 def test_transactions_are_routed_and_mixed_ones_refused() -> None:
     core, db = _core()
     s = core.open_session()
@@ -89,7 +79,7 @@ def test_transactions_are_routed_and_mixed_ones_refused() -> None:
     core.handle(s, Request(3, "transact", ["OVN_Northbound", {
         "op": "insert", "table": "Chassis_Template_Var", "row": {"chassis": "hv1"}}]))
     assert len(core.commits) == 1 and s.drain() == []
-    _drive(core)
+    drive_local_commits(core)
     out = s.drain()
     assert [type(e) for e in out] == [Notification, Reply]
     assert "Chassis_Template_Var" in out[0].params[1]
@@ -101,7 +91,7 @@ def test_transactions_are_routed_and_mixed_ones_refused() -> None:
                                             "row": {"name": "sw1"}},
                                            {"op": "insert", "table": "Chassis_Template_Var",
                                             "row": {"chassis": "hv2"}}]))
-    _drive(core)
+    drive_local_commits(core)
     (reply,) = s.drain()
     assert reply.result[0]["error"] == "not supported"
     assert "different consistency" in reply.result[0]["details"] and reply.result[1] is None
@@ -117,7 +107,7 @@ def test_transactions_are_routed_and_mixed_ones_refused() -> None:
                                             "where": [], "columns": ["name"]},
                                            {"op": "insert", "table": "Chassis_Template_Var",
                                             "row": {"chassis": "hv3"}}]))
-    _drive(core)
+    drive_local_commits(core)
     replies = [e for e in s.drain() if isinstance(e, Reply)]
     assert replies[0].result[0] == {"rows": [{"name": "sw0"}]}
     assert "uuid" in replies[0].result[1]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import drive_local_commits
 
 from crdtdb.consensus.local import local_database
 from crdtdb.engine import DatabaseSchema, MemoryDatabase
@@ -180,19 +181,6 @@ def to_json(event: Any) -> dict[str, Any]:
     return {"id": None, "method": event.method, "params": event.params}
 
 
-def _drive_commits(core: ServerCore) -> None:
-    """Complete the commits the core handed out (the local plugin never really awaits)."""
-    while core.commits:
-        pending = core.commits.pop(0)
-        coro = core.databases[pending.request.db_name].commit(pending.request)  # type: ignore
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            core.commit_finished(pending, done.value)
-        else:  # pragma: no cover - the local plugin has nothing to wait for
-            raise AssertionError("the local plugin awaited something")
-
-
 @pytest.mark.parametrize("store", ["memory", "linearizable-local"])
 def test_transcripts_replay_identically(store: str) -> None:
     """The real transcripts, replayed through the core: with a plain store, and with every
@@ -221,10 +209,10 @@ def test_transcripts_replay_identically(store: str) -> None:
             now[0] = offset + last
             core.run_timers()
             s = sessions.get(conn) or sessions.setdefault(conn, core.open_session())
-            _drive_commits(core)
+            drive_local_commits(core)
             if m["dir"].startswith("client"):
                 core.handle(s, to_event(uni.translate(copy.deepcopy(m["msg"]))))
-                _drive_commits(core)
+                drive_local_commits(core)
             for c, sess in sessions.items():
                 queues.setdefault(c, []).extend(to_json(e) for e in sess.drain())
             if m["dir"].startswith("server"):

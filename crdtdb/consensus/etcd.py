@@ -95,30 +95,19 @@ def conflict_tables(schema: DatabaseSchema, request: CommitRequest) -> set[str]:
     rs = request.read_set
     out = set(rs.tables) | {t for t, _ in rs.rows}
     if request.changeset:
-        refs = _references(schema)
-        for tname, changes in request.changeset.tables.items():
-            if changes:
-                out.add(tname)
-                out |= refs[tname]
-    return out
-
-
-_REFERENCES: dict[int, dict[str, set[str]]] = {}
-
-
-def _references(schema: DatabaseSchema) -> dict[str, set[str]]:
-    """Table -> the tables it references and the tables that reference it (cached)."""
-    edges = _REFERENCES.get(id(schema))
-    if edges is None:
-        edges = {name: set() for name in schema.tables}
+        written = {t for t, changes in request.changeset.tables.items() if changes}
+        out |= written
         for table in schema.tables.values():
             for col in table.ref_columns:
                 for base in (col.type.key, col.type.value):
-                    if base is not None and base.ref_table is not None:
-                        edges[table.name].add(base.ref_table)
-                        edges[base.ref_table].add(table.name)
-        _REFERENCES[id(schema)] = edges
-    return edges
+                    target = base.ref_table if base is not None else None
+                    if target is None:
+                        continue
+                    if table.name in written:
+                        out.add(target)
+                    if target in written:
+                        out.add(table.name)
+    return out
 
 
 class _Backoff:

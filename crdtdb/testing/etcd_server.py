@@ -25,9 +25,9 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Self
+from typing import IO
 
-from crdtdb.testing.ovsdb_server import die_with_parent, find_binary
+from crdtdb.testing.ovsdb_server import StartedProcesses, die_with_parent, find_binary
 from crdtdb.testing.ports import free_tcp_ports
 
 #: The election settings every member gets: fast enough for tests, slow enough that a busy CI
@@ -84,7 +84,7 @@ class _Member:
         return self.proc is not None and self.proc.poll() is None
 
 
-class EtcdCluster:
+class EtcdCluster(StartedProcesses):
     """A local etcd cluster for tests, as a context manager::
 
         with EtcdCluster(3, tmp_path) as cluster:
@@ -131,16 +131,6 @@ class EtcdCluster:
     def __len__(self) -> int:
         return len(self._members)
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def start(self) -> None:
         """Start every member (a new cluster) and wait until each is healthy."""

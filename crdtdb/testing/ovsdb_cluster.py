@@ -29,13 +29,13 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
 
 from crdtdb.errors import CrdtdbError
 from crdtdb.testing.ovsdb_server import (
     ChildServer,
     OvsdbRpcError,
     OvsdbServerError,
+    StartedProcesses,
     find_binaries,
     find_binary,
 )
@@ -184,7 +184,7 @@ class ClusterMember(ChildServer):
         return rows[0] if rows else None
 
 
-class OvsdbCluster:
+class OvsdbCluster(StartedProcesses):
     """``n_members`` ovsdb-server processes forming one Raft cluster of one database.
 
     ``election_timer_ms`` is passed to ``create-cluster``; it bounds how long a re-election
@@ -242,16 +242,6 @@ class OvsdbCluster:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def start(self) -> None:
         """Create the databases (first start only), start every member, wait until all are

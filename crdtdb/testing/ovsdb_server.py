@@ -119,7 +119,29 @@ def _db_name(schema_path: Path) -> str:
     return name
 
 
-class ChildServer:
+class StartedProcesses:
+    """``with X(...) as x``: start on entry (closing whatever did start if that fails),
+    close on exit. Subclasses define ``start`` and ``close``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ChildServer(StartedProcesses):
     """A server in a child process on a unix socket: start (bounded wait, log tail on
     failure), stop (SIGTERM, then SIGKILL), clients. Subclasses give the command line."""
 
@@ -179,16 +201,6 @@ class ChildServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def log_tail(self, n_lines: int = 20) -> str:
         return _tail(self.log_path, n_lines)
