@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import test_durable
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.replica import (
@@ -22,6 +24,7 @@ from crdtdb.replica import (
     ReplicaFailedError,
 )
 from crdtdb.replica import encoding as enc
+from crdtdb.replica.envelope import decode_state_vector
 from tests.replica_support import (
     check_reload,
     check_view,
@@ -319,6 +322,34 @@ def test_an_update_after_a_gap_waits_for_the_gap() -> None:
     assert not res.gap
     assert shown(b) == shown(a)
     assert b.statistics().gaps == 1
+
+
+
+def _varuints(values: list[int]) -> bytes:
+    out = bytearray()
+    for v in values:
+        while True:
+            out.append((v & 0x7F) | (0x80 if v > 0x7F else 0))
+            v >>= 7
+            if not v:
+                break
+    return bytes(out)
+
+
+@given(st.dictionaries(st.integers(0, 2**53 - 1), st.integers(0, 2**40), max_size=50))
+def test_state_vectors_decode_as_encoded(vector: dict[int, int]) -> None:
+    encoded = _varuints([len(vector), *(x for kv in vector.items() for x in kv)])
+    assert decode_state_vector(encoded) == vector
+    if vector:
+        for cut in (encoded[:-1], encoded + b"\x00", encoded[:-1] + b"\x80"):
+            with pytest.raises(CorruptUpdateError):
+                decode_state_vector(cut)
+
+
+def test_a_real_state_vector_decodes() -> None:
+    a = make_replica(7, 1)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    assert list(decode_state_vector(a.state_vector())) == [7]
 
 
 # --- the document's layout ------------------------------------------------------------------

@@ -38,7 +38,6 @@ from crdtdb.replica.envelope import (
     CorruptUpdateError,
     EpochMismatchError,
     ReplicaError,
-    covers,
     decode_state_vector,
     open_sealed,
     seal,
@@ -154,6 +153,9 @@ class Replica:
         self._gapped = False
         #: The highest clock of every client in the updates applied so far.
         self._wanted: dict[int, int] = {}
+        #: The clients whose wanted clock is past the document's (a gap while not empty):
+        #: kept so that a gap check costs the clients involved, not every writer ever seen.
+        self._behind: set[int] = set()
         #: The document's state vector, kept up to date without decoding it every time.
         self._clocks: dict[int, int] = decode_state_vector(doc.get_state())
         #: Updates held back behind a gap: (client, first clock) -> update.
@@ -525,7 +527,10 @@ class Replica:
             self._advance_clocks(span)
         else:
             self._clocks = decode_state_vector(self.doc.get_state())
-        gap = not covers(self._clocks, self._wanted)
+        # Clocks only grow: a client neither behind before nor in this update still is not.
+        self._behind = {c for c in (*self._behind, *wanted)
+                        if self._clocks.get(c, 0) < self._wanted[c]}
+        gap = bool(self._behind)
         self._gapped = gap
         if delta:
             self._stats.remote_updates += 1
