@@ -13,6 +13,7 @@ nothing to gain from threads). The node's trio code calls it between awaits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -148,7 +149,6 @@ class Replica:
         self._events: list[tuple[str, str, str, Any]] = []
         #: table -> uuid -> the birth of the row's marker
         self._births: dict[str, dict[str, int]] = {t: {} for t in self.schema.tables}
-        self._captured: list[bytes] = []
         #: The document may hold items applied past a gap (see _apply_raw).
         self._gapped = False
         #: The highest clock of every client in the updates applied so far.
@@ -165,15 +165,25 @@ class Replica:
             m = doc.get(tname, type=Map)
             self._maps[tname] = m
             self._subs.append((m, m.observe(self._on_map_event(tname))))
-        self._subs.append((doc, doc.observe(lambda ev: self._captured.append(ev.update))))
         # A document that already holds data (a base or a replayed log): read it whole.
         dirty: set[RowKey] = set()
         for tname, m in self._maps.items():
             for key in list(m.keys()):
                 self._note_key(tname, key, "add", dirty)
         self._events.clear()
-        self._captured.clear()
         self._refresh(dirty, {})
+
+    @contextlib.contextmanager
+    def _capturing(self) -> Iterator[list[bytes]]:
+        """Collect the updates of the transactions made inside (pycrdt encodes a transaction's
+        update for a document observer at a cost that grows with the number of writers the
+        document has seen: observed only where the update is needed)."""
+        captured: list[bytes] = []
+        sub = self.doc.observe(lambda ev: captured.append(ev.update))
+        try:
+            yield captured
+        finally:
+            self.doc.unobserve(sub)
 
     def _unsubscribe(self) -> None:
         for owner, sub in getattr(self, "_subs", ()):
@@ -312,13 +322,11 @@ class Replica:
         if not changeset:
             return Changeset()
         known: dict[RowKey, Row | None] = {}
-        self._captured.clear()
-        with self.doc.transaction(origin="local"):
+        with self._capturing() as captured, self.doc.transaction(origin="local"):
             for tname, changes in changeset.tables.items():
                 for uuid, change in changes.items():
                     self._write_row(tname, uuid, change.old, change.new, known)
-        update = _merge(self._captured)
-        self._captured.clear()
+        update = _merge(captured)
         span = single_writer_span(update) if update else None
         if span is not None:
             self._advance_clocks(span)
@@ -480,11 +488,19 @@ class Replica:
         return ApplyResult(changes, bool(self._parked) or result.gap, True)
 
     def _apply_raw(self, update: bytes, span: tuple[int, int, int] | None) -> ApplyResult:
-        """Apply a checked update; ``span``: its single writer's clocks, if it has one."""
-        self._captured.clear()
+        """Apply a checked update; ``span``: its single writer's clocks, if it has one.
+
+        What is new in it goes to the log: a single writer's update past this replica's
+        clock for it is new as it is (it holds that writer's items from a clock this replica
+        has); of any other update (an anti-entropy diff repeats the peer's whole delete set)
+        only the part the document did not have.
+        """
+        clock_before = self._clock(span[0]) if span is not None else 0
         try:
-            with self.doc.transaction(origin="remote"):
-                self.doc.apply_update(update)
+            with contextlib.ExitStack() as stack:
+                captured = stack.enter_context(self._capturing()) if span is None else None
+                with self.doc.transaction(origin="remote"):
+                    self.doc.apply_update(update)
         except (ValueError, RuntimeError, TypeError) as exc:
             self._events.clear()
             self._stats.rejected_updates += 1
@@ -495,8 +511,10 @@ class Replica:
             self._events.clear()
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
-        delta = _merge(self._captured)
-        self._captured.clear()
+        if span is None:
+            delta = _merge(captured or [])
+        else:
+            delta = update if span[1] + span[2] > clock_before or self._events else b""
         if not delta and not self._events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
