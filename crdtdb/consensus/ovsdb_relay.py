@@ -24,7 +24,6 @@ never retried blindly (a retry could apply it twice).
 from __future__ import annotations
 
 import logging
-import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from crdtdb.engine import data as D
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import CrdtdbError, OvsdbError
 from crdtdb.ovsdb.client import (
     ConnectFailed,
@@ -94,7 +94,7 @@ def _row_from_json(table: TableSchema, uuid: str, cols: dict[str, Any],
             raise RelayError(f"{table.name}.{name}: bad value from the cluster: {exc}") \
                 from None
     # The cluster's _version is not monitored; the cache keeps its own per modification.
-    row[1] = (str(uuidlib.uuid4()),)
+    row[1] = (random_uuid(),)
     return tuple(row)
 
 
