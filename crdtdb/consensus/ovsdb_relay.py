@@ -40,6 +40,7 @@ from crdtdb.engine.snapshot import Changeset, Row, RowChange
 from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import CrdtdbError, OvsdbError
 from crdtdb.ovsdb.client import (
+    DEFAULT_MAX_QUEUED_NOTIFICATIONS,
     ConnectFailed,
     ConnectionLost,
     Notification,
@@ -224,6 +225,9 @@ class OvsdbRelay:
         """From the client's reader, as each notification is read. Raising ends the
         connection (the session then says why and looks for the leader again)."""
         if feed.backlog is not None:
+            if len(feed.backlog) >= DEFAULT_MAX_QUEUED_NOTIFICATIONS:
+                raise RelayError(f"{len(feed.backlog)} notifications arrived while the "
+                                 "caches were loading")
             feed.backlog.append(note)
         else:
             self._handle(note)
