@@ -22,6 +22,7 @@ from crdtdb.ovsdb.client import (
     ConnectFailed,
     ConnectionLost,
     InvalidRemote,
+    Notification,
     NotificationOverflow,
     OvsdbClient,
     Remote,
@@ -178,6 +179,43 @@ async def test_unread_notifications_disconnect_instead_of_growing() -> None:
             async for note in client.notifications():
                 notes.append(note)
         assert len(notes) == 10
+
+
+@pytest.mark.trio
+async def test_on_notification_runs_before_the_next_reply_is_handed_over() -> None:
+    async def script(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        call = await read_message(stream, buf)
+        # The update and the reply in one write: the handler must have seen the update by
+        # the time the caller has its reply.
+        await stream.send_all(b'{"id":null,"method":"update2","params":["m",{"n":1}]}'
+                              + json.dumps({"id": call["id"], "result": ["x"], "error": None})
+                              .encode())
+        await read_message(stream, buf)
+        await stream.send_all(b'{"id":null,"method":"update2","params":["m",{"n":2}]}')
+        await trio.sleep_forever()
+
+    seen: list[Any] = []
+
+    def handle(note: Notification) -> None:
+        if note.params[1]["n"] == 2:
+            raise ValueError("cannot use this one")
+        seen.append(note.params)
+
+    async with fake_server(script) as remote, open_ovsdb_client(
+        remote, on_notification=handle
+    ) as client:
+        assert await client.list_dbs() == ["x"]
+        assert seen == [["m", {"n": 1}]]
+        assert client.notifications_received == 1
+        # The server answers the next call with an update the handler refuses: that ends
+        # the connection, with the handler's exception as the cause.
+        with trio.fail_after(5), pytest.raises(ConnectionLost, match="handler failed"):
+            await client.echo()
+        assert isinstance(client.lost, ConnectionLost)
+        assert isinstance(client.lost.__cause__, ValueError)
+        with trio.fail_after(5):
+            await client.wait_disconnected()
 
 
 @pytest.mark.trio

@@ -5,8 +5,9 @@ cluster's *leader* (found through ``_Server``, as the IDL does with leader-only)
 everything over it:
 
 * a ``monitor`` of every table keeps the node's cache; ovsdb-server sends a session's own
-  updates before its transaction's reply, so once the reply is in and the feed has consumed
-  every notification received before it, the cache shows the commit;
+  updates before its transaction's reply, and the connection's reader applies each update
+  to the cache as it reads it (before it looks at the next message), so once the reply is
+  in, the cache shows the commit: no further wait, no task switch;
 * transactions are forwarded as the client sent them: the cluster executes and linearizes
   them (its own verify and prerequisite checks), and its result array goes back unchanged;
 * locks are taken on that same session on behalf of the node's sessions, so an OVSDB
@@ -23,10 +24,9 @@ never retried blindly (a retry could apply it twice).
 from __future__ import annotations
 
 import logging
-import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -37,10 +37,13 @@ from crdtdb.engine import data as D
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import CrdtdbError, OvsdbError
 from crdtdb.ovsdb.client import (
+    DEFAULT_MAX_QUEUED_NOTIFICATIONS,
     ConnectFailed,
     ConnectionLost,
+    Notification,
     OvsdbClient,
     RpcError,
     is_leader,
@@ -69,6 +72,15 @@ class RelayOptions:
     max_locks: int = 1024
 
 
+@dataclass(eq=False)
+class _Feed:
+    """The notifications of one connection to the leader. Its client's reader hands each one
+    to :meth:`OvsdbRelay._notified` as it reads it; until the caches are loaded from the
+    monitors' initial replies they are kept, in order, in ``backlog``."""
+
+    backlog: list[Notification] | None = field(default_factory=list)
+
+
 def _row_from_json(table: TableSchema, uuid: str, cols: dict[str, Any],
                    base: Row | None) -> Row:
     row = list(base if base is not None else table.default_row)
@@ -83,7 +95,7 @@ def _row_from_json(table: TableSchema, uuid: str, cols: dict[str, Any],
             raise RelayError(f"{table.name}.{name}: bad value from the cluster: {exc}") \
                 from None
     # The cluster's _version is not monitored; the cache keeps its own per modification.
-    row[1] = (str(uuidlib.uuid4()),)
+    row[1] = (random_uuid(),)
     return tuple(row)
 
 
@@ -101,9 +113,8 @@ class OvsdbRelay:
             for s in schemas}
         self.locks = RelayLockGate(self)
         self._client: OvsdbClient | None = None
-        self._connected = trio.Event()
-        self._processed = 0
-        self._progress = trio.Event()
+        #: Set (then replaced) each time a connection to the leader has loaded the caches.
+        self._went_live = trio.Event()
         self._was_up = False
         self.n_connects = 0
         self.n_commits = 0
@@ -129,22 +140,24 @@ class OvsdbRelay:
             await trio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, self.options.backoff_s_max)
 
-    async def _connect_leader(self, stack: AsyncExitStack) -> OvsdbClient:
+    async def _connect_leader(self, stack: AsyncExitStack) -> tuple[OvsdbClient, _Feed]:
         """Connect to each remote in turn; keep the first that is the connected leader of
         every database the relay serves (a standalone server is its own leader)."""
         failures: list[str] = []
         for remote in self.remotes:
             attempt = AsyncExitStack()
+            feed = _Feed()
             try:
                 client = await attempt.enter_async_context(open_ovsdb_client(
-                    remote, connect_timeout_s=self.options.connect_timeout_s))
+                    remote, connect_timeout_s=self.options.connect_timeout_s,
+                    on_notification=lambda note, feed=feed: self._notified(feed, note)))
                 leader = True
                 for name in self.databases:
                     leader = leader and await is_leader(client, name)
                 if leader:
                     await stack.enter_async_context(attempt)
                     log.info("ovsdb cluster: connected to the leader at %s", remote)
-                    return client
+                    return client, feed
                 failures.append(f"{remote}: not the leader")
             except (ConnectFailed, ConnectionLost, RpcError, CrdtdbError) as exc:
                 failures.append(f"{remote}: {exc}")
@@ -153,7 +166,7 @@ class OvsdbRelay:
 
     async def _session(self, task_status: Any) -> None:
         async with AsyncExitStack() as stack:
-            client = await self._connect_leader(stack)
+            client, feed = await self._connect_leader(stack)
             try:
                 await client.call("monitor", ["_Server", _SERVER_MONITOR, {
                     "Database": {"columns": ["name", "leader", "connected"]}}])
@@ -161,19 +174,31 @@ class OvsdbRelay:
                     initial = await client.call("monitor", [
                         name, name, {t: {} for t in db.schema.tables}])
                     self._reload(db, initial)
+                # What arrived after the initial replies, in order; from now on the reader
+                # applies each notification itself (no await from here to there).
+                backlog, feed.backlog = feed.backlog or [], None
+                for note in backlog:
+                    self._handle(note)
                 self.n_connects += 1
                 self._was_up = True
                 self._client = client
-                self._processed = 0  # _consume counts every notification of this client
-                self._connected.set()
+                self._went_live.set()
+                self._went_live = trio.Event()
                 task_status.started()
                 self.locks.reconnected(client)
-                await self._consume(client)
+                await client.wait_disconnected()
+                lost = client.lost
+                if lost is not None:
+                    # A notification the relay could not use ends the connection: say why.
+                    cause = lost.__cause__
+                    if isinstance(cause, _NotLeader | RelayError):
+                        raise cause
+                    if cause is not None and not isinstance(cause, OSError):
+                        log.error("ovsdb cluster: applying a notification failed",
+                                  exc_info=cause)
+                    raise lost
             finally:
                 self._client = None
-                self._connected = trio.Event()
-                self._progress.set()
-                self._progress = trio.Event()
                 self.locks.disconnected()
 
     def _reload(self, db: LinearizableDatabase, initial: dict[str, Any]) -> None:
@@ -196,20 +221,27 @@ class OvsdbRelay:
         db.apply_feed(db.revision + 1, cs)
         log.info("%s: loaded %d rows from the ovsdb cluster", db.schema.name, len(rows))
 
-    async def _consume(self, client: OvsdbClient) -> None:
-        async for note in client.notifications():
-            method, params = note.method, note.params
-            if method == "update" and len(params) == 2:
-                mon, updates = params
-                if mon == _SERVER_MONITOR:
-                    self._check_leader(updates)
-                elif mon in self.databases:
-                    self._apply_update(self.databases[mon], updates)
-            elif method in ("locked", "stolen") and params:
-                self.locks.notified(str(params[0]), method == "locked")
-            self._processed += 1
-            self._progress.set()
-            self._progress = trio.Event()
+    def _notified(self, feed: _Feed, note: Notification) -> None:
+        """From the client's reader, as each notification is read. Raising ends the
+        connection (the session then says why and looks for the leader again)."""
+        if feed.backlog is not None:
+            if len(feed.backlog) >= DEFAULT_MAX_QUEUED_NOTIFICATIONS:
+                raise RelayError(f"{len(feed.backlog)} notifications arrived while the "
+                                 "caches were loading")
+            feed.backlog.append(note)
+        else:
+            self._handle(note)
+
+    def _handle(self, note: Notification) -> None:
+        method, params = note.method, note.params
+        if method == "update" and len(params) == 2:
+            mon, updates = params
+            if mon == _SERVER_MONITOR:
+                self._check_leader(updates)
+            elif mon in self.databases:
+                self._apply_update(self.databases[mon], updates)
+        elif method in ("locked", "stolen") and params:
+            self.locks.notified(str(params[0]), method == "locked")
 
     def _check_leader(self, updates: dict[str, Any]) -> None:
         for upd in updates.get("Database", {}).values():
@@ -245,9 +277,11 @@ class OvsdbRelay:
         while True:
             client = self._client
             if client is None or not client.connected:
-                await self._connected.wait()
+                await self._went_live.wait()
                 continue
             try:
+                # The reply comes after the updates the commit caused, and the reader has
+                # applied those to the cache by the time the reply is handed over.
                 results = await client.transact(name, request.operations)
             except (ConnectionLost, trio.ClosedResourceError) as exc:
                 self.n_unknown_outcomes += 1
@@ -259,19 +293,8 @@ class OvsdbRelay:
                 error = exc.error if isinstance(exc.error, dict) else {
                     "error": str(exc.error)}
                 return Failed(error)
-            await self._caught_up(client)
             self.n_commits += 1
             return Applied(results)
-
-    async def _caught_up(self, client: OvsdbClient) -> None:
-        """Until the feed has consumed every notification received so far (so the updates
-        the server sent before a reply are in the cache); if the connection drops first,
-        until the next one has reloaded the cache from the leader."""
-        target = client.notifications_received
-        while self._client is client and self._processed < target:
-            await self._progress.wait()
-        while self._client is None or (self._client is client and not client.connected):
-            await self._connected.wait()
 
     def statistics(self) -> dict[str, int]:
         return {"connects": self.n_connects, "commits": self.n_commits,

@@ -22,6 +22,10 @@ Why it looks the way it does:
 * Notifications go to a bounded buffer (``max_queued_notifications``). A client that does
   not read them is disconnected with :class:`NotificationOverflow` when it is full: never
   unbounded memory, never a silently lost update (which would corrupt a monitor's replica).
+  Alternatively an ``on_notification`` callback handles each one synchronously, in the
+  reader, before any later message is looked at: once a call's reply is in, every
+  notification the server sent before it has been handled (what a replica that must show a
+  transaction's own updates before its reply needs), without a task switch in between.
 * A dropped connection is an ordinary event for a client, not a crash: pending and later
   calls raise :class:`ConnectionLost`, the notification iterator raises it after the
   buffered notifications, and the ``async with`` body goes on. Reconnecting (and resuming
@@ -34,7 +38,7 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -249,6 +253,7 @@ class OvsdbClient:
         probe_interval_s: float,
         max_message_bytes: int,
         max_queued_notifications: int,
+        on_notification: Callable[[Notification], None] | None = None,
     ) -> None:
         if max_queued_notifications < 1:
             raise ValueError("max_queued_notifications must be at least 1")
@@ -264,8 +269,10 @@ class OvsdbClient:
         self._notes_send, self._notes_recv = trio.open_memory_channel[Notification](
             max_queued_notifications
         )
+        self._on_notification = on_notification
         self._lost: ConnectionLost | None = None
         self._closed = False
+        self._down = trio.Event()
         self._tasks = trio.CancelScope()
         self._last_input = trio.current_time()
         #: Notifications received so far (queued or read): a reader that counts what it
@@ -408,8 +415,13 @@ class OvsdbClient:
 
     def notifications(self) -> AsyncIterator[Notification]:
         """``async for note in client.notifications()``: ends after :meth:`aclose`, raises
-        :class:`ConnectionLost` after a drop. Several iterators share one queue."""
+        :class:`ConnectionLost` after a drop. Several iterators share one queue. (With an
+        ``on_notification`` callback nothing is queued here.)"""
         return _Notifications(self)
+
+    async def wait_disconnected(self) -> None:
+        """Until the connection is lost (see :attr:`lost`) or closed."""
+        await self._down.wait()
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -457,6 +469,7 @@ class OvsdbClient:
             call.done.set()
         self._notes_send.close()
         self._tasks.cancel()
+        self._down.set()
 
     def _queue(self, data: bytes) -> None:
         self._out += data
@@ -524,6 +537,13 @@ class OvsdbClient:
                 self._send_nowait(ErrorReply(event.id, "unknown method"))
         else:
             self.notifications_received += 1
+            if self._on_notification is not None:
+                try:
+                    self._on_notification(event)
+                except Exception as exc:
+                    # The handler's owner learns why from ``lost`` (its __cause__).
+                    self._lose(ConnectionLost(f"notification handler failed: {exc}"), exc)
+                return
             try:
                 self._notes_send.send_nowait(event)
             except trio.WouldBlock:
@@ -586,12 +606,17 @@ async def open_ovsdb_client(
     probe_interval_s: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_queued_notifications: int = DEFAULT_MAX_QUEUED_NOTIFICATIONS,
+    on_notification: Callable[[Notification], None] | None = None,
 ) -> AsyncIterator[OvsdbClient]:
     """Connect to the first of ``remote``'s comma-separated remotes that accepts (each
     given ``connect_timeout_s``) and yield a client; close it on exit.
 
     ``probe_interval_s``: None is OVS's default (5 s on tcp, no probes on unix sockets);
     0 disables probes. Raises :class:`ConnectFailed` or :class:`InvalidRemote`.
+
+    ``on_notification``: handle each notification synchronously in the reader instead of
+    queueing it (it must not block; if it raises, the connection counts as lost, with that
+    exception as the cause of :attr:`OvsdbClient.lost`).
     """
     remotes = parse_remotes(remote)
     if probe_interval_s is not None and not probe_interval_s >= 0:
@@ -606,6 +631,7 @@ async def open_ovsdb_client(
             probe_interval_s=probe_interval_s,
             max_message_bytes=max_message_bytes,
             max_queued_notifications=max_queued_notifications,
+            on_notification=on_notification,
         )
     except BaseException:
         await trio.aclose_forcefully(stream)

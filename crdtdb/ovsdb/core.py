@@ -289,8 +289,9 @@ class ServerCore:
             return
         t = _Trigger(req, req.params[0], self.now_ms())
         if not self._try(s, t):
+            # (_try has flagged waits_changed if it now waits with a deadline; queued and
+            # committing transactions have none, so the timer task need not wake for them)
             s.triggers[key] = t
-            self.waits_changed = True
 
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is still pending (blocked on a ``wait``, queued

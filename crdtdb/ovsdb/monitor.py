@@ -50,9 +50,14 @@ class Select(enum.IntFlag):
     ALL = 15
 
 
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def monitor_key(monitor_id: Any) -> str:
     """A hashable key for a JSON monitor id (ids compare as JSON values)."""
-    return json.dumps(monitor_id, sort_keys=True, separators=(",", ":"))
+    # (json.dumps with options would build an encoder per call; this runs several times
+    # per transaction, as request ids are keyed the same way)
+    return _KEY_ENCODER.encode(monitor_id)
 
 
 @dataclass(slots=True)
