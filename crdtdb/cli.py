@@ -286,6 +286,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     failed = 0
     for seed in seeds:
         config = SimConfig(seed=seed, nodes=args.nodes, fault_s=args.fault_s,
+                           chassis_period_s=(args.chassis_period_s[0],
+                                             args.chassis_period_s[1]),
                            heal_limit_s=args.heal_limit_s, profile=args.profile)
         label = f"seed {seed}"
 
@@ -445,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "crash, clock-jump, mixed")
     p.add_argument("--swarm", type=int, default=1, metavar="K",
                    help="run K seeds: seed, seed+1, ...")
+    p.add_argument("--chassis-period-s", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=[0.3, 1.0],
+                   help="each chassis's pause between workload rounds, drawn uniformly "
+                        "(default: 0.3 1.0); every write is applied on every node, so "
+                        "longer pauses make large N affordable")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser(

@@ -89,6 +89,10 @@ class SimConfig:
     profile: str | None = None  # None: drawn from the seed
     degree: int = 4
     datapaths: int = 3
+    #: each chassis agent's pause between rounds (claim ports, report nb_cfg, maybe learn a
+    #: MAC binding), drawn uniformly: the Southbound's write rate grows with N through it,
+    #: and every write is applied on every node (a longer pause makes large N affordable)
+    chassis_period_s: tuple[float, float] = (0.3, 1.0)
     schema_path: str = "/usr/share/ovn/ovn-sb.ovsschema"
     nb_schema_path: str = "/usr/share/ovn/ovn-nb.ovsschema"
     #: consensus members of the Northbound; member i is hosted on node i (mod nodes)
@@ -286,7 +290,7 @@ class _Node:
                 self.chassis = res[1]["uuid"][1]
         pb = r.schema.tables["Port_Binding"].columns
         while self.sim.workload_on:
-            await trio.sleep(self.rng.uniform(0.3, 1.0))
+            await trio.sleep(self.rng.uniform(*self.sim.config.chassis_period_s))
             if not self.sim.workload_on:
                 return
             # Claim the ports requested for this chassis.

@@ -48,8 +48,8 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _runs(nodes: list[int], seed: int, fault_s: float, wall_limit_s: float | None
-          ) -> list[dict[str, Any]]:
+def _runs(nodes: list[int], seed: int, fault_s: float, wall_limit_s: float | None,
+          chassis_period_s: tuple[float, float]) -> list[dict[str, Any]]:
     out = []
     for n in nodes:
         for profile in PROFILES:
@@ -61,7 +61,8 @@ def _runs(nodes: list[int], seed: int, fault_s: float, wall_limit_s: float | Non
                       f"{time.perf_counter() - t0:.0f} s wall", file=sys.stderr)
 
             r = run(SimConfig(seed=seed, nodes=n, fault_s=fault_s, profile=profile,
-                              heal_limit_s=60, wall_limit_s=wall_limit_s), progress=progress)
+                              heal_limit_s=60, wall_limit_s=wall_limit_s,
+                              chassis_period_s=chassis_period_s), progress=progress)
             d = r.to_json()
             d["wall_s"] = time.perf_counter() - t0
             d["max_rss_mb"] = _max_rss_mb()
@@ -265,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-s", type=float, default=10.0)
     ap.add_argument("--wall-limit-s", type=float, default=None,
                     help="stop a run after this many wall seconds (reported as not finished)")
+    ap.add_argument("--chassis-period-s", type=float, nargs=2, metavar=("LO", "HI"),
+                    default=list(SimConfig.chassis_period_s),
+                    help="each chassis's pause between workload rounds, drawn uniformly "
+                         "(default %(default)s; longer pauses make large N affordable)")
     ap.add_argument("--json", type=Path, help="also save the runs' results (JSON) here")
     ap.add_argument("--load", type=Path, nargs="+",
                     help="no runs: render saved results (from --json) instead")
@@ -281,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PYTHONHASHSEED"] = "0"
             os.execv(sys.executable, [sys.executable, "-m", "sims.sim_report", *sys.argv[1:]])
         logging.getLogger("crdtdb").setLevel(logging.ERROR)
-        params = {"seed": args.seed, "fault_s": args.fault_s}
+        period = (args.chassis_period_s[0], args.chassis_period_s[1])
+        params = {"seed": args.seed, "fault_s": args.fault_s, "chassis_period_s": list(period)}
         if args.wall_limit_s is not None:
             params["wall_limit_s"] = args.wall_limit_s
         header = run_header(params)
-        results = _runs(args.nodes, args.seed, args.fault_s, args.wall_limit_s)
+        results = _runs(args.nodes, args.seed, args.fault_s, args.wall_limit_s, period)
         if args.json:
             args.json.write_text(json.dumps({"params": params, "header": header,
                                              "results": results}))
