@@ -216,3 +216,49 @@ def test_idle_pulls_back_off_and_new_data_brings_them_back() -> None:
         t += 0.05
     # The pull that found it went back to the base rate (doubled once since, at most).
     assert ga._ae_interval_s <= 2 * cfg.anti_entropy_interval_s
+
+
+def _run_links(nodes: dict[str, Gossip], t0: float, t1: float, *, silent: str | None = None,
+               step: float = 0.05) -> dict[str, list[Any]]:
+    """Tick every node from t0 to t1 on a perfect network (frames from ``silent`` are lost);
+    the outputs each node produced."""
+    produced: dict[str, list[Any]] = {k: [] for k in nodes}
+    t = t0
+    while t < t1:
+        queue = []
+        for k, g in nodes.items():
+            for o in g.tick(t):
+                produced[k].append(o)
+                if k != silent:
+                    queue.append((k, o))
+        while queue:
+            src, out = queue.pop(0)
+            if isinstance(out, Send):
+                for o in nodes[out.peer].receive(src, out.frame, t):
+                    produced[out.peer].append(o)
+                    if out.peer != silent:
+                        queue.append((out.peer, o))
+        t += step
+    return produced
+
+
+def _pings(outputs: list[Any]) -> int:
+    return sum(isinstance(o, Send) and isinstance(m.decode(o.frame), m.Ping) for o in outputs)
+
+
+def test_an_idle_link_is_pinged_from_one_side_and_a_silent_peer_still_times_out() -> None:
+    ga, gb, _, _ = _pair()
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    cfg = ga.config
+    out = _run_links(nodes, 0.0, 20.0)
+    pings = _pings(out["a"]) + _pings(out["b"])
+    # Each side pinging every interval would be 2 * 20 / 1 = 40; a ping heard by the other
+    # side (or its ack) counts as hearing from that side.
+    assert pings <= 20.0 / cfg.ping_interval_s + 2, pings
+    assert not any(isinstance(o, Disconnect) for o in out["a"] + out["b"])
+    # b goes silent (its frames are lost): a asks every interval, then gives up.
+    out = _run_links(nodes, 20.0, 20.0 + cfg.peer_timeout_s + 1.0, silent="b")
+    assert _pings(out["a"]) >= cfg.peer_timeout_s / cfg.ping_interval_s - 1
+    assert any(isinstance(o, Disconnect) for o in out["a"])

@@ -18,8 +18,9 @@ What it does, per replicated database:
   push, a pull's diff, a gap, a peer coming up — brings it back to
   ``anti_entropy_interval_s``, so while writes flow (lulls included) the pulls that catch
   what pushes missed run at full rate;
-* **failure detection**: each peer is pinged every ``ping_interval_s``; one silent for
-  ``peer_timeout_s`` is disconnected (the transport reconnects with backoff).
+* **failure detection**: a peer not heard from (any frame counts) for ``ping_interval_s``
+  is pinged; one silent for ``peer_timeout_s`` is disconnected (the transport reconnects
+  with backoff). On an idle link only one side ends up pinging: the other hears its pings.
 
 A peer that sends a frame that does not decode, an update that fails its checks, or traffic
 before its hello, is disconnected (a :class:`Disconnect` output); the node carries on.
@@ -274,9 +275,15 @@ class Gossip:
                 out += self._drop(key, f"no response for {now - p.last_heard:.1f} s")
                 continue
             if now >= p.next_ping and p.node_id is not None:
-                p.ping_seq += 1
-                p.next_ping = now + cfg.ping_interval_s
-                out += self._send(key, m.Ping(p.ping_seq))
+                if now - p.last_heard < cfg.ping_interval_s:
+                    # Heard from it lately (its own ping, an ack, any message): it is alive,
+                    # no need to ask. So on an idle link only one side pings, and a node's
+                    # idle traffic is one small frame per peer and interval.
+                    p.next_ping = p.last_heard + cfg.ping_interval_s
+                else:
+                    p.ping_seq += 1
+                    p.next_ping = now + cfg.ping_interval_s
+                    out += self._send(key, m.Ping(p.ping_seq))
         if self._next_anti_entropy is None:
             self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
         if now >= self._next_anti_entropy:
