@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,8 +44,10 @@ from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
 from crdtdb.engine import data as D
 from crdtdb.engine.ovshash import OvsHmap, json_hash, shash_order
 from crdtdb.engine.ovsjson import is_id
-from crdtdb.engine.snapshot import Changeset, ReadSet, RowChange, Snapshot
+from crdtdb.engine.snapshot import Changeset, ReadSet, Row, RowChange, Snapshot
+from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import OvsdbError
+from crdtdb.ovsdb.history import DEFAULT_MAX_TXNS, ZERO_UUID, TxnHistory
 from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
 from crdtdb.ovsdb.locks import LockMode, LockTable
 from crdtdb.ovsdb.monitor import Monitor, Version, monitor_key
@@ -53,7 +55,6 @@ from crdtdb.ovsdb.monitor import Monitor, Version, monitor_key
 log = logging.getLogger(__name__)
 
 SERVER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "_server.ovsschema"
-ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 _MONITOR_METHODS = {"monitor": Version.V1, "monitor_cond": Version.V2,
                     "monitor_cond_since": Version.V3}
 _UPDATE_METHOD = {Version.V1: "update", Version.V2: "update2", Version.V3: "update3"}
@@ -151,6 +152,12 @@ class _SessionLocks:
         return self._core.holds_lock(self._session, lock)
 
 
+def _all_rows(db: Database) -> Iterator[tuple[str, Row]]:
+    for table in db.schema.tables:
+        for _, row in db.iter_rows(table):
+            yield table, row
+
+
 def _syntax_error_reply(req: Request, details: str) -> ErrorReply:
     """ovsdb-server's ``syntax_error_reply``: "<method>: <details>" with params as syntax."""
     return ErrorReply(req.id, D.syntax_error(req.params, f"{req.method}: {details}").to_json())
@@ -161,7 +168,8 @@ class ServerCore:
 
     def __init__(self, databases: Mapping[str, Database], *, now_ms: Callable[[], int],
                  server_id: str | None = None, model: str = "standalone",
-                 lock_gate: LockGate | None = None):
+                 lock_gate: LockGate | None = None,
+                 txn_history: int = DEFAULT_MAX_TXNS):
         if "_Server" in databases:
             raise ValueError("_Server is the server's own database")
         self.now_ms = now_ms
@@ -178,6 +186,11 @@ class ServerCore:
         # ovsdb-server lists databases in its hash-table order; _Server is added last.
         self._db_order = list(shash_order([*databases, "_Server"]))
         self.n_commits = 0
+        #: Recent transactions per database, for monitor_cond_since (``txn_history`` = 0:
+        #: none, as a standalone ovsdb-server: every resume is a full dump).
+        self.histories: dict[str, TxnHistory] = {} if txn_history <= 0 else {
+            name: TxnHistory(db.schema.tables, _all_rows(db), max_txns=txn_history)
+            for name, db in databases.items()}
         #: Set when a transaction starts waiting (the I/O layer re-arms its timer and clears
         #: it); completed waits need no timer change.
         self.waits_changed = False
@@ -368,6 +381,11 @@ class ServerCore:
 
     def _committed(self, db_name: str, changeset: Changeset) -> None:
         self.n_commits += 1
+        history = self.histories.get(db_name)
+        txn_id = ZERO_UUID
+        if history is not None:
+            txn_id = random_uuid()
+            history.record(txn_id, changeset)
         for other in list(self.sessions.values()):
             for key in other.monitor_order:
                 db, mon = other.monitors[key]
@@ -375,8 +393,8 @@ class ServerCore:
                     continue
                 updates = mon.changes(changeset)
                 if updates:
-                    other.outbox.append(Notification(_UPDATE_METHOD[mon.version],
-                                                     self._update_params(mon, updates)))
+                    other.outbox.append(Notification(
+                        _UPDATE_METHOD[mon.version], self._update_params(mon, updates, txn_id)))
 
     def publish(self, db_name: str, changeset: Changeset) -> None:
         """Tell monitors and pending waits about a change that did not come from a session
@@ -388,9 +406,10 @@ class ServerCore:
         self._committed(db_name, changeset)
         self._retry_waits(db_name)
 
-    def _update_params(self, mon: Monitor, updates: Any) -> list[Any]:
+    def _update_params(self, mon: Monitor, updates: Any, txn_id: str = ZERO_UUID
+                       ) -> list[Any]:
         if mon.version is Version.V3:
-            return [mon.id, ZERO_UUID, updates]
+            return [mon.id, txn_id, updates]
         return [mon.id, updates]
 
     def _retry_waits(self, db_name: str) -> None:
@@ -461,11 +480,16 @@ class ServerCore:
             return ErrorReply(req.id, err.to_json())
         s.monitors[monitor_key(monitor_id)] = (p[0], mon)
         s.monitor_order.insert(json_hash(monitor_id), monitor_key(monitor_id))
+        history = self.histories.get(p[0])
+        if version is Version.V3 and history is not None:
+            since = history.changes_after(p[3])
+            if since is not None:
+                # Only what the client missed (ovsdb-server sends {} when that is nothing).
+                return Reply(req.id, [True, history.last_txn_id, mon.changes(since) or {}])
         initial = mon.initial(db)
         if version is Version.V3:
-            # No transaction history yet: always a full dump (found=false), as a standalone
-            # ovsdb-server answers.
-            return Reply(req.id, [False, ZERO_UUID, initial])
+            last_id = history.last_txn_id if history is not None else ZERO_UUID
+            return Reply(req.id, [False, last_id, initial])
         return Reply(req.id, initial)
 
     def _monitor_cond_change(self, s: Session, req: Request) -> list[Event]:
