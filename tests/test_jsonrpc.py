@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import sys
 import time
@@ -28,6 +29,7 @@ from crdtdb.ovsdb.jsonrpc import (
     CLOSED,
     DEFAULT_MAX_DEPTH,
     NEED_DATA,
+    UNFINISHED_CHECK_BYTES,
     ErrorReply,
     Event,
     JsonRpcConnection,
@@ -203,6 +205,49 @@ def test_eof_in_the_middle_of_a_message_is_a_plain_close() -> None:
     assert conn.next_event() == Request(1, "echo", [])
     assert conn.next_event() is CLOSED
     assert conn.statistics().bytes_buffered == len(b'{"method":"ec')
+
+
+@pytest.mark.parametrize(("prefix", "error"), [
+    (b'{"method":"echo","params":[],"id":1{', "Expecting ',' delimiter"),
+    (b'{"method":"echo" "params":[', "Expecting ',' delimiter"),
+    (b'{"method" "echo"', "Expecting ':' delimiter"),
+    (b'{"method":"echo","params":[1 "x"', "Expecting ',' delimiter"),
+    (b'{"method":"echo","params":[1,]', "expecting value"),
+    (b'{"method":"echo","params":[nulx', "expecting value"),
+    (b'{"method"]', "syntax error expecting '}' or ','"),
+])
+def test_a_syntax_error_is_reported_before_the_message_ends(prefix: bytes, error: str) -> None:
+    # ovsdb-server's parser is incremental: it closes at the bad token, without waiting
+    # for the rest (up to max_message_bytes of it) or for EOF.
+    conn = JsonRpcConnection()
+    conn.receive_data(prefix)
+    with pytest.raises(RemoteProtocolError, match=re.escape(error)):
+        conn.next_event()
+
+
+@pytest.mark.parametrize("prefix", [
+    b'{"method":"echo","params":[1', b'{"method":"echo","params":[1.5e', b'{"method":"ec',
+    b'{"method":"echo","params":[tr', b'{"method":"echo","params":[-', b'{"method"',
+    b'{"method":"echo","params":["\\u00', b'{"method":"echo","params":["\xc3',
+    b'{"method":"echo","params":[ ', b'{"method":"echo","params":{"a":',
+])
+def test_an_unfinished_message_that_could_still_be_valid_waits(prefix: bytes) -> None:
+    conn = JsonRpcConnection()
+    conn.receive_data(prefix)
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    assert conn.next_event() is CLOSED
+
+
+def test_only_the_start_of_an_unfinished_message_is_checked() -> None:
+    # Bounded work: an error past UNFINISHED_CHECK_BYTES waits for the brackets to balance.
+    filler = b'"' + b"x" * UNFINISHED_CHECK_BYTES + b'"'
+    conn = JsonRpcConnection()
+    conn.receive_data(b'{"method":"echo","params":[' + filler + b" 2")
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"]}")
+    with pytest.raises(RemoteProtocolError, match="delimiter"):
+        conn.next_event()
 
 
 def test_scanning_is_linear() -> None:

@@ -234,13 +234,6 @@ CASES: list[Case] = [
     Case(
         "syntax_error_inside_unfinished_message",
         b'{"method":"echo","params":[],"id":1',  # + the sentinel: `1{` is a syntax error
-        xfail=(
-            "a syntax error is only seen once the message's brackets balance: send "
-            '`{"id":1{` and keep the connection open; ovsdb-server closes at once '
-            "(\"syntax error\"), crdtdb waits for more input (up to max_message_bytes, 64 "
-            "MiB buffered) and closes only at EOF (crdtdb/ovsdb/jsonrpc.py "
-            "_find_message_end scans for the end before parsing)"
-        ),
     ),
     # Replies the server never asked for: dropped, except the echo probe's.
     Case("reply_to_echo_probe", b'{"id":"echo","result":[],"error":null}'),

@@ -427,6 +427,13 @@ _TOKEN_STARTS: Final = frozenset(b'"-0123456789abcdefghijklmnopqrstuvwxyz[]},:')
 #: Parse a message this deep or deeper with extra recursion headroom (Python's json module
 #: recurses once per level and counts against sys.getrecursionlimit()).
 _DEEP: Final = 100
+#: How much of an unfinished message is checked for syntax errors (see _check_unfinished).
+UNFINISHED_CHECK_BYTES: Final = 64 * 1024
+#: What may follow where the JSON parser stopped in an input that merely ends early:
+#: nothing or whitespace, the start of a number, or a prefix of a keyword.
+_STRING_ERROR_RE = re.compile(r"string|escape|control character")
+_COULD_CONTINUE_RE = re.compile(r"\s*(?:[-+.0-9eE]*|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?"
+                                r"|n(?:u(?:ll?)?)?)\s*")
 
 
 _NUMBER_STARTS: Final = frozenset("-0123456789")
@@ -608,6 +615,8 @@ class JsonRpcConnection:
         self._in_string = False
         self._stack = bytearray()
         self._deepest = 0
+        #: how much of the unfinished message _check_unfinished has looked at
+        self._checked_unfinished = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._closed = False
@@ -693,6 +702,7 @@ class JsonRpcConnection:
         try:
             end = self._find_message_end()
             if end is None:
+                self._check_unfinished()
                 return CLOSED if self._eof else NEED_DATA
             event = self._parse(end)
         except RemoteProtocolError as exc:
@@ -702,6 +712,7 @@ class JsonRpcConnection:
         del self._buf[:end]
         self._pos = 0
         self._in_message = False
+        self._checked_unfinished = 0
         self._messages_received += 1
         if isinstance(event, Request):
             self._pending_in[_id_key(event.id)] += 1
@@ -791,6 +802,42 @@ class JsonRpcConnection:
         self._pos = pos
         self._check_size(pos)
         return None
+
+    def _check_unfinished(self) -> None:
+        """Report a syntax error in a message that has not ended yet, as OVS's incremental
+        parser does at once (``{"id":1{`` and then silence must not hold a connection and up
+        to max_message_bytes of buffer). The scan for the message's end knows only strings
+        and brackets; here the unfinished message goes through the JSON parser, and an error
+        counts only where no more input could make it valid. At most its first
+        ``UNFINISHED_CHECK_BYTES`` are checked, however they arrived: the work stays bounded
+        and the verdict does not depend on how the bytes were chunked (an error further in
+        is found once the brackets balance)."""
+        n = min(len(self._buf), UNFINISHED_CHECK_BYTES)
+        if not self._in_message or n <= self._checked_unfinished:
+            return
+        self._checked_unfinished = n
+        text = self._buf[:n].decode("utf-8", "replace")
+        if "\x00" in text:
+            return  # OVS's NUL-in-number quirk: leave it to the full parse
+        try:
+            if self._deepest >= _DEEP:
+                with _recursion_headroom(self._deepest + _DEEP):
+                    _SCAN(text, 0)
+            else:
+                _SCAN(text, 0)
+        except json.JSONDecodeError as exc:
+            # The scan has checked strings and escapes already: a string error here is the
+            # input ending inside one. Otherwise the input may end in a number or keyword.
+            if _STRING_ERROR_RE.search(exc.msg) or _COULD_CONTINUE_RE.fullmatch(
+                    text, exc.pos):
+                return
+            raise RemoteProtocolError(f"{exc.msg} at character {exc.pos}") from None
+        except StopIteration as exc:  # scan_once's "no value here" (as in _parse)
+            if isinstance(exc.value, int) and not _COULD_CONTINUE_RE.fullmatch(text, exc.value):
+                raise RemoteProtocolError(
+                    f"syntax error expecting value at character {exc.value}") from None
+        except (ValueError, RecursionError):
+            return  # no verdict without the whole message
 
     def _bad_escape(self, at: int) -> str:
         if self._buf[at + 1 : at + 2] == b"u":
