@@ -262,3 +262,24 @@ def test_an_idle_link_is_pinged_from_one_side_and_a_silent_peer_still_times_out(
     out = _run_links(nodes, 20.0, 20.0 + cfg.peer_timeout_s + 1.0, silent="b")
     assert _pings(out["a"]) >= cfg.peer_timeout_s / cfg.ping_interval_s - 1
     assert any(isinstance(o, Disconnect) for o in out["a"])
+
+
+def test_an_in_sync_pull_gets_nothing_and_a_lost_delete_is_still_pulled() -> None:
+    ga, gb, ra, rb = _pair()
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    p = ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    rb.apply_update(ra.diff(rb.state_vector()))
+    assert shown(ra) == shown(rb)
+    # Same document: b's pull is answered with nothing at all (no diff, no state vector).
+    in_sync = ga.statistics().pulls_in_sync
+    out = ga.receive("b", m.encode(m.StateVector("Merge", rb.state_vector(), True)), 0.2)
+    assert out == [] and ga.statistics().pulls_in_sync == in_sync + 1
+    # a deletes the row and the push to b is lost: the delete-only commit still moved a's
+    # clock, so b's next pull is not "in sync" and brings the delete.
+    ok(txn(ra, {"op": "delete", "table": "Parent", "where": [["_uuid", "==", ["uuid", p]]]}))
+    out = ga.receive("b", m.encode(m.StateVector("Merge", rb.state_vector(), True)), 0.3)
+    assert out and ga.statistics().pulls_in_sync == in_sync + 1
+    _deliver(nodes, [("a", o) for o in out], 0.3)
+    assert shown(ra) == shown(rb) and not shown(rb)["Parent"]

@@ -325,6 +325,21 @@ def test_an_update_after_a_gap_waits_for_the_gap() -> None:
 
 
 
+def test_a_delete_only_commit_moves_the_writers_clock() -> None:
+    # Equal state vectors must mean equal documents (gossip answers such a pull with
+    # nothing), so a commit that only deletes still adds an item of its writer.
+    a = make_replica(5, 1)
+    p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    before = decode_state_vector(a.state_vector())
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    after = decode_state_vector(a.state_vector())
+    assert after[5] > before[5]
+    b = make_replica(6, 2)
+    b.apply_update(a.diff(b.state_vector()))
+    assert b.in_sync_with(a.state_vector()) and shown(b) == shown(a)
+    assert not b.in_sync_with(make_replica(7, 3).state_vector())
+
+
 def _varuints(values: list[int]) -> bytes:
     out = bytearray()
     for v in values:

@@ -9,15 +9,16 @@ What it does, per replicated database:
   central node of a star, as in an OVN cloud where ovn-northd's node talks to every chassis)
   reach all its leaves at once: a leaf has nobody else to forward to, so with random fanout
   most leaves would wait for their next anti-entropy round;
-* **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets this
-  node's state vector and answers with a diff, then asks for one back (push-pull). This alone
-  guarantees convergence; pushes only make it fast. A pushed update that follows a gap
-  triggers an immediate pull from its sender. After ``anti_entropy_idle_rounds`` rounds in a
-  row with nothing new, the interval doubles up to ``anti_entropy_max_interval_s`` (an idle
-  hub with N leaves would otherwise answer 4N pulls a second forever); anything new — a
-  push, a pull's diff, a gap, a peer coming up — brings it back to
-  ``anti_entropy_interval_s``, so while writes flow (lulls included) the pulls that catch
-  what pushes missed run at full rate;
+* **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets
+  this node's state vector and answers with a diff, then asks for one back (push-pull), or
+  with nothing when both state vectors are equal (then so are the documents: see
+  ``Replica.in_sync_with``). This alone guarantees convergence; pushes only make it fast. A
+  pushed update that follows a gap triggers an immediate pull from its sender. After
+  ``anti_entropy_idle_rounds`` rounds in a row with nothing new, the interval doubles up to
+  ``anti_entropy_max_interval_s`` (an idle hub with N leaves would otherwise answer 4N pulls
+  a second forever); anything new — a push, a pull's diff, a gap, a peer coming up — brings
+  it back to ``anti_entropy_interval_s``, so while writes flow (lulls included) the pulls
+  that catch what pushes missed run at full rate;
 * **failure detection**: a peer not heard from (any frame counts) for ``ping_interval_s``
   is pinged; one silent for ``peer_timeout_s`` is disconnected (the transport reconnects
   with backoff). On an idle link only one side ends up pinging: the other hears its pings.
@@ -103,6 +104,8 @@ class GossipStatistics:
     pushes_duplicate: int = 0
     forwards: int = 0
     pulls: int = 0
+    #: pulls from peers answered with nothing: their state vector equalled ours
+    pulls_in_sync: int = 0
     diffs_received: int = 0
     gaps: int = 0
     disconnects: int = 0
@@ -179,6 +182,11 @@ class Gossip:
             return self._on_push(p, replica, msg)
         if isinstance(msg, m.StateVector):
             p.state_vectors[msg.db] = msg.state_vector
+            if replica.in_sync_with(msg.state_vector):
+                # Same document on both sides: no diff (it would repeat the whole delete
+                # set), and nothing to ask back.
+                self._stats.pulls_in_sync += 1
+                return []
             out = self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
             if msg.reply:
                 out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))

@@ -51,6 +51,9 @@ from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
 logger = logging.getLogger("crdtdb.replica")
 
 LOG_NAME = "replica.log"
+#: The document's root map for the replica's own bookkeeping (not a table: OVSDB table names
+#: cannot hold a colon). Holds one entry per writer, moved by its delete-only commits.
+META_MAP = "crdtdb:meta"
 #: The client id that builds every epoch's base document (never a node's own id).
 BASE_CLIENT_ID = 0
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
@@ -161,6 +164,7 @@ class Replica:
         #: Updates held back behind a gap: (client, first clock) -> update.
         self._parked: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._parked_bytes = 0
+        self._meta = doc.get(META_MAP, type=Map)
         for tname in self.schema.tables:
             m = doc.get(tname, type=Map)
             self._maps[tname] = m
@@ -175,9 +179,8 @@ class Replica:
 
     @contextlib.contextmanager
     def _capturing(self) -> Iterator[list[bytes]]:
-        """Collect the updates of the transactions made inside (pycrdt encodes a transaction's
-        update for a document observer at a cost that grows with the number of writers the
-        document has seen: observed only where the update is needed)."""
+        """Collect the updates of the transactions made inside (a document observer only
+        while one is wanted: pycrdt builds its event for every transaction otherwise)."""
         captured: list[bytes] = []
         sub = self.doc.observe(lambda ev: captured.append(ev.update))
         try:
@@ -322,11 +325,20 @@ class Replica:
         if not changeset:
             return Changeset()
         known: dict[RowKey, Row | None] = {}
-        with self._capturing() as captured, self.doc.transaction(origin="local"):
-            for tname, changes in changeset.tables.items():
-                for uuid, change in changes.items():
-                    self._write_row(tname, uuid, change.old, change.new, known)
-        update = _merge(captured)
+        with self._capturing() as captured:
+            with self.doc.transaction(origin="local"):
+                for tname, changes in changeset.tables.items():
+                    for uuid, change in changes.items():
+                        self._write_row(tname, uuid, change.old, change.new, known)
+            update = _merge(captured)
+            if update and single_writer_span(update) is None:
+                # Only deletions: no item of this writer, so its clock would not move and a
+                # peer at the same state vector could still lack them. One entry in the
+                # (unobserved) meta map moves it: equal state vectors then mean equal
+                # documents, which is what lets gossip answer an in-sync pull with nothing.
+                with self.doc.transaction(origin="local"):
+                    self._meta[str(self.client_id)] = b""
+                update = _merge(captured)
         span = single_writer_span(update) if update else None
         if span is not None:
             self._advance_clocks(span)
@@ -490,17 +502,13 @@ class Replica:
     def _apply_raw(self, update: bytes, span: tuple[int, int, int] | None) -> ApplyResult:
         """Apply a checked update; ``span``: its single writer's clocks, if it has one.
 
-        What is new in it goes to the log: a single writer's update past this replica's
-        clock for it is new as it is (it holds that writer's items from a clock this replica
-        has); of any other update (an anti-entropy diff repeats the peer's whole delete set)
-        only the part the document did not have.
+        What the document did not have (pycrdt's own account of the transaction, exact even
+        where pycrdt held items back and integrates them now) decides whether the update
+        was new, and is what goes to the log.
         """
-        clock_before = self._clock(span[0]) if span is not None else 0
         try:
-            with contextlib.ExitStack() as stack:
-                captured = stack.enter_context(self._capturing()) if span is None else None
-                with self.doc.transaction(origin="remote"):
-                    self.doc.apply_update(update)
+            with self._capturing() as captured, self.doc.transaction(origin="remote"):
+                self.doc.apply_update(update)
         except (ValueError, RuntimeError, TypeError) as exc:
             self._events.clear()
             self._stats.rejected_updates += 1
@@ -511,10 +519,7 @@ class Replica:
             self._events.clear()
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
-        if span is None:
-            delta = _merge(captured or [])
-        else:
-            delta = update if span[1] + span[2] > clock_before or self._events else b""
+        delta = _merge(captured)
         if not delta and not self._events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
@@ -565,6 +570,14 @@ class Replica:
 
     def state_vector(self) -> bytes:
         return self.doc.get_state()
+
+    def in_sync_with(self, state_vector: bytes | bytearray | memoryview) -> bool:
+        """Whether a peer at ``state_vector`` has exactly this replica's document: every
+        commit moves its writer's clock (see :meth:`commit`), and a commit's deletions
+        travel with its items, so equal state vectors mean nothing to send either way.
+        Raises :class:`CorruptUpdateError` for a malformed vector."""
+        return decode_state_vector(bytes(state_vector)) == decode_state_vector(
+            self.doc.get_state())
 
     def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
         """A sealed update with everything this replica has beyond a peer's state vector."""
