@@ -224,6 +224,7 @@ def datum_decoder(type_: Type) -> Any:
     vok = _fast_atom_ok(type_.value) if type_.value is not None else None
     n_min, n_max = type_.n_min, type_.n_max
     k_uuid = type_.key.type is AtomicType.UUID
+    k_share = data.atom_sharer(type_.key)
     slow = datum_from_obj
 
     if kok is None or (type_.value is not None and vok is None):
@@ -236,13 +237,14 @@ def datum_decoder(type_: Type) -> Any:
             for a in obj:
                 if not kok(a):
                     return slow(type_, obj)
-            atoms = tuple(str(a) for a in obj) if k_uuid else tuple(obj)
+            atoms = tuple(k_share(str(a) if k_uuid else a) for a in obj)
             for i in range(1, len(atoms)):
                 if not atoms[i - 1] < atoms[i]:
                     return slow(type_, obj)
             return atoms
     else:
         v_uuid = type_.value.type is AtomicType.UUID
+        v_share = data.atom_sharer(type_.value)
 
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or len(obj) % 2 or not n_min <= len(obj) // 2 <= n_max:
@@ -255,10 +257,8 @@ def datum_decoder(type_: Type) -> Any:
             for v in values:
                 if not vok(v):
                     return slow(type_, obj)
-            if k_uuid:
-                keys = [str(a) for a in keys]
-            if v_uuid:
-                values = [str(v) for v in values]
+            keys = [k_share(str(a) if k_uuid else a) for a in keys]
+            values = [v_share(str(v) if v_uuid else v) for v in values]
             for i in range(1, len(keys)):
                 if not keys[i - 1] < keys[i]:
                     return slow(type_, obj)
