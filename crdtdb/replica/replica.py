@@ -645,10 +645,13 @@ class Replica:
     def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],
                  by_row: dict[RowKey, list[_KeyEvent]] | None = None, *,
                  engine_checked: bool = False) -> Changeset:
-        changes: dict[RowKey, Row | None] = {}
+        # Rows the engine wrote go in under the engine's own (table, uuid) key objects: the
+        # view keeps its keys (reverse-reference sets), and pycrdt's copy of each uuid would
+        # be a second string per row (~8 MB per 100k rows).
+        changes: dict[RowKey, Row | None] = {
+            key: row for key, row in known.items() if key in dirty}
         for key in dirty:
             if key in known:
-                changes[key] = known[key]
                 continue
             row: Any = _FULL_READ
             events = by_row.get(key) if by_row else None
