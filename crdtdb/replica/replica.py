@@ -152,6 +152,8 @@ class Replica:
         self._events: list[tuple[str, str, str, Any]] = []
         #: table -> uuid -> the birth of the row's marker
         self._births: dict[str, dict[str, int]] = {t: {} for t in self.schema.tables}
+        #: the updates of the transaction just made (the document observer's)
+        self._captured: list[bytes] = []
         #: The document may hold items applied past a gap (see _apply_raw).
         self._gapped = False
         #: The highest clock of every client in the updates applied so far.
@@ -169,24 +171,15 @@ class Replica:
             m = doc.get(tname, type=Map)
             self._maps[tname] = m
             self._subs.append((m, m.observe(self._on_map_event(tname))))
+        self._subs.append((doc, doc.observe(lambda ev: self._captured.append(ev.update))))
         # A document that already holds data (a base or a replayed log): read it whole.
         dirty: set[RowKey] = set()
         for tname, m in self._maps.items():
             for key in list(m.keys()):
                 self._note_key(tname, key, "add", dirty)
         self._events.clear()
+        self._captured.clear()
         self._refresh(dirty, {})
-
-    @contextlib.contextmanager
-    def _capturing(self) -> Iterator[list[bytes]]:
-        """Collect the updates of the transactions made inside (a document observer only
-        while one is wanted: pycrdt builds its event for every transaction otherwise)."""
-        captured: list[bytes] = []
-        sub = self.doc.observe(lambda ev: captured.append(ev.update))
-        try:
-            yield captured
-        finally:
-            self.doc.unobserve(sub)
 
     def _unsubscribe(self) -> None:
         for owner, sub in getattr(self, "_subs", ()):
@@ -325,20 +318,21 @@ class Replica:
         if not changeset:
             return Changeset()
         known: dict[RowKey, Row | None] = {}
-        with self._capturing() as captured:
+        self._captured.clear()
+        with self.doc.transaction(origin="local"):
+            for tname, changes in changeset.tables.items():
+                for uuid, change in changes.items():
+                    self._write_row(tname, uuid, change.old, change.new, known)
+        update = _merge(self._captured)
+        if update and single_writer_span(update) is None:
+            # Only deletions: no item of this writer, so its clock would not move and a peer
+            # at the same state vector could still lack them. One entry in the (unobserved)
+            # meta map moves it: equal state vectors then mean equal documents, which is
+            # what lets gossip answer an in-sync pull with nothing.
             with self.doc.transaction(origin="local"):
-                for tname, changes in changeset.tables.items():
-                    for uuid, change in changes.items():
-                        self._write_row(tname, uuid, change.old, change.new, known)
-            update = _merge(captured)
-            if update and single_writer_span(update) is None:
-                # Only deletions: no item of this writer, so its clock would not move and a
-                # peer at the same state vector could still lack them. One entry in the
-                # (unobserved) meta map moves it: equal state vectors then mean equal
-                # documents, which is what lets gossip answer an in-sync pull with nothing.
-                with self.doc.transaction(origin="local"):
-                    self._meta[str(self.client_id)] = b""
-                update = _merge(captured)
+                self._meta[str(self.client_id)] = b""
+            update = _merge(self._captured)
+        self._captured.clear()
         span = single_writer_span(update) if update else None
         if span is not None:
             self._advance_clocks(span)
@@ -506,8 +500,9 @@ class Replica:
         where pycrdt held items back and integrates them now) decides whether the update
         was new, and is what goes to the log.
         """
+        self._captured.clear()
         try:
-            with self._capturing() as captured, self.doc.transaction(origin="remote"):
+            with self.doc.transaction(origin="remote"):
                 self.doc.apply_update(update)
         except (ValueError, RuntimeError, TypeError) as exc:
             self._events.clear()
@@ -519,7 +514,8 @@ class Replica:
             self._events.clear()
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
-        delta = _merge(captured)
+        delta = _merge(self._captured)
+        self._captured.clear()
         if not delta and not self._events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
@@ -821,7 +817,6 @@ _KeyEvent = tuple[enc.Key | str, str, Any]
 
 def _return_free_memory() -> None:
     """Give the old document's freed heap back to the OS (glibc keeps it otherwise)."""
-    import contextlib
     import ctypes
     import ctypes.util
 
