@@ -161,9 +161,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.info("%s: loaded %d rows from %s (%s store) in %.2f s", schema.name, rows,
                      where, args.store, time.perf_counter() - t0)
         databases[schema.name] = db
+    if args.txn_history < 0:
+        log.error("--txn-history must be 0 or more, not %d", args.txn_history)
+        return 2
     limits = Limits(probe_interval_s=args.probe_interval,
                     max_message_bytes=args.max_message_bytes,
-                    max_backlog_bytes=args.max_backlog_bytes)
+                    max_backlog_bytes=args.max_backlog_bytes,
+                    txn_history=args.txn_history)
 
     gossiping = bool(args.listen or args.peer or args.discover)
     if gossiping and args.store != "replica":
@@ -418,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-backlog-bytes", type=int, default=defaults.max_backlog_bytes,
                    metavar="BYTES", help="drop a client with more unsent replies and updates "
                                          "than this (default %(default)s)")
+    p.add_argument("--txn-history", type=int, default=defaults.txn_history, metavar="N",
+                   help="transactions kept per database so that monitor_cond_since can "
+                        "resume a client with only what it missed, as a clustered "
+                        "ovsdb-server does; 0 keeps none, as a standalone one "
+                        "(default %(default)s)")
     p.add_argument("schemas", nargs="+", metavar="SCHEMA", help=".ovsschema file")
     p.set_defaults(func=cmd_serve)
 

@@ -101,3 +101,15 @@ def test_monitor_cond_since_resumes_as_a_clustered_ovsdb_server(tmp_path: Path) 
         assert ours.running, ours.log_tail()
     assert "found: true" in real and "found: false" in real, real
     assert_same(real, mine, "ovsdb-client monitor-cond-since resumes")
+
+
+def test_without_a_history_every_resume_is_a_full_dump(tmp_path: Path) -> None:
+    """``--txn-history=0``: a standalone ovsdb-server's answer, the zero id and found=false."""
+    need_ovn("ovsdb-client")
+    with CrdtdbServer([NB_SCHEMA], tmp_path / "crdtdb", extra_args=["--txn-history=0"]) as s:
+        _transact(s.remote, BULK)
+        first = _monitor(s.remote, None, True)
+        _transact(s.remote, STEPS[0])
+        resumed = _monitor(s.remote, _last_id(first), True)
+    zero = "00000000-0000-0000-0000-000000000000"
+    assert _last_id(first) == zero and "found: false" in resumed and "initial" in resumed

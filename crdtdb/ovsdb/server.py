@@ -25,6 +25,7 @@ from crdtdb.consensus.commit import CommitOutcome, Failed
 from crdtdb.engine.snapshot import Changeset
 from crdtdb.errors import CrdtdbError
 from crdtdb.ovsdb.core import Database, LockGate, PendingCommit, ServerCore, Session
+from crdtdb.ovsdb.history import DEFAULT_MAX_TXNS
 from crdtdb.ovsdb.jsonrpc import (
     CLOSED,
     NEED_DATA,
@@ -110,6 +111,10 @@ class Limits:
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
     probe_interval_s: float = 5.0
+    #: Transactions kept per database for monitor_cond_since resumes (fewer while they hold
+    #: more atoms than the database: see crdtdb/ovsdb/history.py); 0 keeps none, as a
+    #: standalone ovsdb-server (every resume is then a full dump).
+    txn_history: int = DEFAULT_MAX_TXNS
 
 
 @dataclass(eq=False)
@@ -402,9 +407,10 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
     """Serve ``databases`` on ``remotes`` until the block exits (then every client is
     disconnected). ``lock_gate`` makes OVSDB locks cluster-wide (it must call
     :meth:`OvsdbServer.lock_changed`)."""
+    limits = limits or Limits()
     core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000),
-                      lock_gate=lock_gate)
-    server = OvsdbServer(core, limits or Limits())
+                      lock_gate=lock_gate, txn_history=limits.txn_history)
+    server = OvsdbServer(core, limits)
     if lock_gate is not None:
         lock_gate.on_change = server.lock_changed  # type: ignore[attr-defined]
     # Stores that change on their own (a replica merging a peer's update) say so.
