@@ -168,8 +168,14 @@ class OvsdbRelay:
         async with AsyncExitStack() as stack:
             client, feed = await self._connect_leader(stack)
             try:
-                await client.call("monitor", ["_Server", _SERVER_MONITOR, {
+                status = await client.call("monitor", ["_Server", _SERVER_MONITOR, {
                     "Database": {"columns": ["name", "leader", "connected"]}}])
+                # The member may have lost the leadership since is_leader() said yes (a
+                # paused leader that wakes up): the monitor's own first state decides, and
+                # every later change arrives as an update. Without this check the relay
+                # could stay on a follower, whose locks are its own (OVSDB locks are per
+                # server), so another node could hold the same lock on the real leader.
+                self._check_leader(status)
                 for name, db in self.databases.items():
                     initial = await client.call("monitor", [
                         name, name, {t: {} for t in db.schema.tables}])
