@@ -250,6 +250,29 @@ def test_only_the_start_of_an_unfinished_message_is_checked() -> None:
         conn.next_event()
 
 
+def test_a_trickled_unfinished_message_is_not_reparsed_on_every_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bounded work: the unfinished prefix is parsed again only once it has doubled.
+    import crdtdb.ovsdb.jsonrpc as jsonrpc
+
+    calls: list[int] = []
+    real = jsonrpc._SCAN
+
+    def counting(text: str, at: int) -> Any:
+        calls.append(len(text))
+        return real(text, at)
+
+    monkeypatch.setattr(jsonrpc, "_SCAN", counting)
+    data = b'{"method":"echo","params":["' + b"x" * 40_000
+    conn = JsonRpcConnection()
+    for i in range(0, len(data), 64):
+        conn.receive_data(data[i:i + 64])
+        assert conn.next_event() is NEED_DATA
+    assert len(calls) <= 12, len(calls)  # 626 reads; a parse per read would be 626
+    conn.receive_data(b'"],"id":1}')
+    assert conn.next_event() == Request(1, "echo", ["x" * 40_000])
+
+
 def test_scanning_is_linear() -> None:
     # 2.8 MB in 1 KiB chunks: a scanner that rescanned the message on every chunk would
     # go through gigabytes.

@@ -214,6 +214,11 @@ def _fast_atom_ok(base: BaseType) -> Any:
     return lambda a: type(a) is _Uuid
 
 
+def _shared(share: Any, atoms: list[Any], uuids: bool) -> tuple[Any, ...]:
+    """``atoms`` as stored: uuid atoms as plain ``str``, equal strings one object."""
+    return tuple(share(str(a)) for a in atoms) if uuids else tuple(map(share, atoms))
+
+
 def datum_decoder(type_: Type) -> Any:
     """A function doing what :func:`datum_from_obj` does for this type, faster on valid input
     (the common case: bytes checked by an envelope digest); built once per type."""
@@ -237,7 +242,7 @@ def datum_decoder(type_: Type) -> Any:
             for a in obj:
                 if not kok(a):
                     return slow(type_, obj)
-            atoms = tuple(k_share(str(a) if k_uuid else a) for a in obj)
+            atoms = tuple(obj) if k_share is None else _shared(k_share, obj, k_uuid)
             for i in range(1, len(atoms)):
                 if not atoms[i - 1] < atoms[i]:
                     return slow(type_, obj)
@@ -257,8 +262,10 @@ def datum_decoder(type_: Type) -> Any:
             for v in values:
                 if not vok(v):
                     return slow(type_, obj)
-            keys = [k_share(str(a) if k_uuid else a) for a in keys]
-            values = [v_share(str(v) if v_uuid else v) for v in values]
+            if k_share is not None:
+                keys = _shared(k_share, keys, k_uuid)
+            if v_share is not None:
+                values = _shared(v_share, values, v_uuid)
             for i in range(1, len(keys)):
                 if not keys[i - 1] < keys[i]:
                     return slow(type_, obj)

@@ -42,12 +42,13 @@ from crdtdb.consensus.commit import (
 )
 from crdtdb.engine import DatabaseSchema, MemoryDatabase, Outcome
 from crdtdb.engine import data as D
+from crdtdb.engine.data import ZERO_UUID
 from crdtdb.engine.ovshash import OvsHmap, json_hash, shash_order
 from crdtdb.engine.ovsjson import is_id
 from crdtdb.engine.snapshot import Changeset, ReadSet, Row, RowChange, Snapshot
 from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import OvsdbError
-from crdtdb.ovsdb.history import DEFAULT_MAX_TXNS, ZERO_UUID, TxnHistory
+from crdtdb.ovsdb.history import DEFAULT_MAX_TXNS, TxnHistory
 from crdtdb.ovsdb.jsonrpc import ErrorReply, Notification, Reply, Request
 from crdtdb.ovsdb.locks import LockMode, LockTable
 from crdtdb.ovsdb.monitor import Monitor, Version, monitor_key

@@ -22,7 +22,6 @@ from crdtdb.engine.data import ZERO_UUID
 from crdtdb.engine.schema import TableSchema
 from crdtdb.engine.snapshot import Changeset, Row, RowChange
 
-__all__ = ["DEFAULT_MAX_TXNS", "ZERO_UUID", "TxnHistory"]
 DEFAULT_MAX_TXNS = 100
 
 

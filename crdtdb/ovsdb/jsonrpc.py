@@ -809,11 +809,16 @@ class JsonRpcConnection:
         to max_message_bytes of buffer). The scan for the message's end knows only strings
         and brackets; here the unfinished message goes through the JSON parser, and an error
         counts only where no more input could make it valid. At most its first
-        ``UNFINISHED_CHECK_BYTES`` are checked, however they arrived: the work stays bounded
-        and the verdict does not depend on how the bytes were chunked (an error further in
-        is found once the brackets balance)."""
+        ``UNFINISHED_CHECK_BYTES`` are checked, however they arrived: the verdict at EOF
+        does not depend on how the bytes were chunked (an error further in is found once the
+        brackets balance). Before EOF a check waits until the prefix has doubled since the
+        last one (or reached the bound), so a peer trickling bytes costs linear work, not a
+        re-parse per read."""
         n = min(len(self._buf), UNFINISHED_CHECK_BYTES)
-        if not self._in_message or n <= self._checked_unfinished:
+        checked = self._checked_unfinished
+        if not self._in_message or n <= checked:
+            return
+        if not self._eof and n < UNFINISHED_CHECK_BYTES and n < 2 * checked:
             return
         self._checked_unfinished = n
         text = self._buf[:n].decode("utf-8", "replace")
