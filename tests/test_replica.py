@@ -309,6 +309,24 @@ def test_updates_from_another_epoch_are_refused() -> None:
     assert shown(a) == shown(b)
 
 
+def test_a_rebuild_that_releases_memory_first_builds_the_same_document() -> None:
+    a, update = _one_update()
+    b = make_replica(2, 2)
+    b.apply_update(update)
+    seen: list[bool] = []
+    a.add_listener(lambda ev: seen.append(ev.local))
+    before = shown(a)
+    a.rebuild(1, release_memory=True)
+    b.rebuild(1, release_memory=False)
+    assert a.doc.get_update() == b.doc.get_update()
+    assert shown(a) == shown(b) == before
+    # Still a working replica: commits, listeners and merges carry on in the new epoch.
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "after"}}))
+    assert seen == [True]
+    b.apply_update(a.diff(b.state_vector()))
+    assert shown(a) == shown(b) != before
+
+
 def test_an_update_after_a_gap_waits_for_the_gap() -> None:
     a = make_replica(1, 1)
     out: list[bytes] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import random
@@ -180,6 +181,18 @@ class Replica:
         self._events.clear()
         self._captured.clear()
         self._refresh(dirty, {})
+
+    def _release_doc(self) -> None:
+        """Drop every reference to the document (the view goes too; _reset_doc follows)."""
+        self._unsubscribe()
+        self.doc = Doc(client_id=self.client_id)
+        self._maps = {}
+        self._meta = self.doc.get(META_MAP, type=Map)
+        self._captured.clear()
+        self._events.clear()
+        self._parked.clear()
+        self.view = View(self.schema, self.conflicts)
+        gc.collect()
 
     def _unsubscribe(self) -> None:
         for owner, sub in getattr(self, "_subs", ()):
@@ -741,8 +754,16 @@ class Replica:
         if epoch <= self.epoch:
             raise ValueError(f"epoch {epoch} is not after the current epoch {self.epoch}")
         base = build_base(self.schema, self.view.rows)
+        if release_memory:
+            # The old document goes before the new one is built: built while the old one
+            # still lived, the new one's allocations end up scattered among the old one's,
+            # and the freed heap around them cannot be returned (~35 MiB of 100 MiB kept
+            # after 300k overwrites on 10k rows).
+            self._release_doc()
+            _return_free_memory()
         doc = Doc(client_id=self.client_id)
         doc.apply_update(base)
+        del base
         self.epoch = epoch
         self._stats.epoch = epoch
         self._reset_doc(doc)
