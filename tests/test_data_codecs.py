@@ -203,3 +203,35 @@ def test_canonical_order_and_duplicates() -> None:
     u = Type(BaseType(AtomicType.UUID), None, 0, UNLIMITED)
     a, b = "0a000000-0000-0000-0000-000000000000", "1b000000-0000-0000-0000-000000000000"
     assert data.datum_from_json(u, ["set", [["uuid", b.upper()], ["uuid", a]]]) == (a, b)
+
+
+def test_equal_small_datums_are_one_object_and_keep_their_types() -> None:
+    t_int = Type(BaseType(AtomicType.INTEGER))
+    t_bool = Type(BaseType(AtomicType.BOOLEAN))
+    t_str = Type(BaseType(AtomicType.STRING))
+    t_map = Type(BaseType(AtomicType.STRING), BaseType(AtomicType.STRING), 0, UNLIMITED)
+    a = data.datum_from_json(t_int, 1)
+    assert data.datum_from_json(t_int, 1) is a
+    # 1 == True as a dict key: the caches are per atomic type, so the types stay apart.
+    b = data.datum_from_json(t_bool, True)
+    assert b == (True,) and type(b[0]) is bool and type(a[0]) is int
+    assert data.datum_from_json(t_str, "ingress") is data.datum_from_json(t_str, "ingress")
+    long = "x" * 100
+    assert data.datum_from_json(t_str, long) is not data.datum_from_json(t_str, long)
+    m1 = data.datum_from_json(t_map, ["map", [["source", "northd.c:1"], ["k", "v"]]])
+    m2 = data.datum_from_json(t_map, ["map", [["source", "northd.c:1"], ["z", "w"]]])
+    assert m1[1] is m2[0]  # ("source", "northd.c:1")
+    # The binary decoder shares with the JSON parser.
+    assert binary.datum_decoder(t_int)([1]) is a
+    assert binary.datum_decoder(t_map)(["source", "northd.c:1"])[0] is m1[1]
+
+
+def test_shared_datums_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "_SHARED_TUPLES_MAX", 50)
+    monkeypatch.setattr(data, "_shared_count", 0)
+    for cache in data._tuple_caches.values():
+        cache.clear()  # parsers keep their cache: empty them in place
+    t = Type(BaseType(AtomicType.INTEGER, min_integer=0, max_integer=10**6))
+    for i in range(1000):
+        assert data.datum_from_json(t, 5000 + i) == (5000 + i,)
+        assert sum(map(len, data._tuple_caches.values())) <= 50

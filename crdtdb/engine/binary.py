@@ -230,6 +230,7 @@ def datum_decoder(type_: Type) -> Any:
     n_min, n_max = type_.n_min, type_.n_max
     k_uuid = type_.key.type is AtomicType.UUID
     k_share = data.atom_sharer(type_.key)
+    one = data.one_atom_sharer(type_.key)
     slow = datum_from_obj
 
     if kok is None or (type_.value is not None and vok is None):
@@ -243,6 +244,8 @@ def datum_decoder(type_: Type) -> Any:
                 if not kok(a):
                     return slow(type_, obj)
             atoms = tuple(obj) if k_share is None else _shared(k_share, obj, k_uuid)
+            if len(atoms) == 1 and one is not None:
+                return one(atoms[0])
             for i in range(1, len(atoms)):
                 if not atoms[i - 1] < atoms[i]:
                     return slow(type_, obj)
@@ -250,6 +253,7 @@ def datum_decoder(type_: Type) -> Any:
     else:
         v_uuid = type_.value.type is AtomicType.UUID
         v_share = data.atom_sharer(type_.value)
+        share_pair = data.pair_sharer(type_.key, type_.value)
 
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or len(obj) % 2 or not n_min <= len(obj) // 2 <= n_max:
@@ -269,6 +273,8 @@ def datum_decoder(type_: Type) -> Any:
             for i in range(1, len(keys)):
                 if not keys[i - 1] < keys[i]:
                     return slow(type_, obj)
+            if share_pair is not None:
+                return tuple(map(share_pair, zip(keys, values, strict=True)))
             return tuple(zip(keys, values, strict=True))
     type_._variants["decoder"] = decode
     return decode

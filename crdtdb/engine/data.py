@@ -256,6 +256,75 @@ def atom_sharer(base: BaseType) -> Callable[[str], str] | None:
     return None
 
 
+# Equal small tuples as one object: the one-atom datums of scalar columns and the pairs of
+# maps. A Southbound repeats them across rows (each flow's pipeline, table, priority and
+# datapath; ``("source", "northd.c:...")``); as separate tuples they held ~20% of the Python
+# memory of 100k Logical_Flow rows. One cache per atomic type (pair of types), as ``1``,
+# ``1.0`` and ``True`` are equal dict keys. Bounded: all caches together hold at most
+# _SHARED_TUPLES_MAX tuples and are emptied when they reach it (so values that churned away
+# are not kept alive for ever; tuples already shared stay shared).
+_SHARED_TUPLES_MAX = 1 << 15
+_tuple_caches: dict[Any, dict[Any, tuple]] = {}
+_shared_count = 0
+_SHAREABLE = (AtomicType.INTEGER, AtomicType.BOOLEAN, AtomicType.STRING, AtomicType.UUID)
+
+
+def _tuple_cache(kind: Any) -> dict[Any, tuple]:
+    return _tuple_caches.setdefault(kind, {})
+
+
+def _remember(cache: dict[Any, tuple], key: Any, value: tuple) -> tuple:
+    global _shared_count
+    if _shared_count >= _SHARED_TUPLES_MAX:
+        for c in _tuple_caches.values():
+            c.clear()
+        _shared_count = 0
+    cache[key] = value
+    _shared_count += 1
+    return value
+
+
+def _long(a: Any) -> bool:
+    return type(a) is str and len(a) > _INTERN_MAX_LEN
+
+
+def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple] | None:
+    """The one-atom datum ``(a,)`` for a valid atom ``a``, one object per equal value (see
+    above); ``None`` for reals (nothing worth it). Long strings are not shared."""
+    if base.type not in _SHAREABLE:
+        return None
+    cache = _tuple_cache(base.type)
+    get = cache.get
+    if base.type is AtomicType.STRING:
+        def one_str(a: str) -> tuple:
+            if len(a) > _INTERN_MAX_LEN:  # before hashing it: long strings rarely repeat
+                return (a,)
+            t = get(a)
+            return _remember(cache, a, (a,)) if t is None else t
+        return one_str
+
+    def one(a: Any) -> tuple:
+        t = get(a)
+        return _remember(cache, a, (a,)) if t is None else t
+    return one
+
+
+def pair_sharer(key: BaseType, value: BaseType) -> Callable[[tuple], tuple] | None:
+    """One object per equal map pair of these types (see above); ``None`` if not shared."""
+    if key.type not in _SHAREABLE or value.type not in _SHAREABLE:
+        return None
+    cache = _tuple_cache((key.type, value.type))
+    get = cache.get
+    strings = AtomicType.STRING in (key.type, value.type)
+
+    def pair(p: tuple) -> tuple:
+        if strings and (_long(p[0]) or _long(p[1])):
+            return p
+        t = get(p)
+        return _remember(cache, p, p) if t is None else t
+    return pair
+
+
 def _fast_atom_parser(base: BaseType) -> Callable[[Any], Any]:
     """A parser for the common, valid case of an atom; ``SLOW`` means "use the full path".
 
@@ -304,6 +373,7 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
     key = _fast_atom_parser(type_.key)
     n_min, n_max = type_.n_min, type_.n_max
     if type_.value is None:
+        one = one_atom_sharer(type_.key) or _one_tuple
         def fast_set(v: Any) -> Any:
             if type(v) is list and v and v[0] == "set":
                 if len(v) != 2 or type(v[1]) is not list:
@@ -320,9 +390,10 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
                         return SLOW
                 return tuple(atoms)
             a = key(v)
-            return SLOW if a is SLOW else (a,)
+            return SLOW if a is SLOW else one(a)
         return fast_set
     val = _fast_atom_parser(type_.value)
+    share_pair = pair_sharer(type_.key, type_.value) or _same
 
     def fast_map(v: Any) -> Any:
         if not (type(v) is list and len(v) == 2 and v[0] == "map" and type(v[1]) is list):
@@ -337,13 +408,21 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
             k, x = key(e[0]), val(e[1])
             if k is SLOW or x is SLOW:
                 return SLOW
-            pairs.append((k, x))
+            pairs.append(share_pair((k, x)))
         pairs.sort(key=_pair_key)
         for i in range(1, len(pairs)):
             if pairs[i][0] == pairs[i - 1][0]:
                 return SLOW
         return tuple(pairs)
     return fast_map
+
+
+def _one_tuple(a: Any) -> tuple:
+    return (a,)
+
+
+def _same(p: tuple) -> tuple:
+    return p
 
 
 def fast_parser(type_: Type) -> Callable[[Any], Any]:
