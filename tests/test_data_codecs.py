@@ -224,6 +224,12 @@ def test_equal_small_datums_are_one_object_and_keep_their_types() -> None:
     # The binary decoder shares with the JSON parser.
     assert binary.datum_decoder(t_int)([1]) is a
     assert binary.datum_decoder(t_map)(["source", "northd.c:1"])[0] is m1[1]
+    # Decoded uuids (a str subclass until checked) are stored as plain strings, hit or miss.
+    t_uuid = Type(BaseType(AtomicType.UUID))
+    u = binary.UuidAtom(data.ZERO_UUID)
+    for _ in range(2):
+        (got,) = binary.datum_decoder(t_uuid)([u])
+        assert got == data.ZERO_UUID and type(got) is str
 
 
 def test_shared_datums_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

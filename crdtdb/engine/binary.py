@@ -219,6 +219,16 @@ def _shared(share: Any, atoms: list[Any], uuids: bool) -> tuple[Any, ...]:
     return tuple(share(str(a)) for a in atoms) if uuids else tuple(map(share, atoms))
 
 
+def _one_stored(t: AtomicType) -> Any:
+    stored = data._stored(t)
+    return lambda a: (stored(a),)
+
+
+def _pair_stored(kt: AtomicType, vt: AtomicType) -> Any:
+    k_stored, v_stored = data._stored(kt), data._stored(vt)
+    return lambda k, v: (k_stored(k), v_stored(v))
+
+
 def datum_decoder(type_: Type) -> Any:
     """A function doing what :func:`datum_from_obj` does for this type, faster on valid input
     (the common case: bytes checked by an envelope digest); built once per type."""
@@ -237,44 +247,38 @@ def datum_decoder(type_: Type) -> Any:
         def decode(obj: Any) -> data.Datum:
             return slow(type_, obj)
     elif type_.value is None:
+        single = one if one is not None else _one_stored(type_.key.type)
+
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or not n_min <= len(obj) <= n_max:
                 return slow(type_, obj)
+            if len(obj) == 1:  # a scalar column: the common case
+                a = obj[0]
+                return single(a) if kok(a) else slow(type_, obj)
             for a in obj:
                 if not kok(a):
                     return slow(type_, obj)
             atoms = tuple(obj) if k_share is None else _shared(k_share, obj, k_uuid)
-            if len(atoms) == 1 and one is not None:
-                return one(atoms[0])
             for i in range(1, len(atoms)):
                 if not atoms[i - 1] < atoms[i]:
                     return slow(type_, obj)
             return atoms
     else:
-        v_uuid = type_.value.type is AtomicType.UUID
-        v_share = data.atom_sharer(type_.value)
-        share_pair = data.pair_sharer(type_.key, type_.value)
+        share_pair = data.pair_sharer(type_.key, type_.value) \
+            or _pair_stored(type_.key.type, type_.value.type)
 
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or len(obj) % 2 or not n_min <= len(obj) // 2 <= n_max:
                 return slow(type_, obj)
-            keys = obj[0::2]
-            values = obj[1::2]
-            for a in keys:
-                if not kok(a):
+            pairs = []
+            prev = None
+            for i in range(0, len(obj), 2):
+                k = obj[i]
+                v = obj[i + 1]
+                if not kok(k) or not vok(v) or (i and not prev < k):
                     return slow(type_, obj)
-            for v in values:
-                if not vok(v):
-                    return slow(type_, obj)
-            if k_share is not None:
-                keys = _shared(k_share, keys, k_uuid)
-            if v_share is not None:
-                values = _shared(v_share, values, v_uuid)
-            for i in range(1, len(keys)):
-                if not keys[i - 1] < keys[i]:
-                    return slow(type_, obj)
-            if share_pair is not None:
-                return tuple(map(share_pair, zip(keys, values, strict=True)))
-            return tuple(zip(keys, values, strict=True))
+                prev = k
+                pairs.append(share_pair(k, v))
+            return tuple(pairs)
     type_._variants["decoder"] = decode
     return decode

@@ -288,40 +288,64 @@ def _long(a: Any) -> bool:
     return type(a) is str and len(a) > _INTERN_MAX_LEN
 
 
+def _stored(t: AtomicType) -> Callable[[Any], Any]:
+    """An atom as stored: strings and uuids interned (uuids decoded by the binary codec
+    arrive as a ``str`` subclass: stored as plain ``str``)."""
+    if t is AtomicType.UUID:
+        return lambda a: _intern(str(a))
+    if t is AtomicType.STRING:
+        return lambda a: _intern(str(a)) if len(a) <= _INTERN_MAX_LEN else str(a)
+    return lambda a: a
+
+
 def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple] | None:
-    """The one-atom datum ``(a,)`` for a valid atom ``a``, one object per equal value (see
-    above); ``None`` for reals (nothing worth it). Long strings are not shared."""
+    """The one-atom datum for a valid atom ``a``, as stored (see :func:`_stored`), one
+    object per equal value (see above); ``None`` for reals (nothing worth it). Long strings
+    are not shared. Normalising happens on a miss only: a hit is one dict lookup."""
     if base.type not in _SHAREABLE:
         return None
     cache = _tuple_cache(base.type)
     get = cache.get
+    stored = _stored(base.type)
     if base.type is AtomicType.STRING:
         def one_str(a: str) -> tuple:
             if len(a) > _INTERN_MAX_LEN:  # before hashing it: long strings rarely repeat
-                return (a,)
+                return (str(a),)
             t = get(a)
-            return _remember(cache, a, (a,)) if t is None else t
+            if t is None:
+                a = stored(a)
+                t = _remember(cache, a, (a,))
+            return t
         return one_str
 
     def one(a: Any) -> tuple:
         t = get(a)
-        return _remember(cache, a, (a,)) if t is None else t
+        if t is None:
+            a = stored(a)
+            t = _remember(cache, a, (a,))
+        return t
     return one
 
 
-def pair_sharer(key: BaseType, value: BaseType) -> Callable[[tuple], tuple] | None:
-    """One object per equal map pair of these types (see above); ``None`` if not shared."""
+def pair_sharer(key: BaseType, value: BaseType) -> Callable[[Any, Any], tuple] | None:
+    """The map pair ``(k, v)`` of valid atoms, as stored, one object per equal pair (see
+    above); ``None`` if pairs of these types are not shared."""
     if key.type not in _SHAREABLE or value.type not in _SHAREABLE:
         return None
     cache = _tuple_cache((key.type, value.type))
     get = cache.get
+    k_stored, v_stored = _stored(key.type), _stored(value.type)
     strings = AtomicType.STRING in (key.type, value.type)
 
-    def pair(p: tuple) -> tuple:
-        if strings and (_long(p[0]) or _long(p[1])):
-            return p
+    def pair(k: Any, v: Any) -> tuple:
+        if strings and (_long(k) or _long(v)):
+            return (k_stored(k), v_stored(v))
+        p = (k, v)
         t = get(p)
-        return _remember(cache, p, p) if t is None else t
+        if t is None:
+            p = (k_stored(k), v_stored(v))
+            t = _remember(cache, p, p)
+        return t
     return pair
 
 
@@ -393,7 +417,7 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
             return SLOW if a is SLOW else one(a)
         return fast_set
     val = _fast_atom_parser(type_.value)
-    share_pair = pair_sharer(type_.key, type_.value) or _same
+    share_pair = pair_sharer(type_.key, type_.value) or _pair
 
     def fast_map(v: Any) -> Any:
         if not (type(v) is list and len(v) == 2 and v[0] == "map" and type(v[1]) is list):
@@ -408,7 +432,7 @@ def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
             k, x = key(e[0]), val(e[1])
             if k is SLOW or x is SLOW:
                 return SLOW
-            pairs.append(share_pair((k, x)))
+            pairs.append(share_pair(k, x))
         pairs.sort(key=_pair_key)
         for i in range(1, len(pairs)):
             if pairs[i][0] == pairs[i - 1][0]:
@@ -421,8 +445,8 @@ def _one_tuple(a: Any) -> tuple:
     return (a,)
 
 
-def _same(p: tuple) -> tuple:
-    return p
+def _pair(k: Any, v: Any) -> tuple:
+    return (k, v)
 
 
 def fast_parser(type_: Type) -> Callable[[Any], Any]:
