@@ -41,6 +41,9 @@ def check_view(replica: Replica) -> None:
     for t in replica.schema.tables:
         assert dict(fresh.rows.iter_rows(t)) == dict(replica.iter_rows(t)), t
     assert fresh.hidden() == replica.view.hidden()
+    want = sorted(map(str, fresh.conflicts.active()))
+    got = sorted(map(str, replica.conflicts.active()))
+    assert got == want, (got, want)
 
 
 def check_reload(replica: Replica, client_id: int = 999_999) -> None:

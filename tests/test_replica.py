@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.replica import (
+    ConflictEvent,
     ConflictKind,
     CorruptUpdateError,
     EpochMismatchError,
@@ -307,6 +308,23 @@ def test_updates_from_another_epoch_are_refused() -> None:
     assert (info.value.mine, info.value.theirs) == (1, 0)
     b.apply_update(a.diff(b.state_vector()))
     assert shown(a) == shown(b)
+
+
+def test_a_rebuild_ends_the_conflicts_of_the_rows_it_drops() -> None:
+    pair = Pair()
+    seen: list[Any] = []
+    pair.b.conflicts.add_listener(seen.append)
+    ok(txn(pair.a, {"op": "insert", "table": "Parent", "row": {"name": "same"}}))
+    ok(txn(pair.b, {"op": "insert", "table": "Parent", "row": {"name": "same"}}))
+    pair.sync()
+    (lost,) = pair.b.conflicts.active()
+    shown_before = shown(pair.b)
+    pair.b.rebuild(1)
+    # The hidden row is not in the new epoch: its conflict is over, and says so.
+    assert shown(pair.b) == shown_before
+    assert pair.b.view.hidden() == {}
+    assert pair.b.conflicts.active() == []
+    assert seen[-1] == ConflictEvent(lost, False)
 
 
 def test_a_rebuild_that_releases_memory_first_builds_the_same_document() -> None:

@@ -99,6 +99,8 @@ class ConflictLog:
 
     def set_row(self, table: str, uuid: str, conflicts: list[Conflict]) -> None:
         """Replace the active conflicts of one row by ``conflicts`` (maybe none)."""
+        if not conflicts and (table, uuid) not in self._by_row:
+            return  # the common case: nothing before, nothing now
         old = self._by_row.pop((table, uuid), {})
         new = {(c.kind, c.column): c for c in conflicts}
         for key, c in old.items():
@@ -110,6 +112,12 @@ class ConflictLog:
                 self._emit(ConflictEvent(c, True))
         if new:
             self._by_row[table, uuid] = new
+
+    def end_unless(self, keep: Callable[[str, str], bool]) -> None:
+        """End the conflicts of every row for which ``keep(table, uuid)`` is false (rows that
+        are gone: a view that was rebuilt only revisits the rows it still has)."""
+        for table, uuid in [k for k in self._by_row if not keep(*k)]:
+            self.set_row(table, uuid, [])
 
     def row(self, table: str, uuid: str) -> list[Conflict]:
         return list(self._by_row.get((table, uuid), {}).values())

@@ -181,6 +181,9 @@ class Replica:
         self._events.clear()
         self._captured.clear()
         self._refresh(dirty, {})
+        # Rows a rebuild dropped (hidden ones) are not revisited: end their conflicts.
+        raw = self.view.raw
+        self.conflicts.end_unless(lambda t, u: u in raw[t])
 
     def _release_doc(self) -> None:
         """Drop every reference to the document (the view goes too; _reset_doc follows)."""
