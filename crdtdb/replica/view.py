@@ -129,18 +129,19 @@ class View:
                 continue
             olds[key] = old
             info = self._info[t]
-            old_targets = set(self._targets(info, old)) if old is not None else set()
-            new_targets = set(self._targets(info, new)) if new is not None else set()
-            for target in old_targets - new_targets:
-                refs = self._in.get(target)
-                if refs is not None:
-                    refs.discard(key)
-                    if not refs:
-                        del self._in[target]
-            for target in new_targets - old_targets:
-                self._in.setdefault(target, set()).add(key)
-            # Rows that gained or lost this referrer (GC may hide or show them).
-            extra.update(old_targets ^ new_targets)
+            if info.refs:
+                old_targets = set(self._targets(info, old)) if old is not None else set()
+                new_targets = set(self._targets(info, new)) if new is not None else set()
+                for target in old_targets - new_targets:
+                    refs = self._in.get(target)
+                    if refs is not None:
+                        refs.discard(key)
+                        if not refs:
+                            del self._in[target]
+                for target in new_targets - old_targets:
+                    self._in.setdefault(target, set()).add(key)
+                # Rows that gained or lost this referrer (GC may hide or show them).
+                extra.update(old_targets ^ new_targets)
             if new is not None:
                 raw[u] = new
             else:
@@ -209,12 +210,16 @@ class View:
         touched = set(work)
         queue = deque(work)
         queued = set(work)
+        # Rows whose last check found every column as stored (so shown = raw, no conflict).
+        # A row that loses a target later is checked again: hiding a row queues its
+        # neighbours, referrers included.
+        clean: set[RowKey] = set()
         while queue:
             x = queue.popleft()
             queued.discard(x)
             if not self._candidate(x):
                 continue
-            kind = self._violation(x)
+            kind = self._violation(x, clean)
             if kind is not None:
                 self._hidden[x] = kind
                 for y in self._neighbors(x):
@@ -228,7 +233,10 @@ class View:
         for key in sorted(touched):
             t, u = key
             old_row = self.rows.get_row(t, u)
-            row, conflicts = self._shown(key)
+            if key in clean and self._candidate(key):
+                row, conflicts = self.raw[t][u], []
+            else:
+                row, conflicts = self._shown(key)
             self.conflicts.set_row(t, u, conflicts)
             if row != old_row:
                 out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
@@ -302,21 +310,33 @@ class View:
         """In stratum 2's current set: present, not hidden by stratum 1 nor (yet) stratum 2."""
         return key[1] in self.raw[key[0]] and key not in self._s1 and key not in self._hidden
 
-    def _violation(self, key: RowKey) -> ConflictKind | None:
+    def _violation(self, key: RowKey, clean: set[RowKey]) -> ConflictKind | None:
+        """Why stratum 2 hides the row, or None; ``clean`` says whether every column is
+        shown as stored."""
         t, u = key
         info = self._info[t]
         row = self.raw[t][u]
+        as_stored = True
         for c in info.checked:
             d = row[c.col.index]
             if not d:
                 continue
             shown, _ = self._clean(c, u, d)
+            if shown is not d:
+                as_stored = False
             if len(shown) < c.col.type.n_min:
+                clean.discard(key)
                 return ConflictKind.DANGLING_REQUIRED
             if c.in_index and shown != d:
+                clean.discard(key)
                 return ConflictKind.DANGLING_INDEX
         if not info.is_root and not self._strongly_referenced(key):
+            clean.discard(key)
             return ConflictKind.ORPHAN
+        if as_stored:
+            clean.add(key)
+        else:
+            clean.discard(key)
         return None
 
     def _clean(self, c: _Checked, self_uuid: str, d: tuple) -> tuple[tuple, ConflictKind | None]:
