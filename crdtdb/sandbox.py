@@ -10,7 +10,9 @@ ovsdb-server instead: the reference the tests and the benchmark compare against.
 
 Gossip links go through small tcp relays the sandbox owns (a star: every chassis node to the
 central node), so :meth:`Sandbox.partition` can cut a chassis off and :meth:`Sandbox.heal`
-reconnect it, without root.
+reconnect it, without root. With ``partitionable=False`` the chassis nodes dial the central
+node directly: no relay hop (a Python thread in this process) on every gossip frame, as in a
+real deployment; the benchmark runs that way.
 
 All processes are children of this process (they die with it) and are stopped on exit.
 """
@@ -198,7 +200,7 @@ class Sandbox:
 
     def __init__(self, base_dir: str | os.PathLike[str], n_chassis: int = 3, *,
                  central: str = "crdtdb", nb_plugin: str = "local",
-                 step_timeout_s: float = 20.0):
+                 step_timeout_s: float = 20.0, partitionable: bool = True):
         if central not in ("crdtdb", "ovsdb"):
             raise ValueError("central must be 'crdtdb' or 'ovsdb'")
         if nb_plugin not in ("local", "etcd"):
@@ -208,6 +210,7 @@ class Sandbox:
         self.central_kind = central
         self.nb_plugin = nb_plugin
         self.step_timeout_s = step_timeout_s
+        self.partitionable = partitionable
         self.central_dir = self.base_dir / "central"
         self.chassis = [Chassis(f"hv{i + 1}", i, self.base_dir / f"hv{i + 1}",
                                 f"127.0.1.{i + 1}") for i in range(n_chassis)]
@@ -304,7 +307,7 @@ class Sandbox:
         env = ch.env
         ch.procs = []  # filled as each starts, so stop() finds whatever did
         if self.central_kind == "crdtdb":
-            if ch.relay is None:
+            if ch.relay is None and self.partitionable:
                 ch.relay = Relay(("127.0.0.1", self._gossip_port))
             ch.node = self._chassis_node(ch)
             ch.sb_remote = f"unix:{ch.dir / 'sb.sock'}"
@@ -348,11 +351,11 @@ class Sandbox:
         ch.procs.append(controller)
 
     def _chassis_node(self, ch: Chassis) -> _Proc:
-        assert ch.relay is not None
+        port = ch.relay.port if ch.relay is not None else self._gossip_port
         node = _Proc(f"{ch.name}-crdtdb", [
             sys.executable, "-m", "crdtdb.cli", "serve", f"--remote=punix:{ch.dir / 'sb.sock'}",
             f"--data-dir={ch.dir / 'data'}", f"--node-id={ch.name}",
-            f"--peer=127.0.0.1:{ch.relay.port}", str(SB_SCHEMA)],
+            f"--peer=127.0.0.1:{port}", str(SB_SCHEMA)],
             dict(os.environ), ch.dir / "crdtdb.log")
         (ch.dir / "sb.sock").unlink(missing_ok=True)
         node.start()
@@ -379,7 +382,7 @@ class Sandbox:
     def partition(self, ch: Chassis) -> None:
         """Cut the chassis's node off from the central node (and so from everyone)."""
         if ch.relay is None:
-            raise SandboxError("partitions need central='crdtdb'")
+            raise SandboxError("partitions need central='crdtdb' and partitionable=True")
         ch.relay.cut()
 
     def heal(self, ch: Chassis) -> None:
