@@ -599,9 +599,10 @@ NOTES = """How to read it:
   With ovsdb-server one central ovsdb-server serves NB and SB to northd and every
   ovn-controller. With crdtdb the central node serves the NB (consensus path, `local`
   plugin) and the SB to northd, and each chassis's ovn-controller talks to its own crdtdb
-  node (a full SB replica) that gossips with the central node (a star through the sandbox's
-  tcp relays; local commits pushed to every peer, forwards to 2, pull anti-entropy every
-  0.25 s, backing off to 2 s after about 3 s of quiet).
+  node (a full SB replica) that gossips with the central node (a star of direct tcp links:
+  the sandbox's partition relays are not used here, since session 5; local commits pushed
+  to every peer, forwards to 2, pull anti-entropy every 0.25 s, backing off to 2 s after
+  about 3 s of quiet).
 - `--wait=sb` is answered when ovn-northd has put the change into the SB (central only in
   both clouds). `--wait=hv` also needs every chassis to see the new SB_Global.nb_cfg, bring
   its flows up to date and report it in its Chassis_Private row, and northd to see all those
