@@ -307,16 +307,6 @@ def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple] | None:
     cache = _tuple_cache(base.type)
     get = cache.get
     stored = _stored(base.type)
-    if base.type is AtomicType.STRING:
-        def one_str(a: str) -> tuple:
-            if len(a) > _INTERN_MAX_LEN:  # before hashing it: long strings rarely repeat
-                return (str(a),)
-            t = get(a)
-            if t is None:
-                a = stored(a)
-                t = _remember(cache, a, (a,))
-            return t
-        return one_str
 
     def one(a: Any) -> tuple:
         t = get(a)
@@ -324,7 +314,13 @@ def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple] | None:
             a = stored(a)
             t = _remember(cache, a, (a,))
         return t
-    return one
+    if base.type is not AtomicType.STRING:
+        return one
+
+    def one_str(a: str) -> tuple:
+        # Checked before hashing it: long strings (matches, actions) rarely repeat.
+        return (a,) if len(a) > _INTERN_MAX_LEN else one(a)
+    return one_str
 
 
 def pair_sharer(key: BaseType, value: BaseType) -> Callable[[Any, Any], tuple] | None:
