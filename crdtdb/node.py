@@ -59,7 +59,7 @@ class Node:
     def _on_commit(self, db: str) -> Any:
         def on_change(ev: ChangeEvent) -> None:
             if ev.local and ev.update is not None:
-                self._perform(self.gossip.local_update(db, ev.update))
+                self._perform(self.gossip.local_update(db, ev.update, ev.span))
         return on_change
 
     async def _pump(self) -> None:

@@ -59,7 +59,7 @@ class SimNet:
         def on_commit(ev: Any) -> None:
             if ev.update is not None:
                 self._perform(nid, self.gossip[nid].local_update(self.replicas[nid].name,
-                                                                 ev.update))
+                                                                 ev.update, ev.span))
         return on_commit
 
     def _schedule(self, at: float, kind: str, args: tuple[Any, ...]) -> None:

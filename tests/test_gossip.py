@@ -283,3 +283,38 @@ def test_an_in_sync_pull_gets_nothing_and_a_lost_delete_is_still_pulled() -> Non
     assert out and ga.statistics().pulls_in_sync == in_sync + 1
     _deliver(nodes, [("a", o) for o in out], 0.3)
     assert shown(ra) == shown(rb) and not shown(rb)["Parent"]
+
+
+def test_forwards_go_to_peers_that_can_apply_the_update_at_once() -> None:
+    """A hub forwards a writer's update to ``fanout`` of its other peers: to ones known to
+    have everything before it (no gap to hold it back behind, no pull), never to ones known
+    to have it. Here the hub learned that from its own forwards of the previous update."""
+    leaves = ["w", *(f"l{i}" for i in range(6))]
+    replicas = {name: make_replica(i + 2, i + 2) for i, name in enumerate(leaves)}
+    replicas["h"] = make_replica(1, 1)
+    nodes = {name: Gossip(name, {"Merge": r}, rng=random.Random(i))
+             for i, (name, r) in enumerate(replicas.items())}
+    queue: list[tuple[str, Any]] = []
+    for leaf in leaves:  # a star around h
+        queue += [("h", o) for o in nodes["h"].connected(leaf, 0.0)]
+        queue += [(leaf, o) for o in nodes[leaf].connected("h", 0.0)]
+    _deliver(nodes, queue, 0.0)
+    pushed: list[tuple[str, Any]] = []
+    replicas["w"].add_listener(lambda ev: ev.local and pushed.extend(
+        ("w", o) for o in nodes["w"].local_update("Merge", ev.update, ev.span)))
+
+    col = replicas["h"].schema.tables["Parent"].columns["name"].index
+
+    def reached(name: str) -> set[str]:
+        return {leaf for leaf in leaves[1:] if any(
+            row[col] == (name,) for _, row in replicas[leaf].iter_rows("Parent"))}
+
+    ok(txn(replicas["w"], {"op": "insert", "table": "Parent", "row": {"name": "first"}}))
+    _deliver(nodes, pushed, 0.1)
+    first = reached("first")
+    assert len(first) == 2  # fanout
+    ok(txn(replicas["w"], {"op": "insert", "table": "Parent", "row": {"name": "second"}}))
+    _deliver(nodes, pushed, 0.2)
+    # Old rule (2 random of 6 leaves): the same two with probability 1/15.
+    assert reached("second") == first
+    assert all(nodes[leaf].statistics().gaps == 0 for leaf in leaves)

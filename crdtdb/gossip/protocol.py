@@ -90,6 +90,11 @@ class PeerState:
     #: db -> the last state vector the peer sent (its replication lag is computed from it
     #: only when statistics are asked for: decoding one costs ~1 us per writer)
     state_vectors: dict[str, bytes] = field(default_factory=dict)
+    #: db -> writer -> a clock the peer is known to have reached (from its state vectors,
+    #: the pushes it sent, and the pushes sent to it that it could apply). A lower bound:
+    #: forwarding uses it to skip peers that have an update, and to prefer peers that can
+    #: apply it at once over ones that would hold it back behind a gap and pull.
+    known: dict[str, dict[int, int]] = field(default_factory=dict)
     frames_in: int = 0
     frames_out: int = 0
     bytes_in: int = 0
@@ -182,6 +187,10 @@ class Gossip:
             return self._on_push(p, replica, msg)
         if isinstance(msg, m.StateVector):
             p.state_vectors[msg.db] = msg.state_vector
+            known = p.known.setdefault(msg.db, {})
+            for client, clock in decode_state_vector(msg.state_vector).items():
+                if clock > known.get(client, 0):
+                    known[client] = clock
             if replica.in_sync_with(msg.state_vector):
                 # Same document on both sides: no diff (it would repeat the whole delete
                 # set), and nothing to ask back.
@@ -229,6 +238,8 @@ class Gossip:
             result = replica.apply_update(msg.update)
         except EpochMismatchError:
             return []
+        if result.span is not None:
+            _reached(p, msg.db, result.span)
         out: list[Output] = []
         if result.gap:
             self._lively()
@@ -241,10 +252,41 @@ class Gossip:
         self._stats.pushes_new += 1
         self._lively()  # things are happening: pull at the base rate to catch what we missed
         if msg.hops + 1 < self.config.max_hops:
-            for peer in self._choose(msg.db, exclude=p.key):
+            for peer in self._forward_targets(msg.db, p.key, result.span):
                 self._stats.forwards += 1
-                out += self._send(peer, m.Push(msg.db, msg.update, msg.hops + 1))
+                out += self._push(peer, m.Push(msg.db, msg.update, msg.hops + 1), result.span)
         return out
+
+    def _forward_targets(self, db: str, sender: str,
+                         span: tuple[int, int, int] | None) -> list[str]:
+        """``fanout`` peers to forward an update to: none that is known to have it, and
+        first those known to have everything before it (they apply it at once; a peer that
+        lacks an earlier update of that writer holds it back and pulls)."""
+        if span is None:
+            return self._choose(db, exclude=sender)
+        client, first, count = span
+        ready: list[str] = []
+        lagging: list[str] = []
+        for key in self.ready_peers(db):
+            if key == sender:
+                continue
+            clock = self.peers[key].known.get(db, {}).get(client, 0)
+            if clock >= first + count:
+                continue
+            (ready if clock >= first else lagging).append(key)
+        fanout = self.config.fanout
+        if len(ready) >= fanout:
+            return self.rng.sample(ready, fanout)
+        if len(ready) + len(lagging) <= fanout:
+            return ready + lagging
+        return ready + self.rng.sample(lagging, fanout - len(ready))
+
+    def _push(self, peer: str, msg: m.Push, span: tuple[int, int, int] | None) -> list[Output]:
+        if span is not None:
+            p = self.peers[peer]
+            if p.known.get(msg.db, {}).get(span[0], 0) >= span[1]:
+                _reached(p, msg.db, span)  # it can apply it: it will have it
+        return self._send(peer, msg)
 
     def _apply(self, p: PeerState, replica: Replica, update: bytes) -> list[Output]:
         try:
@@ -266,13 +308,17 @@ class Gossip:
 
     # --- local commits and time -----------------------------------------------------------
 
-    def local_update(self, db: str, update: bytes) -> list[Output]:
+    def local_update(self, db: str, update: bytes,
+                     span: tuple[int, int, int] | None = None) -> list[Output]:
+        """Push a local commit's sealed update; ``span``: its writer's clocks (see
+        :class:`~crdtdb.replica.ApplyResult`), which lets later forwards skip peers that
+        have it."""
         out: list[Output] = []
         ready = self.ready_peers(db)
         peers = ready if len(ready) <= self.config.eager_push_max_peers else self._choose(db)
         for peer in peers:
             self._stats.pushes_sent += 1
-            out += self._send(peer, m.Push(db, update, 0))
+            out += self._push(peer, m.Push(db, update, 0), span)
         return out
 
     def tick(self, now: float) -> list[Output]:
@@ -357,6 +403,13 @@ class Gossip:
                          "bytes_in": p.bytes_in, "bytes_out": p.bytes_out}
                    for key, p in self.peers.items()}
         return s
+
+
+def _reached(p: PeerState, db: str, span: tuple[int, int, int]) -> None:
+    client, first, count = span
+    known = p.known.setdefault(db, {})
+    if first + count > known.get(client, 0):
+        known[client] = first + count
 
 
 def _lag(mine: bytes, theirs: bytes) -> tuple[int, int]:

@@ -74,6 +74,8 @@ class ChangeEvent:
     #: The sealed update to disseminate, for local commits; ``None`` for remote merges.
     update: bytes | None
     local: bool
+    #: A local commit's ``(client, first clock, count)`` (see ApplyResult.span).
+    span: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class ApplyResult:
     gap: bool
     #: False if the update brought nothing new (a duplicate).
     new: bool
+    #: ``(client, first clock, count)`` when the update holds one writer's items (see
+    #: :func:`~crdtdb.replica.envelope.single_writer_span`): what a peer that sent it has.
+    span: tuple[int, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -368,7 +373,7 @@ class Replica:
         by_row = self._drain_events(dirty)
         diff = self._refresh(dirty, known, by_row, engine_checked=dirty.issubset(known))
         self._stats.local_commits += 1
-        self._emit(ChangeEvent(diff, sealed, True))
+        self._emit(ChangeEvent(diff, sealed, True, span))
         self._maybe_compact_log()
         return diff
 
@@ -468,10 +473,12 @@ class Replica:
                 # Something from this writer is missing: hold it back until that arrives.
                 self._stats.gaps += 1
                 self._park(span, sealed.update)
-                return ApplyResult(Changeset(), True, False)
+                return ApplyResult(Changeset(), True, False, span)
         result = self._apply_raw(sealed.update, span)
         if self._parked:
             result = self._unpark(result)
+        if span is not None:
+            result = dataclasses.replace(result, span=span)
         return result
 
     def _clock(self, client: int) -> int:
