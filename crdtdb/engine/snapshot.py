@@ -77,6 +77,29 @@ class Changeset:
     def n_rows(self) -> int:
         return sum(len(rows) for rows in self.tables.values())
 
+    def then(self, later: Changeset) -> Changeset:
+        """One changeset with the effect of this one and then ``later``: each row from its
+        old value here to its new value there; a row created and gone in between is left
+        out (what a monitor that missed both should see)."""
+        if not later:
+            return self
+        if not self:
+            return later
+        out = Changeset({t: dict(rows) for t, rows in self.tables.items() if rows})
+        for t, rows in later.tables.items():
+            mine = out.tables.setdefault(t, {})
+            for u, ch in rows.items():
+                first = mine.get(u)
+                if first is None:
+                    mine[u] = ch
+                elif first.old is None and ch.new is None:
+                    del mine[u]
+                else:
+                    mine[u] = RowChange(first.old, ch.new)
+            if not mine:
+                del out.tables[t]
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class ReadSet:

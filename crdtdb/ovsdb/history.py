@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from crdtdb.engine.data import ZERO_UUID
 from crdtdb.engine.schema import TableSchema
-from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.engine.snapshot import Changeset, Row
 
 DEFAULT_MAX_TXNS = 100
 
@@ -81,24 +81,10 @@ class TxnHistory:
         left out); ``None`` if ``txn_id`` is not in the history (the caller sends it all)."""
         if txn_id == ZERO_UUID:
             return None
-        later: list[Changeset] | None = None
+        composed: Changeset | None = None
         for entry in self._entries:
-            if later is not None:
-                later.append(entry.changeset)
+            if composed is not None:
+                composed = composed.then(entry.changeset)
             elif entry.txn_id == txn_id:
-                later = []
-        if later is None:
-            return None
-        composed: dict[str, dict[str, RowChange]] = {}
-        for cs in later:
-            for tname, changes in cs.tables.items():
-                rows = composed.setdefault(tname, {})
-                for uuid, change in changes.items():
-                    first = rows.get(uuid)
-                    rows[uuid] = change if first is None else RowChange(first.old, change.new)
-        out = Changeset()
-        for tname, rows in composed.items():
-            kept = {u: c for u, c in rows.items() if c.old is not None or c.new is not None}
-            if kept:
-                out.tables[tname] = kept
-        return out
+                composed = Changeset()
+        return composed

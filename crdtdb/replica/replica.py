@@ -31,7 +31,7 @@ import pycrdt
 from pycrdt import Doc, Map
 
 from crdtdb.engine.schema import DatabaseSchema
-from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
+from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
 from crdtdb.errors import DecodeError
 from crdtdb.replica import encoding as enc
@@ -511,7 +511,7 @@ class Replica:
                     update = self._parked.pop(span)
                     self._parked_bytes -= len(update)
                     more = self._apply_raw(update, span)
-                    changes = _combine(changes, more.changes)
+                    changes = changes.then(more.changes)
                     progress = True
                     break
         return ApplyResult(changes, bool(self._parked) or result.gap, True)
@@ -856,26 +856,6 @@ def _return_free_memory() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: not glibc
         ctypes.CDLL(name).malloc_trim(0)
-
-
-def _combine(a: Changeset, b: Changeset) -> Changeset:
-    """One changeset with the effect of ``a`` then ``b`` (for monitors: old of a, new of b)."""
-    if not a:
-        return b
-    if not b:
-        return a
-    out = Changeset({t: dict(rows) for t, rows in a.tables.items()})
-    for t, rows in b.tables.items():
-        mine = out.tables.setdefault(t, {})
-        for u, ch in rows.items():
-            first = mine.get(u)
-            if first is None:
-                mine[u] = ch
-            elif first.old is None and ch.new is None:
-                del mine[u]
-            else:
-                mine[u] = RowChange(first.old, ch.new)
-    return out
 
 
 def _merge(updates: list[bytes]) -> bytes:
