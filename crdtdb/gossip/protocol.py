@@ -87,13 +87,11 @@ class PeerState:
     databases: frozenset[str] = frozenset()
     next_ping: float = 0.0
     ping_seq: int = 0
-    #: db -> the last state vector the peer sent (its replication lag is computed from it
-    #: only when statistics are asked for: decoding one costs ~1 us per writer)
-    state_vectors: dict[str, bytes] = field(default_factory=dict)
     #: db -> writer -> a clock the peer is known to have reached (from its state vectors,
     #: the pushes it sent, and the pushes sent to it that it could apply). A lower bound:
     #: forwarding uses it to skip peers that have an update, and to prefer peers that can
-    #: apply it at once over ones that would hold it back behind a gap and pull.
+    #: apply it at once over ones that would hold it back behind a gap and pull; statistics
+    #: report the replication lag from it.
     known: dict[str, dict[int, int]] = field(default_factory=dict)
     frames_in: int = 0
     frames_out: int = 0
@@ -186,12 +184,12 @@ class Gossip:
         if isinstance(msg, m.Push):
             return self._on_push(p, replica, msg)
         if isinstance(msg, m.StateVector):
-            p.state_vectors[msg.db] = msg.state_vector
+            theirs = decode_state_vector(msg.state_vector)  # once: ~1 us per writer
             known = p.known.setdefault(msg.db, {})
-            for client, clock in decode_state_vector(msg.state_vector).items():
+            for client, clock in theirs.items():
                 if clock > known.get(client, 0):
                     known[client] = clock
-            if replica.in_sync_with(msg.state_vector):
+            if replica.in_sync_with(theirs):
                 # Same document on both sides: no diff (it would repeat the whole delete
                 # set), and nothing to ask back.
                 self._stats.pulls_in_sync += 1
@@ -396,9 +394,9 @@ class Gossip:
                                 for k in GossipStatistics.__slots__ if k != "peers"})
         s.peers = {key: {"node_id": p.node_id, "databases": sorted(p.databases),
                          "lag": {db: dict(zip(("they_lack", "we_lack"),
-                                              _lag(self.replicas[db].state_vector(), sv),
+                                              _lag(self.replicas[db].state_vector(), known),
                                               strict=True))
-                                 for db, sv in p.state_vectors.items()},
+                                 for db, known in p.known.items()},
                          "frames_in": p.frames_in, "frames_out": p.frames_out,
                          "bytes_in": p.bytes_in, "bytes_out": p.bytes_out}
                    for key, p in self.peers.items()}
@@ -412,12 +410,10 @@ def _reached(p: PeerState, db: str, span: tuple[int, int, int]) -> None:
         known[client] = first + count
 
 
-def _lag(mine: bytes, theirs: bytes) -> tuple[int, int]:
-    """(items the peer lacks that we have, items we lack that it has)."""
-    try:
-        a, b = decode_state_vector(mine), decode_state_vector(theirs)
-    except CorruptUpdateError:
-        return -1, -1
+def _lag(mine: bytes, b: Mapping[int, int]) -> tuple[int, int]:
+    """(items the peer lacks that we have, items we lack that it has), from what is known
+    of the peer's clocks."""
+    a = decode_state_vector(mine)
     they_lack = sum(max(0, k - b.get(c, 0)) for c, k in a.items())
     we_lack = sum(max(0, k - a.get(c, 0)) for c, k in b.items())
     return they_lack, we_lack

@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -590,13 +590,16 @@ class Replica:
     def state_vector(self) -> bytes:
         return self.doc.get_state()
 
-    def in_sync_with(self, state_vector: bytes | bytearray | memoryview) -> bool:
-        """Whether a peer at ``state_vector`` has exactly this replica's document: every
-        commit moves its writer's clock (see :meth:`commit`), and a commit's deletions
-        travel with its items, so equal state vectors mean nothing to send either way.
-        Raises :class:`CorruptUpdateError` for a malformed vector."""
-        return decode_state_vector(bytes(state_vector)) == decode_state_vector(
-            self.doc.get_state())
+    def in_sync_with(self, state_vector: bytes | bytearray | memoryview | Mapping[int, int]
+                     ) -> bool:
+        """Whether a peer at ``state_vector`` (encoded, or decoded: client -> clock) has
+        exactly this replica's document: every commit moves its writer's clock (see
+        :meth:`commit`), and a commit's deletions travel with its items, so equal state
+        vectors mean nothing to send either way. Raises :class:`CorruptUpdateError` for a
+        malformed vector."""
+        theirs = state_vector if isinstance(state_vector, Mapping) else \
+            decode_state_vector(bytes(state_vector))
+        return theirs == decode_state_vector(self.doc.get_state())
 
     def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
         """A sealed update with everything this replica has beyond a peer's state vector."""
