@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,22 @@ async def _next(events: Any, kind: type, timeout: float = 5.0) -> Any:
     raise AssertionError("channel closed")
 
 
-@pytest.mark.trio
-async def test_two_transports_exchange_frames() -> None:
+@contextlib.asynccontextmanager
+async def _linked(dialer_limits: TcpLimits | None = None
+                  ) -> AsyncIterator[tuple[Any, Any, PeerUp, PeerUp]]:
+    """A listening transport ``a`` and one ``b`` dialing it, once both saw the other up:
+    ``(a, b, b's PeerUp on a, a's PeerUp on b)``."""
     async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a, \
-            open_tcp_transport(peers=a.listen_addresses) as b:
+            open_tcp_transport(peers=a.listen_addresses,
+                               limits=dialer_limits or TcpLimits()) as b:
         up_b = await _next(b.events, PeerUp)
         up_a = await _next(a.events, PeerUp)
+        yield a, b, up_a, up_b
+
+
+@pytest.mark.trio
+async def test_two_transports_exchange_frames() -> None:
+    async with _linked() as (a, b, up_a, up_b):
         b.send_nowait(up_b.peer, b"hello")
         got = await _next(a.events, Received)
         assert (got.peer, got.frame) == (up_a.peer, b"hello")
@@ -73,11 +85,7 @@ async def test_two_transports_exchange_frames() -> None:
 
 @pytest.mark.trio
 async def test_frames_queued_together_go_out_together_in_order() -> None:
-    limits = TcpLimits(coalesce_bytes=10_000)
-    async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a, \
-            open_tcp_transport(peers=a.listen_addresses, limits=limits) as b:
-        up_b = await _next(b.events, PeerUp)
-        await _next(a.events, PeerUp)
+    async with _linked(TcpLimits(coalesce_bytes=10_000)) as (a, b, _, up_b):
         sent = [bytes([i % 256]) * (i * 37 % 900) for i in range(200)]
         for payload in sent:  # queued before the writer runs: one burst
             b.send_nowait(up_b.peer, payload)
@@ -183,11 +191,7 @@ async def test_mutual_tls_admits_cluster_members_and_refuses_strangers(pki: Path
 
 @pytest.mark.trio
 async def test_a_peer_that_does_not_read_is_disconnected() -> None:
-    limits = TcpLimits(max_queued_frames=4)
-    async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a, \
-            open_tcp_transport(peers=a.listen_addresses, limits=limits) as b:
-        up = await _next(b.events, PeerUp)
-        await _next(a.events, PeerUp)
+    async with _linked(TcpLimits(max_queued_frames=4)) as (_a, b, _, up):
         # a's events are never consumed again: its reader stops, the socket fills up, b's
         # writer blocks and b's queue overflows.
         with trio.fail_after(20):
