@@ -214,21 +214,6 @@ def _fast_atom_ok(base: BaseType) -> Any:
     return lambda a: type(a) is _Uuid
 
 
-def _shared(share: Any, atoms: list[Any], uuids: bool) -> tuple[Any, ...]:
-    """``atoms`` as stored: uuid atoms as plain ``str``, equal strings one object."""
-    return tuple(share(str(a)) for a in atoms) if uuids else tuple(map(share, atoms))
-
-
-def _one_stored(t: AtomicType) -> Any:
-    stored = data._stored(t)
-    return lambda a: (stored(a),)
-
-
-def _pair_stored(kt: AtomicType, vt: AtomicType) -> Any:
-    k_stored, v_stored = data._stored(kt), data._stored(vt)
-    return lambda k, v: (k_stored(k), v_stored(v))
-
-
 def datum_decoder(type_: Type) -> Any:
     """A function doing what :func:`datum_from_obj` does for this type, faster on valid input
     (the common case: bytes checked by an envelope digest); built once per type."""
@@ -238,8 +223,7 @@ def datum_decoder(type_: Type) -> Any:
     kok = _fast_atom_ok(type_.key)
     vok = _fast_atom_ok(type_.value) if type_.value is not None else None
     n_min, n_max = type_.n_min, type_.n_max
-    k_uuid = type_.key.type is AtomicType.UUID
-    k_share = data.atom_sharer(type_.key)
+    k_store = data.atom_storer(type_.key.type)
     one = data.one_atom_sharer(type_.key)
     slow = datum_from_obj
 
@@ -247,25 +231,22 @@ def datum_decoder(type_: Type) -> Any:
         def decode(obj: Any) -> data.Datum:
             return slow(type_, obj)
     elif type_.value is None:
-        single = one if one is not None else _one_stored(type_.key.type)
-
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or not n_min <= len(obj) <= n_max:
                 return slow(type_, obj)
             if len(obj) == 1:  # a scalar column: the common case
                 a = obj[0]
-                return single(a) if kok(a) else slow(type_, obj)
+                return one(a) if kok(a) else slow(type_, obj)
             for a in obj:
                 if not kok(a):
                     return slow(type_, obj)
-            atoms = tuple(obj) if k_share is None else _shared(k_share, obj, k_uuid)
+            atoms = tuple(obj) if k_store is None else tuple(map(k_store, obj))
             for i in range(1, len(atoms)):
                 if not atoms[i - 1] < atoms[i]:
                     return slow(type_, obj)
             return atoms
     else:
-        share_pair = data.pair_sharer(type_.key, type_.value) \
-            or _pair_stored(type_.key.type, type_.value.type)
+        share_pair = data.pair_sharer(type_.key, type_.value)
 
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or len(obj) % 2 or not n_min <= len(obj) // 2 <= n_max:
