@@ -477,8 +477,6 @@ class Replica:
         result = self._apply_raw(sealed.update, span)
         if self._parked:
             result = self._unpark(result)
-        if span is not None:
-            result = dataclasses.replace(result, span=span)
         return result
 
     def _clock(self, client: int) -> int:
@@ -514,7 +512,7 @@ class Replica:
                     changes = changes.then(more.changes)
                     progress = True
                     break
-        return ApplyResult(changes, bool(self._parked) or result.gap, True)
+        return ApplyResult(changes, bool(self._parked) or result.gap, True, result.span)
 
     def _apply_raw(self, update: bytes, span: tuple[int, int, int] | None) -> ApplyResult:
         """Apply a checked update; ``span``: its single writer's clocks, if it has one.
@@ -543,7 +541,7 @@ class Replica:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
             self._stats.duplicate_updates += 1
-            return ApplyResult(Changeset(), self._gapped, False)
+            return ApplyResult(Changeset(), self._gapped, False, span)
         wanted: dict[int, int] = {}
         if span is None:  # a single writer's span is known from its header
             try:
@@ -583,7 +581,7 @@ class Replica:
         if diff:
             self._emit(ChangeEvent(diff, None, False))
         self._maybe_compact_log()
-        return ApplyResult(diff, gap, bool(delta))
+        return ApplyResult(diff, gap, bool(delta), span)
 
     # --- anti-entropy -----------------------------------------------------------------------
 
