@@ -318,3 +318,21 @@ def test_forwards_go_to_peers_that_can_apply_the_update_at_once() -> None:
     # Old rule (2 random of 6 leaves): the same two with probability 1/15.
     assert reached("second") == first
     assert all(nodes[leaf].statistics().gaps == 0 for leaf in leaves)
+
+
+def test_every_so_many_in_sync_pulls_still_get_the_diff() -> None:
+    """The repair path for documents that differ under equal state vectors (found by the
+    long convergence property): the in_sync_diff_every-th in-sync pull gets a diff."""
+    ga, gb, ra, rb = _pair()
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    rb.apply_update(ra.diff(rb.state_vector()))
+    every = ga.config.in_sync_diff_every
+    before = ga.peers["b"].in_sync_pulls  # the pulls of the handshake count too
+    answers = [ga.receive("b", m.encode(m.StateVector("Merge", rb.state_vector(), False)),
+                          0.1 * i) for i in range(1, 2 * every + 1)]
+    with_diff = [i + 1 for i, out in enumerate(answers) if out]
+    assert with_diff == [every - before, 2 * every - before]
+    assert all(isinstance(m.decode(o.frame), m.Diff) for i in with_diff for o in answers[i - 1])

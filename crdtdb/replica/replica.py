@@ -591,10 +591,12 @@ class Replica:
     def in_sync_with(self, state_vector: bytes | bytearray | memoryview | Mapping[int, int]
                      ) -> bool:
         """Whether a peer at ``state_vector`` (encoded, or decoded: client -> clock) has
-        exactly this replica's document: every commit moves its writer's clock (see
-        :meth:`commit`), and a commit's deletions travel with its items, so equal state
-        vectors mean nothing to send either way. Raises :class:`CorruptUpdateError` for a
-        malformed vector."""
+        this replica's document, as far as clocks tell: every commit moves its writer's clock
+        (see :meth:`commit`), and a commit's deletions travel with its items, so equal state
+        vectors almost always mean nothing to send either way. Not always: the gossip
+        property test found runs with a delete missing on some nodes and every clock equal
+        (cause not found yet), so gossip still sends a diff now and then. Raises
+        :class:`CorruptUpdateError` for a malformed vector."""
         theirs = state_vector if isinstance(state_vector, Mapping) else \
             decode_state_vector(bytes(state_vector))
         return theirs == decode_state_vector(self.doc.get_state())
