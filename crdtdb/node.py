@@ -107,9 +107,10 @@ class Node:
     async def _status_writer(self) -> None:
         assert self.status_file is not None
         while True:
-            tmp = self.status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1, default=str))
-            os.replace(tmp, self.status_file)
+            text = json.dumps(self.status(), indent=1, default=str)
+            # In a worker thread: a rename over the old file can wait for the disk (ext4
+            # flushes the new file's data first), and the event loop must not wait with it.
+            await trio.to_thread.run_sync(_write_replacing, self.status_file, text)
             await trio.sleep(STATUS_INTERVAL_S)
 
     def status(self) -> dict[str, Any]:
@@ -125,6 +126,13 @@ class Node:
             "databases": {name: dataclasses.asdict(r.statistics())
                           for name, r in self.replicas.items()},
         }
+
+
+def _write_replacing(path: Path, text: str) -> None:
+    """Write ``path`` so that readers see the old text or the new, never a partial one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def load_node_id(data_dir: Path | None) -> str:
