@@ -84,8 +84,10 @@ class View:
         self.rows = MemoryDatabase(schema)
         self.raw: dict[str, dict[str, Row]] = {t: {} for t in schema.tables}
         self._info = {name: _TableInfo(t) for name, t in schema.tables.items()}
-        #: Raw references, reversed: target -> rows whose raw value names it.
-        self._in: dict[RowKey, set[RowKey]] = {}
+        #: Raw references, reversed: target -> referring table -> uuids of the rows whose raw
+        #: value names it. Uuids, not (table, uuid) keys: a target can have 100k referrers
+        #: (every logical flow of a datapath), and a key tuple each would cost 56 bytes.
+        self._in: dict[RowKey, dict[str, set[str]]] = {}
         #: Rows stratum 1 hides, and why.
         self._s1: dict[RowKey, ConflictKind] = {}
         #: Rows stratum 2 hides, and why.
@@ -133,13 +135,23 @@ class View:
                 old_targets = set(self._targets(info, old)) if old is not None else set()
                 new_targets = set(self._targets(info, new)) if new is not None else set()
                 for target in old_targets - new_targets:
-                    refs = self._in.get(target)
-                    if refs is not None:
-                        refs.discard(key)
-                        if not refs:
+                    by_table = self._in.get(target, {})
+                    srcs = by_table.get(t)
+                    if srcs is None:
+                        continue
+                    srcs.discard(u)
+                    if not srcs:
+                        del by_table[t]
+                        if not by_table:
                             del self._in[target]
                 for target in new_targets - old_targets:
-                    self._in.setdefault(target, set()).add(key)
+                    by_table = self._in.get(target)
+                    if by_table is None:
+                        by_table = self._in[target] = {}
+                    srcs = by_table.get(t)
+                    if srcs is None:
+                        srcs = by_table[t] = set()
+                    srcs.add(u)
                 # Rows that gained or lost this referrer (GC may hide or show them).
                 extra.update(old_targets ^ new_targets)
             if new is not None:
@@ -203,7 +215,7 @@ class View:
             if not shown_before or not candidate:
                 # Maybe shown now, or not any more: its referrers' shown values change
                 # (and, in the second case, may now break).
-                work.update(self._in.get(x, ()))
+                work.update(self._referrers(x))
             if shown_before and not candidate and u in self.raw[t]:
                 # Hidden by stratum 1: the rows it references lost a shown referrer.
                 work.update(self._targets(self._info[t], self.raw[t][u]))
@@ -277,7 +289,7 @@ class View:
                 if h in seen:
                     continue
                 t, u = h
-                if any(r in seen for r in self._in.get(h, ())) or any(
+                if any(r in seen for r in self._referrers(h)) or any(
                         x in seen for x in self._targets(self._info[t], self.raw[t][u])):
                     seen.add(h)
                     region.add(h)
@@ -362,7 +374,7 @@ class View:
 
     def _strongly_referenced(self, key: RowKey) -> bool:
         t, u = key
-        for src in self._in.get(key, ()):
+        for src in self._referrers(key):
             if src == key or not self._candidate(src):
                 continue
             st, su = src
@@ -432,13 +444,17 @@ class View:
                     if c.value_table is not None:
                         yield c.value_table, v
 
+    def _referrers(self, key: RowKey) -> Iterator[RowKey]:
+        """Rows whose raw value references ``key``."""
+        for t, uuids in self._in.get(key, {}).items():
+            for u in uuids:
+                yield t, u
+
     def _neighbors(self, key: RowKey) -> Iterable[RowKey]:
         t, u = key
         row = self.raw[t].get(u)
-        refs = self._in.get(key)
         if row is None:
-            return refs or ()
+            return self._referrers(key)
         out = set(self._targets(self._info[t], row))
-        if refs:
-            out.update(refs)
+        out.update(self._referrers(key))
         return out
