@@ -63,8 +63,12 @@ class GossipConfig:
     #: every clock equal): only a diff's delete set repairs that, and without this it never
     #: came.
     in_sync_diff_every: int = 8
-    ping_interval_s: float = 1.0
-    peer_timeout_s: float = 5.0
+    #: Longer than ``anti_entropy_max_interval_s``: on an idle link the pulls alone show
+    #: that a peer is alive, so a hub is not pinging (and ponging) every leaf every second.
+    ping_interval_s: float = 2.5
+    #: A peer silent this long is dropped: three ping intervals, so one late pong is not a
+    #: reconnect (ovsdb-server's inactivity probe drops a client after 5-10 s).
+    peer_timeout_s: float = 7.5
     max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
 
 
