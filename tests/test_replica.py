@@ -360,6 +360,32 @@ def test_an_update_after_a_gap_waits_for_the_gap() -> None:
     assert b.statistics().gaps == 1
 
 
+def test_a_delete_waits_for_the_row_it_deletes() -> None:
+    """pycrdt keeps a delete of an item it lacks pending and leaves it out of its diffs,
+    though the deleting writer's clock counts: a peer pulling from such a replica would get
+    equal state vectors without the delete, and keep the row forever (the long gossip
+    convergence property found this). The update waits for the row instead."""
+    a, b, c, d = (make_replica(i, i) for i in (11, 12, 13, 14))
+    pushed: dict[int, list[bytes]] = {11: [], 12: []}
+    for r in (a, b):
+        r.add_listener(lambda ev, out=pushed[r.client_id]: ev.update and out.append(ev.update))
+    p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    insert = pushed[11][0]
+    b.apply_update(insert)
+    ok(txn(b, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    delete = pushed[12][0]
+    res = c.apply_update(delete)  # the delete before the row it deletes
+    assert res.gap and not res.changes and c.statistics().gaps == 1
+    d.apply_update(c.diff(d.state_vector()))  # d pulls from c meanwhile
+    for r in (c, d):
+        r.apply_update(insert)
+    assert shown(c) == shown(b) and not shown(c)["Parent"]  # the held delete went in
+    for x, y in ((c, d), (b, d), (c, b)):
+        if x.in_sync_with(y.state_vector()):
+            assert shown(x) == shown(y), "equal state vectors, other rows"
+    d.apply_update(c.diff(d.state_vector()))
+    assert d.in_sync_with(b.state_vector()) and shown(d) == shown(b)
+
 
 def test_a_delete_only_commit_moves_the_writers_clock() -> None:
     # Equal state vectors must mean equal documents (gossip answers such a pull with

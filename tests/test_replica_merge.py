@@ -246,6 +246,14 @@ class Replicas(RuleBasedStateMachine):
         for r in self.replicas:
             check_view(r)
 
+    @invariant()
+    def equal_state_vectors_mean_equal_documents(self) -> None:
+        """What lets gossip answer a pull between equal state vectors with nothing."""
+        for i, a in enumerate(self.replicas):
+            for b in self.replicas[i + 1:]:
+                if a.in_sync_with(b.state_vector()):
+                    assert a.view.raw == b.view.raw, "equal state vectors, other documents"
+
     def teardown(self) -> None:
         if not hasattr(self, "replicas"):
             return

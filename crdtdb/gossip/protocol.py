@@ -11,9 +11,8 @@ What it does, per replicated database:
   most leaves would wait for their next anti-entropy round;
 * **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets
   this node's state vector and answers with a diff, then asks for one back (push-pull), or
-  with nothing when both state vectors are equal (then so, almost always, are the
-  documents: see ``Replica.in_sync_with``; every ``in_sync_diff_every``-th such pull gets
-  the diff anyway, for the rare exception). This alone guarantees convergence; pushes only
+  with nothing when both state vectors are equal (then so are the documents: see
+  ``Replica.in_sync_with``). This alone guarantees convergence; pushes only
   make it fast. A pushed update that follows a gap triggers an immediate pull from its
   sender. After ``anti_entropy_idle_rounds`` rounds in a row with nothing new, the interval
   doubles up to
@@ -57,12 +56,6 @@ class GossipConfig:
     #: Pull rounds without anything new before the interval starts doubling (quiet for
     #: about this many base intervals: short lulls between writes keep the full rate).
     anti_entropy_idle_rounds: int = 12
-    #: Every this many pulls from a peer at our very state vector, answer with the diff all
-    #: the same. Equal state vectors almost always mean equal documents, but the long
-    #: convergence property found runs where they did not (a delete missing on some nodes,
-    #: every clock equal): only a diff's delete set repairs that, and without this it never
-    #: came.
-    in_sync_diff_every: int = 8
     #: Longer than ``anti_entropy_max_interval_s``: on an idle link the pulls alone show
     #: that a peer is alive, so a hub is not pinging (and ponging) every leaf every second.
     ping_interval_s: float = 2.5
@@ -99,8 +92,6 @@ class PeerState:
     databases: frozenset[str] = frozenset()
     next_ping: float = 0.0
     ping_seq: int = 0
-    #: pulls from this peer that found it at our state vector
-    in_sync_pulls: int = 0
     #: db -> writer -> a clock the peer is known to have reached (from its state vectors,
     #: the pushes it sent, and the pushes sent to it that it could apply). A lower bound:
     #: forwarding uses it to skip peers that have an update, and to prefer peers that can
@@ -204,12 +195,10 @@ class Gossip:
                 if clock > known.get(client, 0):
                     known[client] = clock
             if replica.in_sync_with(theirs):
-                p.in_sync_pulls += 1
-                if p.in_sync_pulls % self.config.in_sync_diff_every:
-                    # Same clocks on both sides: no diff (it would repeat the whole delete
-                    # set), and nothing to ask back; but see in_sync_diff_every.
-                    self._stats.pulls_in_sync += 1
-                    return []
+                # Same clocks on both sides: no diff (it would repeat the whole delete set),
+                # and nothing to ask back.
+                self._stats.pulls_in_sync += 1
+                return []
             out = self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
             if msg.reply:
                 out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))

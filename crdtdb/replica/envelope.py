@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 import msgpack
+import pycrdt
 
 from crdtdb.errors import CrdtdbError
 
@@ -178,3 +179,53 @@ def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
         return None
     return client, clock, n_structs
 
+
+
+def _put_varuint(buf: bytearray, n: int) -> None:
+    while n >= 0x80:
+        buf.append(n & 0x7F | 0x80)
+        n >>= 7
+    buf.append(n)
+
+
+#: Past any clock a writer can reach (pycrdt's clocks are u32; JavaScript's safe integers).
+_BEYOND_ANY_CLOCK = 2**53
+
+
+def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
+    """``[(client, first clock, length)]``: the items a single writer's update deletes.
+
+    yrs keeps a delete of an item it does not have yet *pending*, outside its block store:
+    ``Doc.get_update`` leaves it out while the deleting writer's clock already counts it. A
+    peer pulling a diff from such a document reaches the same state vector without the
+    delete, and nothing repairs it. So a replica applies an update only once it has every
+    item the update deletes (:meth:`Replica.apply_update`).
+
+    The delete set is the tail of the update, after the structs; pycrdt drops the structs
+    (a diff against a state vector past all of ``client``'s clocks), then the tail is read
+    here. :class:`CorruptUpdateError` if it does not decode.
+    """
+    sv = bytearray()
+    for n in (1, client, _BEYOND_ANY_CLOCK):
+        _put_varuint(sv, n)
+    try:
+        tail = pycrdt.get_update(update, bytes(sv))
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CorruptUpdateError(f"delete set does not decode: {exc}") from None
+    except BaseException as exc:  # pyo3's PanicException is a BaseException
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptUpdateError(f"delete set made pycrdt panic: {exc}") from None
+    n_clients, pos = _varuint(tail, 0)
+    if n_clients:
+        raise CorruptUpdateError("an update of one writer holds items of another")
+    out: list[tuple[int, int, int]] = []
+    n_clients, pos = _varuint(tail, pos)
+    for _ in range(n_clients):
+        owner, pos = _varuint(tail, pos)
+        n_ranges, pos = _varuint(tail, pos)
+        for _ in range(n_ranges):
+            clock, pos = _varuint(tail, pos)
+            length, pos = _varuint(tail, pos)
+            out.append((owner, clock, length))
+    return out

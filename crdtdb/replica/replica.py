@@ -41,6 +41,7 @@ from crdtdb.replica.envelope import (
     EpochMismatchError,
     ReplicaError,
     decode_state_vector,
+    deleted_ranges,
     open_sealed,
     seal,
     single_writer_span,
@@ -88,6 +89,15 @@ class ApplyResult:
     #: ``(client, first clock, count)`` when the update holds one writer's items (see
     #: :func:`~crdtdb.replica.envelope.single_writer_span`): what a peer that sent it has.
     span: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """An update held back until what it follows is here (see ``Replica._ready``)."""
+
+    update: bytes
+    #: (writer, first clock, length) of the items it deletes.
+    deletes: list[tuple[int, int, int]]
 
 
 @dataclass(slots=True)
@@ -170,7 +180,7 @@ class Replica:
         #: The document's state vector, kept up to date without decoding it every time.
         self._clocks: dict[int, int] = decode_state_vector(doc.get_state())
         #: Updates held back behind a gap: (client, first clock) -> update.
-        self._parked: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._parked: OrderedDict[tuple[int, int, int], _Held] = OrderedDict()
         self._parked_bytes = 0
         self._meta = doc.get(META_MAP, type=Map)
         for tname in self.schema.tables:
@@ -467,20 +477,39 @@ class Replica:
                 f"update from epoch {sealed.epoch}, replica is at epoch {self.epoch}",
                 mine=self.epoch, theirs=sealed.epoch)
         span = single_writer_span(sealed.update)
-        if span is not None and self._clock(span[0]) < span[1]:
-            self._clocks = decode_state_vector(self.doc.get_state())  # the exact clocks
-            if self._clock(span[0]) < span[1]:
-                # Something from this writer is missing: hold it back until that arrives.
-                self._stats.gaps += 1
-                self._park(span, sealed.update)
-                return ApplyResult(Changeset(), True, False, span)
+        if span is not None:
+            try:
+                held = _Held(sealed.update, deleted_ranges(sealed.update, span[0]))
+            except CorruptUpdateError:
+                self._stats.rejected_updates += 1
+                raise
+            if not self._ready(span, held):
+                self._clocks = decode_state_vector(self.doc.get_state())  # the exact clocks
+                if not self._ready(span, held):
+                    # Something of this writer before it, or an item it deletes, is
+                    # missing: hold it back until that arrives (see _ready).
+                    self._stats.gaps += 1
+                    self._park(span, held)
+                    return ApplyResult(Changeset(), True, False, span)
         result = self._apply_raw(sealed.update, span)
         if self._parked:
             result = self._unpark(result)
         return result
 
-    def _clock(self, client: int) -> int:
-        return self._clocks.get(client, 0)
+    def _ready(self, span: tuple[int, int, int], held: _Held) -> bool:
+        """Whether a single writer's update can go into the document now.
+
+        Not while something of its writer before it is missing: pycrdt shows such items,
+        then loses track of them. Nor while an item it deletes is missing: pycrdt keeps
+        that delete pending and leaves it out of every diff, while the writer's clock
+        already counts, so a peer pulling from this replica would reach the same state
+        vector without it (found by the long gossip convergence property).
+        """
+        client, first, _ = span
+        clock = self._clocks.get
+        return clock(client, 0) >= first and all(
+            owner == client or clock(owner, 0) >= start + length
+            for owner, start, length in held.deletes)
 
     def _advance_clocks(self, span: tuple[int, int, int]) -> None:
         """Account for a single writer's contiguous update (a local commit, or a remote one
@@ -489,13 +518,13 @@ class Replica:
         if start + n > self._clocks.get(client, 0):
             self._clocks[client] = start + n
 
-    def _park(self, span: tuple[int, int, int], update: bytes) -> None:
-        self._parked[span] = update
-        self._parked_bytes += len(update)
+    def _park(self, span: tuple[int, int, int], held: _Held) -> None:
+        self._parked[span] = held
+        self._parked_bytes += len(held.update)
         while self._parked and (len(self._parked) > self._max_parked
                                 or self._parked_bytes > self._max_parked_bytes):
             _, dropped = self._parked.popitem(last=False)
-            self._parked_bytes -= len(dropped)
+            self._parked_bytes -= len(dropped.update)
 
     def _unpark(self, result: ApplyResult) -> ApplyResult:
         """Apply the held-back updates that no longer follow a gap."""
@@ -504,11 +533,10 @@ class Replica:
         while progress:
             progress = False
             for span in sorted(self._parked):
-                client, clock, _ = span
-                if self._clock(client) >= clock:
-                    update = self._parked.pop(span)
-                    self._parked_bytes -= len(update)
-                    more = self._apply_raw(update, span)
+                if self._ready(span, self._parked[span]):
+                    held = self._parked.pop(span)
+                    self._parked_bytes -= len(held.update)
+                    more = self._apply_raw(held.update, span)
                     changes = changes.then(more.changes)
                     progress = True
                     break
@@ -592,11 +620,9 @@ class Replica:
                      ) -> bool:
         """Whether a peer at ``state_vector`` (encoded, or decoded: client -> clock) has
         this replica's document, as far as clocks tell: every commit moves its writer's clock
-        (see :meth:`commit`), and a commit's deletions travel with its items, so equal state
-        vectors almost always mean nothing to send either way. Not always: the gossip
-        property test found runs with a delete missing on some nodes and every clock equal
-        (cause not found yet), so gossip still sends a diff now and then. Raises
-        :class:`CorruptUpdateError` for a malformed vector."""
+        (see :meth:`commit`), and a commit's deletions go into a document only with its items
+        and the items they delete (see ``_ready``), so equal state vectors mean nothing to
+        send either way. Raises :class:`CorruptUpdateError` for a malformed vector."""
         theirs = state_vector if isinstance(state_vector, Mapping) else \
             decode_state_vector(bytes(state_vector))
         return theirs == decode_state_vector(self.doc.get_state())
