@@ -179,7 +179,8 @@ class Replica:
         self._behind: set[int] = set()
         #: The document's state vector, kept up to date without decoding it every time.
         self._clocks: dict[int, int] = decode_state_vector(doc.get_state())
-        #: Updates held back behind a gap: (client, first clock) -> update.
+        #: Updates held back until what they follow or delete is here (see _ready):
+        #: (client, first clock, count) -> the update.
         self._parked: OrderedDict[tuple[int, int, int], _Held] = OrderedDict()
         self._parked_bytes = 0
         self._meta = doc.get(META_MAP, type=Map)
