@@ -25,7 +25,12 @@ from crdtdb.replica import (
     ReplicaFailedError,
 )
 from crdtdb.replica import encoding as enc
-from crdtdb.replica.envelope import decode_state_vector
+from crdtdb.replica.envelope import (
+    decode_state_vector,
+    deleted_ranges,
+    open_sealed,
+    single_writer_span,
+)
 from tests.replica_support import (
     check_reload,
     check_view,
@@ -279,6 +284,29 @@ def test_garbage_and_truncation_are_rejected(payload: bytes) -> None:
         with pytest.raises(CorruptUpdateError):
             b.apply_update(bad)
     assert shown(b)["Parent"] == {}
+
+
+@given(st.binary(max_size=64), st.integers(0, 2**32))
+def test_a_delete_set_that_does_not_decode_is_a_corrupt_update(raw: bytes, client: int) -> None:
+    try:
+        ranges = deleted_ranges(raw, client)
+    except CorruptUpdateError:
+        return
+    assert all(n >= 0 for r in ranges for n in r)
+
+
+def test_the_delete_set_of_an_overwrite_names_the_overwritten_item() -> None:
+    a = make_replica(5, 1)
+    out: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and out.append(ev.update))
+    p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 1}}))
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 2}}))
+    first_write, overwrite = (open_sealed(u).update for u in out[1:])
+    assert deleted_ranges(first_write, 5) == []
+    (_, clock, count) = single_writer_span(first_write)  # type: ignore[misc]
+    # Both registers the first write set (the column and the row's _version) are replaced.
+    assert count == 2 and deleted_ranges(overwrite, 5) == [(5, clock, count)]
 
 
 def test_a_sealed_update_that_pycrdt_cannot_apply_is_rejected() -> None:

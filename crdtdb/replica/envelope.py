@@ -139,6 +139,15 @@ def decode_state_vector(buf: bytes) -> dict[int, int]:
     count, pos = _varuint(buf, 0)
     if count > MAX_STATE_VECTOR_CLIENTS:
         raise CorruptUpdateError(f"state vector claims {count} clients")
+    values = _varuints(buf, pos)
+    if len(values) != 2 * count:
+        raise CorruptUpdateError(f"state vector claims {count} clients but holds "
+                                 f"{len(values) / 2:g}")
+    return dict(zip(values[::2], values[1::2], strict=True))
+
+
+def _varuints(buf: bytes, pos: int = 0) -> list[int]:
+    """Every varuint in ``buf[pos:]``, in one pass."""
     values: list[int] = []
     n = shift = 0
     for b in memoryview(buf)[pos:]:
@@ -149,13 +158,10 @@ def decode_state_vector(buf: bytes) -> dict[int, int]:
         else:
             shift += 7
             if shift > 63:
-                raise CorruptUpdateError("oversized varint in a state vector")
+                raise CorruptUpdateError("oversized varint")
     if shift:
-        raise CorruptUpdateError("truncated varint in a state vector")
-    if len(values) != 2 * count:
-        raise CorruptUpdateError(f"state vector claims {count} clients but holds "
-                                 f"{len(values) / 2:g}")
-    return dict(zip(values[::2], values[1::2], strict=True))
+        raise CorruptUpdateError("truncated varint")
+    return values
 
 
 def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
@@ -190,6 +196,21 @@ def _put_varuint(buf: bytearray, n: int) -> None:
 
 #: Past any clock a writer can reach (pycrdt's clocks are u32; JavaScript's safe integers).
 _BEYOND_ANY_CLOCK = 2**53
+#: client -> a state vector past all its clocks (a node hears from a bounded set of writers;
+#: the cache is dropped whole if it ever gets large).
+_beyond_cache: dict[int, bytes] = {}
+
+
+def _beyond(client: int) -> bytes:
+    sv = _beyond_cache.get(client)
+    if sv is None:
+        if len(_beyond_cache) >= 4096:
+            _beyond_cache.clear()
+        buf = bytearray()
+        for n in (1, client, _BEYOND_ANY_CLOCK):
+            _put_varuint(buf, n)
+        sv = _beyond_cache[client] = bytes(buf)
+    return sv
 
 
 def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
@@ -203,29 +224,31 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
 
     The delete set is the tail of the update, after the structs; pycrdt drops the structs
     (a diff against a state vector past all of ``client``'s clocks), then the tail is read
-    here. :class:`CorruptUpdateError` if it does not decode.
+    here: no structs, then per deleting client its ranges. :class:`CorruptUpdateError` if it
+    does not decode.
     """
-    sv = bytearray()
-    for n in (1, client, _BEYOND_ANY_CLOCK):
-        _put_varuint(sv, n)
     try:
-        tail = pycrdt.get_update(update, bytes(sv))
+        tail = pycrdt.get_update(update, _beyond(client))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CorruptUpdateError(f"delete set does not decode: {exc}") from None
     except BaseException as exc:  # pyo3's PanicException is a BaseException
         if type(exc).__name__ != "PanicException":
             raise
         raise CorruptUpdateError(f"delete set made pycrdt panic: {exc}") from None
-    n_clients, pos = _varuint(tail, 0)
-    if n_clients:
-        raise CorruptUpdateError("an update of one writer holds items of another")
-    out: list[tuple[int, int, int]] = []
-    n_clients, pos = _varuint(tail, pos)
-    for _ in range(n_clients):
-        owner, pos = _varuint(tail, pos)
-        n_ranges, pos = _varuint(tail, pos)
-        for _ in range(n_ranges):
-            clock, pos = _varuint(tail, pos)
-            length, pos = _varuint(tail, pos)
-            out.append((owner, clock, length))
+    v = _varuints(tail)
+    try:
+        if v[0]:
+            raise CorruptUpdateError("an update of one writer holds items of another")
+        out: list[tuple[int, int, int]] = []
+        i = 2
+        for _ in range(v[1]):
+            owner, n_ranges = v[i], v[i + 1]
+            i += 2
+            for _ in range(n_ranges):
+                out.append((owner, v[i], v[i + 1]))
+                i += 2
+    except IndexError:
+        raise CorruptUpdateError("truncated delete set") from None
+    if i != len(v):
+        raise CorruptUpdateError("trailing bytes after the delete set")
     return out
