@@ -295,18 +295,25 @@ def test_a_delete_set_that_does_not_decode_is_a_corrupt_update(raw: bytes, clien
     assert all(n >= 0 for r in ranges for n in r)
 
 
-def test_the_delete_set_of_an_overwrite_names_the_overwritten_item() -> None:
-    a = make_replica(5, 1)
+def test_the_delete_set_of_an_overwrite_names_the_overwritten_items() -> None:
+    a, b = make_replica(5, 1), make_replica(6, 2)
     out: list[bytes] = []
-    a.add_listener(lambda ev: ev.update and out.append(ev.update))
+    for r in (a, b):
+        r.add_listener(lambda ev: ev.update and out.append(ev.update))
     p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
     ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 1}}))
+    first_write = open_sealed(out[-1]).update
     ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 2}}))
-    first_write, overwrite = (open_sealed(u).update for u in out[1:])
+    own_overwrite = open_sealed(out[-1]).update
+    b.apply_update(a.diff(b.state_vector()))
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 3}}))
+    other_overwrite = open_sealed(out[-1]).update
     assert deleted_ranges(first_write, 5) == []
-    (_, clock, count) = single_writer_span(first_write)  # type: ignore[misc]
-    # Both registers the first write set (the column and the row's _version) are replaced.
-    assert count == 2 and deleted_ranges(overwrite, 5) == [(5, clock, count)]
+    # A writer's own earlier items are covered by its clock: not listed.
+    assert deleted_ranges(own_overwrite, 5) == []
+    (_, clock, count) = single_writer_span(own_overwrite)  # type: ignore[misc]
+    # Both registers a's last write set (the column and the row's _version) are replaced.
+    assert count == 2 and deleted_ranges(other_overwrite, 6) == [(5, clock, count)]
 
 
 def test_a_sealed_update_that_pycrdt_cannot_apply_is_rejected() -> None:

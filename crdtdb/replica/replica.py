@@ -96,7 +96,8 @@ class _Held:
     """An update held back until what it follows is here (see ``Replica._ready``)."""
 
     update: bytes
-    #: (writer, first clock, length) of the items it deletes.
+    #: (writer, first clock, length) of the items of *other* writers it deletes (its own
+    #: earlier items are covered by the check on its writer's clock).
     deletes: list[tuple[int, int, int]]
 
 
@@ -480,24 +481,24 @@ class Replica:
         span = single_writer_span(sealed.update)
         if span is not None:
             try:
-                held = _Held(sealed.update, deleted_ranges(sealed.update, span[0]))
+                deletes = deleted_ranges(sealed.update, span[0])
             except CorruptUpdateError:
                 self._stats.rejected_updates += 1
                 raise
-            if not self._ready(span, held):
+            if not self._ready(span, deletes):
                 self._clocks = decode_state_vector(self.doc.get_state())  # the exact clocks
-                if not self._ready(span, held):
+                if not self._ready(span, deletes):
                     # Something of this writer before it, or an item it deletes, is
                     # missing: hold it back until that arrives (see _ready).
                     self._stats.gaps += 1
-                    self._park(span, held)
+                    self._park(span, _Held(sealed.update, deletes))
                     return ApplyResult(Changeset(), True, False, span)
         result = self._apply_raw(sealed.update, span)
         if self._parked:
             result = self._unpark(result)
         return result
 
-    def _ready(self, span: tuple[int, int, int], held: _Held) -> bool:
+    def _ready(self, span: tuple[int, int, int], deletes: list[tuple[int, int, int]]) -> bool:
         """Whether a single writer's update can go into the document now.
 
         Not while something of its writer before it is missing: pycrdt shows such items,
@@ -506,11 +507,9 @@ class Replica:
         already counts, so a peer pulling from this replica would reach the same state
         vector without it (found by the long gossip convergence property).
         """
-        client, first, _ = span
         clock = self._clocks.get
-        return clock(client, 0) >= first and all(
-            owner == client or clock(owner, 0) >= start + length
-            for owner, start, length in held.deletes)
+        return clock(span[0], 0) >= span[1] and all(
+            clock(owner, 0) >= start + length for owner, start, length in deletes)
 
     def _advance_clocks(self, span: tuple[int, int, int]) -> None:
         """Account for a single writer's contiguous update (a local commit, or a remote one
@@ -534,7 +533,7 @@ class Replica:
         while progress:
             progress = False
             for span in sorted(self._parked):
-                if self._ready(span, self._parked[span]):
+                if self._ready(span, self._parked[span].deletes):
                     held = self._parked.pop(span)
                     self._parked_bytes -= len(held.update)
                     more = self._apply_raw(held.update, span)
