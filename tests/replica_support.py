@@ -7,9 +7,11 @@ import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from crdtdb.engine import integrity
 from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset
 from crdtdb.replica import Replica, View
 
 MERGE_SCHEMA = DatabaseSchema.from_file(
@@ -47,12 +49,50 @@ def check_view(replica: Replica) -> None:
 
 
 def check_reload(replica: Replica, client_id: int = 999_999) -> None:
-    """A replica built from this one's full state shows the same rows (same raw, same view)."""
+    """A replica built from this one's full state shows the same rows (same raw, same view),
+    and gets there as if it had read the state key by key (see check_join)."""
     other = Replica.in_memory(replica.schema, client_id=client_id, epoch=replica.epoch)
     other.apply_update(replica.full_state())
     assert other.view.raw == replica.view.raw
     assert shown(other) == shown(replica)
     assert other.view.hidden() == replica.view.hidden()
+    check_join(replica.full_state(), replica.schema, replica.epoch)
+
+
+def check_join(full_state: bytes, schema: DatabaseSchema, epoch: int = 0) -> Replica:
+    """An empty replica that applies a full state (read whole: Replica._load_document) ends
+    exactly where one that reads it through pycrdt's per-key events does: the same view,
+    hidden rows, conflicts, statistics, bookkeeping and changeset. Returns the first."""
+    joined = Replica.in_memory(schema, client_id=999_998, epoch=epoch)
+    got = joined.apply_update(full_state)
+    evented = Replica.in_memory(schema, client_id=999_998, epoch=epoch)
+    with mock.patch.object(Replica, "_is_empty", return_value=False):
+        want = evented.apply_update(full_state)
+    assert (got.gap, got.new, got.span) == (want.gap, want.new, want.span)
+    assert _in_order(got.changes) == _in_order(want.changes)
+    assert replica_state(joined) == replica_state(evented)
+    check_view(joined)
+    return joined
+
+
+def _in_order(changes: Changeset) -> list[Any]:
+    return [(t, list(rows.items())) for t, rows in changes.tables.items()]
+
+
+def replica_state(r: Replica) -> dict[str, Any]:
+    """Everything a replica derives from its document, comparable with ``==``."""
+    db, view = r.view.rows, r.view
+    return {
+        "raw": view.raw, "hidden": view.hidden(), "in": view._in, "groups": view._groups,
+        "rows": {t: list(db.iter_rows(t)) for t in r.schema.tables},  # in order
+        "indexes": db._indexes, "strong": db._strong,
+        "weak": {k: list(v.items()) for k, v in db._weak.items()},
+        "conflicts": sorted(map(str, r.conflicts.active())),
+        "seen": r.conflicts.seen,
+        "events": sorted((str(ev.conflict), ev.active) for ev in r.conflicts.recent),
+        "statistics": r.statistics(), "births": r._births, "extras": r._extras,
+        "clocks": r._clocks, "state": r.doc.get_update(),
+    }
 
 
 def txn(replica: Replica, *ops: dict[str, Any]) -> list[Any]:

@@ -230,11 +230,13 @@ def datum_decoder(type_: Type) -> Any:
     if kok is None or (type_.value is not None and vok is None):
         def decode(obj: Any) -> data.Datum:
             return slow(type_, obj)
+    elif type_.value is None and n_max == 1:
+        decode = _scalar_decoder(type_, kok, one)
     elif type_.value is None:
         def decode(obj: Any) -> data.Datum:
             if type(obj) is not list or not n_min <= len(obj) <= n_max:
                 return slow(type_, obj)
-            if len(obj) == 1:  # a scalar column: the common case
+            if len(obj) == 1:
                 a = obj[0]
                 return one(a) if kok(a) else slow(type_, obj)
             for a in obj:
@@ -262,4 +264,131 @@ def datum_decoder(type_: Type) -> Any:
                 pairs.append(share_pair(k, v))
             return tuple(pairs)
     type_._variants["decoder"] = decode
+    return decode
+
+
+def _plain_string(base: BaseType | None) -> bool:
+    """A string type with no constraint: any ``str`` is a valid atom."""
+    return base is not None and base.type is AtomicType.STRING and base.enum is None and \
+        base.min_length == 0 and base.max_length >= 2**32 - 1
+
+
+def _scalar_decoder(type_: Type, kok: Any, one: Any) -> Any:
+    """:func:`datum_decoder` for a column of at most one atom, with the common atom checks
+    written out (a call less per column decoded)."""
+    base = type_.key
+    n_min = type_.n_min
+    slow = datum_from_obj
+    if _plain_string(base):
+        def decode(obj: Any) -> data.Datum:
+            if type(obj) is list and len(obj) == 1 and type(obj[0]) is str:
+                return one(obj[0])
+            return () if type(obj) is list and not obj and not n_min else slow(type_, obj)
+    elif base.type is AtomicType.INTEGER and base.enum is None:
+        lo, hi = base.min_integer, base.max_integer
+
+        def decode(obj: Any) -> data.Datum:
+            if type(obj) is list and len(obj) == 1:
+                a = obj[0]
+                if type(a) is int and lo <= a <= hi:
+                    return one(a)
+            return () if type(obj) is list and not obj and not n_min else slow(type_, obj)
+    else:
+        def decode(obj: Any) -> data.Datum:
+            if type(obj) is list and len(obj) == 1 and kok(obj[0]):
+                return one(obj[0])
+            return () if type(obj) is list and not obj and not n_min else slow(type_, obj)
+    return decode
+
+
+# --- the fast path for trusted-looking payloads ------------------------------------------------
+#
+# ``msgpack.unpackb(payload, ext_hook=slice)`` hands every extension value over as
+# ``slice(code, data)`` without calling back into Python: three times faster than
+# :func:`unpack` on a replica's row markers, where a uuid per row (its ``_version``) and
+# usually one per reference are extensions. A slice is never a valid atom by itself, so the
+# decoders below turn the well-formed ones (code 1, 16 bytes) into uuids and refuse the rest;
+# a caller that meets a refusal decodes the payload again with :func:`unpack`, which raises
+# the precise error.
+
+
+class Refused(Exception):
+    """The fast path does not take this object: decode it with :func:`unpack` instead."""
+
+
+def unpack_fast(payload: bytes | bytearray) -> Any:
+    """msgpack-decode with uuids as ``slice(1, 16 bytes)``; raises :class:`Refused` for
+    anything msgpack itself rejects or past :data:`MAX_ELEMENTS` bytes (msgpack then bounds
+    every length by the payload's, so never more loosely than :func:`unpack`)."""
+    if len(payload) > MAX_ELEMENTS:
+        raise Refused
+    try:
+        return msgpack.unpackb(payload, ext_hook=slice)
+    except Exception:  # anything: unpack() reports it precisely
+        raise Refused from None
+
+
+def uuid_from_slice(obj: Any) -> str:
+    """The uuid string of a well-formed ``slice`` extension; :class:`Refused` otherwise."""
+    if type(obj) is not slice or obj.start != UUID_EXT or len(obj.stop) != 16:
+        raise Refused
+    h = obj.stop.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+#: Recently decoded reference uuids by their 16 bytes: most rows of a table point to a few
+#: rows (every logical flow to its datapath). Emptied when full.
+_uuid_memo: dict[bytes, tuple] = {}
+_UUID_MEMO_MAX = 4096
+
+
+def slice_datum_decoder(type_: Type) -> Any:
+    """:func:`datum_decoder` for objects from :func:`unpack_fast`: the same datum for every
+    object the checked path accepts (uuids as slices, not :data:`UuidAtom`); raises
+    :class:`Refused` or :class:`~crdtdb.errors.DecodeError` for the others (decode again
+    with :func:`unpack` to know which error). Built once per type."""
+    cached = type_._variants.get("slice_decoder")
+    if cached is not None:
+        return cached
+    plain = datum_decoder(type_)
+    k_uuid = type_.key.type is AtomicType.UUID
+    v_uuid = type_.value is not None and type_.value.type is AtomicType.UUID
+    if not (k_uuid or v_uuid):
+        # No uuid atom: a slice anywhere is an atom of the wrong type, which the checked
+        # decoder refuses (DecodeError), as it refuses UuidAtom.
+        decode = plain
+    elif type_.value is None and type_.n_max == 1 and type_.key.enum is None:
+        one = data.one_atom_sharer(type_.key)
+        memo = _uuid_memo
+
+        def decode(obj: Any) -> data.Datum:
+            if type(obj) is not list or len(obj) != 1:
+                raise Refused
+            a = obj[0]
+            if type(a) is not slice:
+                raise Refused
+            t = memo.get(a.stop)
+            if t is None:
+                t = one(uuid_from_slice(a))
+                if len(memo) >= _UUID_MEMO_MAX:
+                    memo.clear()
+                memo[a.stop] = t
+            elif a.start != UUID_EXT:
+                raise Refused
+            return t
+    else:
+        def as_atom(a: Any, is_uuid: bool) -> Any:
+            if is_uuid:
+                return _Uuid(uuid_from_slice(a))
+            if type(a) is slice:
+                raise Refused
+            return a
+
+        def decode(obj: Any) -> data.Datum:
+            if type(obj) is not list:
+                raise Refused
+            if type_.value is None:
+                return plain([as_atom(a, k_uuid) for a in obj])
+            return plain([as_atom(a, v_uuid if i % 2 else k_uuid) for i, a in enumerate(obj)])
+    type_._variants["slice_decoder"] = decode
     return decode

@@ -293,10 +293,6 @@ def _remember(cache: dict[Any, tuple], key: Any, value: tuple) -> tuple:
     return value
 
 
-def _long(a: Any) -> bool:
-    return type(a) is str and len(a) > _INTERN_MAX_LEN
-
-
 def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple]:
     """The one-atom datum for a valid atom ``a``, as stored (see :func:`atom_storer`), one
     object per equal value (see above), except for reals (nothing worth it) and long
@@ -318,7 +314,13 @@ def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple]:
 
     def one_str(a: str) -> tuple:
         # Checked before hashing it: long strings (matches, actions) rarely repeat.
-        return (a,) if len(a) > _INTERN_MAX_LEN else one(a)
+        if len(a) > _INTERN_MAX_LEN:
+            return (a,)
+        t = get(a)  # one()'s body again: a call less per string decoded
+        if t is None:
+            a = _share_str(a)
+            t = _remember(cache, a, (a,))
+        return t
     return one_str
 
 
@@ -331,10 +333,11 @@ def pair_sharer(key: BaseType, value: BaseType) -> Callable[[Any, Any], tuple]:
         return lambda k, v: (k_stored(k), v_stored(v))
     cache = _tuple_cache((key.type, value.type))
     get = cache.get
-    strings = AtomicType.STRING in (key.type, value.type)
+    k_str = key.type is AtomicType.STRING
+    v_str = value.type is AtomicType.STRING
 
     def pair(k: Any, v: Any) -> tuple:
-        if strings and (_long(k) or _long(v)):
+        if (k_str and len(k) > _INTERN_MAX_LEN) or (v_str and len(v) > _INTERN_MAX_LEN):
             return (k_stored(k), v_stored(v))
         p = (k, v)
         t = get(p)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from crdtdb.engine.schema import DatabaseSchema, TableSchema
+from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
 
@@ -88,6 +88,45 @@ class MemoryDatabase:
                     self._index(table, uuid, new)
         self.n_commits += 1
 
+    def load(self, changeset: Changeset) -> None:
+        """:meth:`apply` for a changeset that only inserts rows into empty tables (a replica
+        filling its view in one go): the same rows, indexes and reference counts, with the
+        bookkeeping of each reference column done in one pass."""
+        for tname, changes in changeset.tables.items():
+            if self._rows[tname] or any(c.old is not None or c.new is None
+                                        for c in changes.values()):
+                self.apply(changeset)  # not the case this is for: the general path
+                return
+        for tname, changes in changeset.tables.items():
+            table = self.schema.tables[tname]
+            rows = self._rows[tname]
+            for uuid, change in changes.items():
+                rows[uuid] = change.new
+            for ix, cols in zip(self._indexes[tname], self._index_cols[tname], strict=True):
+                for uuid, change in changes.items():
+                    row = change.new
+                    ix[tuple(row[i] for i in cols)] = uuid
+            # Strong references in sets and scalars, counted per target (the order in which
+            # targets are counted is not observable); the others row by row, as apply does
+            # (the order of a target's weak referrers is).
+            simple = tuple(c for c in table.ref_columns
+                           if c.type.value is None and c.type.key.is_strong_ref)
+            for col in simple:
+                i = col.index
+                counts: dict[str, int] = {}
+                for uuid, change in changes.items():
+                    for target in change.new[i]:  # type: ignore[index]
+                        if target != uuid:  # self-references don't count
+                            counts[target] = counts.get(target, 0) + 1
+                for target, n in counts.items():
+                    key = (col.type.key.ref_table, target)
+                    self._strong[key] = self._strong.get(key, 0) + n  # type: ignore[index]
+            others = tuple(c for c in table.ref_columns if c not in simple)
+            if others:
+                for uuid, change in changes.items():
+                    self._count_refs(table, uuid, change.new, 1, others)  # type: ignore[arg-type]
+        self.n_commits += 1
+
     def _same_keys(self, table: TableSchema, old: Row, new: Row) -> bool:
         for cols in self._index_cols[table.name]:
             for i in cols:
@@ -109,12 +148,25 @@ class MemoryDatabase:
                 del ix[key]
         self._count_refs(table, uuid, row, -1)
 
-    def _count_refs(self, table: TableSchema, uuid: str, row: Row, delta: int) -> None:
+    def _count_refs(self, table: TableSchema, uuid: str, row: Row, delta: int,
+                    columns: Sequence[ColumnSchema] | None = None) -> None:
         strong, weak = self._strong, self._weak
         src = (table.name, uuid)
-        for col in table.ref_columns:
+        for col in table.ref_columns if columns is None else columns:
             datum = row[col.index]
             if not datum:
+                continue
+            kb, vb = col.type.key, col.type.value
+            if vb is None and kb.is_strong_ref:  # the common case, without _ref_atoms
+                for target in datum:
+                    if target == uuid:
+                        continue  # self-references don't count
+                    key = (kb.ref_table, target)  # type: ignore[assignment]
+                    n = strong.get(key, 0) + delta
+                    if n:
+                        strong[key] = n
+                    else:
+                        del strong[key]
                 continue
             for target_table, target in _ref_atoms(col, datum, strong=True):
                 if target == uuid:

@@ -119,6 +119,10 @@ class ConflictLog:
         for table, uuid in [k for k in self._by_row if not keep(*k)]:
             self.set_row(table, uuid, [])
 
+    def row_keys(self) -> list[tuple[str, str]]:
+        """``(table, uuid)`` of every row with an active conflict."""
+        return list(self._by_row)
+
     def row(self, table: str, uuid: str) -> list[Conflict]:
         return list(self._by_row.get((table, uuid), {}).values())
 

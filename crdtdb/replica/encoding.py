@@ -31,7 +31,7 @@ A freshly inserted row costs one map entry; compaction folds later keys back int
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,53 @@ class Marker:
 
 
 def unpack_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
+    """A row's marker, decoded and checked against its table (DecodeError if it does not)."""
+    try:
+        return Marker(*marker_reader(table)(uuid, payload))
+    except (binary.Refused, DecodeError):
+        return _checked_marker(table, uuid, payload)  # says why, or takes it after all
+
+
+def marker_reader(table: TableSchema) -> Callable[[str, Any], tuple[int, list]]:
+    """``read(uuid, payload) -> (birth, row)``: :func:`unpack_marker` for a valid marker of
+    ``table``, without a Python call per uuid (:func:`binary.unpack_fast`); raises
+    ``binary.Refused`` or DecodeError for anything else (then decode it with
+    :func:`unpack_marker`, which says why). One per table, for loops over many markers."""
+    found = _READERS.get(id(table))
+    if found is not None and found[0] is table:
+        return found[1]
+    decoders = [binary.slice_datum_decoder(c.type) for c in table.ordered]
+    n_cols = len(decoders)
+    default = table.default_row
+    unpack = binary.unpack_fast
+    uuid_from_slice = binary.uuid_from_slice
+    refused = binary.Refused
+
+    def read(uuid: str, payload: Any) -> tuple[int, list]:
+        if type(payload) is not bytes and type(payload) is not bytearray:
+            raise refused
+        obj = unpack(payload)
+        if type(obj) is not list or not 2 <= len(obj) <= n_cols:
+            raise refused
+        birth = obj[0]
+        if type(birth) is not int:
+            raise refused
+        row = list(default)
+        row[0] = (uuid,)
+        row[1] = (uuid_from_slice(obj[1]),)
+        for i in range(2, len(obj)):
+            d = obj[i]
+            if d is not None:
+                row[i] = decoders[i](d)
+        return birth, row
+    _READERS[id(table)] = (table, read)
+    return read
+
+
+_READERS: dict[int, tuple[TableSchema, Callable[[str, Any], tuple[int, list]]]] = {}
+
+
+def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
     obj = _unpack_list(payload, "marker")
     cols = table.ordered
     if len(obj) < 2 or len(obj) > len(cols) + 1:

@@ -5,7 +5,9 @@ document as one pycrdt transaction, whose update is sealed, logged (fsync) and o
 acknowledged and handed to listeners (the gossip layer ships it). Remote updates are checked,
 merged and logged. Either way the document's map events say which rows changed; those rows are
 re-read from the document and the view recomputes what readers see (a
-:class:`~crdtdb.engine.Changeset` that drives monitors).
+:class:`~crdtdb.engine.Changeset` that drives monitors). A replica with an empty document (a
+node joining from a peer's full state, or one reopened from its log) skips the events: it
+reads the document whole and builds its view in one go, with the same result.
 
 The replica is synchronous and single-threaded (pycrdt never releases the GIL; there is
 nothing to gain from threads). The node's trio code calls it between awaits.
@@ -30,6 +32,7 @@ import msgpack
 import pycrdt
 from pycrdt import Doc, Map
 
+from crdtdb.engine.binary import Refused
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
@@ -164,6 +167,8 @@ class Replica:
         #: (observed object, subscription): pycrdt keeps callback and document in a cycle
         #: Python's GC cannot see, so a document is only freed once they are unobserved.
         self._subs: list[tuple[Any, Any]] = []
+        #: The table maps' subscriptions (see _observe_maps).
+        self._map_subs: list[tuple[Any, Any]] = []
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
         self._events: list[tuple[str, str, str, Any]] = []
@@ -186,18 +191,13 @@ class Replica:
         self._parked_bytes = 0
         self._meta = doc.get(META_MAP, type=Map)
         for tname in self.schema.tables:
-            m = doc.get(tname, type=Map)
-            self._maps[tname] = m
-            self._subs.append((m, m.observe(self._on_map_event(tname))))
+            self._maps[tname] = doc.get(tname, type=Map)
+        self._observe_maps()
         self._subs.append((doc, doc.observe(lambda ev: self._captured.append(ev.update))))
         # A document that already holds data (a base or a replayed log): read it whole.
-        dirty: set[RowKey] = set()
-        for tname, m in self._maps.items():
-            for key in list(m.keys()):
-                self._note_key(tname, key, "add", dirty)
         self._events.clear()
         self._captured.clear()
-        self._refresh(dirty, {})
+        self._load_document()
         # Rows a rebuild dropped (hidden ones) are not revisited: end their conflicts.
         raw = self.view.raw
         self.conflicts.end_unless(lambda t, u: u in raw[t])
@@ -215,9 +215,21 @@ class Replica:
         gc.collect()
 
     def _unsubscribe(self) -> None:
+        self._unobserve_maps()
         for owner, sub in getattr(self, "_subs", ()):
             owner.unobserve(sub)
         self._subs = []
+
+    def _observe_maps(self) -> None:
+        self._map_subs = [(m, m.observe(self._on_map_event(tname)))
+                          for tname, m in self._maps.items()]
+
+    def _unobserve_maps(self) -> None:
+        """No map events until _observe_maps: pycrdt builds one Python object per changed
+        key for them, which a replica that reads its whole document does not need."""
+        for owner, sub in getattr(self, "_map_subs", ()):
+            owner.unobserve(sub)
+        self._map_subs = []
 
     def _on_map_event(self, tname: str) -> Callable[[Any], None]:
         events = self._events
@@ -550,6 +562,11 @@ class Replica:
         was new, and is what goes to the log.
         """
         self._captured.clear()
+        # Into an empty document (a node joining from a peer's full state): no per-key
+        # events, the document is read whole afterwards (_load_document).
+        loading = self._is_empty()
+        if loading:
+            self._unobserve_maps()
         try:
             with self.doc.transaction(origin="remote"):
                 self.doc.apply_update(update)
@@ -563,6 +580,9 @@ class Replica:
             self._events.clear()
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
+        finally:
+            if loading:
+                self._observe_maps()
         delta = _merge(self._captured)
         self._captured.clear()
         if not delta and not self._events:
@@ -580,14 +600,19 @@ class Replica:
             # Not fsynced: the next local commit's fsync covers it, and a remote update lost
             # in a crash comes back from a peer (no local update can depend on it).
             self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)
-        dirty: set[RowKey] = set()
-        by_row = self._drain_events(dirty)
-        if self._gapped:
-            # pycrdt does not report every change to items it had applied past a gap (a
-            # delete of such an item comes without an event): re-read the whole document.
-            self._rescan(dirty)
-            by_row = {}
-        diff = self._refresh(dirty, {}, by_row)
+        if loading:
+            if self._gapped:
+                self._stats.rescans += 1  # what the path below counts: a full re-read
+            diff = self._load_document()
+        else:
+            dirty: set[RowKey] = set()
+            by_row = self._drain_events(dirty)
+            if self._gapped:
+                # pycrdt does not report every change to items it had applied past a gap
+                # (a delete of such an item comes without an event): re-read the document.
+                self._rescan(dirty)
+                by_row = {}
+            diff = self._refresh(dirty, {}, by_row)
         for client, clock in wanted.items():
             if clock > self._wanted.get(client, 0):
                 self._wanted[client] = clock
@@ -669,6 +694,71 @@ class Replica:
             extras.setdefault(k.uuid, set()).add(key)
         dirty.add((tname, k.uuid))
         return k
+
+    def _is_empty(self) -> bool:
+        """No row in the view and no key in any table map (so nothing to diff against)."""
+        return self.view.is_empty() and not any(len(m) for m in self._maps.values())
+
+    def _load_document(self) -> Changeset:
+        """Read every table map into the empty view in one go: the view, conflicts and
+        bookkeeping that map events for every key would give (_note_key, _delta_row,
+        _read_row), decoding each table's markers in one loop."""
+        rows: dict[str, dict[str, Row]] = {}
+        later: dict[str, tuple[list[str], list[str]]] = {}
+        with self.doc.transaction() as txn:
+            for tname, m in self._maps.items():
+                rows[tname], later[tname] = self._decode_table(tname, m, txn._txn)
+        # Outside the transaction, as on the event path: whatever reports a conflict.
+        dirty: set[RowKey] = set()
+        for tname, (extra_keys, unplain) in later.items():
+            for key in extra_keys:
+                self._note_key(tname, key, "add", dirty)
+            for uuid in unplain:
+                row = self._read_row(tname, uuid)
+                if row is not None:
+                    rows[tname][uuid] = row
+        return self.view.load(rows)
+
+    def _decode_table(self, tname: str, m: Map, txn: Any
+                      ) -> tuple[dict[str, Row], tuple[list[str], list[str]]]:
+        """The rows of one table whose marker is plainly valid and that have no other key
+        (what _delta_row makes of a marker's event), and for the rest: the other keys and
+        the rows to read with _read_row.
+
+        Reads through pycrdt's underlying map (``Map.integrated`` with the raw transaction),
+        skipping the public accessors' per-read Python wrapping. Both are pycrdt internals,
+        hence the pin to pycrdt 0.14 (pyproject.toml); tests/test_replica_join.py checks
+        this path against the event path.
+        """
+        integrated = m.integrated
+        markers: list[str] = []
+        extra_keys: list[str] = []
+        for key in integrated.keys(txn):
+            (extra_keys if enc.SEP in key else markers).append(key)
+        if not markers:
+            return {}, (extra_keys, [])
+        with_extras = set()
+        for key in extra_keys:
+            with contextlib.suppress(DecodeError):  # reported by _note_key
+                k = enc.parse_key(key)
+                with_extras.add(k if isinstance(k, str) else k.uuid)
+        read = enc.marker_reader(self.schema.tables[tname])
+        births = self._births[tname]
+        get = integrated.get
+        rows: dict[str, Row] = {}
+        unplain: list[str] = []
+        for uuid in markers:
+            if uuid not in with_extras:
+                try:
+                    birth, values = read(uuid, get(txn, uuid))
+                except (Refused, DecodeError):
+                    pass  # not plainly valid: _read_row decodes it again, checked
+                else:
+                    births[uuid] = birth
+                    rows[uuid] = tuple(values)
+                    continue
+            unplain.append(uuid)
+        return rows, (extra_keys, unplain)
 
     def _rescan(self, dirty: set[RowKey]) -> None:
         """Rebuild the key bookkeeping from the document; every row becomes dirty."""

@@ -28,7 +28,7 @@ keeps its status: its inputs either did not change or only gained shown rows.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from crdtdb.engine.memory import MemoryDatabase
@@ -101,6 +101,9 @@ class View:
     def hidden(self) -> dict[RowKey, ConflictKind]:
         """Rows present in the merged state but not shown, with the reason."""
         return {**self._s1, **self._hidden}
+
+    def is_empty(self) -> bool:
+        return not (any(self.raw.values()) or self._s1 or self._hidden or self._in)
 
     def is_shown(self, table: str, uuid: str) -> bool:
         return self.rows.get_row(table, uuid) is not None
@@ -254,6 +257,179 @@ class View:
                 out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
         if out:
             self.rows.apply(out)
+        return out
+
+    def load(self, rows: Mapping[str, Mapping[str, Row]]) -> Changeset:
+        """Fill an empty view with ``rows`` (table -> uuid -> raw row): the same view,
+        conflicts and changeset as :meth:`update` with every row inserted at once, in passes
+        over each table instead of a worklist entry per row (a node joining from a full
+        state, a replica reopened from its log).
+
+        Only the rows a cheap check cannot clear (stratum 1 candidates, rows of non-root
+        tables, rows with a missing target or an oversized set) go through :meth:`update`'s
+        worklist; a row the check clears is one that :meth:`update` finds holding, as stored,
+        before anything is hidden, so clearing it first is one of the orders its worklist
+        may take.
+        """
+        if not self.is_empty():
+            raise ValueError("View.load() needs an empty view")
+        for t, trows in rows.items():
+            if trows:
+                self.raw[t].update(trows)
+                self._index_raw(t, trows)
+
+        # Stratum 1, on the only rows it can hide.
+        candidates: list[RowKey] = []
+        winners: dict[str, set[str]] = {}
+        for t, trows in rows.items():
+            info = self._info[t]
+            if len(trows) > info.max_rows:
+                winners[t] = set(sorted(self.raw[t])[:info.max_rows])
+                candidates.extend((t, u) for u in trows)
+                continue
+            for groups in self._groups[t]:
+                for g in groups.values():
+                    if len(g) > 1:
+                        candidates.extend((t, u) for u in g)
+        for key in candidates:
+            kind = self._s1_reason(key, winners)
+            if kind is not None:
+                self._s1[key] = kind
+
+        # Stratum 2: the cheap check, then update()'s worklist for whatever it leaves.
+        work = [key for t, trows in rows.items() for key in self._unclear(t, trows)]
+        touched = set(work)
+        touched.update(self._s1)
+        queue = deque(work)
+        queued = set(work)
+        clean: set[RowKey] = set()
+        while queue:
+            x = queue.popleft()
+            queued.discard(x)
+            if not self._candidate(x):
+                continue
+            kind = self._violation(x, clean)
+            if kind is not None:
+                self._hidden[x] = kind
+                for y in self._neighbors(x):
+                    touched.add(y)
+                    if y not in queued:
+                        queued.add(y)
+                        queue.append(y)
+        # Rows (or missing targets) with conflicts from before: update() revisits them too.
+        touched.update(k for k in self.conflicts.row_keys()
+                       if k in self._in or k[1] in self.raw.get(k[0], ()))
+
+        # What readers see: the raw row, except where the worklist or a conflict was.
+        special: dict[str, dict[str, Row | None]] = {}
+        for key in sorted(touched):
+            t, u = key
+            if key in clean and self._candidate(key):
+                row, conflicts = self.raw[t][u], []
+            else:
+                row, conflicts = self._shown(key)
+            self.conflicts.set_row(t, u, conflicts)
+            special.setdefault(t, {})[u] = row
+        out = Changeset()
+        for t in sorted(rows):
+            trows = rows[t]
+            if not trows:
+                continue
+            shown = special.get(t)
+            if shown is None:
+                changes = {u: RowChange(None, trows[u]) for u in sorted(trows)}
+            else:
+                changes = {}
+                for u in sorted(trows):
+                    row = shown.get(u, trows[u])
+                    if row is not None:
+                        changes[u] = RowChange(None, row)
+            if changes:
+                out.tables[t] = changes
+        if out:
+            self.rows.load(out)
+        return out
+
+    def _index_raw(self, t: str, rows: Mapping[str, Row]) -> None:
+        """Reverse references and index groups of rows new to the view (see update())."""
+        info = self._info[t]
+        for c in info.refs:
+            i = c.col.index
+            is_set = c.col.type.value is None
+            # One lookup of a target's referrer set per distinct target, not per reference.
+            ksets: dict[str, set[str]] = {}
+            vsets: dict[str, set[str]] = {}
+            for u, row in rows.items():
+                d = row[i]
+                if not d:
+                    continue
+                for x in d:
+                    k, v = (x, None) if is_set else x
+                    if c.key_table is not None:
+                        srcs = ksets.get(k)
+                        if srcs is None:
+                            srcs = ksets[k] = self._referrers_of(c.key_table, k, t)
+                        srcs.add(u)
+                    if c.value_table is not None:
+                        srcs = vsets.get(v)
+                        if srcs is None:
+                            srcs = vsets[v] = self._referrers_of(c.value_table, v, t)
+                        srcs.add(u)
+        for cols, groups in zip(info.index_cols, self._groups[t], strict=True):
+            for u, row in rows.items():
+                k = tuple(row[c] for c in cols)
+                g = groups.get(k)
+                if g is None:
+                    groups[k] = {u}
+                else:
+                    g.add(u)
+
+    def _referrers_of(self, target_table: str, target: str, t: str) -> set[str]:
+        """The set of ``t``'s rows whose raw value references the target (made if need be)."""
+        return self._in.setdefault((target_table, target), {}).setdefault(t, set())
+
+    def _unclear(self, t: str, rows: Mapping[str, Row]) -> list[RowKey]:
+        """The rows of ``t`` that :meth:`_violation` might not find holding as stored while
+        no row is hidden by stratum 2 yet (its cheap, exact converse: every checked column
+        within its maximum and minimum, every target a stratum-1 candidate)."""
+        info = self._info[t]
+        if not info.is_root:
+            return [(t, u) for u in rows]
+        out = [key for key in self._s1 if key[0] == t]
+        if not info.checked:
+            return out
+        empty: frozenset[str] = frozenset()
+
+        def targets(table: str | None) -> tuple[Mapping[str, Row] | None, Container[str]]:
+            if table is None:
+                return None, empty
+            return self.raw[table], {u for (st, u) in self._s1 if st == table} or empty
+        checks = [(c.col.index, c.col.type.n_min, c.n_max, c.col.type.value is None,
+                   *targets(c.key_table), *targets(c.value_table)) for c in info.checked]
+        blocked = {u for _, u in out}
+        for u, row in rows.items():
+            if u in blocked:
+                continue
+            for i, n_min, n_max, is_set, kraw, kbad, vraw, vbad in checks:
+                d = row[i]
+                if not d:
+                    continue
+                ok = n_min <= len(d) <= n_max
+                if ok and is_set:
+                    if kraw is not None:
+                        for a in d:
+                            if a != u and (a not in kraw or a in kbad):
+                                ok = False
+                                break
+                elif ok and (kraw is not None or vraw is not None):
+                    for k, v in d:
+                        if (kraw is not None and k != u and (k not in kraw or k in kbad)) or (
+                                vraw is not None and v != u and (v not in vraw or v in vbad)):
+                            ok = False
+                            break
+                if not ok:
+                    out.append((t, u))
+                    break
         return out
 
     def _plain(self, key: RowKey, new: Row | None) -> bool:

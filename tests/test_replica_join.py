@@ -1,0 +1,264 @@
+"""Joining an empty replica from a full state: the document is read whole (no per-key events),
+markers are decoded on a fast path, and the view is built in bulk. Each must end exactly where
+the general path (events, the checked decoder, View.update) does, conflicts included."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtdb.engine import binary
+from crdtdb.engine.memory import MemoryDatabase
+from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset, RowChange
+from crdtdb.errors import DecodeError
+from crdtdb.replica import ConflictKind, Replica, View
+from crdtdb.replica import encoding as enc
+from tests.replica_support import (
+    MERGE_SCHEMA,
+    check_join,
+    check_view,
+    make_replica,
+    ok,
+    replica_state,
+    shown,
+    txn,
+    where_uuid,
+)
+
+
+class Pair:
+    """Two replicas that commit concurrently, then exchange what they wrote."""
+
+    def __init__(self) -> None:
+        self.a = make_replica(1, 11)
+        self.b = make_replica(2, 22)
+        self.out: dict[int, list[bytes]] = {1: [], 2: []}
+        for r in (self.a, self.b):
+            r.add_listener(lambda ev, cid=r.client_id: ev.update and self.out[cid].append(
+                ev.update))
+
+    def sync(self) -> None:
+        for src, dst in ((self.a, self.b), (self.b, self.a)):
+            for u in self.out[src.client_id]:
+                dst.apply_update(u)
+            self.out[src.client_id].clear()
+
+
+def _conflicted() -> Replica:
+    """A replica whose merged state needs every rule of the view."""
+    pair = Pair()
+    a, b = pair.a, pair.b
+    r = ok(txn(a, {"op": "insert", "table": "Parent", "uuid-name": "p", "row": {"name": "p"}},
+               {"op": "insert", "table": "Parent", "uuid-name": "q", "row": {"name": "q"}},
+               {"op": "insert", "table": "Child", "uuid-name": "c", "row": {"label": "c"}},
+               {"op": "insert", "table": "Parent", "uuid-name": "s",
+                "row": {"name": "s", "small": 1, "children": ["named-uuid", "c"]}}))
+    p, q, c, s = (x["uuid"][1] for x in r)
+    pair.sync()
+    # index-duplicate; the hidden duplicate's child is an orphan
+    for r_ in (a, b):
+        ok(txn(r_, {"op": "insert", "table": "Child", "uuid-name": "k", "row": {"label": "k"}},
+               {"op": "insert", "table": "Parent",
+                "row": {"name": "same", "children": ["named-uuid", "k"]}}))
+    # max-rows
+    ok(txn(a, {"op": "insert", "table": "Global", "row": {"counter": 1}}))
+    ok(txn(b, {"op": "insert", "table": "Global", "row": {"counter": 2}}))
+    # dangling-required (Link.target) and dangling-value (friends): p deleted concurrently
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    ok(txn(b, {"op": "insert", "table": "Link", "row": {"target": ["uuid", p]}}))
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(q),
+               "row": {"friends": ["uuid", p]}}))
+    # set-size
+    ok(txn(a, {"op": "mutate", "table": "Parent", "where": where_uuid(s),
+               "mutations": [["small", "insert", 3]]}))
+    ok(txn(b, {"op": "mutate", "table": "Parent", "where": where_uuid(s),
+               "mutations": [["small", "insert", 2]]}))
+    # a drops the only reference to c (the engine deletes it), b keeps writing to it
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(s),
+               "row": {"children": ["set", []]}}))
+    ok(txn(b, {"op": "update", "table": "Child", "where": where_uuid(c),
+               "row": {"label": "still here"}}))
+    pair.sync()
+    return a
+
+
+def test_a_join_with_every_kind_of_conflict_ends_where_the_event_path_does() -> None:
+    a = _conflicted()
+    kinds = {c.kind for c in a.conflicts.active()}
+    assert kinds >= {ConflictKind.INDEX_DUPLICATE, ConflictKind.MAX_ROWS,
+                     ConflictKind.DANGLING_REQUIRED, ConflictKind.DANGLING_VALUE,
+                     ConflictKind.SET_SIZE, ConflictKind.ORPHAN}, kinds
+    joined = check_join(a.full_state(), MERGE_SCHEMA)
+    assert shown(joined) == shown(a)
+    assert joined.view.hidden() == a.view.hidden()
+    assert sorted(map(str, joined.conflicts.active())) == sorted(map(str, a.conflicts.active()))
+
+
+def test_a_joined_replica_keeps_merging_and_committing() -> None:
+    """The table maps are observed again after the join: later updates arrive as events."""
+    a = _conflicted()
+    b = make_replica(3, 33)
+    b.apply_update(a.full_state())
+    out: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and out.append(ev.update))
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "later"}}))
+    for u in out:
+        assert b.apply_update(u).changes
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "from b"}}))
+    a.apply_update(b.diff(a.state_vector()))
+    assert shown(a) == shown(b)
+    assert a.view.hidden() == b.view.hidden()
+    check_view(b)
+
+
+def test_a_join_with_entries_that_do_not_decode_reports_them_as_the_event_path_does() -> None:
+    a = make_replica(1, 1)
+    r = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p", "tags": ["set",
+                                                                                  ["x"]]}},
+               {"op": "insert", "table": "Parent", "row": {"name": "q"}}))
+    p, q = r[0]["uuid"][1], r[1]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p),
+               "row": {"n": 3, "tags": ["set", ["y"]]}}))
+    ext = binary.pack_uuid(q)
+    m = a._maps["Parent"]
+    with a.doc.transaction():
+        m["bad-marker"] = b"\xc1"  # not msgpack
+        m["0f000000-0000-4000-8000-000000000001"] = enc._pack([5, ext, ["p", "q"]])
+        m["0f000000-0000-4000-8000-000000000002"] = enc._pack(
+            [5, msgpack.ExtType(1, b"short"), ["p"]])
+        m["0f000000-0000-4000-8000-000000000003"] = enc._pack([5, ext, None, 1.5, "x"])
+        m["0f000000-0000-4000-8000-000000000004"] = b"not bytes but str".decode()
+        m[f"{q}\x1fname"] = b"\x01"  # a register that does not decode
+        m[f"{q}\x1fnope"] = enc._pack([1, ["x"]])  # no such column
+        m[f"{q}\x1ftags\x1fzz"] = enc._pack([1])  # neither + nor -
+        m[f"{q}\x1fn"] = enc._pack([12345, [9]])  # another life's birth: ignored
+        m["0f000000-0000-4000-8000-000000000005\x1fn"] = enc._pack([1, [1]])  # no marker
+    joined = check_join(a.full_state(), MERGE_SCHEMA)
+    assert joined.conflicts.seen[ConflictKind.INVALID] >= 7
+    assert joined.get_row("Parent", p) == a.get_row("Parent", p)
+
+
+def test_reopening_a_replica_with_conflicts_reads_it_as_the_event_path_does(
+        tmp_path: Path) -> None:
+    a = _conflicted()
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        r.apply_update(a.full_state())
+        before = shown(r), r.view.hidden(), sorted(map(str, r.conflicts.active()))
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        assert (shown(r), r.view.hidden(), sorted(map(str, r.conflicts.active()))) == before
+        joined = check_join(r.full_state(), MERGE_SCHEMA)
+        assert replica_state(joined)["raw"] == r.view.raw
+        check_view(r)
+
+
+def test_a_join_into_a_replica_with_rows_takes_the_event_path() -> None:
+    a = _conflicted()
+    b = make_replica(3, 33)
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "mine"}}))
+    assert not b._is_empty()
+    b.apply_update(a.full_state())
+    a.apply_update(b.diff(a.state_vector()))
+    assert shown(a) == shown(b)
+    check_view(b)
+
+
+def test_sb_flows_join_like_the_event_path(sb_schema_path: Path) -> None:
+    schema = DatabaseSchema.from_file(sb_schema_path).stored()
+    from sims.bench_replica import _load
+
+    r = _load(schema, 300, 100)
+    joined = check_join(r.full_state(), schema)
+    assert shown(joined) == shown(r)
+
+
+def test_view_load_refuses_a_view_that_has_rows() -> None:
+    v = View(MERGE_SCHEMA)
+    a = make_replica(1, 1)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    v.load({t: dict(rows) for t, rows in a.view.raw.items()})
+    with pytest.raises(ValueError):
+        v.load({})
+
+
+def test_memory_database_load_is_apply() -> None:
+    shown_rows = _conflicted().view.rows
+    cs = Changeset()
+    for t in MERGE_SCHEMA.tables:
+        for u, row in sorted(shown_rows.iter_rows(t)):
+            cs.tables.setdefault(t, {})[u] = RowChange(None, row)
+    x, y = MemoryDatabase(MERGE_SCHEMA), MemoryDatabase(MERGE_SCHEMA)
+    x.apply(cs)
+    y.load(cs)
+    for db in (x, y):
+        assert db._rows == shown_rows._rows
+    assert (x._indexes, x._strong, x._weak) == (y._indexes, y._strong, y._weak)
+    assert [list(v.items()) for v in x._weak.values()] == \
+        [list(v.items()) for v in y._weak.values()]
+
+
+# --- the fast marker decoder ------------------------------------------------------------------
+
+def _markers() -> list[tuple[Any, str, bytes]]:
+    """(table, uuid, marker) of rows with every column type the merge schema has."""
+    a = _conflicted()
+    out = []
+    for tname, m in a._maps.items():
+        table = MERGE_SCHEMA.tables[tname]
+        for key in m:
+            if enc.SEP not in key:
+                out.append((table, key, bytes(m[key])))
+    return out
+
+
+MARKERS = _markers()
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        m = fn(*args)
+    except (DecodeError, IndexError) as exc:
+        return type(exc), str(exc)
+    return m.birth, [(d, [type(a) for a in d]) for d in m.row]
+
+
+@settings(max_examples=400, deadline=None)
+@given(which=st.integers(0, len(MARKERS) - 1), seed=st.integers(0, 2**32),
+       how=st.sampled_from(["flip", "truncate", "extend", "ext"]))
+def test_the_fast_marker_decoder_agrees_with_the_checked_one(which: int, seed: int,
+                                                             how: str) -> None:
+    table, uuid, payload = MARKERS[which]
+    rng = random.Random(seed)
+    data = bytearray(payload)
+    if how == "flip":
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif how == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif how == "extend":
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+    else:  # an extension with another code or length where a uuid is
+        at = bytes(data).find(b"\xd8\x01")  # fixext 16, code 1
+        if at >= 0:
+            if rng.random() < 0.5:
+                data[at + 1] = rng.choice([0, 2, 127, 255])
+            else:
+                data[at] = 0xd7  # fixext 8: 8 bytes where 16 were
+    for p in (bytes(data), data):
+        assert _outcome(enc.unpack_marker, table, uuid, p) == \
+            _outcome(enc._checked_marker, table, uuid, p)
+
+
+def test_valid_markers_take_the_fast_path_and_decode_as_checked() -> None:
+    for table, uuid, payload in MARKERS:
+        birth, row = enc.marker_reader(table)(uuid, payload)
+        m = enc._checked_marker(table, uuid, payload)
+        assert (birth, row) == (m.birth, m.row)
+        assert all(type(a) is type(b) for x, y in zip(row, m.row, strict=True)
+                   for a, b in zip(x, y, strict=True))
