@@ -793,6 +793,36 @@ def test_mutated_streams_are_chunking_invariant(
     assert outcome(bytes(wire), [1] * len(wire), strict) == whole
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(calls, min_size=1, max_size=4), st.data(), st.integers(1, 12),
+       st.integers(2, 600))
+def test_the_whole_message_shortcut_agrees_with_the_scan(
+    sent: list[Event], data: st.DataObject, max_depth: int, max_bytes: int
+) -> None:
+    """Messages the C scanner reads in one go (_parse_whole) come out exactly as the byte
+    scan alone makes them, with the same error where there is one, limits included."""
+    wire = bytearray(b" \n".join(JsonRpcConnection().send(e) for e in sent))
+    for _ in range(data.draw(st.integers(0, 3))):
+        at = data.draw(st.integers(0, len(wire)))
+        byte = data.draw(st.sampled_from(list(INTERESTING)))
+        action = data.draw(st.sampled_from(["insert", "replace", "delete"]))
+        if action == "insert":
+            wire[at:at] = bytes([byte])
+        elif at < len(wire):
+            wire[at : at + 1] = b"" if action == "delete" else bytes([byte])
+
+    def run(shortcut: bool) -> tuple[list[Event], tuple[str, str] | None]:
+        conn = JsonRpcConnection(max_depth=max_depth, max_message_bytes=max_bytes)
+        if not shortcut:
+            conn._parse_whole = lambda: None  # type: ignore[method-assign]
+        conn.receive_data(bytes(wire))
+        conn.receive_data(b"")
+        events, error = collect(conn)
+        return events, None if error is None else (error.reason, error.kind)
+
+    assert run(True) == run(False)
+
+
 # -- differential: the real ovsdb-server ------------------------------------------------------
 
 PROBE = b'{"method":"echo","params":["probe"],"id":"probe"}'

@@ -32,6 +32,7 @@ from crdtdb.ovsdb.client import (
     open_ovsdb_client,
     parse_remotes,
 )
+from crdtdb.ovsdb.jsonrpc import Reply
 from crdtdb.testing.ovsdb_cluster import OvsdbCluster
 from crdtdb.testing.ovsdb_server import OvsdbServer, find_binary
 from crdtdb.testing.ports import free_tcp_ports
@@ -216,6 +217,32 @@ async def test_on_notification_runs_before_the_next_reply_is_handed_over() -> No
         assert isinstance(client.lost.__cause__, ValueError)
         with trio.fail_after(5):
             await client.wait_disconnected()
+
+
+@pytest.mark.trio
+async def test_send_request_calls_back_from_the_reader_in_order() -> None:
+    """The callback of a request sent without a waiting task gets its reply after the
+    notifications sent before it, and None (outcome unknown) if the connection drops."""
+    async def script(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        first = await read_message(stream, buf)
+        await stream.send_all(b'{"id":null,"method":"update2","params":["m",{"n":1}]}'
+                              + json.dumps({"id": first["id"], "result": ["x"],
+                                            "error": None}).encode())
+        await read_message(stream, buf)  # the second: dropped with the connection
+
+    seen: list[Any] = []
+    async with fake_server(script) as remote, open_ovsdb_client(
+        remote, on_notification=lambda note: seen.append(note.params)
+    ) as client:
+        client.send_request("list_dbs", [], seen.append)
+        client.send_request("list_dbs", [], seen.append)
+        assert seen == []  # never called back before it returns
+        with trio.fail_after(5):
+            await client.wait_disconnected()
+        assert seen == [["m", {"n": 1}], Reply(0, ["x"]), None]
+        with pytest.raises(ConnectionLost):
+            client.send_request("list_dbs", [], seen.append)
 
 
 @pytest.mark.trio

@@ -40,6 +40,9 @@ class Committer(Protocol):
     async def commit(self, db: LinearizableDatabase, request: CommitRequest
                      ) -> CommitOutcome: ...
 
+    # Optionally (the ovsdb relay): ``submit(db, request, done) -> bool``, see
+    # LinearizableDatabase.submit.
+
 
 @dataclass(frozen=True, slots=True)
 class FeedEvent:
@@ -103,6 +106,14 @@ class LinearizableDatabase:
 
     async def commit(self, request: CommitRequest) -> CommitOutcome:
         return await self.committer.commit(self, request)
+
+    def submit(self, request: CommitRequest, done: Callable[[CommitOutcome], None]) -> bool:
+        """Hand ``request`` to a committer that needs no task for it (the ovsdb relay sends
+        it at once and calls ``done`` from its connection's reader), sparing the server a
+        task per commit; False if it did not take it (then use :meth:`commit`). ``done`` is
+        never called before this returns."""
+        submit = getattr(self.committer, "submit", None)
+        return submit is not None and bool(submit(self, request, done))
 
     # --- the change feed ------------------------------------------------------------------
 

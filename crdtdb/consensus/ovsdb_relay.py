@@ -50,6 +50,7 @@ from crdtdb.ovsdb.client import (
     open_ovsdb_client,
     parse_remotes,
 )
+from crdtdb.ovsdb.jsonrpc import ErrorReply, Reply
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,34 @@ class OvsdbRelay:
 
     # --- commits --------------------------------------------------------------------------
 
+    def submit(self, db: LinearizableDatabase, request: CommitRequest,
+               done: Callable[[CommitOutcome], None]) -> bool:
+        """Forward ``request`` now, from the caller's task, if the leader's connection is
+        up; ``done`` gets the outcome from that connection's reader, right after it applied
+        the updates the commit caused (what :meth:`commit` answers, without a task per
+        commit and the scheduler passes it costs). False: use :meth:`commit`."""
+        if not request.forward and not request.changeset:
+            return False  # commit() answers it at once
+        client = self._client
+        if client is None or not client.connected:
+            return False  # commit() waits for the leader
+
+        def on_reply(reply: Reply | ErrorReply | None) -> None:
+            if reply is None:
+                done(self._unknown_outcome(client.lost or "the connection was closed"))
+            elif isinstance(reply, ErrorReply):
+                done(self._rpc_failed(reply.error))
+            elif not isinstance(reply.result, list):
+                log.error("ovsdb cluster: transact result is not an array: %r", reply.result)
+                done(Failed({"error": "internal error",
+                             "details": "the cluster's transact result is not an array"}))
+            else:
+                self.n_commits += 1
+                done(Applied(reply.result))
+
+        client.send_request("transact", [db.schema.name, *request.operations], on_reply)
+        return True
+
     async def commit(self, db: LinearizableDatabase, request: CommitRequest) -> CommitOutcome:
         if not request.forward and not request.changeset:
             # The core ran it here (a wait that may block, or an assert of a lock the
@@ -290,17 +319,23 @@ class OvsdbRelay:
                 # applied those to the cache by the time the reply is handed over.
                 results = await client.transact(name, request.operations)
             except (ConnectionLost, trio.ClosedResourceError) as exc:
-                self.n_unknown_outcomes += 1
-                return Failed({"error": "commit outcome unknown", "details": (
-                    f"the connection to the ovsdb cluster was lost while committing ({exc}): "
-                    "the transaction may or may not have been applied")})
+                return self._unknown_outcome(exc)
             except RpcError as exc:
-                # A JSON-RPC error for the request as a whole: the client gets it too.
-                error = exc.error if isinstance(exc.error, dict) else {
-                    "error": str(exc.error)}
-                return Failed(error)
+                return self._rpc_failed(exc.error)
             self.n_commits += 1
             return Applied(results)
+
+    def _unknown_outcome(self, why: object) -> Failed:
+        """Cut off mid-flight: it may have committed, so it is never retried blindly."""
+        self.n_unknown_outcomes += 1
+        return Failed({"error": "commit outcome unknown", "details": (
+            f"the connection to the ovsdb cluster was lost while committing ({why}): "
+            "the transaction may or may not have been applied")})
+
+    @staticmethod
+    def _rpc_failed(error: Any) -> Failed:
+        """A JSON-RPC error for the request as a whole: the client gets it too."""
+        return Failed(error if isinstance(error, dict) else {"error": str(error)})
 
     def statistics(self) -> dict[str, int]:
         return {"connects": self.n_connects, "commits": self.n_commits,

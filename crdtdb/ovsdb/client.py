@@ -14,7 +14,11 @@ Why it looks the way it does:
   a message on the wire (callers only append whole messages to the writer's buffer). A
   cancelled ``transact`` also sends ovsdb-server's ``cancel`` notification, so a transaction
   blocked in a ``wait`` does not linger server-side; its reply, if one still comes, is
-  dropped.
+  dropped. A message goes straight to the socket from the task that queues it when the
+  writer has nothing in hand (no scheduler pass before it leaves); the writer sends what
+  the socket did not take.
+* :meth:`OvsdbClient.send_request` is a call without a waiting task: its callback gets the
+  reply from the reader (a relay answers its own client from there).
 * The server's ``echo`` probes are answered by the reader at once: ovsdb-server drops tcp
   clients that stay silent through two probe intervals. The client probes the server too,
   as OVS clients do (tcp only by default), so a hung server becomes :class:`ConnectionLost`
@@ -38,9 +42,10 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
@@ -71,6 +76,7 @@ __all__ = [
     "NotificationOverflow",
     "OvsdbClient",
     "Remote",
+    "ReplyCallback",
     "RpcError",
     "TransactionFailed",
     "UnknownDatabase",
@@ -235,11 +241,19 @@ async def _connect(
 # -- the client -----------------------------------------------------------------------------
 
 
+#: What :meth:`OvsdbClient.send_request` calls back with: the reply, or None when the
+#: connection was lost or closed first (the request's outcome is then unknown).
+ReplyCallback = Callable[[Reply | ErrorReply | None], None]
+
+
 @dataclass(eq=False, slots=True)
 class _Call:
     method: str
-    done: trio.Event = field(default_factory=trio.Event)
+    #: Set for a call a task awaits (:meth:`OvsdbClient.call`)...
+    done: trio.Event | None = None
     reply: Reply | ErrorReply | None = None
+    #: ... or the callback of :meth:`OvsdbClient.send_request`.
+    on_reply: ReplyCallback | None = None
 
 
 class OvsdbClient:
@@ -266,6 +280,12 @@ class OvsdbClient:
         self._calls: dict[int, _Call] = {}
         self._out = bytearray()
         self._out_ready = trio.Event()
+        #: The socket's descriptor while it is open, for writes from the calling task
+        #: (None for other streams: the writer task sends everything).
+        self._fd: int | None = (stream.socket.fileno()
+                                if isinstance(stream, trio.SocketStream) else None)
+        #: The writer is in send_all(): nothing else may write to the socket meanwhile.
+        self._writing = False
         self._notes_send, self._notes_recv = trio.open_memory_channel[Notification](
             max_queued_notifications
         )
@@ -300,11 +320,12 @@ class OvsdbClient:
         request_id = self._next_id
         data = self._codec.send(Request(request_id, method, list(params)))
         self._next_id += 1
-        call = _Call(method)
+        done = trio.Event()
+        call = _Call(method, done)
         self._calls[request_id] = call
         self._queue(data)
         try:
-            await call.done.wait()
+            await done.wait()
         except BaseException:
             if self._calls.pop(request_id, None) is not None and method == "transact":
                 self._send_nowait(Notification("cancel", [request_id]))
@@ -316,6 +337,19 @@ class OvsdbClient:
         if isinstance(reply, ErrorReply):
             raise RpcError(method, reply.error)
         return reply.result
+
+    def send_request(self, method: str, params: Sequence[Any], on_reply: ReplyCallback) -> None:
+        """Send a request and return at once: ``on_reply`` gets its reply from the reader
+        (after every notification the server sent before it, as :meth:`call`'s caller
+        would), or None if the connection is lost or closed first. For a caller that must
+        not wait for a task switch; ``on_reply`` must not block, and what it raises is
+        logged. Raises like :meth:`call` if the connection is already unusable."""
+        self._check_usable()
+        request_id = self._next_id
+        data = self._codec.send(Request(request_id, method, list(params)))
+        self._next_id += 1
+        self._calls[request_id] = _Call(method, on_reply=on_reply)
+        self._queue(data)
 
     async def transact(
         self, db: str, ops: Sequence[Mapping[str, Any]], *, check: bool = False
@@ -431,6 +465,7 @@ class OvsdbClient:
         if not self._closed:
             self._closed = True
             self._shut_down()
+        self._fd = None
         await trio.aclose_forcefully(self._stream)
 
     async def _run(self) -> None:
@@ -443,6 +478,7 @@ class OvsdbClient:
                     if self.probe_interval_s > 0:
                         nursery.start_soon(self._prober)
         finally:
+            self._fd = None
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
 
@@ -466,14 +502,33 @@ class OvsdbClient:
         """Wake every pending call (they see why), end the notifications, stop the tasks."""
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            call.done.set()
+            if call.on_reply is not None:
+                self._call_back(call.on_reply, None)
+            elif call.done is not None:
+                call.done.set()
         self._notes_send.close()
         self._tasks.cancel()
         self._down.set()
 
     def _queue(self, data: bytes) -> None:
+        if not self._out and not self._writing and self._fd is not None:
+            # Straight to the socket from this task: waking the writer would cost a pass of
+            # the scheduler before the message leaves.
+            try:
+                sent = os.write(self._fd, data)
+            except OSError:  # full (BlockingIOError), or broken: the writer finds out
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         self._out += data
         self._out_ready.set()
+
+    def _call_back(self, on_reply: ReplyCallback, reply: Reply | ErrorReply | None) -> None:
+        try:
+            on_reply(reply)
+        except Exception:
+            log.exception("%s: a reply callback failed", self.remote)
 
     def _send_nowait(self, event: Request | Notification | Reply | ErrorReply) -> None:
         if self.connected:
@@ -487,11 +542,14 @@ class OvsdbClient:
                 continue
             data = bytes(self._out)
             self._out.clear()
+            self._writing = True
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._lose(ConnectionLost(f"send failed: {exc}"), exc)
                 return
+            finally:
+                self._writing = False
 
     async def _reader(self) -> None:
         while True:
@@ -522,8 +580,11 @@ class OvsdbClient:
             request_id = event.id
             call = self._calls.pop(request_id, None) if type(request_id) is int else None
             if call is not None:
-                call.reply = event
-                call.done.set()
+                if call.on_reply is not None:
+                    self._call_back(call.on_reply, event)
+                elif call.done is not None:
+                    call.reply = event
+                    call.done.set()
             elif request_id == _PROBE_ID or (
                 type(request_id) is int and 0 <= request_id < self._next_id
             ):

@@ -56,7 +56,9 @@ _KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 def monitor_key(monitor_id: Any) -> str:
     """A hashable key for a JSON monitor id (ids compare as JSON values)."""
     # (json.dumps with options would build an encoder per call; this runs several times
-    # per transaction, as request ids are keyed the same way)
+    # per transaction, as request ids are keyed the same way, and most ids are integers)
+    if type(monitor_id) is int:
+        return str(monitor_id)
     return _KEY_ENCODER.encode(monitor_id)
 
 

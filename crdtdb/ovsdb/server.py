@@ -2,9 +2,15 @@
 
 All protocol decisions are made by :class:`~crdtdb.ovsdb.core.ServerCore` and the codec in
 :mod:`crdtdb.ovsdb.jsonrpc`; this module only moves bytes and time. One task reads each
-connection and runs the core synchronously; one task writes it. A client that does not read
+connection and runs the core synchronously; one task writes what the socket did not take at
+once (whoever queues a message writes it straight to a unix or tcp socket when the writer
+has nothing in hand: no scheduler pass before a reply leaves). A client that does not read
 its replies is disconnected once its unsent backlog passes ``max_backlog_bytes``, so it can
 never stall the others.
+
+Commits go to a database's plugin synchronously where it can take them so (``submit``: the
+ovsdb relay forwards them at once, in the order they came, and answers from its connection's
+reader); otherwise a task per commit awaits the plugin.
 """
 
 from __future__ import annotations
@@ -132,6 +138,9 @@ class _Connection:
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     last_input: float = 0.0
     closing_reason: str | None = None
+    #: The socket's descriptor while it is open, for writes without the writer task (None
+    #: for TLS: only the writer sends there).
+    fd: int | None = None
 
 
 class OvsdbServer:
@@ -146,6 +155,7 @@ class OvsdbServer:
         self._unix_paths: list[Path] = []
         self.n_connections = 0
         self._nursery: trio.Nursery | None = None
+        self.stopped = False
 
     # --- connections ----------------------------------------------------------------------
 
@@ -153,6 +163,8 @@ class OvsdbServer:
         peer = _peer_name(stream, where)
         conn = _Connection(self.core.open_session(), JsonRpcConnection(
             max_message_bytes=self.limits.max_message_bytes), stream, peer, probe)
+        if isinstance(stream, trio.SocketStream):
+            conn.fd = stream.socket.fileno()
         conn.last_input = trio.current_time()
         self._conns[conn.session.id] = conn
         self.n_connections += 1
@@ -171,6 +183,7 @@ class OvsdbServer:
                             await conn.progress.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            conn.fd = None
             self._conns.pop(conn.session.id, None)
             self.core.close_session(conn.session)
             self._flush()
@@ -280,6 +293,19 @@ class OvsdbServer:
             conn.out.clear()
             conn.cancel_scope.cancel()
             return
+        if conn.fd is not None and not conn.sending:
+            # Straight to the socket from this task (the writer is not in send_all, so
+            # nothing can interleave): waking the writer costs a scheduler pass first.
+            try:
+                sent = os.write(conn.fd, conn.out)
+            except OSError:  # full (BlockingIOError), or broken: the writer finds out
+                sent = 0
+            if sent:
+                del conn.out[:sent]
+                conn.progress.set()
+                conn.progress = trio.Event()
+            if not conn.out:
+                return
         conn.wakeup.set()
 
     def publish(self, db_name: str, changeset: Changeset) -> None:
@@ -300,7 +326,21 @@ class OvsdbServer:
             commits, self.core.commits = self.core.commits, []
             assert self._nursery is not None, "commits need a running server"
             for pending in commits:
-                self._nursery.start_soon(self._commit, pending)
+                if not self._submit(pending):
+                    self._nursery.start_soon(self._commit, pending)
+
+    def _submit(self, pending: PendingCommit) -> bool:
+        """Hand a transaction to a plugin that takes it without a task (see ``submit`` in
+        crdtdb.consensus.database); False if it did not."""
+        submit = getattr(self.core.databases[pending.request.db_name], "submit", None)
+        if submit is None:
+            return False
+        try:
+            return bool(submit(pending.request,
+                               lambda result: self._commit_finished(pending, result)))
+        except Exception:
+            self._commit_finished(pending, self._plugin_failed(pending))
+            return True
 
     async def _commit(self, pending: PendingCommit) -> None:
         """Hand one transaction to its database's consensus plugin (which retries on its own
@@ -310,10 +350,19 @@ class OvsdbServer:
         try:
             result: CommitOutcome = await db.commit(pending.request)
         except Exception:
-            log.exception("%s: commit of %r failed", pending.request.db_name,
-                          pending.trigger.request.id)
-            result = Failed({"error": "internal error",
-                             "details": "commit failed in the consensus plugin (logged)"})
+            result = self._plugin_failed(pending)
+        self._commit_finished(pending, result)
+
+    @staticmethod
+    def _plugin_failed(pending: PendingCommit) -> Failed:
+        log.exception("%s: commit of %r failed", pending.request.db_name,
+                      pending.trigger.request.id)
+        return Failed({"error": "internal error",
+                       "details": "commit failed in the consensus plugin (logged)"})
+
+    def _commit_finished(self, pending: PendingCommit, result: CommitOutcome) -> None:
+        if self.stopped:
+            return  # a plugin answering after the server stopped: nobody to tell
         with _logged("finishing a commit"):
             self.core.commit_finished(pending, result)
         self._flush()
@@ -423,19 +472,22 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
                     server.publish(name, ev.changes)
             add(on_change)
             feeds.append((db, on_change))
-    async with trio.open_nursery() as nursery:
-        server._nursery = nursery
-        for remote in remotes:
-            await server._listen(remote, ssl_files, nursery)
-        nursery.start_soon(server._timers)
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
-            for path in server._unix_paths:
-                path.unlink(missing_ok=True)
-            for db, fn in feeds:
-                db.remove_listener(fn)
+    try:
+        async with trio.open_nursery() as nursery:
+            server._nursery = nursery
+            for remote in remotes:
+                await server._listen(remote, ssl_files, nursery)
+            nursery.start_soon(server._timers)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+                for path in server._unix_paths:
+                    path.unlink(missing_ok=True)
+                for db, fn in feeds:
+                    db.remove_listener(fn)
+    finally:
+        server.stopped = True
 
 
 @contextmanager
