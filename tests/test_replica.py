@@ -32,7 +32,7 @@ from crdtdb.replica.envelope import (
     single_writer_span,
 )
 from tests.replica_support import (
-    check_reload,
+    Pair,
     check_view,
     make_replica,
     ok,
@@ -45,35 +45,6 @@ from tests.replica_support import (
 @pytest.fixture(scope="module")
 def sb(sb_schema_path: Path) -> DatabaseSchema:
     return DatabaseSchema.from_file(sb_schema_path).stored()
-
-
-class Pair:
-    """Two replicas and the updates each made that the other has not applied yet."""
-
-    def __init__(self, schema: DatabaseSchema | None = None):
-        kw: dict[str, Any] = {} if schema is None else {"schema": schema}
-        self.a = make_replica(1, 11, **kw)
-        self.b = make_replica(2, 22, **kw)
-        self.out: dict[int, list[bytes]] = {1: [], 2: []}
-        for r in (self.a, self.b):
-            r.add_listener(lambda ev, cid=r.client_id: ev.update and self.out[cid].append(
-                ev.update))
-
-    def sync(self) -> None:
-        for src, dst in ((self.a, self.b), (self.b, self.a)):
-            for u in self.out[src.client_id]:
-                dst.apply_update(u)
-            self.out[src.client_id].clear()
-        assert shown(self.a) == shown(self.b)
-        assert self.a.view.hidden() == self.b.view.hidden()
-        for r in (self.a, self.b):
-            check_view(r)
-            check_reload(r)
-
-    def col(self, r: Replica, table: str, uuid: str, column: str) -> tuple:
-        row = r.get_row(table, uuid)
-        assert row is not None
-        return row[r.schema.tables[table].columns[column].index]
 
 
 def _port(pair: Pair) -> tuple[str, str]:

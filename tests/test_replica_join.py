@@ -22,6 +22,7 @@ from crdtdb.replica import ConflictKind, Replica, View
 from crdtdb.replica import encoding as enc
 from tests.replica_support import (
     MERGE_SCHEMA,
+    Pair,
     check_join,
     check_view,
     make_replica,
@@ -31,24 +32,6 @@ from tests.replica_support import (
     txn,
     where_uuid,
 )
-
-
-class Pair:
-    """Two replicas that commit concurrently, then exchange what they wrote."""
-
-    def __init__(self) -> None:
-        self.a = make_replica(1, 11)
-        self.b = make_replica(2, 22)
-        self.out: dict[int, list[bytes]] = {1: [], 2: []}
-        for r in (self.a, self.b):
-            r.add_listener(lambda ev, cid=r.client_id: ev.update and self.out[cid].append(
-                ev.update))
-
-    def sync(self) -> None:
-        for src, dst in ((self.a, self.b), (self.b, self.a)):
-            for u in self.out[src.client_id]:
-                dst.apply_update(u)
-            self.out[src.client_id].clear()
 
 
 def _conflicted() -> Replica:

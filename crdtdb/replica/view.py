@@ -223,8 +223,30 @@ class View:
                 # Hidden by stratum 1: the rows it references lost a shown referrer.
                 work.update(self._targets(self._info[t], self.raw[t][u]))
         touched = set(work)
+        clean = self._hide_violators(work, touched)
+
+        # What readers see now, for every row whose shown value may have changed.
+        out = Changeset()
+        for key in sorted(touched):
+            t, u = key
+            old_row = self.rows.get_row(t, u)
+            if key in clean and self._candidate(key):
+                row, conflicts = self.raw[t][u], []
+            else:
+                row, conflicts = self._shown(key)
+            self.conflicts.set_row(t, u, conflicts)
+            if row != old_row:
+                out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
+        if out:
+            self.rows.apply(out)
+        return out
+
+    def _hide_violators(self, work: Iterable[RowKey], touched: set[RowKey]) -> set[RowKey]:
+        """Stratum 2's worklist: hide each candidate in ``work`` that violates a rule, and
+        recheck its neighbours (adding them to ``touched``) until nothing changes. Returns
+        the rows found clean (shown as stored)."""
         queue = deque(work)
-        queued = set(work)
+        queued = set(queue)
         # Rows whose last check found every column as stored (so shown = raw, no conflict).
         # A row that loses a target later is checked again: hiding a row queues its
         # neighbours, referrers included.
@@ -242,22 +264,7 @@ class View:
                     if y not in queued:
                         queued.add(y)
                         queue.append(y)
-
-        # What readers see now, for every row whose shown value may have changed.
-        out = Changeset()
-        for key in sorted(touched):
-            t, u = key
-            old_row = self.rows.get_row(t, u)
-            if key in clean and self._candidate(key):
-                row, conflicts = self.raw[t][u], []
-            else:
-                row, conflicts = self._shown(key)
-            self.conflicts.set_row(t, u, conflicts)
-            if row != old_row:
-                out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
-        if out:
-            self.rows.apply(out)
-        return out
+        return clean
 
     def load(self, rows: Mapping[str, Mapping[str, Row]]) -> Changeset:
         """Fill an empty view with ``rows`` (table -> uuid -> raw row): the same view,
@@ -300,22 +307,7 @@ class View:
         work = [key for t, trows in rows.items() for key in self._unclear(t, trows)]
         touched = set(work)
         touched.update(self._s1)
-        queue = deque(work)
-        queued = set(work)
-        clean: set[RowKey] = set()
-        while queue:
-            x = queue.popleft()
-            queued.discard(x)
-            if not self._candidate(x):
-                continue
-            kind = self._violation(x, clean)
-            if kind is not None:
-                self._hidden[x] = kind
-                for y in self._neighbors(x):
-                    touched.add(y)
-                    if y not in queued:
-                        queued.add(y)
-                        queue.append(y)
+        clean = self._hide_violators(work, touched)
         # Rows (or missing targets) with conflicts from before: update() revisits them too.
         touched.update(k for k in self.conflicts.row_keys()
                        if k in self._in or k[1] in self.raw.get(k[0], ()))
