@@ -772,14 +772,8 @@ def test_garbage_only_raises_remote_protocol_error(
 INTERESTING = b'{}[]",:\\ u0123456789eE+-.tfnNI\x00\x01\x1f\x7f\xff\xc3\xa9'
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(st.lists(calls, min_size=1, max_size=4), st.data(), chunk_sizes, st.booleans())
-def test_mutated_streams_are_chunking_invariant(
-    sent: list[Event], data: st.DataObject, sizes: list[int], strict: bool
-) -> None:
-    """Corrupt a valid stream; whatever comes out must not depend on how it is chunked."""
-    client = JsonRpcConnection()
-    wire = bytearray(b"".join(client.send(e) for e in sent))
+def _mutate(wire: bytearray, data: st.DataObject) -> None:
+    """Up to three single-byte insertions, replacements or deletions of interesting bytes."""
     for _ in range(data.draw(st.integers(0, 3))):
         at = data.draw(st.integers(0, len(wire)))
         byte = data.draw(st.sampled_from(list(INTERESTING)))
@@ -788,6 +782,17 @@ def test_mutated_streams_are_chunking_invariant(
             wire[at:at] = bytes([byte])
         elif at < len(wire):
             wire[at : at + 1] = b"" if action == "delete" else bytes([byte])
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(calls, min_size=1, max_size=4), st.data(), chunk_sizes, st.booleans())
+def test_mutated_streams_are_chunking_invariant(
+    sent: list[Event], data: st.DataObject, sizes: list[int], strict: bool
+) -> None:
+    """Corrupt a valid stream; whatever comes out must not depend on how it is chunked."""
+    client = JsonRpcConnection()
+    wire = bytearray(b"".join(client.send(e) for e in sent))
+    _mutate(wire, data)
     whole = outcome(bytes(wire), [], strict)
     assert outcome(bytes(wire), sizes, strict) == whole
     assert outcome(bytes(wire), [1] * len(wire), strict) == whole
@@ -802,14 +807,7 @@ def test_the_whole_message_shortcut_agrees_with_the_scan(
     """Messages the C scanner reads in one go (_parse_whole) come out exactly as the byte
     scan alone makes them, with the same error where there is one, limits included."""
     wire = bytearray(b" \n".join(JsonRpcConnection().send(e) for e in sent))
-    for _ in range(data.draw(st.integers(0, 3))):
-        at = data.draw(st.integers(0, len(wire)))
-        byte = data.draw(st.sampled_from(list(INTERESTING)))
-        action = data.draw(st.sampled_from(["insert", "replace", "delete"]))
-        if action == "insert":
-            wire[at:at] = bytes([byte])
-        elif at < len(wire):
-            wire[at : at + 1] = b"" if action == "delete" else bytes([byte])
+    _mutate(wire, data)
 
     def run(shortcut: bool) -> tuple[list[Event], tuple[str, str] | None]:
         conn = JsonRpcConnection(max_depth=max_depth, max_message_bytes=max_bytes)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import msgpack
@@ -187,6 +189,21 @@ def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
 
 
 
+@contextmanager
+def pycrdt_errors(failed: str, subject: str) -> Iterator[None]:
+    """pycrdt's errors on bad input as :class:`CorruptUpdateError`: "<failed>: ..." for its
+    exceptions, "<subject> made pycrdt panic: ..." for a Rust panic (pyo3's PanicException,
+    a BaseException that cannot be imported by name)."""
+    try:
+        yield
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CorruptUpdateError(f"{failed}: {exc}") from None
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise CorruptUpdateError(f"{subject} made pycrdt panic: {exc}") from None
+
+
 def _put_varuint(buf: bytearray, n: int) -> None:
     while n >= 0x80:
         buf.append(n & 0x7F | 0x80)
@@ -229,14 +246,8 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
     does not decode. Runs on every update a replica merges, hence the fast path for a tail
     of one-byte varints (small clocks and counts: most of them).
     """
-    try:
+    with pycrdt_errors("delete set does not decode", "delete set"):
         tail = pycrdt.get_update(update, _beyond(client))
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise CorruptUpdateError(f"delete set does not decode: {exc}") from None
-    except BaseException as exc:  # pyo3's PanicException is a BaseException
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise CorruptUpdateError(f"delete set made pycrdt panic: {exc}") from None
     v = list(tail) if tail and max(tail) < 0x80 else _varuints(tail)
     out: list[tuple[int, int, int]] = []
     try:

@@ -46,6 +46,7 @@ from crdtdb.replica.envelope import (
     decode_state_vector,
     deleted_ranges,
     open_sealed,
+    pycrdt_errors,
     seal,
     single_writer_span,
 )
@@ -568,18 +569,13 @@ class Replica:
         if loading:
             self._unobserve_maps()
         try:
-            with self.doc.transaction(origin="remote"):
+            with pycrdt_errors("update does not apply", "update"), \
+                    self.doc.transaction(origin="remote"):
                 self.doc.apply_update(update)
-        except (ValueError, RuntimeError, TypeError) as exc:
+        except CorruptUpdateError:
             self._events.clear()
             self._stats.rejected_updates += 1
-            raise CorruptUpdateError(f"update does not apply: {exc}") from None
-        except BaseException as exc:  # pyo3's PanicException is a BaseException
-            if type(exc).__name__ != "PanicException":
-                raise
-            self._events.clear()
-            self._stats.rejected_updates += 1
-            raise CorruptUpdateError(f"update made pycrdt panic: {exc}") from None
+            raise
         finally:
             if loading:
                 self._observe_maps()
@@ -657,14 +653,8 @@ class Replica:
         sv = bytes(state_vector)
         if len(sv) > 64 * 1024 * 1024:
             raise CorruptUpdateError(f"state vector of {len(sv)} bytes")
-        try:
+        with pycrdt_errors("not a state vector", "state vector"):
             update = self.doc.get_update(sv)
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise CorruptUpdateError(f"not a state vector: {exc}") from None
-        except BaseException as exc:  # pyo3's PanicException is a BaseException
-            if type(exc).__name__ != "PanicException":
-                raise
-            raise CorruptUpdateError(f"state vector made pycrdt panic: {exc}") from None
         return seal(self.schema_digest, self.epoch, self.client_id, update)
 
     def full_state(self) -> bytes:
