@@ -193,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                          data_dir=data_dir, fsync=fsync) as lin:
                 served = lin.served(databases)
                 if gossiping:
+                    from crdtdb.gossip import GossipConfig
                     from crdtdb.node import open_node
                     from transport.tcp import TlsConfig, parse_hostport
 
@@ -207,7 +208,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             peers=[parse_hostport(x) for x in args.peer or ()],
                             tls=TlsConfig(*ssl_args) if all(ssl_args) else None,
                             remotes=remotes, ssl_files=ssl_files, limits=limits,
-                            status_file=status_file, discover=args.discover) as node:
+                            status_file=status_file, discover=args.discover,
+                            gossip_config=GossipConfig(
+                                compact_after_updates=args.compact_after_updates)) as node:
                         log.info("node %s serving %s", node.node_id,
                                  ", ".join(served))
                         await until_signal(signals)
@@ -261,9 +264,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"gossip: {g['pushes_sent']} pushed, {g['pushes_new']} new / "
           f"{g['pushes_duplicate']} duplicate received, {g['pulls']} pulls, "
           f"{g['gaps']} gaps, {g['disconnects']} peers dropped")
+    print(f"compaction: {g.get('rounds_cut', 0)} rounds cut and {g.get('rounds_given_up', 0)} "
+          f"given up by this node, {g.get('adoptions', 0)} moves to a newer epoch; writes "
+          f"held for a round: {', '.join(g.get('holding') or ()) or 'none'}")
+    for db, epoch in (g.get("stranded") or {}).items():
+        print(f"STRANDED: {db} wrote past the cut of epoch {epoch} and stays in its own "
+              "(see docs/consistency.md, \"Moving to a newer epoch\")")
     for name, d in st["databases"].items():
         conflicts = {k: v for k, v in d["conflicts"].items() if v}
-        print(f"{name}: {d['rows']} rows, {d['hidden_rows']} hidden, epoch {d['epoch']}, "
+        epoch = d.get("epoch_id", d["epoch"])
+        print(f"{name}: {d['rows']} rows, {d['hidden_rows']} hidden, epoch {epoch}, "
               f"{d['local_commits']} local commits, {d['remote_updates']} merged, "
               f"{d['rejected_updates']} rejected; conflicts: "
               f"{', '.join(f'{k}={v}' for k, v in conflicts.items()) or 'none'}")
@@ -409,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-file", metavar="FILE",
                    help="where to write the node's status every second (default: "
                         "DATA_DIR/status.json); read it with crdtdb status")
+    p.add_argument("--compact-after-updates", type=int, default=None, metavar="N",
+                   help="coordinate a compaction round of a gossiped database once it has "
+                        "taken N changes in its epoch: every node moves to a new, compact "
+                        "document (give it to one node per cluster; default: never; see "
+                        "docs/consistency.md)")
     p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
     p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
     p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")

@@ -42,7 +42,7 @@ from crdtdb.engine.schema import DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Row
 from crdtdb.engine.types import AtomicType, Type
 from crdtdb.errors import CrdtdbError
-from crdtdb.replica import ChangeEvent, Replica
+from crdtdb.replica import ChangeEvent, Replica, ReplicaFrozenError
 
 #: Changes a monitor may hold for a consumer that does not keep up before it is closed.
 DEFAULT_MONITOR_BUFFER = 10_000
@@ -160,8 +160,15 @@ class Database:
         return t
 
     def transact(self, operations: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Raw OVSDB operations (JSON form); the result array, or :class:`TransactionError`."""
-        results = self.replica.transact(list(operations))
+        """Raw OVSDB operations (JSON form); the result array, or :class:`TransactionError`.
+
+        While a compaction round holds this node's writes (a few seconds at most) a writing
+        transaction raises :class:`~crdtdb.replica.ReplicaFrozenError`: retry it."""
+        outcome = self.replica.execute(list(operations))
+        if outcome.blocked and self.replica.frozen:
+            raise ReplicaFrozenError(f"{self.replica.name}: a compaction round holds local "
+                                     "writes; retry shortly")
+        results = outcome.results_nowait()
         for r in results:
             if isinstance(r, dict) and "error" in r:
                 raise TransactionError(r["error"], r.get("details"), results)
@@ -277,6 +284,12 @@ class EmbeddedNode:
 
     def status(self) -> dict[str, Any]:
         return self.node.status()
+
+    def compact(self, name: str) -> None:
+        """Start a compaction round of database ``name`` coordinated by this node (see
+        docs/consistency.md, "Compaction"); it ends within seconds, in the background."""
+        self.database(name)  # KeyError for an unknown one
+        self.node.compact(name)
 
 
 @asynccontextmanager

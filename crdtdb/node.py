@@ -113,6 +113,11 @@ class Node:
             await trio.to_thread.run_sync(_write_replacing, self.status_file, text)
             await trio.sleep(STATUS_INTERVAL_S)
 
+    def compact(self, db: str) -> None:
+        """Coordinate a compaction round of ``db`` (raises
+        :class:`~crdtdb.gossip.protocol.CompactionRefusedError` while one runs)."""
+        self._perform(self.gossip.start_compaction(db, trio.current_time()))
+
     def status(self) -> dict[str, Any]:
         """Peers, lag and conflicts: what ``crdtdb status`` prints."""
         g = self.gossip.statistics()
@@ -123,7 +128,8 @@ class Node:
             "listen": [f"{h}:{p}" for h, p in self.transport.listen_addresses],
             "peers": g.peers,
             "gossip": {k: v for k, v in dataclasses.asdict(g).items() if k != "peers"},
-            "databases": {name: dataclasses.asdict(r.statistics())
+            "databases": {name: {**dataclasses.asdict(r.statistics()),
+                                 "epoch_id": str(r.epoch_id)}
                           for name, r in self.replicas.items()},
         }
 

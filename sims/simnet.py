@@ -123,6 +123,11 @@ class SimNet:
                 self._perform(b, self.gossip[b].connected(a, self.now))
         return True
 
+    def compact(self, nid: str) -> None:
+        """Start a compaction round coordinated by ``nid`` (see Gossip.start_compaction)."""
+        g = self.gossip[nid]
+        self._perform(nid, g.start_compaction(self.replicas[nid].name, self.now))
+
     def run_for(self, seconds: float) -> None:
         end = self.now + seconds
         while self._queue and self._queue[0][0] <= end:

@@ -51,21 +51,23 @@ def check_view(replica: Replica) -> None:
 def check_reload(replica: Replica, client_id: int = 999_999) -> None:
     """A replica built from this one's full state shows the same rows (same raw, same view),
     and gets there as if it had read the state key by key (see check_join)."""
-    other = Replica.in_memory(replica.schema, client_id=client_id, epoch=replica.epoch)
+    other = Replica.in_memory(replica.schema, client_id=client_id, epoch=replica.epoch,
+                              base=replica.base)
     other.apply_update(replica.full_state())
     assert other.view.raw == replica.view.raw
     assert shown(other) == shown(replica)
     assert other.view.hidden() == replica.view.hidden()
-    check_join(replica.full_state(), replica.schema, replica.epoch)
+    check_join(replica.full_state(), replica.schema, replica.epoch, replica.base)
 
 
-def check_join(full_state: bytes, schema: DatabaseSchema, epoch: int = 0) -> Replica:
+def check_join(full_state: bytes, schema: DatabaseSchema, epoch: int = 0, base: bytes = b""
+               ) -> Replica:
     """An empty replica that applies a full state (read whole: Replica._load_document) ends
     exactly where one that reads it through pycrdt's per-key events does: the same view,
     hidden rows, conflicts, statistics, bookkeeping and changeset. Returns the first."""
-    joined = Replica.in_memory(schema, client_id=999_998, epoch=epoch)
+    joined = Replica.in_memory(schema, client_id=999_998, epoch=epoch, base=base)
     got = joined.apply_update(full_state)
-    evented = Replica.in_memory(schema, client_id=999_998, epoch=epoch)
+    evented = Replica.in_memory(schema, client_id=999_998, epoch=epoch, base=base)
     with mock.patch.object(Replica, "_is_empty", return_value=False):
         want = evented.apply_update(full_state)
     assert (got.gap, got.new, got.span) == (want.gap, want.new, want.span)

@@ -18,15 +18,18 @@ from hypothesis import strategies as st
 
 from crdtdb.gossip import Disconnect, Gossip, GossipConfig, GossipProtocolError, Send
 from crdtdb.gossip import messages as m
+from crdtdb.replica import EpochId
 from sims.simnet import SimNet
 from tests.replica_support import check_view, make_replica, ok, shown, txn, where_uuid
 from tests.test_replica_merge import Transactions
 
 # --- messages -----------------------------------------------------------------------------------
 
-MESSAGES = [m.Hello("n1", {"Merge": ("abc", 0)}), m.Push("Merge", b"\x01\x02", 3),
-            m.StateVector("Merge", b"\x00", True), m.Diff("Merge", b"xyz"), m.Ping(7),
-            m.Ack(7)]
+MESSAGES = [m.Hello("n1", {"Merge": ("abc", EpochId(0))}), m.Push("Merge", b"\x01\x02", 3),
+            m.StateVector("Merge", b"\x00", True, EpochId(0)), m.Diff("Merge", b"xyz"), m.Ping(7),
+            m.Ack(7), m.Epoch("Merge", EpochId(3, bytes(16))), m.Fetch("Merge"),
+            m.State("Merge", b"xyz"), m.Freeze("Merge", 2**62, EpochId(1, b"\x01" * 16)),
+            m.Frozen("Merge", 5, 2**32 - 1, 77), m.Thaw("Merge", 5)]
 
 
 @pytest.mark.parametrize("msg", MESSAGES, ids=lambda x: type(x).__name__)
@@ -103,7 +106,7 @@ def test_a_silent_peer_times_out() -> None:
 def test_mismatched_schema_is_not_replicated() -> None:
     ga, _, _, _ = _pair()
     _hello(ga, "b")
-    ga.receive("b", m.encode(m.Hello("b", {"Merge": ("other-digest", 0)})), 0.0)
+    ga.receive("b", m.encode(m.Hello("b", {"Merge": ("other-digest", EpochId(0))})), 0.0)
     assert ga.ready_peers("Merge") == []
 
 
@@ -312,12 +315,14 @@ def test_an_in_sync_pull_gets_nothing_and_a_lost_delete_is_still_pulled() -> Non
     assert shown(ra) == shown(rb)
     # Same document: b's pull is answered with nothing at all (no diff, no state vector).
     in_sync = ga.statistics().pulls_in_sync
-    out = ga.receive("b", m.encode(m.StateVector("Merge", rb.state_vector(), True)), 0.2)
+    pull = m.StateVector("Merge", rb.state_vector(), True, EpochId(0))
+    out = ga.receive("b", m.encode(pull), 0.2)
     assert out == [] and ga.statistics().pulls_in_sync == in_sync + 1
     # a deletes the row and the push to b is lost: the delete-only commit still moved a's
     # clock, so b's next pull is not "in sync" and brings the delete.
     ok(txn(ra, {"op": "delete", "table": "Parent", "where": [["_uuid", "==", ["uuid", p]]]}))
-    out = ga.receive("b", m.encode(m.StateVector("Merge", rb.state_vector(), True)), 0.3)
+    pull = m.StateVector("Merge", rb.state_vector(), True, EpochId(0))
+    out = ga.receive("b", m.encode(pull), 0.3)
     assert out and ga.statistics().pulls_in_sync == in_sync + 1
     _deliver(nodes, [("a", o) for o in out], 0.3)
     assert shown(ra) == shown(rb) and not shown(rb)["Parent"]

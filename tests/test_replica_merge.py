@@ -234,6 +234,31 @@ class Replicas(RuleBasedStateMachine):
         self.network.clear()
         self.acked.clear()
 
+    @precondition(lambda self: self.steps >= 12)
+    @rule(data=st.data())
+    def compact_by_adoption(self, data: Any) -> None:
+        """What a compaction round ends in: one replica cuts, the others take its state."""
+        self.steps = 0
+        self._converge()
+        before = shown(self.replicas[0])
+        cutter = self.replicas[data.draw(st.integers(0, len(self.replicas) - 1))]
+        cutter.rebuild(release_memory=False)
+        for r in self.replicas:
+            if r is not cutter:
+                heard: list[Any] = []
+                r.add_listener(heard.append)
+                r.adopt(cutter.full_state())
+                r.remove_listener(heard.append)
+                assert r.epoch_id == cutter.epoch_id and not heard  # nothing to show
+        for r in self.replicas:
+            assert shown(r) == before
+            assert r.view.raw == cutter.view.raw
+        for dest, update in self.network:
+            with pytest.raises(EpochMismatchError):
+                self.replicas[dest].apply_update(update)
+        self.network.clear()
+        self.acked.clear()
+
     def _converge(self) -> None:
         for _ in range(2):
             for a in self.replicas:

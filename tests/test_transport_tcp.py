@@ -148,7 +148,7 @@ async def test_a_corrupted_update_from_a_peer_is_refused_over_tcp() -> None:
     async with open_node({"Merge": r}, node_id="a", listen=[("127.0.0.1", 0)]) as node:
         host, port = node.transport.listen_addresses[0]
         s = await trio.open_tcp_stream(host, port)
-        hello = gm.Hello("evil", {"Merge": (r.schema_digest, 0)})
+        hello = gm.Hello("evil", {"Merge": (r.schema_digest, r.epoch_id)})
         await s.send_all(frame(gm.encode(hello)) +
                          frame(gm.encode(gm.Push("Merge", bytes(damaged), 0))))
         with trio.fail_after(5):

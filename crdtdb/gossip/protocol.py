@@ -23,6 +23,16 @@ What it does, per replicated database:
 * **failure detection**: a peer not heard from (any frame counts) for ``ping_interval_s``
   is pinged; one silent for ``peer_timeout_s`` is disconnected (the transport reconnects
   with backoff). On an idle link only one side ends up pinging: the other hears its pings.
+* **compaction epochs** (docs/consistency.md, "Compaction"): peers in the same epoch of a
+  database replicate it; a node that meets a peer in a newer epoch fetches that peer's full
+  state and moves to it (:meth:`Replica.adopt`), unless it wrote past the new base's cut
+  (then it is *stranded*: it stays, says so, and keeps its writes). A compaction round
+  (:meth:`Gossip.start_compaction`) makes that rare: its coordinator floods ``freeze``,
+  every node in the epoch holds its local writes and reports how far they reach back along
+  the path the freeze came by, and once the coordinator has every writer's report and the
+  writes they name, it rebuilds, announces the new epoch, and the others fetch it. A round
+  that cannot finish within ``round_timeout_s`` is given up (``thaw``); a node never holds
+  writes longer than ``freeze_timeout_s``.
 
 A peer that sends a frame that does not decode, an update that fails its checks, or traffic
 before its hello, is disconnected (a :class:`Disconnect` output); the node carries on.
@@ -39,8 +49,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtdb.gossip import messages as m
-from crdtdb.replica import CorruptUpdateError, EpochMismatchError, Replica
+from crdtdb.replica import (
+    CorruptUpdateError,
+    EpochId,
+    EpochMismatchError,
+    Replica,
+    StrandedError,
+)
 from crdtdb.replica.envelope import decode_state_vector
+from crdtdb.replica.replica import BASE_CLIENT_ID
 
 log = logging.getLogger("crdtdb.gossip")
 
@@ -63,6 +80,19 @@ class GossipConfig:
     #: reconnect (ovsdb-server's inactivity probe drops a client after 5-10 s).
     peer_timeout_s: float = 7.5
     max_message_bytes: int = m.DEFAULT_MAX_MESSAGE_BYTES
+    #: A compaction round's coordinator gives the round up if it cannot cut by then.
+    round_timeout_s: float = 5.0
+    #: ... and cuts no sooner than this after the last new report (reports of writers it
+    #: did not know of may still be on their way).
+    round_settle_s: float = 0.2
+    #: A node holds its local writes for a round at most this long (longer than a round).
+    freeze_timeout_s: float = 30.0
+    #: A full state asked for and not received by then may be asked of another peer.
+    fetch_timeout_s: float = 30.0
+    #: Coordinate a compaction round once a database has merged or made this many changes
+    #: in its epoch (``None``: only when asked, :meth:`Gossip.start_compaction`). One node
+    #: of a cluster should have it (in an OVN cloud, the central node).
+    compact_after_updates: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +118,13 @@ class PeerState:
     connected_at: float
     last_heard: float
     node_id: str | None = None
+    #: the peer's epoch of each database it has with the same schema
+    epochs: dict[str, EpochId] = field(default_factory=dict)
     #: databases replicated with this peer (same schema and epoch on both sides)
     databases: frozenset[str] = frozenset()
+    #: db -> (epoch, when): the full state this peer was last sent (a peer asks again
+    #: only when one went missing: at most one every half fetch timeout)
+    sent_state: dict[str, tuple[EpochId, float]] = field(default_factory=dict)
     next_ping: float = 0.0
     ping_seq: int = 0
     #: db -> writer -> a clock the peer is known to have reached (from its state vectors,
@@ -116,10 +151,59 @@ class GossipStatistics:
     pulls_in_sync: int = 0
     diffs_received: int = 0
     gaps: int = 0
+    #: compaction: rounds this node coordinated, and how they ended
+    rounds_started: int = 0
+    rounds_cut: int = 0
+    rounds_given_up: int = 0
+    #: rounds in which this node held its writes
+    freezes: int = 0
+    #: moves to a newer epoch from a peer's full state, and refusals (stranded)
+    adoptions: int = 0
+    strandings: int = 0
+    #: db -> the newest epoch this node could not move to (see Gossip.stranded)
+    stranded: dict[str, str] = field(default_factory=dict)
+    #: databases whose local writes a compaction round holds right now
+    holding: list[str] = field(default_factory=list)
     disconnects: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class CompactionRefusedError(RuntimeError):
+    """A compaction round cannot start now (another is running, or writes are held)."""
+
+
+@dataclass(slots=True)
+class _Round:
+    """A compaction round this node coordinates."""
+
+    round_id: int
+    epoch: EpochId
+    deadline: float
+    #: writer -> the clock its writes reach (its report)
+    reports: dict[int, int]
+    last_report: float
+
+
+@dataclass(slots=True)
+class _Hold:
+    """Local writes held for a round (``parent``: the peer its freeze came from)."""
+
+    round_id: int
+    until: float
+    parent: str | None
+
+
+@dataclass(slots=True)
+class _Fetch:
+    peer: str
+    epoch: EpochId
+    deadline: float
+
+
+#: Round ids remembered, so a flooded freeze, report or thaw is handled once.
+_MAX_SEEN = 4096
 
 
 class Gossip:
@@ -134,11 +218,20 @@ class Gossip:
         self._ae_interval_s = self.config.anti_entropy_interval_s
         self._quiet_rounds = 0
         self._stats = GossipStatistics()
+        self._rounds: dict[str, _Round] = {}
+        self._holds: dict[str, _Hold] = {}
+        self._fetches: dict[str, _Fetch] = {}
+        #: db -> the newest epoch this node could not move to (it wrote past its cut)
+        self.stranded: dict[str, EpochId] = {}
+        #: (kind, round, client) already handled: flooded messages arrive many times
+        self._seen: dict[tuple[str, int, int], None] = {}
+        #: db -> no automatic round before then (after one that did not cut)
+        self._next_round: dict[str, float] = {}
 
     # --- connections ------------------------------------------------------------------------
 
     def hello(self) -> m.Hello:
-        return m.Hello(self.node_id, {name: (r.schema_digest, r.epoch)
+        return m.Hello(self.node_id, {name: (r.schema_digest, r.epoch_id)
                                       for name, r in self.replicas.items()})
 
     def connected(self, peer: str, now: float) -> list[Output]:
@@ -148,6 +241,9 @@ class Gossip:
 
     def disconnected(self, peer: str) -> None:
         self.peers.pop(peer, None)
+        for db, f in list(self._fetches.items()):
+            if f.peer == peer:  # ask another (see _compaction_timers)
+                del self._fetches[db]
 
     def ready_peers(self, db: str | None = None) -> list[str]:
         """Connections past hello (replicating ``db``), one per node, in a stable order."""
@@ -184,8 +280,21 @@ class Gossip:
         if isinstance(msg, m.Ack):
             return []
         replica = self.replicas.get(msg.db)
-        if replica is None or msg.db not in p.databases:
+        if replica is None or msg.db not in p.epochs:
             raise m.GossipProtocolError(f"database {msg.db!r} is not replicated with this peer")
+        if isinstance(msg, m.Epoch | m.Fetch | m.State | m.Freeze | m.Frozen | m.Thaw):
+            return self._on_epoch_message(p, replica, msg)
+        if isinstance(msg, m.StateVector) and msg.epoch != p.epochs[msg.db]:
+            p.epochs[msg.db] = msg.epoch  # it moved, and its announcement went missing
+            self._shared(p)
+        if msg.db not in p.databases:
+            # Sent before one side's move to a newer epoch reached the other: harmless,
+            # but a pull from an older epoch gets told where this node is.
+            if isinstance(msg, m.StateVector):
+                if msg.epoch < replica.epoch_id:
+                    return self._send(p.key, m.Epoch(msg.db, replica.epoch_id))
+                return self._maybe_fetch(p, msg.db, msg.epoch, p.last_heard)
+            return []
         if isinstance(msg, m.Push):
             return self._on_push(p, replica, msg)
         if isinstance(msg, m.StateVector):
@@ -201,7 +310,7 @@ class Gossip:
                 return []
             out = self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
             if msg.reply:
-                out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))
+                out += self._send(p.key, self._pull(msg.db, False))
             return out
         assert isinstance(msg, m.Diff)
         self._stats.diffs_received += 1
@@ -215,25 +324,30 @@ class Gossip:
                                         f"expected {m.PROTOCOL_VERSION}")
         if msg.node_id == self.node_id:
             return self._drop(p.key, "connected to itself")
-        shared = []
         for name, replica in self.replicas.items():
             theirs = msg.databases.get(name)
             if theirs is None:
                 continue
-            if theirs != (replica.schema_digest, replica.epoch):
-                log.warning("%s: %s has %s with another schema or epoch (%s); not replicated",
-                            self.node_id, msg.node_id, name, theirs)
+            if theirs[0] != replica.schema_digest:
+                log.warning("%s: %s has %s with another schema (%s); not replicated",
+                            self.node_id, msg.node_id, name, theirs[0])
                 continue
-            shared.append(name)
+            p.epochs[name] = theirs[1]
         p.node_id = msg.node_id
-        p.databases = frozenset(shared)
+        self._shared(p)
         log.info("%s: peer %s (%s) up, replicating %s", self.node_id, msg.node_id, p.key,
-                 ", ".join(sorted(shared)) or "nothing")
+                 ", ".join(sorted(p.databases)) or "nothing")
         self._lively()
         out: list[Output] = []
-        for db in sorted(shared):  # catch up at once
-            out += self._send(p.key, m.StateVector(db, self.replicas[db].state_vector(), True))
+        for db in sorted(p.databases):  # catch up at once
+            out += self._send(p.key, self._pull(db, True))
+        for db, epoch in sorted(p.epochs.items()):
+            out += self._maybe_fetch(p, db, epoch, p.last_heard)
         return out
+
+    def _shared(self, p: PeerState) -> None:
+        p.databases = frozenset(db for db, e in p.epochs.items()
+                                if e == self.replicas[db].epoch_id)
 
     def _on_push(self, p: PeerState, replica: Replica, msg: m.Push) -> list[Output]:
         self._stats.pushes_received += 1
@@ -248,7 +362,7 @@ class Gossip:
             self._lively()
             self._stats.gaps += 1
             self._stats.pulls += 1
-            out += self._send(p.key, m.StateVector(msg.db, replica.state_vector(), False))
+            out += self._send(p.key, self._pull(msg.db, False))
         if not result.new:
             self._stats.pushes_duplicate += 1
             return out
@@ -341,6 +455,7 @@ class Gossip:
                     p.ping_seq += 1
                     p.next_ping = now + cfg.ping_interval_s
                     out += self._send(key, m.Ping(p.ping_seq))
+        out += self._compaction_timers(now)
         if self._next_anti_entropy is None:
             self._next_anti_entropy = now + self._jittered(self._ae_interval_s)
         if now >= self._next_anti_entropy:
@@ -353,10 +468,12 @@ class Gossip:
             ready = self.ready_peers()
             if ready:
                 peer = self.rng.choice(ready)
-                for db in sorted(self.peers[peer].databases):
+                # Every database it has, in whatever epoch it is believed to be: a pull
+                # carries this node's epoch, so two nodes that missed each other's move learn
+                # of it (see _handle).
+                for db in sorted(self.peers[peer].epochs):
                     self._stats.pulls += 1
-                    out += self._send(peer, m.StateVector(db, self.replicas[db].state_vector(),
-                                                          True))
+                    out += self._send(peer, self._pull(db, True))
         return out
 
     def next_deadline(self) -> float | None:
@@ -365,9 +482,244 @@ class Gossip:
         times += [p.last_heard + self.config.peer_timeout_s for p in self.peers.values()]
         if self._next_anti_entropy is not None:
             times.append(self._next_anti_entropy)
+        for r in self._rounds.values():
+            times += [r.deadline, r.last_report + self.config.round_settle_s]
+        times += [h.until for h in self._holds.values()]
+        times += [f.deadline for f in self._fetches.values()]
         return min(times) if times else self._next_anti_entropy
 
+    # --- compaction epochs ------------------------------------------------------------------
+
+    def start_compaction(self, db: str, now: float) -> list[Output]:
+        """Coordinate a compaction round of ``db`` (see the module docstring); it ends in a
+        later :meth:`tick`: cut (this node moves to the next epoch, the others follow) or
+        given up. Raises :class:`CompactionRefusedError` while a round holds ``db`` here or
+        this node is moving to a newer epoch."""
+        replica = self.replicas[db]
+        if db in self._rounds or db in self._holds or replica.frozen:
+            raise CompactionRefusedError(f"{db}: a compaction round is already running")
+        if db in self._fetches:
+            raise CompactionRefusedError(f"{db}: moving to a newer epoch")
+        if db in self.stranded:
+            raise CompactionRefusedError(f"{db}: stranded in epoch {replica.epoch_id} "
+                                         f"(the others are in {self.stranded[db]})")
+        round_id = self.rng.getrandbits(63)
+        self._remember("freeze", round_id, 0)
+        replica.freeze()
+        self._rounds[db] = _Round(round_id, replica.epoch_id, now + self.config.round_timeout_s,
+                                  {replica.client_id: replica.own_clock()}, now)
+        self._stats.rounds_started += 1
+        self._lively()
+        log.info("%s: compaction round %x of %s (epoch %s) started", self.node_id, round_id,
+                 db, replica.epoch_id)
+        return self._flood(db, m.Freeze(db, round_id, replica.epoch_id))
+
+    def _on_epoch_message(self, p: PeerState, replica: Replica,
+                          msg: m.Epoch | m.Fetch | m.State | m.Freeze | m.Frozen | m.Thaw
+                          ) -> list[Output]:
+        db, now = msg.db, p.last_heard
+        if isinstance(msg, m.Epoch):
+            p.epochs[db] = msg.epoch
+            self._shared(p)
+            if msg.epoch == replica.epoch_id:  # it joined ours: catch up
+                return self._send(p.key, self._pull(db, True))
+            h = self._holds.get(db)
+            if h is not None and msg.epoch > replica.epoch_id:
+                # The round was cut: keep holding until this node has moved too.
+                h.until = max(h.until, now + self.config.fetch_timeout_s)
+            return self._maybe_fetch(p, db, msg.epoch, now)
+        if isinstance(msg, m.Fetch):
+            mine, theirs = replica.epoch_id, p.epochs.get(db)
+            sent, when = p.sent_state.get(db, (None, 0.0))
+            if (theirs is None or theirs >= mine
+                    or (sent == mine and now < when + self.config.fetch_timeout_s / 2)):
+                return []  # nothing newer to give it, or given just now
+            p.sent_state[db] = (mine, now)
+            return self._send(p.key, m.State(db, replica.full_state()))
+        if isinstance(msg, m.State):
+            f = self._fetches.get(db)
+            if f is None or f.peer != p.key:
+                return []  # not asked for (or asked of another since): ignore
+            del self._fetches[db]
+            return self._adopt(db, replica, msg.update)
+        if isinstance(msg, m.Freeze):
+            if (not self._remember("freeze", msg.round_id, 0) or msg.epoch != replica.epoch_id
+                    or db in self._rounds or db in self._holds or db in self._fetches):
+                return []
+            replica.freeze()
+            self._holds[db] = _Hold(msg.round_id, now + self.config.freeze_timeout_s, p.key)
+            self._stats.freezes += 1
+            out = self._flood(db, msg, exclude=p.key)
+            return out + self._send(p.key, m.Frozen(db, msg.round_id, replica.client_id,
+                                                    replica.own_clock()))
+        if isinstance(msg, m.Frozen):
+            if not self._remember("frozen", msg.round_id, msg.client):
+                return []
+            r = self._rounds.get(db)
+            if r is not None and r.round_id == msg.round_id:
+                r.reports[msg.client] = msg.clock
+                r.last_report = now
+                self._lively()  # pull the writes it names soon
+                return []
+            h = self._holds.get(db)
+            if h is not None and h.round_id == msg.round_id and h.parent in self.peers:
+                return self._send(h.parent, msg)  # back towards the coordinator
+            return []
+        if not self._remember("thaw", msg.round_id, 0):
+            return []
+        h = self._holds.get(db)
+        if h is not None and h.round_id == msg.round_id:
+            self._release(db, "its coordinator gave the round up")
+        return self._flood(db, msg, exclude=p.key)
+
+    def _maybe_fetch(self, p: PeerState, db: str, epoch: EpochId, now: float) -> list[Output]:
+        """Ask ``p`` for its full state if it is in a newer epoch and no one is asked yet."""
+        if epoch <= self.replicas[db].epoch_id or db in self._fetches:
+            return []
+        if db in self.stranded:
+            if epoch > self.stranded[db]:
+                self.stranded[db] = epoch  # (for the status: still stranded)
+            return []
+        self._fetches[db] = _Fetch(p.key, epoch, now + self.config.fetch_timeout_s)
+        log.info("%s: %s is in epoch %s of %s, this node in %s: fetching its state",
+                 self.node_id, p.node_id, epoch, db, self.replicas[db].epoch_id)
+        return self._send(p.key, m.Fetch(db))
+
+    def _adopt(self, db: str, replica: Replica, update: bytes) -> list[Output]:
+        """Move to the newer epoch of a fetched full state (CorruptUpdateError: the caller
+        drops the peer)."""
+        try:
+            replica.adopt(update)
+        except StrandedError as exc:
+            self.stranded[db] = exc.theirs
+            self._stats.strandings += 1
+            log.error("%s: %s", self.node_id, exc)
+            self._release(db, "stranded")
+            return []
+        except EpochMismatchError:
+            return []  # not newer any more: moved meanwhile
+        self._stats.adoptions += 1
+        self._release(db, f"moved to epoch {replica.epoch_id}")
+        return self._announce(db)
+
+    def _announce(self, db: str) -> list[Output]:
+        """Tell every peer with ``db`` this node's (new) epoch, and catch up with those
+        already in it."""
+        replica = self.replicas[db]
+        out: list[Output] = []
+        for key, p in list(self.peers.items()):
+            if db not in p.epochs:
+                continue
+            out += self._send(key, m.Epoch(db, replica.epoch_id))
+            self._shared(p)
+            if db in p.databases:
+                out += self._send(key, self._pull(db, True))
+        self._lively()
+        return out
+
+    def _release(self, db: str, why: str) -> None:
+        """End this node's hold on ``db`` (or its own round), if any."""
+        h = self._holds.pop(db, None)
+        r = self._rounds.pop(db, None)
+        if h is None and r is None:
+            return
+        self.replicas[db].thaw()
+        log.info("%s: writes to %s taken again: %s", self.node_id, db, why)
+
+    def _compaction_timers(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for db, h in list(self._holds.items()):
+            if now >= h.until:
+                log.warning("%s: compaction round %x of %s did not finish in time", self.node_id,
+                            h.round_id, db)
+                self._release(db, "the round timed out")
+        for db, f in list(self._fetches.items()):
+            if now >= f.deadline:
+                del self._fetches[db]
+        for db, replica in self.replicas.items():
+            if db in self._fetches or db in self.stranded:
+                continue
+            newer = [(p.epochs[db], key) for key, p in self.peers.items()
+                     if p.epochs.get(db, replica.epoch_id) > replica.epoch_id]
+            if newer:  # a fetch failed or its peer went: ask the one with the newest
+                epoch, key = max(newer)
+                out += self._maybe_fetch(self.peers[key], db, epoch, now)
+        for db, r in list(self._rounds.items()):
+            out += self._advance_round(db, r, now)
+        limit = self.config.compact_after_updates
+        if limit is not None:
+            for db, replica in self.replicas.items():
+                if (replica.changes_in_epoch() >= limit and now >= self._next_round.get(db, 0)
+                        and not (replica.frozen or db in self._fetches or db in self.stranded)):
+                    out += self.start_compaction(db, now)
+        return out
+
+    def _advance_round(self, db: str, r: _Round, now: float) -> list[Output]:
+        """Cut once every writer of the epoch has reported and this node has what they
+        reported (at the deadline: without the writers that never reported, who may find
+        themselves stranded); give up at the deadline if writes are still missing."""
+        replica = self.replicas[db]
+        if replica.epoch_id != r.epoch:  # moved to a newer epoch meanwhile
+            self._release(db, "moved to a newer epoch")
+            return []
+        clocks = decode_state_vector(replica.state_vector())
+        writers = {c for c, k in clocks.items() if k and c != BASE_CLIENT_ID}
+        missing = writers - r.reports.keys()
+        behind = sorted(c for c, k in r.reports.items() if clocks.get(c, 0) < k)
+        settled = now >= r.last_report + self.config.round_settle_s
+        if not behind and settled and (not missing or now >= r.deadline):
+            return self._cut(db, r, sorted(missing))
+        if now < r.deadline:
+            return []
+        self._stats.rounds_given_up += 1
+        self._next_round[db] = now + 4 * self.config.round_timeout_s  # (automatic ones)
+        log.warning("%s: compaction round %x of %s given up: writes of %s not here",
+                    self.node_id, r.round_id, db, ", ".join(map(str, behind)))
+        self._release(db, "the round was given up")
+        self._remember("thaw", r.round_id, 0)
+        return self._flood(db, m.Thaw(db, r.round_id))
+
+    def _cut(self, db: str, r: _Round, missing: list[int]) -> list[Output]:
+        replica = self.replicas[db]
+        if missing:
+            log.warning("%s: compaction round %x of %s cut without reports from writers %s "
+                        "(any that wrote past the cut will be stranded)", self.node_id,
+                        r.round_id, db, ", ".join(map(str, missing)))
+        try:
+            epoch = replica.rebuild()
+        except Exception:
+            log.exception("%s: compaction of %s failed; giving the round up", self.node_id, db)
+            self._stats.rounds_given_up += 1
+            self._next_round[db] = r.deadline + 4 * self.config.round_timeout_s
+            self._release(db, "the rebuild failed")
+            self._remember("thaw", r.round_id, 0)
+            return self._flood(db, m.Thaw(db, r.round_id))
+        self._stats.rounds_cut += 1
+        self._release(db, f"cut into epoch {epoch}")
+        return self._announce(db)
+
+    def _remember(self, kind: str, round_id: int, client: int) -> bool:
+        """Whether a flooded message is new (and note it)."""
+        key = (kind, round_id, client)
+        if key in self._seen:
+            return False
+        if len(self._seen) >= _MAX_SEEN:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = None
+        return True
+
+    def _flood(self, db: str, msg: m.Message, exclude: str | None = None) -> list[Output]:
+        out: list[Output] = []
+        for key in self.ready_peers(db):
+            if key != exclude:
+                out += self._send(key, msg)
+        return out
+
     # --- helpers ----------------------------------------------------------------------------
+
+    def _pull(self, db: str, reply: bool) -> m.StateVector:
+        replica = self.replicas[db]
+        return m.StateVector(db, replica.state_vector(), reply, replica.epoch_id)
 
     def _jittered(self, seconds: float) -> float:
         return seconds * self.rng.uniform(0.5, 1.5)
@@ -395,8 +747,10 @@ class Gossip:
         return [Disconnect(peer, reason)]
 
     def statistics(self) -> GossipStatistics:
-        s = GossipStatistics(**{k: getattr(self._stats, k)
-                                for k in GossipStatistics.__slots__ if k != "peers"})
+        s = GossipStatistics(**{k: getattr(self._stats, k) for k in GossipStatistics.__slots__
+                                if k not in ("peers", "stranded", "holding")})
+        s.stranded = {db: str(e) for db, e in self.stranded.items()}
+        s.holding = sorted({*self._holds, *self._rounds})
         s.peers = {key: {"node_id": p.node_id, "databases": sorted(p.databases),
                          "lag": {db: dict(zip(("they_lack", "we_lack"),
                                               _lag(self.replicas[db].state_vector(), known),

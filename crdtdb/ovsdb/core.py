@@ -402,9 +402,8 @@ class ServerCore:
         (a merge of a peer's update into a replica, a consensus plugin's change feed)."""
         if db_name not in self.databases or db_name == "_Server":
             raise ValueError(f"unknown database {db_name!r}")
-        if not changeset:
-            return
-        self._committed(db_name, changeset)
+        if changeset:  # (an empty one: the store can take writes again, see Replica.thaw)
+            self._committed(db_name, changeset)
         self._retry_waits(db_name)
 
     def _update_params(self, mon: Monitor, updates: Any, txn_id: str = ZERO_UUID

@@ -2,14 +2,15 @@
 
 pycrdt applies many corrupted updates "successfully" (a flipped byte renames a key or alters a
 value, see ../shared/research/pycrdt.md), so nothing reaches a document unchecked. A sealed
-update names the database's schema, the compaction epoch its history belongs to and the
-writer's client id, and a BLAKE2b digest covers all of it: damage in transit or on disk, an
-update from another database or from a history that compaction replaced are all refused before
-pycrdt sees a byte. (Authenticating peers is the transport's job: mutual TLS.)
+update names the database's schema, the compaction epoch its history belongs to (number and
+base digest, see :mod:`crdtdb.replica.epoch`) and the writer's client id, and a BLAKE2b
+digest covers all of it: damage in transit or on disk, an update from another database or
+from a history that compaction replaced are all refused before pycrdt sees a byte.
+(Authenticating peers is the transport's job: mutual TLS.)
 
-Wire form: msgpack array ``[1, schema_digest, epoch, client_id, update, digest16, codec]``;
-``codec`` is ``""`` or ``"zlib"`` (updates over 4 KiB are compressed when that saves space:
-a full state shrinks several times). The digest covers the uncompressed update.
+Wire form: msgpack array ``[2, schema_digest, epoch, base, client_id, update, digest16,
+codec]``; ``codec`` is ``""`` or ``"zlib"`` (updates over 4 KiB are compressed when that
+saves space: a full state shrinks several times). The digest covers the uncompressed update.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import pycrdt
 
 from crdtdb.errors import CrdtdbError
 
-FORMAT = 1
+FORMAT = 2
 DIGEST_BYTES = 16
 #: An update bigger than this is refused unopened (a full state of 100k rows is ~25 MB).
 DEFAULT_MAX_UPDATE_BYTES = 256 * 1024 * 1024
@@ -45,7 +47,7 @@ class CorruptUpdateError(ReplicaError):
 class EpochMismatchError(ReplicaError):
     """An update from another compaction epoch: the two sides must resync by full state."""
 
-    def __init__(self, message: str, *, mine: int, theirs: int):
+    def __init__(self, message: str, *, mine: Any, theirs: Any):
         super().__init__(message)
         self.mine = mine
         self.theirs = theirs
@@ -57,23 +59,25 @@ class Sealed:
     epoch: int
     client_id: int
     update: bytes
+    #: The digest of the epoch's base document (empty for epoch 0).
+    base: bytes = b""
 
 
-def _digest(schema: str, epoch: int, client_id: int, update: bytes) -> bytes:
+def _digest(schema: str, epoch: int, base: bytes, client_id: int, update: bytes) -> bytes:
     h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"crdtdb-update")
-    h.update(msgpack.packb([schema, epoch, client_id]))
+    h.update(msgpack.packb([schema, epoch, base, client_id], use_bin_type=True))
     h.update(update)
     return h.digest()
 
 
-def seal(schema: str, epoch: int, client_id: int, update: bytes) -> bytes:
-    digest = _digest(schema, epoch, client_id, update)
+def seal(schema: str, epoch: int, client_id: int, update: bytes, *, base: bytes = b"") -> bytes:
+    digest = _digest(schema, epoch, base, client_id, update)
     body, codec = update, ""
     if len(update) >= COMPRESS_MIN_BYTES:
         packed = zlib.compress(update, 1)
         if len(packed) < len(update):
             body, codec = packed, "zlib"
-    return msgpack.packb([FORMAT, schema, epoch, client_id, body, digest, codec],
+    return msgpack.packb([FORMAT, schema, epoch, base, client_id, body, digest, codec],
                          use_bin_type=True)
 
 
@@ -100,18 +104,19 @@ def open_sealed(payload: bytes | bytearray | memoryview, *,
                               max_bin_len=max_update_bytes, max_array_len=8, max_map_len=0)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise CorruptUpdateError(f"not a sealed update: {exc}") from None
-    if not (isinstance(obj, list) and len(obj) == 7 and obj[0] == FORMAT
+    if not (isinstance(obj, list) and len(obj) == 8 and obj[0] == FORMAT
             and isinstance(obj[1], str) and isinstance(obj[2], int)
-            and isinstance(obj[3], int) and isinstance(obj[4], bytes)
-            and isinstance(obj[5], bytes) and obj[6] in ("", "zlib")):
+            and isinstance(obj[3], bytes) and isinstance(obj[4], int)
+            and isinstance(obj[5], bytes) and isinstance(obj[6], bytes)
+            and obj[7] in ("", "zlib")):
         raise CorruptUpdateError("not a sealed update (bad shape or format version)")
-    _, schema, epoch, client_id, update, digest, codec = obj
+    _, schema, epoch, base, client_id, update, digest, codec = obj
     if codec == "zlib":
         update = _inflate(update, max_update_bytes)
-    if digest != _digest(schema, epoch, client_id, update):
+    if digest != _digest(schema, epoch, base, client_id, update):
         raise CorruptUpdateError(f"checksum mismatch on an update of {len(update)} bytes "
                                  f"from client {client_id}")
-    return Sealed(schema, epoch, client_id, update)
+    return Sealed(schema, epoch, client_id, update, base)
 
 
 # --- state vectors (Yjs v1 encoding: varuint count, then varuint client/clock pairs) ---------

@@ -34,7 +34,7 @@ from pycrdt import Doc, Map
 
 from crdtdb.engine.binary import Refused
 from crdtdb.engine.schema import DatabaseSchema
-from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
+from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
 from crdtdb.errors import DecodeError
 from crdtdb.replica import encoding as enc
@@ -50,6 +50,7 @@ from crdtdb.replica.envelope import (
     seal,
     single_writer_span,
 )
+from crdtdb.replica.epoch import ORIGIN_KEY, EpochId, EpochOrigin, base_digest, covers
 from crdtdb.replica.view import RowKey, View
 from crdtdb.storage.durable import schema_digest
 from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
@@ -69,6 +70,21 @@ _HEADER, _STATE, _UPDATE = "header", "state", "update"
 
 class ReplicaFailedError(ReplicaError):
     """A local commit could not be made durable; the replica refuses writes until reopened."""
+
+
+class ReplicaFrozenError(ReplicaError):
+    """A compaction round holds this replica's local writes (for a few seconds at most):
+    retry the commit once it thaws (see :meth:`Replica.freeze`)."""
+
+
+class StrandedError(ReplicaError):
+    """A newer epoch does not hold every write this replica made in its own: moving to it
+    would lose them, so the replica stays where it is (see :meth:`Replica.adopt`)."""
+
+    def __init__(self, message: str, *, mine: EpochId, theirs: EpochId):
+        super().__init__(message)
+        self.mine = mine
+        self.theirs = theirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +148,7 @@ class Replica:
     :meth:`in_memory`; readable as a :class:`~crdtdb.engine.Snapshot`."""
 
     def __init__(self, schema: DatabaseSchema, *, client_id: int, epoch: int = 0,
-                 rng: random.Random | None = None, log: RecordLog | None = None,
+                 base: bytes = b"", rng: random.Random | None = None, log: RecordLog | None = None,
                  fsync: bool = True, new_uuid: Callable[[], str] = random_uuid,
                  compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
                  compact_ratio: float = DEFAULT_COMPACT_RATIO,
@@ -143,6 +159,10 @@ class Replica:
         self.name = schema.name
         self.client_id = client_id
         self.epoch = epoch
+        #: The digest of the epoch's base document (empty for epoch 0): see EpochId.
+        self.base = base
+        #: Where this epoch's base was cut (``None`` for epoch 0), from the document.
+        self.origin: EpochOrigin | None = None
         self.schema_digest = schema_digest(schema)
         self._rng = rng or random.Random()
         self._log = log
@@ -156,7 +176,10 @@ class Replica:
         self.conflicts = ConflictLog()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._failed: str | None = None
+        #: Local writes are held by a compaction round (see freeze).
+        self.frozen = False
         self._stats = ReplicaStatistics(client_id, epoch, 0, 0)
+        self._epoch_start = 0
         self._decoders = {name: enc.RowDecoder(t) for name, t in schema.tables.items()}
         self._reset_doc(Doc(client_id=client_id))
 
@@ -191,6 +214,8 @@ class Replica:
         self._parked: OrderedDict[tuple[int, int, int], _Held] = OrderedDict()
         self._parked_bytes = 0
         self._meta = doc.get(META_MAP, type=Map)
+        origin = self._meta.get(ORIGIN_KEY)
+        self.origin = None if origin is None else EpochOrigin.unpack(origin, self.epoch)
         for tname in self.schema.tables:
             self._maps[tname] = doc.get(tname, type=Map)
         self._observe_maps()
@@ -283,18 +308,18 @@ class Replica:
         simulated disk)."""
         rng = rng or random.Random()
         t0 = time.perf_counter()
-        header, epoch, updates = _read_log(log, schema)
+        header, epoch, base, updates = _read_log(log, schema)
         if header is None:
             client_id = new_client_id(rng)
             log.append(_pack([_HEADER, {"schema": schema_digest(schema),
                                         "client_id": client_id, "format": 1}]))
-            epoch = 0
+            epoch, base = 0, b""
         else:
             client_id = header["client_id"]
         doc = Doc(client_id=client_id)
         for u in updates:
             doc.apply_update(u)
-        self = cls(schema, client_id=client_id, epoch=epoch, rng=rng, log=log,
+        self = cls(schema, client_id=client_id, epoch=epoch, base=base, rng=rng, log=log,
                    fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
                    compact_ratio=compact_ratio)
         self._reset_doc(doc)
@@ -350,6 +375,10 @@ class Replica:
         outcome = execute(self.view.rows, operations, locks=locks, elapsed_ms=elapsed_ms,
                           new_uuid=self._new_uuid)
         if outcome.changeset:
+            if self.frozen:
+                # Held like a blocked wait: the server runs it again when the replica
+                # changes, which thawing counts as (see freeze).
+                return Outcome(None, read_set=outcome.read_set, blocked=True)
             outcome = dataclasses.replace(outcome, changeset=self.commit(outcome.changeset))
         return outcome
 
@@ -363,6 +392,8 @@ class Replica:
             raise ReplicaFailedError(self._failed)
         if not changeset:
             return Changeset()
+        if self.frozen:
+            raise ReplicaFrozenError(f"{self.name}: a compaction round holds local writes")
         known: dict[RowKey, Row | None] = {}
         self._captured.clear()
         with self.doc.transaction(origin="local"):
@@ -384,8 +415,8 @@ class Replica:
             self._advance_clocks(span)
         elif update:
             self._clocks = decode_state_vector(self.doc.get_state())
-        sealed = seal(self.schema_digest, self.epoch, self.client_id, update) if update \
-            else None
+        sealed = seal(self.schema_digest, self.epoch, self.client_id, update,
+                      base=self.base) if update else None
         if sealed is not None and self._log is not None:
             try:
                 self._log.append(_pack([_UPDATE, self.epoch, update]),
@@ -487,10 +518,10 @@ class Replica:
         if sealed.schema != self.schema_digest:
             self._stats.rejected_updates += 1
             raise CorruptUpdateError(f"update for another schema ({sealed.schema[:12]}...)")
-        if sealed.epoch != self.epoch:
-            raise EpochMismatchError(
-                f"update from epoch {sealed.epoch}, replica is at epoch {self.epoch}",
-                mine=self.epoch, theirs=sealed.epoch)
+        if sealed.epoch != self.epoch or sealed.base != self.base:
+            theirs = EpochId(sealed.epoch, sealed.base)
+            raise EpochMismatchError(f"update from epoch {theirs}, replica is at epoch "
+                                     f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
         span = single_writer_span(sealed.update)
         if span is not None:
             try:
@@ -655,10 +686,11 @@ class Replica:
             raise CorruptUpdateError(f"state vector of {len(sv)} bytes")
         with pycrdt_errors("not a state vector", "state vector"):
             update = self.doc.get_update(sv)
-        return seal(self.schema_digest, self.epoch, self.client_id, update)
+        return seal(self.schema_digest, self.epoch, self.client_id, update, base=self.base)
 
     def full_state(self) -> bytes:
-        return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update())
+        return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update(),
+                    base=self.base)
 
     # --- from the document to the view ------------------------------------------------------
 
@@ -860,19 +892,49 @@ class Replica:
 
     # --- compaction -------------------------------------------------------------------------
 
-    def rebuild(self, epoch: int, *, release_memory: bool = True) -> None:
-        """Start compaction epoch ``epoch`` (> the current one) from the current view.
+    def freeze(self) -> None:
+        """Hold local writes (a compaction round is cutting this epoch): :meth:`execute`
+        answers a writing transaction as blocked, :meth:`commit` raises
+        :class:`ReplicaFrozenError`. Reads and remote updates go on."""
+        self.frozen = True
 
-        Every replica that rebuilds from the same view gets a byte-identical document: the base
-        is written by :data:`BASE_CLIENT_ID` in sorted order, every row as one marker of birth
-        0. Hidden rows, leftover keys and all history are gone; what readers see does not
-        change. Only correct when every replica rebuilds from the same view (see
-        docs/consistency.md): updates from another epoch are refused. ``release_memory``
+    def thaw(self) -> None:
+        """Take local writes again; listeners hear an empty change, so that a server runs
+        the transactions it held."""
+        if self.frozen:
+            self.frozen = False
+            self._emit(ChangeEvent(Changeset(), None, False))
+
+    @property
+    def epoch_id(self) -> EpochId:
+        return EpochId(self.epoch, self.base)
+
+    def changes_in_epoch(self) -> int:
+        """Local commits and remote updates merged since this epoch began: what memory
+        grows with (pycrdt keeps every overwritten value), so what compaction is due by."""
+        return self._stats.local_commits + self._stats.remote_updates - self._epoch_start
+
+    def own_clock(self) -> int:
+        """How far this replica's own writes in the current epoch reach (0: none)."""
+        return self._clocks.get(self.client_id, 0)
+
+    def rebuild(self, epoch: int | None = None, *, release_memory: bool = True) -> EpochId:
+        """Start compaction epoch ``epoch`` (default: the next one) from the current view.
+
+        Every replica that rebuilds from the same state gets a byte-identical document: the
+        base is written by :data:`BASE_CLIENT_ID` in sorted order, every row as one marker of
+        birth 0, with the origin (this epoch and its state vector) in the meta map. Hidden
+        rows, leftover keys and all history are gone; what readers see does not change.
+        Updates from another epoch are refused; replicas still in this one move to the new
+        one with :meth:`adopt` (see docs/consistency.md, "Compaction"). ``release_memory``
         hands the freed heap back to the OS (``malloc_trim``; costs a walk of the heap).
         """
-        if epoch <= self.epoch:
-            raise ValueError(f"epoch {epoch} is not after the current epoch {self.epoch}")
-        base = build_base(self.schema, self.view.rows)
+        number = self.epoch + 1 if epoch is None else epoch
+        if number <= self.epoch:
+            raise ValueError(f"epoch {number} is not after the current epoch {self.epoch}")
+        origin = EpochOrigin(self.epoch_id, decode_state_vector(self.doc.get_state()))
+        base = build_base(self.schema, self.view.rows, number, origin)
+        digest = base_digest(base)
         if release_memory:
             # The old document goes before the new one is built: built while the old one
             # still lived, the new one's allocations end up scattered among the old one's,
@@ -883,11 +945,67 @@ class Replica:
         doc = Doc(client_id=self.client_id)
         doc.apply_update(base)
         del base
-        self.epoch = epoch
-        self._stats.epoch = epoch
-        self._reset_doc(doc)
+        self._enter(doc, EpochId(number, digest))
         if release_memory:
             _return_free_memory()
+        logger.info("%s: compacted into epoch %s (%d rows)", self.name, self.epoch_id,
+                    self.row_total())
+        return self.epoch_id
+
+    def adopt(self, payload: bytes | bytearray | memoryview) -> Changeset:
+        """Move to a newer epoch from a peer's sealed full state; the view's changes.
+
+        Raises :class:`StrandedError` (nothing changes) if this replica wrote in its epoch
+        past the new base's cut: those writes exist nowhere in the new epoch. Raises
+        :class:`EpochMismatchError` if the state is not from a newer epoch, and
+        :class:`CorruptUpdateError` if it fails its checks.
+        """
+        sealed = open_sealed(payload)
+        if sealed.schema != self.schema_digest:
+            raise CorruptUpdateError(f"state for another schema ({sealed.schema[:12]}...)")
+        theirs = EpochId(sealed.epoch, sealed.base)
+        if theirs <= self.epoch_id:
+            raise EpochMismatchError(f"state of epoch {theirs} is not newer than "
+                                     f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
+        doc = Doc(client_id=self.client_id)
+        with pycrdt_errors("full state does not apply", "full state"):
+            doc.apply_update(sealed.update)
+        raw_origin = doc.get(META_MAP, type=Map).get(ORIGIN_KEY)
+        if raw_origin is None:
+            raise CorruptUpdateError(f"state of epoch {theirs} names no origin")
+        origin = EpochOrigin.unpack(raw_origin, theirs.number)
+        if decode_state_vector(doc.get_state()).get(self.client_id, 0):
+            # Only this replica writes under its id, and it never was in that epoch.
+            raise CorruptUpdateError(f"state of epoch {theirs} holds writes of this "
+                                     f"replica's client id {self.client_id}")
+        own = self.own_clock()
+        if not covers(origin, self.epoch_id, self.client_id, own):
+            raise StrandedError(
+                f"{self.name}: epoch {theirs} was cut from {origin.previous} at clock "
+                f"{origin.cut.get(self.client_id, 0)} of this replica, which wrote up to "
+                f"{own} in epoch {self.epoch_id}: staying, so as not to lose them",
+                mine=self.epoch_id, theirs=theirs)
+        before = self.view.rows
+        self._unsubscribe()
+        self._enter(doc, theirs)
+        diff = _difference(self.schema, before, self.view.rows)
+        logger.info("%s: moved from epoch %s to %s (%d rows, %d changed)", self.name,
+                    origin.previous, theirs, self.row_total(), diff.n_rows())
+        if diff:
+            self._emit(ChangeEvent(diff, None, False))
+        return diff
+
+    def _enter(self, doc: Doc, epoch: EpochId) -> None:
+        """Make ``doc`` (a base, or a newer epoch's full state) the document of ``epoch``."""
+        self.epoch, self.base = epoch.number, epoch.base
+        self._stats.epoch = epoch.number
+        self._epoch_start = self._stats.local_commits + self._stats.remote_updates
+        self._wanted.clear()
+        self._behind.clear()
+        self._gapped = False
+        self._parked.clear()
+        self._parked_bytes = 0
+        self._reset_doc(doc)
         if self._log is not None:
             self._rewrite_log()
 
@@ -895,7 +1013,8 @@ class Replica:
         assert self._log is not None
         header = _pack([_HEADER, {"schema": self.schema_digest, "client_id": self.client_id,
                                   "format": 1}])
-        self._log.rewrite([header, _pack([_STATE, self.epoch, self.doc.get_update()])])
+        self._log.rewrite([header, _pack([_STATE, self.epoch, self.doc.get_update(),
+                                          self.base])])
         self._snapshot_bytes = self._log.statistics().bytes
 
     def _maybe_compact_log(self) -> None:
@@ -937,11 +1056,16 @@ class Replica:
         self.close()
 
 
-def build_base(schema: DatabaseSchema, rows: Any) -> bytes:
-    """The deterministic base document of an epoch holding ``rows`` (a Snapshot)."""
+def build_base(schema: DatabaseSchema, rows: Any, number: int = 1,
+               origin: EpochOrigin | None = None) -> bytes:
+    """The deterministic base document of epoch ``number`` holding ``rows`` (a Snapshot),
+    cut at ``origin``."""
     doc = Doc(client_id=BASE_CLIENT_ID)
     maps = {t: doc.get(t, type=Map) for t in sorted(schema.tables)}
+    meta = doc.get(META_MAP, type=Map)
     with doc.transaction():
+        if origin is not None:
+            meta[ORIGIN_KEY] = origin.pack(number)
         for tname in sorted(schema.tables):
             table = schema.tables[tname]
             m = maps[tname]
@@ -978,10 +1102,28 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def _difference(schema: DatabaseSchema, before: Any, after: Any) -> Changeset:
+    """The changes from one snapshot of the view to another (for monitors)."""
+    out = Changeset()
+    for tname in schema.tables:
+        old = dict(before.iter_rows(tname))
+        changes: dict[str, RowChange] = {}
+        for uuid, row in after.iter_rows(tname):
+            was = old.pop(uuid, None)
+            if was != row:
+                changes[uuid] = RowChange(was, row)
+        for uuid, row in old.items():
+            changes[uuid] = RowChange(row, None)
+        if changes:
+            out.tables[tname] = changes
+    return out
+
+
 def _read_log(log: RecordLog, schema: DatabaseSchema
-              ) -> tuple[dict[str, Any] | None, int, list[bytes]]:
+              ) -> tuple[dict[str, Any] | None, int, bytes, list[bytes]]:
     header: dict[str, Any] | None = None
     epoch = 0
+    base = b""
     updates: list[bytes] = []
     digest = schema_digest(schema)
     for n, payload in enumerate(log.replay()):
@@ -999,6 +1141,7 @@ def _read_log(log: RecordLog, schema: DatabaseSchema
         elif kind == _STATE:
             epoch = rec[1]
             updates = [rec[2]]
+            base = rec[3] if len(rec) > 3 else b""
         elif kind == _UPDATE:
             if rec[1] != epoch:
                 raise DecodeError(f"{log.path}: record {n} is from epoch {rec[1]}, "
@@ -1006,4 +1149,4 @@ def _read_log(log: RecordLog, schema: DatabaseSchema
             updates.append(rec[2])
         else:
             raise DecodeError(f"{log.path}: record {n} has unknown kind {kind!r}")
-    return header, epoch, updates
+    return header, epoch, base, updates
