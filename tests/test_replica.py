@@ -288,6 +288,37 @@ def test_the_delete_set_of_an_overwrite_names_the_overwritten_items() -> None:
     assert count == 2 and deleted_ranges(other_overwrite, 6) == [(5, clock, count)]
 
 
+def test_raw_map_events_carry_what_pycrdts_public_events_do() -> None:
+    """The replica observes the table maps' underlying maps (Replica._observe_maps): pinned
+    to pycrdt 0.14, this says a new pycrdt still gives the same keys, actions and values."""
+    from pycrdt import Doc, Map
+
+    src, dst = Doc(client_id=1), Doc(client_id=2)
+    m = dst.get("T", type=Map)
+    public: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    m.observe(lambda ev: public.append(ev.keys))
+    sub = m.integrated.observe(lambda ev: raw.append(ev.keys))
+    sm = src.get("T", type=Map)
+    for change in ({"a": b"1", "b": b"2"}, {"a": b"3"}, {"b": None}):
+        with src.transaction():
+            for k, v in change.items():
+                if v is None:
+                    del sm[k]
+                else:
+                    sm[k] = v
+        dst.apply_update(src.get_update(dst.get_state()))
+    with dst.transaction():
+        m["c"] = b"4"
+        del m["a"]
+    sub.drop()
+    assert raw == public and len(raw) == 4
+    assert [sorted((k, c["action"]) for k, c in ev.items()) for ev in raw] == [
+        [("a", "add"), ("b", "add")], [("a", "update")], [("b", "delete")],
+        [("a", "delete"), ("c", "add")]]
+    assert raw[1]["a"]["newValue"] == b"3"
+
+
 def test_a_sealed_update_that_pycrdt_cannot_apply_is_rejected() -> None:
     a, _ = _one_update()
     from crdtdb.replica.envelope import seal
