@@ -679,3 +679,38 @@ def test_most_valid_registers_take_the_fast_path() -> None:
             assert enc.register_reader(col)(payload) == expected
             taken += 1
     assert taken >= 0.8 * valid
+
+
+# --- the view's path for plain changes --------------------------------------------------------
+
+def _view_state(v: Any) -> Any:
+    db = v.rows
+    return (v.raw, v._in, v._groups, v.hidden(), db._rows, db._indexes, db._strong, db._weak)
+
+
+def test_plain_changes_leave_the_view_as_a_fresh_computation_does() -> None:
+    """Changes of no reference, index value or existence take View._update_plain (and
+    MemoryDatabase.replace): every derived structure must end as if computed from scratch."""
+    from crdtdb.replica import View
+
+    u = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
+    ver = ("00000000-0000-4000-8000-999999999999",)
+
+    def parent(i: int, n: int, tags: tuple = ()) -> tuple:
+        return ((u[i],), ver, (f"p{i}",), (u[3],) if i == 0 else (), (u[1],), (), (), (n,),
+                tags)
+
+    child = ((u[3],), ver, (u[0],), ("c",))
+    before = {("Parent", u[0]): parent(0, 1), ("Parent", u[1]): parent(1, 2),
+              ("Child", u[3]): child}
+    v = View(MERGE_SCHEMA)
+    v.update(before)
+    changes = {("Parent", u[0]): parent(0, 5, ("x", "y")), ("Parent", u[1]): parent(1, 2),
+               ("Child", u[3]): (*child[:3], ("d",))}
+    assert all(v._plain(k, row) for k, row in changes.items())
+    out = v.update(changes)
+    assert sorted((t, x) for t, rows in out.tables.items() for x in rows) == \
+        [("Child", u[3]), ("Parent", u[0])]
+    fresh = View(MERGE_SCHEMA)
+    fresh.update({**before, **changes})
+    assert _view_state(v) == _view_state(fresh)
