@@ -6,6 +6,7 @@ own (concurrent), then exchange updates in both orders; both must end up showing
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.errors import DecodeError
 from crdtdb.replica import (
     ConflictEvent,
     ConflictKind,
@@ -33,6 +35,7 @@ from crdtdb.replica.envelope import (
     single_writer_span,
 )
 from tests.replica_support import (
+    MERGE_SCHEMA,
     Pair,
     check_view,
     make_replica,
@@ -287,6 +290,37 @@ def test_the_delete_set_of_an_overwrite_names_the_overwritten_items() -> None:
     (_, clock, count) = single_writer_span(own_overwrite)  # type: ignore[misc]
     # Both registers a's last write set (the column and the row's _version) are replaced.
     assert count == 2 and deleted_ranges(other_overwrite, 6) == [(5, clock, count)]
+
+
+def test_raw_map_events_carry_what_pycrdts_public_events_do() -> None:
+    """The replica observes the table maps' underlying maps (Replica._observe_maps): pinned
+    to pycrdt 0.14, this says a new pycrdt still gives the same keys, actions and values."""
+    from pycrdt import Doc, Map
+
+    src, dst = Doc(client_id=1), Doc(client_id=2)
+    m = dst.get("T", type=Map)
+    public: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    m.observe(lambda ev: public.append(ev.keys))
+    sub = m.integrated.observe(lambda ev: raw.append(ev.keys))
+    sm = src.get("T", type=Map)
+    for change in ({"a": b"1", "b": b"2"}, {"a": b"3"}, {"b": None}):
+        with src.transaction():
+            for k, v in change.items():
+                if v is None:
+                    del sm[k]
+                else:
+                    sm[k] = v
+        dst.apply_update(src.get_update(dst.get_state()))
+    with dst.transaction():
+        m["c"] = b"4"
+        del m["a"]
+    sub.drop()
+    assert raw == public and len(raw) == 4
+    assert [sorted((k, c["action"]) for k, c in ev.items()) for ev in raw] == [
+        [("a", "add"), ("b", "add")], [("a", "update")], [("b", "delete")],
+        [("a", "delete"), ("c", "add")]]
+    assert raw[1]["a"]["newValue"] == b"3"
 
 
 def test_a_sealed_update_that_pycrdt_cannot_apply_is_rejected() -> None:
@@ -562,3 +596,122 @@ def test_large_updates_travel_compressed_and_are_still_checked() -> None:
     b = make_replica(2, 2)
     b.apply_update(full)
     assert shown(b) == shown(a)
+
+
+# --- the fast register decoder ----------------------------------------------------------------
+
+def _registers() -> list[tuple[Any, bytes]]:
+    """(column, register) for every register column of the merge and kitchen-sink schemas,
+    with a few values of each atom type (enum and range violations included: both decoders
+    must refuse those alike)."""
+    from tests.support import KITCHEN_SINK_SCHEMA
+
+    atoms: dict[str, list[Any]] = {
+        "integer": [0, 7, -3, 2**40], "real": [0.5, -2.0], "boolean": [True, False],
+        "string": ["", "x", "red"], "uuid": ["2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e55"]}
+    out: list[tuple[Any, bytes]] = []
+    for schema in (MERGE_SCHEMA, DatabaseSchema.from_file(KITCHEN_SINK_SCHEMA).stored()):
+        for table in schema.tables.values():
+            for col in table.ordered[1:]:
+                t = col.type
+                if enc.is_element_column(t):
+                    continue
+                if col.name == enc.VERSION:
+                    out.append((col, enc.pack_version(9, atoms["uuid"][0])))
+                    continue
+                keys = atoms[t.key.type.value]
+                values = atoms[t.value.type.value] if t.value is not None else [None]
+                data: list[tuple] = [] if t.n_min else [()]
+                data += [((k, v),) if t.value is not None else (k,)
+                         for k in keys for v in values]
+                out += [(col, enc.pack_register(2**33 + 1, col, d)) for d in data]
+    return out
+
+
+REGISTERS = _registers()
+
+
+def _register_outcome(fn: Any, *args: Any) -> Any:
+    try:
+        birth, datum = fn(*args)
+    except (DecodeError, IndexError) as exc:
+        return type(exc), str(exc)
+    return birth, datum, [type(a) for a in datum]
+
+
+@settings(max_examples=400, deadline=None)
+@given(which=st.integers(0, len(REGISTERS) - 1), seed=st.integers(0, 2**32),
+       how=st.sampled_from(["same", "flip", "truncate", "extend", "ext"]))
+def test_the_fast_register_decoder_agrees_with_the_checked_one(which: int, seed: int,
+                                                               how: str) -> None:
+    col, payload = REGISTERS[which]
+    rng = random.Random(seed)
+    data = bytearray(payload)
+    if how == "flip":
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif how == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif how == "extend":
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+    elif how == "ext":  # an extension with another code or length where a uuid is
+        at = bytes(data).find(b"\xd8\x01")  # fixext 16, code 1
+        if at >= 0:
+            if rng.random() < 0.5:
+                data[at + 1] = rng.choice([0, 2, 127, 255])
+            else:
+                data[at] = 0xd7  # fixext 8: 8 bytes where 16 were
+    for p in (bytes(data), data, memoryview(bytes(data))):
+        assert _register_outcome(enc.unpack_register, col, p) == \
+            _register_outcome(enc._checked_register, col, p)
+
+
+def test_most_valid_registers_take_the_fast_path() -> None:
+    from crdtdb.engine.binary import Refused
+
+    valid = taken = 0
+    for col, payload in REGISTERS:
+        try:
+            expected = enc._checked_register(col, payload)
+        except DecodeError:
+            continue
+        valid += 1
+        with contextlib.suppress(Refused):  # e.g. an empty optional uuid: the checked path
+            assert enc.register_reader(col)(payload) == expected
+            taken += 1
+    assert taken >= 0.8 * valid
+
+
+# --- the view's path for plain changes --------------------------------------------------------
+
+def _view_state(v: Any) -> Any:
+    db = v.rows
+    return (v.raw, v._in, v._groups, v.hidden(), db._rows, db._indexes, db._strong, db._weak)
+
+
+def test_plain_changes_leave_the_view_as_a_fresh_computation_does() -> None:
+    """Changes of no reference, index value or existence take View._update_plain (and
+    MemoryDatabase.replace): every derived structure must end as if computed from scratch."""
+    from crdtdb.replica import View
+
+    u = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
+    ver = ("00000000-0000-4000-8000-999999999999",)
+
+    def parent(i: int, n: int, tags: tuple = ()) -> tuple:
+        return ((u[i],), ver, (f"p{i}",), (u[3],) if i == 0 else (), (u[1],), (), (), (n,),
+                tags)
+
+    child = ((u[3],), ver, (u[0],), ("c",))
+    before = {("Parent", u[0]): parent(0, 1), ("Parent", u[1]): parent(1, 2),
+              ("Child", u[3]): child}
+    v = View(MERGE_SCHEMA)
+    v.update(before)
+    changes = {("Parent", u[0]): parent(0, 5, ("x", "y")), ("Parent", u[1]): parent(1, 2),
+               ("Child", u[3]): (*child[:3], ("d",))}
+    assert all(v._plain(k, row) for k, row in changes.items())
+    out = v.update(changes)
+    assert sorted((t, x) for t, rows in out.tables.items() for x in rows) == \
+        [("Child", u[3]), ("Parent", u[0])]
+    fresh = View(MERGE_SCHEMA)
+    fresh.update({**before, **changes})
+    assert _view_state(v) == _view_state(fresh)

@@ -88,6 +88,16 @@ class MemoryDatabase:
                     self._index(table, uuid, new)
         self.n_commits += 1
 
+    def replace(self, changeset: Changeset) -> None:
+        """:meth:`apply` for a changeset that only changes existing rows and keeps every
+        index value and reference of each (a replica merging a plain column, checked by its
+        view): the rows are swapped in, with no index or reference count to redo."""
+        for tname, changes in changeset.tables.items():
+            rows = self._rows[tname]
+            for uuid, change in changes.items():
+                rows[uuid] = change.new  # type: ignore[assignment]
+        self.n_commits += 1
+
     def load(self, changeset: Changeset) -> None:
         """:meth:`apply` for a changeset that only inserts rows into empty tables (a replica
         filling its view in one go): the same rows, indexes and reference counts, with the

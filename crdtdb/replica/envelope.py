@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +61,21 @@ class Sealed:
     base: bytes = b""
 
 
+#: (schema, epoch, base, client id) -> a hash that has taken them in: every update of a
+#: writer starts the same, and copying the hash costs less than packing and hashing its prefix.
+_prefixes: dict[tuple[str, int, bytes, int], Any] = {}
+
+
 def _digest(schema: str, epoch: int, base: bytes, client_id: int, update: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"crdtdb-update")
-    h.update(msgpack.packb([schema, epoch, base, client_id], use_bin_type=True))
+    key = (schema, epoch, base, client_id)
+    prefix = _prefixes.get(key)
+    if prefix is None:
+        if len(_prefixes) >= 4096:
+            _prefixes.clear()
+        prefix = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"crdtdb-update")
+        prefix.update(msgpack.packb([schema, epoch, base, client_id], use_bin_type=True))
+        _prefixes[key] = prefix
+    h = prefix.copy()
     h.update(update)
     return h.digest()
 
@@ -194,19 +204,32 @@ def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
 
 
 
-@contextmanager
-def pycrdt_errors(failed: str, subject: str) -> Iterator[None]:
+class pycrdt_errors:  # lowercase: used like the function (a @contextmanager) it was
     """pycrdt's errors on bad input as :class:`CorruptUpdateError`: "<failed>: ..." for its
     exceptions, "<subject> made pycrdt panic: ..." for a Rust panic (pyo3's PanicException,
-    a BaseException that cannot be imported by name)."""
-    try:
-        yield
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise CorruptUpdateError(f"{failed}: {exc}") from None
-    except BaseException as exc:
-        if type(exc).__name__ != "PanicException":
-            raise
-        raise CorruptUpdateError(f"{subject} made pycrdt panic: {exc}") from None
+    a BaseException that cannot be imported by name).
+
+    A class rather than a ``@contextmanager``: it wraps a pycrdt call on every update a
+    replica merges, and a generator-based one costs ~0.7 us per use."""
+
+    __slots__ = ("failed", "subject")
+
+    def __init__(self, failed: str, subject: str):
+        self.failed = failed
+        self.subject = subject
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, ValueError | RuntimeError | TypeError):
+            raise CorruptUpdateError(f"{self.failed}: {exc}") from None
+        if type(exc).__name__ == "PanicException":
+            raise CorruptUpdateError(f"{self.subject} made pycrdt panic: {exc}") from None
+        return False
 
 
 def _put_varuint(buf: bytearray, n: int) -> None:
@@ -253,6 +276,8 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
     """
     with pycrdt_errors("delete set does not decode", "delete set"):
         tail = pycrdt.get_update(update, _beyond(client))
+    if tail == b"\x00\x00":  # no structs, no deletes (a first write of every key)
+        return []
     v = list(tail) if tail and max(tail) < 0x80 else _varuints(tail)
     out: list[tuple[int, int, int]] = []
     try:

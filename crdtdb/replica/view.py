@@ -119,8 +119,10 @@ class View:
         is then the engine's valid result, so the rules are not re-evaluated.
         """
         quiet = not self._s1 and not self._hidden and not self.conflicts.any_active()
-        fast = quiet and (engine_checked or all(self._plain(k, new)
-                                                for k, new in changes.items()))
+        if quiet and not engine_checked and all(self._plain(k, new)
+                                                for k, new in changes.items()):
+            return self._update_plain(changes)
+        fast = quiet and engine_checked
         olds: dict[RowKey, Row | None] = {}
         dirty: set[RowKey] = set()
         extra: set[RowKey] = set()  # rows the old raw values referenced
@@ -239,6 +241,24 @@ class View:
                 out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
         if out:
             self.rows.apply(out)
+        return out
+
+    def _update_plain(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
+        """:meth:`update` for changes that all pass :meth:`_plain` while nothing is hidden or
+        in conflict (most remote merges: a column that is no reference and in no index):
+        references, index groups and the shown rows' keys stay, so the new raw rows are
+        what readers see, swapped in without re-deriving any of it."""
+        out = Changeset()
+        for key in sorted(changes):
+            t, u = key
+            raw = self.raw[t]
+            old, new = raw[u], changes[key]
+            if old is new or old == new:
+                continue
+            raw[u] = new  # type: ignore[assignment]  (not None: _plain)
+            out.tables.setdefault(t, {})[u] = RowChange(old, new)
+        if out:
+            self.rows.replace(out)
         return out
 
     def _hide_violators(self, work: Iterable[RowKey], touched: set[RowKey]) -> set[RowKey]:
