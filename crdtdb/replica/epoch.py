@@ -7,8 +7,9 @@ every sealed update carries the full name and such documents refuse each other.
 
 A base records where it was cut: the epoch it replaced and that epoch's state vector at the
 cut (its *origin*). A node still in the old epoch may move to the new one by taking its full
-state only if every write it made in the old epoch is below the cut (:func:`covers`);
-otherwise those writes exist nowhere in the new epoch, and moving would lose them.
+state only if every write of its own that its document holds is in the new one
+(:func:`covers`); otherwise those writes exist nowhere in the new epoch, and moving would
+lose them.
 """
 
 from __future__ import annotations
@@ -74,11 +75,21 @@ def base_digest(base_update: bytes) -> bytes:
     return h.digest()
 
 
-def covers(origin: EpochOrigin | None, current: EpochId, client: int, own_clock: int) -> bool:
-    """Whether a replica in epoch ``current`` whose own writes there reach ``own_clock`` loses
-    nothing by moving to the epoch cut at ``origin``: it wrote nothing in ``current``, or
-    ``current`` is the epoch that was cut and its writes are all below the cut."""
-    if own_clock == 0:
-        return True
-    return (origin is not None and origin.previous == current
-            and own_clock <= origin.cut.get(client, 0))
+def covers(origin: EpochOrigin, current: EpochId, current_origin: EpochOrigin | None,
+           client: int, own_clock: int) -> bool:
+    """Whether a replica of ``client`` in epoch ``current`` (cut at ``current_origin``) whose
+    own writes there reach ``own_clock`` loses nothing by moving to the epoch cut at
+    ``origin``. Yes if that epoch was cut from ``current`` at or past ``own_clock``. Else
+    only if it wrote nothing in ``current`` and either ``current`` is epoch 0 (it never wrote
+    anything) or the new epoch is a sibling, cut from the same epoch at least as far into
+    this replica's writes there as ``current`` was (those writes are in ``current``'s base).
+    Anything further away is refused: whether it holds what ``current``'s base carries of
+    this replica's older writes cannot be told from one origin."""
+    if origin.previous == current:
+        return own_clock <= origin.cut.get(client, 0)
+    if own_clock:
+        return False
+    if current_origin is None:
+        return current.number == 0
+    return (origin.previous == current_origin.previous
+            and origin.cut.get(client, 0) >= current_origin.cut.get(client, 0))

@@ -980,8 +980,9 @@ class Replica:
     def adopt(self, payload: bytes | bytearray | memoryview) -> Changeset:
         """Move to a newer epoch from a peer's sealed full state; the view's changes.
 
-        Raises :class:`StrandedError` (nothing changes) if this replica wrote in its epoch
-        past the new base's cut: those writes exist nowhere in the new epoch. Raises
+        Raises :class:`StrandedError` (nothing changes) if the new epoch may lack writes of
+        this replica's own that its document holds (see :func:`~crdtdb.replica.epoch.covers`:
+        typically it wrote past the new base's cut). Raises
         :class:`EpochMismatchError` if the state is not from a newer epoch, and
         :class:`CorruptUpdateError` if it fails its checks.
         """
@@ -1004,12 +1005,12 @@ class Replica:
             raise CorruptUpdateError(f"state of epoch {theirs} holds writes of this "
                                      f"replica's client id {self.client_id}")
         own = self.own_clock()
-        if not covers(origin, self.epoch_id, self.client_id, own):
+        if not covers(origin, self.epoch_id, self.origin, self.client_id, own):
             raise StrandedError(
                 f"{self.name}: epoch {theirs} was cut from {origin.previous} at clock "
-                f"{origin.cut.get(self.client_id, 0)} of this replica, which wrote up to "
-                f"{own} in epoch {self.epoch_id}: staying, so as not to lose them",
-                mine=self.epoch_id, theirs=theirs)
+                f"{origin.cut.get(self.client_id, 0)} of this replica, which is in epoch "
+                f"{self.epoch_id} and wrote up to clock {own} there: moving could lose "
+                "writes of its own, so it stays", mine=self.epoch_id, theirs=theirs)
         before = self.view.rows
         self._unsubscribe()
         self._enter(doc, theirs)
