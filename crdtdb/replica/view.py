@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
-from crdtdb.engine.snapshot import Changeset, Row, RowChange
+from crdtdb.engine.snapshot import Changeset, Row, RowChange, inserts
 from crdtdb.engine.types import UNLIMITED
 from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
 
@@ -323,23 +323,26 @@ class View:
             self.conflicts.set_row(t, u, conflicts)
             special.setdefault(t, {})[u] = row
         out = Changeset()
+        loaded: dict[str, dict[str, Row]] = {}
         for t in sorted(rows):
             trows = rows[t]
             if not trows:
                 continue
+            order = sorted(trows)
             shown = special.get(t)
             if shown is None:
-                changes = {u: RowChange(None, trows[u]) for u in sorted(trows)}
+                new_rows = dict(zip(order, map(trows.__getitem__, order), strict=True))
             else:
-                changes = {}
-                for u in sorted(trows):
+                new_rows = {}
+                for u in order:
                     row = shown.get(u, trows[u])
                     if row is not None:
-                        changes[u] = RowChange(None, row)
-            if changes:
-                out.tables[t] = changes
-        if out:
-            self.rows.load(out)
+                        new_rows[u] = row
+            if new_rows:
+                loaded[t] = new_rows
+                out.tables[t] = dict(zip(new_rows, inserts(new_rows.values()), strict=True))
+        if loaded:
+            self.rows.load_rows(loaded)
         return out
 
     def _index_raw(self, t: str, rows: Mapping[str, Row]) -> None:
