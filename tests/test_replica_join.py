@@ -271,8 +271,9 @@ def _mutated(payload: bytes, rng: random.Random) -> bytes:
 def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
     """Every marker the batch decoder reads decodes so with the checked decoder (atom types
     included); the others it lists, in order."""
-    births, rows, refused = enc.markers_reader(table)([u for u, _ in batch],
-                                                     [p for _, p in batch])
+    births: dict[str, int] = {}
+    rows, refused = enc.markers_reader(table)([u for u, _ in batch], [p for _, p in batch],
+                                              births)
     assert list(rows) == [u for u, _ in batch if u in rows]
     assert refused == [u for u, _ in batch if u not in rows]
     for uuid, payload in batch:
@@ -341,7 +342,8 @@ def test_the_batch_marker_decoder_keeps_values_equal_to_valid_ones_apart() -> No
     ]
     batch = [(_uuid(i), p) for i, p in enumerate(cases)]
     _check_batch(parent, batch)
-    _, rows, refused = enc.markers_reader(parent)([u for u, _ in batch], [p for _, p in batch])
+    rows, refused = enc.markers_reader(parent)([u for u, _ in batch], [p for _, p in batch],
+                                               {})
     assert {_uuid(0), _uuid(len(cases) - 1)} <= set(rows)
     assert {_uuid(i) for i in range(1, 13)} <= set(refused)
     link = MERGE_SCHEMA.tables["Link"]

@@ -99,20 +99,20 @@ class MemoryDatabase:
                                         for c in changes.values()):
                 self.apply(changeset)  # not the case this is for: the general path
                 return
-        self.load_rows({t: {u: c.new for u, c in changes.items()}  # type: ignore[misc]
+        self.load_rows({t: {u: c.new for u, c in changes.items()}
                         for t, changes in changeset.tables.items()})
 
-    def load_rows(self, tables: Mapping[str, Mapping[str, Row]]) -> None:
-        """Insert ``tables`` (table -> uuid -> row, into empty tables) as one commit: the
-        same rows (in the same order), indexes and reference counts as :meth:`apply` of
-        their inserts, with the bookkeeping of each reference column done in one pass (a
-        replica filling its view in one go)."""
+    def load_rows(self, tables: Mapping[str, dict[str, Row]]) -> None:
+        """Insert ``tables`` (table -> uuid -> row, into empty tables; the dicts are taken
+        over, not copied) as one commit: the same rows (in the same order), indexes and
+        reference counts as :meth:`apply` of their inserts, with the bookkeeping of each
+        reference column done in one pass (a replica filling its view in one go)."""
         for tname in tables:
             if self._rows[tname]:
                 raise ValueError(f"load_rows() into table {tname}, which has rows")
         for tname, new_rows in tables.items():
             table = self.schema.tables[tname]
-            self._rows[tname].update(new_rows)
+            self._rows[tname] = new_rows
             for ix, cols in zip(self._indexes[tname], self._index_cols[tname], strict=True):
                 for uuid, row in new_rows.items():
                     ix[tuple(row[i] for i in cols)] = uuid

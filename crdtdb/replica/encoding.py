@@ -261,11 +261,12 @@ _SHARED_MAX_LEN = 64
 
 
 def markers_reader(table: TableSchema) -> Callable[
-        [Iterable[str], Iterable[Any]], tuple[dict[str, int], dict[str, tuple], list[str]]]:
-    """``read_all(uuids, payloads) -> (births, rows, refused)``: :func:`marker_reader` of
+        [Iterable[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
+    """``read_all(uuids, payloads, births) -> (rows, refused)``: :func:`marker_reader` of
     many markers of ``table`` (a node joining from a full state decodes every marker of
-    every table). ``births`` and ``rows`` by uuid for the markers it reads; ``refused``
-    lists the uuids of the others, in order, to decode with :func:`unpack_marker`.
+    every table). The rows (and, into ``births``, the births) by uuid of the markers it
+    reads; ``refused`` lists the uuids of the others, in order, to decode with
+    :func:`unpack_marker`.
 
     The same rows as :func:`marker_reader`, for ~half the Python work: markers unpack into
     tuples, which are hashable, so a column of strings (sets, maps: most of a Southbound's,
@@ -285,11 +286,10 @@ def markers_reader(table: TableSchema) -> Callable[
     uuid_ext = binary.UUID_EXT
     max_bytes = binary.MAX_ELEMENTS
 
-    def read_all(uuids: Iterable[str], payloads: Iterable[Any]
-                 ) -> tuple[dict[str, int], dict[str, tuple], list[str]]:
+    def read_all(uuids: Iterable[str], payloads: Iterable[Any], births: dict[str, int]
+                 ) -> tuple[dict[str, tuple], list[str]]:
         # Per batch: the decoded values of the batch's distinct raw values, by column.
         memos: list[dict[Any, Any]] = [{} for _ in cols]
-        births: dict[str, int] = {}
         rows: dict[str, tuple] = {}
         refused: list[str] = []
         for uuid, payload in zip(uuids, payloads, strict=True):
@@ -306,11 +306,13 @@ def markers_reader(table: TableSchema) -> Callable[
                 birth = obj[0]
                 version = obj[1]
                 if type(birth) is not int or type(version) is not slice \
-                        or version.start != uuid_ext:
+                        or version.start != uuid_ext or type(version.stop) is not bytes \
+                        or len(version.stop) != 16:
                     raise refused_error
+                h = version.stop.hex()  # uuid_from_slice's, a call less per row
                 row = list(default)
                 row[0] = (uuid,)
-                row[1] = (uuid_from_slice(version),)
+                row[1] = (f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",)
                 for i in range(2, len(obj)):
                     d = obj[i]
                     if d is None:
@@ -347,7 +349,7 @@ def markers_reader(table: TableSchema) -> Callable[
                 continue
             births[uuid] = birth
             rows[uuid] = tuple(row)
-        return births, rows, refused
+        return rows, refused
     return read_all
 
 

@@ -738,9 +738,8 @@ class Replica:
                 with_extras.add(k if isinstance(k, str) else k.uuid)
         plain = [u for u in markers if u not in with_extras] if with_extras else markers
         read_all = enc.markers_reader(self.schema.tables[tname])
-        births, rows, refused = read_all(plain, map(functools.partial(integrated.get, txn),
-                                                    plain))
-        self._births[tname].update(births)
+        rows, refused = read_all(plain, map(functools.partial(integrated.get, txn), plain),
+                                 self._births[tname])
         # Not plainly valid (_read_row decodes them again, checked), in document order.
         again = with_extras.union(refused) if refused else with_extras
         unplain = [u for u in markers if u in again] if again else []
