@@ -124,7 +124,8 @@ class MemoryDatabase:
             for col in simple:
                 datums = list(map(itemgetter(col.index), new_rows.values()))
                 counts = Counter(chain.from_iterable(datums))
-                if any(map(contains, datums, new_rows)):  # self-references don't count
+                # Self-references don't count (only a table that refers to itself has any).
+                if col.type.key.ref_table == tname and any(map(contains, datums, new_rows)):
                     for uuid, d in zip(new_rows, datums, strict=True):
                         if uuid in d:
                             counts[uuid] -= 1

@@ -731,6 +731,8 @@ class Replica:
             (extra_keys if enc.SEP in key else markers).append(key)
         if not markers:
             return {}, (extra_keys, [])
+        # In uuid order, the order the view's rows take: View.load then copies them as is.
+        markers.sort()
         with_extras = set()
         for key in extra_keys:
             with contextlib.suppress(DecodeError):  # reported by _note_key

@@ -330,7 +330,9 @@ class View:
                 continue
             order = sorted(trows)
             shown = special.get(t)
-            if shown is None:
+            if shown is None and order == list(trows):
+                new_rows = trows.copy()  # already in order (Replica reads it so): a memcpy
+            elif shown is None:
                 new_rows = dict(zip(order, map(trows.__getitem__, order), strict=True))
             else:
                 new_rows = {}
