@@ -725,10 +725,10 @@ class Replica:
         this path against the event path.
         """
         integrated = m.integrated
-        markers: list[str] = []
-        extra_keys: list[str] = []
-        for key in integrated.keys(txn):
-            (extra_keys if enc.SEP in key else markers).append(key)
+        keys = integrated.keys(txn)
+        sep = enc.SEP
+        markers = [key for key in keys if sep not in key]
+        extra_keys = [key for key in keys if sep in key] if len(markers) < len(keys) else []
         if not markers:
             return {}, (extra_keys, [])
         # In uuid order, the order the view's rows take: View.load then copies them as is.
