@@ -358,3 +358,29 @@ def test_inserts_are_row_changes() -> None:
     made = inserts(iter(rows))
     assert made == [RowChange(None, r) for r in rows]
     assert all(type(c) is RowChange for c in made)
+
+
+def test_memory_database_load_counts_self_references_as_apply_does() -> None:
+    schema = DatabaseSchema.from_json({
+        "name": "S", "version": "1.0.0", "tables": {"T": {"isRoot": True, "columns": {
+            "kids": {"type": {"key": {"type": "uuid", "refTable": "T"}, "min": 0,
+                              "max": "unlimited"}},
+            "one": {"type": {"key": {"type": "uuid", "refTable": "T"}, "min": 0,
+                             "max": 1}}}}}}).stored()
+    table = schema.tables["T"]
+    a, b, c = (_uuid(i) for i in (1, 2, 3))
+    cs = Changeset()
+
+    def row(u: str, kids: tuple, one: tuple) -> tuple:
+        r = list(table.default_row)
+        r[0], r[1] = (u,), (_uuid(9),)
+        r[table.columns["kids"].index] = kids
+        r[table.columns["one"].index] = one
+        return tuple(r)
+    for r in (row(a, (a, b), (a,)), row(b, (a, c), ()), row(c, (), (c,))):
+        cs.tables.setdefault("T", {})[r[0][0]] = RowChange(None, r)
+    x, y = MemoryDatabase(schema), MemoryDatabase(schema)
+    x.apply(cs)
+    y.load(cs)
+    assert (x._rows, x._strong, x._weak) == (y._rows, y._strong, y._weak)
+    assert (y.ref_count("T", a), y.ref_count("T", b), y.ref_count("T", c)) == (1, 1, 1)

@@ -257,6 +257,8 @@ def _unconstrained_string(base: BaseType) -> bool:
         and base.max_length >= 2**32 - 1
 
 
+#: Single strings longer than this are not shared (data's interning bound: matches and
+#: actions rarely repeat, and hashing them costs more than it saves).
 _SHARED_MAX_LEN = 64
 
 
@@ -268,11 +270,13 @@ def markers_reader(table: TableSchema) -> Callable[
     reads; ``refused`` lists the uuids of the others, in order, to decode with
     :func:`unpack_marker`.
 
-    The same rows as :func:`marker_reader`, for ~half the Python work: markers unpack into
-    tuples, which are hashable, so a column of strings (sets, maps: most of a Southbound's,
-    and their values repeat across rows) is decoded once per distinct value in the batch
-    and then looked up (exact: a string equals nothing but an equal string); one-integer
-    and one-uuid columns are checked inline; the rest go through the same decoders.
+    The same rows as :func:`marker_reader`, with fewer Python calls per row: markers unpack
+    into tuples, which are hashable, so a column of strings (sets, maps: most of a
+    Southbound's, and their values repeat across rows) is decoded once per distinct value in
+    the batch and then looked up (exact: a string equals nothing but an equal string);
+    single strings, integers and uuids are checked inline; the rest go through the same
+    decoders. Equal values in a batch share one tuple (as :mod:`crdtdb.engine.data`'s
+    sharers would have them), except strings longer than it interns.
     """
     cols = table.ordered
     n_cols = len(cols)

@@ -742,7 +742,7 @@ class Replica:
         read_all = enc.markers_reader(self.schema.tables[tname])
         rows, refused = read_all(plain, map(functools.partial(integrated.get, txn), plain),
                                  self._births[tname])
-        # Not plainly valid (_read_row decodes them again, checked), in document order.
+        # Not plainly valid (_read_row decodes them again, checked), in uuid order.
         again = with_extras.union(refused) if refused else with_extras
         unplain = [u for u in markers if u in again] if again else []
         return rows, (extra_keys, unplain)
@@ -954,9 +954,10 @@ _KeyEvent = tuple[enc.Key | str, str, Any]
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: reading a whole document allocates millions of
-    containers (rows, datums) and no garbage, and the collections those allocations trigger
-    walk them all again and again (a quarter of a 100k-row join)."""
+    """No cyclic garbage collection inside: reading a whole document allocates about a
+    million containers (rows, datums) and no garbage, and the collections those allocations
+    trigger walk them again and again (decoding 100k Logical_Flow markers: 0.58-0.60 s of
+    CPU with collection paused, 0.63-0.66 s without)."""
     if not gc.isenabled():
         yield
         return
