@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from crdtdb.engine import binary
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import DatabaseSchema
-from crdtdb.engine.snapshot import Changeset, RowChange
+from crdtdb.engine.snapshot import Changeset, RowChange, inserts
 from crdtdb.errors import DecodeError
 from crdtdb.replica import ConflictKind, Replica, View
 from crdtdb.replica import encoding as enc
@@ -245,3 +245,142 @@ def test_valid_markers_take_the_fast_path_and_decode_as_checked() -> None:
         assert (birth, row) == (m.birth, m.row)
         assert all(type(a) is type(b) for x, y in zip(row, m.row, strict=True)
                    for a, b in zip(x, y, strict=True))
+
+
+# --- the batch marker decoder -----------------------------------------------------------------
+
+def _mutated(payload: bytes, rng: random.Random) -> bytes:
+    data = bytearray(payload)
+    how = rng.choice(["keep", "flip", "truncate", "extend", "ext", "garbage"])
+    if how == "flip":
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif how == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif how == "extend":
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+    elif how == "ext":
+        at = bytes(data).find(b"\xd8\x01")
+        if at >= 0:
+            data[at + 1] = rng.choice([0, 2, 127, 255])
+    elif how == "garbage":
+        data = bytearray(rng.randbytes(rng.randint(0, 40)))
+    return bytes(data)
+
+
+def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
+    """Every marker the batch decoder reads decodes so with the checked decoder (atom types
+    included); the others it lists, in order."""
+    births: dict[str, int] = {}
+    rows, refused = enc.markers_reader(table)([u for u, _ in batch], [p for _, p in batch],
+                                              births)
+    assert list(rows) == [u for u, _ in batch if u in rows]
+    assert refused == [u for u, _ in batch if u not in rows]
+    for uuid, payload in batch:
+        if uuid in rows:
+            m = enc._checked_marker(table, uuid, payload)
+            assert (births[uuid], rows[uuid]) == (m.birth, tuple(m.row))
+            assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
+                       for a, b in zip(x, y, strict=True))
+
+
+def _uuid(i: int) -> str:
+    return f"0f000000-0000-4000-8000-{i:012x}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 12))
+def test_the_batch_marker_decoder_reads_only_what_the_checked_one_does(seed: int,
+                                                                      size: int) -> None:
+    rng = random.Random(seed)
+    table = rng.choice(MARKERS)[0]
+    mine = [p for t, _, p in MARKERS if t is table]
+    batch = [(_uuid(i), _mutated(rng.choice(mine), rng)) for i in range(size)]
+    if rng.random() < 0.2:
+        batch.append((_uuid(size), bytearray(rng.choice(mine))))
+    _check_batch(table, batch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payloads=st.lists(st.binary(max_size=64), max_size=8))
+def test_the_batch_marker_decoder_refuses_garbage(payloads: list[bytes]) -> None:
+    for table in MERGE_SCHEMA.tables.values():
+        _check_batch(table, [(_uuid(i), p) for i, p in enumerate(payloads)])
+
+
+def _raw_marker(table: Any, **columns: Any) -> bytes:
+    """A marker with the given raw (msgpack-ready) column objects."""
+    obj: list[Any] = [7, binary.pack_uuid(_uuid(99))]
+    for name, value in columns.items():
+        i = table.columns[name].index
+        obj += [None] * (i + 1 - len(obj))
+        obj[i] = value
+    return enc._pack(obj)
+
+
+def test_the_batch_marker_decoder_keeps_values_equal_to_valid_ones_apart() -> None:
+    """A batch decodes each distinct value once; values equal to a valid one (True and 1.0
+    are == 1) or unhashable must still be refused, whatever came first."""
+    parent = MERGE_SCHEMA.tables["Parent"]
+    ext = binary.pack_uuid(_uuid(5))
+    cases = [
+        _raw_marker(parent, name=["p"], n=[1], tags=["a", "b"], opts=["k", "v"], small=[1, 2]),
+        _raw_marker(parent, n=[True]),
+        _raw_marker(parent, n=[1.0]),
+        _raw_marker(parent, name=[b"p"]),
+        _raw_marker(parent, name=[ext]),
+        _raw_marker(parent, tags=["a", ext]),
+        _raw_marker(parent, tags=["b", "a"]),
+        _raw_marker(parent, tags="ab"),
+        _raw_marker(parent, opts=["k", 1]),
+        _raw_marker(parent, opts=["k", "v", "k", "w"]),
+        _raw_marker(parent, small=[True, 2]),
+        _raw_marker(parent, small=[1.0]),
+        _raw_marker(parent, children=[ext, ext]),
+        _raw_marker(parent, n=[], tags=[]),
+        _raw_marker(parent, name=["p"], n=[1], tags=["a", "b"], opts=["k", "v"], small=[1, 2]),
+    ]
+    batch = [(_uuid(i), p) for i, p in enumerate(cases)]
+    _check_batch(parent, batch)
+    rows, refused = enc.markers_reader(parent)([u for u, _ in batch], [p for _, p in batch],
+                                               {})
+    assert {_uuid(0), _uuid(len(cases) - 1)} <= set(rows)
+    assert {_uuid(i) for i in range(1, 13)} <= set(refused)
+    link = MERGE_SCHEMA.tables["Link"]
+    _check_batch(link, [(_uuid(i), p) for i, p in enumerate([
+        _raw_marker(link, target=[ext]), _raw_marker(link, target=[ext]),
+        _raw_marker(link, target=[msgpack.ExtType(2, ext.data)]),
+        _raw_marker(link, target=[]), _raw_marker(link, by=["x", ext])])])
+
+
+def test_inserts_are_row_changes() -> None:
+    rows = [(("a",), ("b",)), (("c",), ("d",))]
+    made = inserts(iter(rows))
+    assert made == [RowChange(None, r) for r in rows]
+    assert all(type(c) is RowChange for c in made)
+
+
+def test_memory_database_load_counts_self_references_as_apply_does() -> None:
+    schema = DatabaseSchema.from_json({
+        "name": "S", "version": "1.0.0", "tables": {"T": {"isRoot": True, "columns": {
+            "kids": {"type": {"key": {"type": "uuid", "refTable": "T"}, "min": 0,
+                              "max": "unlimited"}},
+            "one": {"type": {"key": {"type": "uuid", "refTable": "T"}, "min": 0,
+                             "max": 1}}}}}}).stored()
+    table = schema.tables["T"]
+    a, b, c = (_uuid(i) for i in (1, 2, 3))
+    cs = Changeset()
+
+    def row(u: str, kids: tuple, one: tuple) -> tuple:
+        r = list(table.default_row)
+        r[0], r[1] = (u,), (_uuid(9),)
+        r[table.columns["kids"].index] = kids
+        r[table.columns["one"].index] = one
+        return tuple(r)
+    for r in (row(a, (a, b), (a,)), row(b, (a, c), ()), row(c, (), (c,))):
+        cs.tables.setdefault("T", {})[r[0][0]] = RowChange(None, r)
+    x, y = MemoryDatabase(schema), MemoryDatabase(schema)
+    x.apply(cs)
+    y.load(cs)
+    assert (x._rows, x._strong, x._weak) == (y._rows, y._strong, y._weak)
+    assert (y.ref_count("T", a), y.ref_count("T", b), y.ref_count("T", c)) == (1, 1, 1)

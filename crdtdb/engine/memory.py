@@ -6,7 +6,10 @@ indexes and a reverse reference index), and applies each :class:`Changeset` atom
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
+from operator import contains, itemgetter
 from typing import Any
 
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
@@ -99,22 +102,29 @@ class MemoryDatabase:
         self.n_commits += 1
 
     def load(self, changeset: Changeset) -> None:
-        """:meth:`apply` for a changeset that only inserts rows into empty tables (a replica
-        filling its view in one go): the same rows, indexes and reference counts, with the
-        bookkeeping of each reference column done in one pass."""
+        """:meth:`apply` for a changeset that only inserts rows into empty tables (see
+        :meth:`load_rows`); any other changeset goes through :meth:`apply`."""
         for tname, changes in changeset.tables.items():
             if self._rows[tname] or any(c.old is not None or c.new is None
                                         for c in changes.values()):
                 self.apply(changeset)  # not the case this is for: the general path
                 return
-        for tname, changes in changeset.tables.items():
+        self.load_rows({t: {u: c.new for u, c in changes.items()}
+                        for t, changes in changeset.tables.items()})
+
+    def load_rows(self, tables: Mapping[str, dict[str, Row]]) -> None:
+        """Insert ``tables`` (table -> uuid -> row, into empty tables; the dicts are taken
+        over, not copied) as one commit: the same rows (in the same order), indexes and
+        reference counts as :meth:`apply` of their inserts, with the bookkeeping of each
+        reference column done in one pass (a replica filling its view in one go)."""
+        for tname in tables:
+            if self._rows[tname]:
+                raise ValueError(f"load_rows() into table {tname}, which has rows")
+        for tname, new_rows in tables.items():
             table = self.schema.tables[tname]
-            rows = self._rows[tname]
-            for uuid, change in changes.items():
-                rows[uuid] = change.new
+            self._rows[tname] = new_rows
             for ix, cols in zip(self._indexes[tname], self._index_cols[tname], strict=True):
-                for uuid, change in changes.items():
-                    row = change.new
+                for uuid, row in new_rows.items():
                     ix[tuple(row[i] for i in cols)] = uuid
             # Strong references in sets and scalars, counted per target (the order in which
             # targets are counted is not observable); the others row by row, as apply does
@@ -122,19 +132,23 @@ class MemoryDatabase:
             simple = tuple(c for c in table.ref_columns
                            if c.type.value is None and c.type.key.is_strong_ref)
             for col in simple:
-                i = col.index
-                counts: dict[str, int] = {}
-                for uuid, change in changes.items():
-                    for target in change.new[i]:  # type: ignore[index]
-                        if target != uuid:  # self-references don't count
-                            counts[target] = counts.get(target, 0) + 1
+                datums = list(map(itemgetter(col.index), new_rows.values()))
+                counts = Counter(chain.from_iterable(datums))
+                # Self-references don't count (only a table that refers to itself has any).
+                if col.type.key.ref_table == tname and any(map(contains, datums, new_rows)):
+                    for uuid, d in zip(new_rows, datums, strict=True):
+                        if uuid in d:
+                            counts[uuid] -= 1
+                key_table = col.type.key.ref_table
+                strong = self._strong
                 for target, n in counts.items():
-                    key = (col.type.key.ref_table, target)
-                    self._strong[key] = self._strong.get(key, 0) + n  # type: ignore[index]
+                    if n:
+                        key = (key_table, target)
+                        strong[key] = strong.get(key, 0) + n  # type: ignore[index]
             others = tuple(c for c in table.ref_columns if c not in simple)
             if others:
-                for uuid, change in changes.items():
-                    self._count_refs(table, uuid, change.new, 1, others)  # type: ignore[arg-type]
+                for uuid, row in new_rows.items():
+                    self._count_refs(table, uuid, row, 1, others)
         self.n_commits += 1
 
     def _same_keys(self, table: TableSchema, old: Row, new: Row) -> bool:

@@ -30,6 +30,7 @@ A freshly inserted row costs one map entry; compaction folds later keys back int
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -228,6 +229,132 @@ def marker_reader(table: TableSchema) -> Callable[[str, Any], tuple[int, list]]:
 
 
 _READERS: dict[int, tuple[TableSchema, Callable[[str, Any], tuple[int, list]]]] = {}
+
+
+# --- every marker of a table at once -----------------------------------------------------
+
+_unpack_tuples = functools.partial(msgpack.unpackb, ext_hook=slice, use_list=False)
+_STR, _MEMO, _INT, _UUID, _OTHER = range(5)
+
+
+def _column_kind(type_: Type) -> int:
+    """How :func:`markers_reader` reads a column of this type, at its fastest exact way."""
+    key, value = type_.key, type_.value
+    if value is None and type_.n_max == 1 and _unconstrained_string(key):
+        return _STR
+    if key.type is AtomicType.STRING and (value is None or value.type is AtomicType.STRING):
+        return _MEMO
+    if value is None and type_.n_max == 1 and key.enum is None:
+        if key.type is AtomicType.INTEGER:
+            return _INT
+        if key.type is AtomicType.UUID:
+            return _UUID
+    return _OTHER
+
+
+def _unconstrained_string(base: BaseType) -> bool:
+    return base.type is AtomicType.STRING and base.enum is None and base.min_length == 0 \
+        and base.max_length >= 2**32 - 1
+
+
+#: Single strings longer than this are not shared (data's interning bound: matches and
+#: actions rarely repeat, and hashing them costs more than it saves).
+_SHARED_MAX_LEN = 64
+
+
+def markers_reader(table: TableSchema) -> Callable[
+        [Iterable[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
+    """``read_all(uuids, payloads, births) -> (rows, refused)``: :func:`marker_reader` of
+    many markers of ``table`` (a node joining from a full state decodes every marker of
+    every table). The rows (and, into ``births``, the births) by uuid of the markers it
+    reads; ``refused`` lists the uuids of the others, in order, to decode with
+    :func:`unpack_marker`.
+
+    The same rows as :func:`marker_reader`, with fewer Python calls per row: markers unpack
+    into tuples, which are hashable, so a column of strings (sets, maps: most of a
+    Southbound's, and their values repeat across rows) is decoded once per distinct value in
+    the batch and then looked up (exact: a string equals nothing but an equal string);
+    single strings, integers and uuids are checked inline; the rest go through the same
+    decoders. Equal values in a batch share one tuple (as :mod:`crdtdb.engine.data`'s
+    sharers would have them), except strings longer than it interns.
+    """
+    cols = table.ordered
+    n_cols = len(cols)
+    kinds = [_column_kind(c.type) for c in cols]
+    decoders = [binary.slice_datum_decoder(c.type) for c in cols]
+    bounds = [(c.type.key.min_integer, c.type.key.max_integer) for c in cols]
+    sharers = [data.one_atom_sharer(c.type.key) for c in cols]
+    default = table.default_row
+    refused_error = binary.Refused
+    uuid_from_slice = binary.uuid_from_slice
+    uuid_ext = binary.UUID_EXT
+    max_bytes = binary.MAX_ELEMENTS
+
+    def read_all(uuids: Iterable[str], payloads: Iterable[Any], births: dict[str, int]
+                 ) -> tuple[dict[str, tuple], list[str]]:
+        # Per batch: the decoded values of the batch's distinct raw values, by column.
+        memos: list[dict[Any, Any]] = [{} for _ in cols]
+        rows: dict[str, tuple] = {}
+        refused: list[str] = []
+        for uuid, payload in zip(uuids, payloads, strict=True):
+            try:
+                if (type(payload) is not bytes and type(payload) is not bytearray) \
+                        or len(payload) > max_bytes:
+                    raise refused_error
+                try:
+                    obj = _unpack_tuples(payload)
+                except Exception:  # anything: unpack_marker says what
+                    raise refused_error from None
+                if type(obj) is not tuple or not 2 <= len(obj) <= n_cols:
+                    raise refused_error
+                birth = obj[0]
+                version = obj[1]
+                if type(birth) is not int or type(version) is not slice \
+                        or version.start != uuid_ext or type(version.stop) is not bytes \
+                        or len(version.stop) != 16:
+                    raise refused_error
+                h = version.stop.hex()  # uuid_from_slice's, a call less per row
+                row = list(default)
+                row[0] = (uuid,)
+                row[1] = (f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",)
+                for i in range(2, len(obj)):
+                    d = obj[i]
+                    if d is None:
+                        continue
+                    kind = kinds[i]
+                    if kind == _STR and type(d) is tuple and len(d) == 1 \
+                            and type(d[0]) is str:
+                        # Long strings (matches, actions) rarely repeat: not hashed.
+                        v = d if len(d[0]) > _SHARED_MAX_LEN else memos[i].setdefault(d, d)
+                    elif kind == _MEMO:
+                        memo = memos[i]
+                        try:
+                            v = memo.get(d)
+                        except TypeError:  # unhashable: not strings, the decoder says why
+                            v = None
+                        if v is None:
+                            v = decoders[i](list(d) if type(d) is tuple else d)
+                            memo[d] = v
+                    elif kind == _INT and type(d) is tuple and len(d) == 1 \
+                            and type(d[0]) is int and bounds[i][0] <= d[0] <= bounds[i][1]:
+                        v = memos[i].setdefault(d, d)
+                    elif kind == _UUID and type(d) is tuple and len(d) == 1 \
+                            and type(d[0]) is slice and d[0].start == uuid_ext:
+                        a = d[0]
+                        memo = memos[i]
+                        v = memo.get(a.stop)
+                        if v is None:
+                            v = memo[a.stop] = sharers[i](uuid_from_slice(a))
+                    else:
+                        v = decoders[i](list(d) if type(d) is tuple else d)
+                    row[i] = v
+            except (refused_error, DecodeError, TypeError):
+                refused.append(uuid)
+                continue
+            births[uuid] = birth
+            rows[uuid] = tuple(row)
+        return rows, refused
+    return read_all
 
 
 def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
