@@ -20,6 +20,7 @@ All processes are children of this process (they die with it) and are stopped on
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -200,7 +201,8 @@ class Sandbox:
 
     def __init__(self, base_dir: str | os.PathLike[str], n_chassis: int = 3, *,
                  central: str = "crdtdb", nb_plugin: str = "local",
-                 step_timeout_s: float = 20.0, partitionable: bool = True):
+                 step_timeout_s: float = 20.0, partitionable: bool = True,
+                 compact_after_updates: int | None = None):
         if central not in ("crdtdb", "ovsdb"):
             raise ValueError("central must be 'crdtdb' or 'ovsdb'")
         if nb_plugin not in ("local", "etcd"):
@@ -211,6 +213,9 @@ class Sandbox:
         self.nb_plugin = nb_plugin
         self.step_timeout_s = step_timeout_s
         self.partitionable = partitionable
+        #: The central node coordinates compaction rounds of the SB after this many changes
+        #: (``crdtdb serve --compact-after-updates``; None: never).
+        self.compact_after_updates = compact_after_updates
         self.central_dir = self.base_dir / "central"
         self.chassis = [Chassis(f"hv{i + 1}", i, self.base_dir / f"hv{i + 1}",
                                 f"127.0.1.{i + 1}") for i in range(n_chassis)]
@@ -278,6 +283,8 @@ class Sandbox:
                 sys.executable, "-m", "crdtdb.cli", "serve", f"--remote=punix:{sock}",
                 f"--data-dir={self.central_dir / 'data'}", f"--config={config}",
                 "--node-id=central", f"--listen=127.0.0.1:{self._gossip_port}",
+                *([f"--compact-after-updates={self.compact_after_updates}"]
+                  if self.compact_after_updates else []),
                 str(NB_SCHEMA), str(SB_SCHEMA)])
         self._wait_socket(sock, self._central[-1])
         self._central_proc("ovn-northd", [
@@ -510,8 +517,14 @@ class Sandbox:
                 flows[line] += 1
         return flows
 
-    def logical_flows(self) -> Counter[str]:
-        text = self.sbctl("lflow-list")
+    def node_status(self, ch: Chassis | None = None) -> dict[str, Any]:
+        """The status a crdtdb node writes (``crdtdb status --json``): the central one's, or
+        ``ch``'s."""
+        data = (ch.dir if ch is not None else self.central_dir) / "data"
+        return json.loads((data / "status.json").read_text())
+
+    def logical_flows(self, remote: str | None = None) -> Counter[str]:
+        text = self.sbctl("lflow-list", remote=remote)
         flows: Counter[str] = Counter()
         for line in text.splitlines():
             line = _UUID_RE.sub("<uuid>", line.strip())

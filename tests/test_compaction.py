@@ -521,3 +521,27 @@ async def test_nodes_over_tcp_compact_and_keep_replicating(tmp_path: Any) -> Non
     async with crdtdb.open_node([schema], data_dir=tmp_path / "b") as b2:
         assert b2.database("Merge").replica.epoch == 1
         assert len(b2.database("Merge").select("Parent")) == 4
+
+
+# --- the server holding writes ------------------------------------------------------------------
+
+def test_a_held_write_runs_once_when_the_replica_thaws() -> None:
+    """Found by the sandbox: the retried transaction's own commit retried waits again, and
+    ran the same transaction a second time (two rows, two replies)."""
+    from crdtdb.ovsdb.core import ServerCore
+    from crdtdb.ovsdb.jsonrpc import Reply, Request
+
+    r = make_replica(1, 1)
+    core = ServerCore({"Merge": r}, now_ms=lambda: 0)
+    r.add_listener(lambda ev: None if ev.local else core.publish("Merge", ev.changes))
+    s = core.open_session()
+    r.freeze()
+    core.handle(s, Request(1, "transact", ["Merge", {"op": "insert", "table": "Parent",
+                                                     "row": {"name": "held"}}]))
+    core.handle(s, Request(2, "transact", ["Merge", {"op": "select", "table": "Parent",
+                                                     "where": []}]))
+    assert [e.id for e in s.drain() if isinstance(e, Reply)] == [2]  # reads go on
+    r.thaw()
+    replies = [e for e in s.drain() if isinstance(e, Reply)]
+    assert [e.id for e in replies] == [1] and "uuid" in replies[0].result[0]
+    assert [row for _, row in r.iter_rows("Parent")].__len__() == 1

@@ -249,3 +249,21 @@ def test_on_a_relay_an_assert_of_someone_elses_lock_is_answered_here() -> None:
     core.handle(owner, Request(3, "transact", ["db", {"op": "assert", "lock": "L"},
                                                insert("y")]))
     assert core.commits[-1].request.forward
+
+
+def test_a_blocked_wait_that_writes_runs_once_when_another_commit_frees_it() -> None:
+    """A ``wait`` with a timeout, then a write: when another session's commit satisfies the
+    wait, the transaction runs once. (Its own commit retries the database's waits; it used
+    to run again from there: two inserts, two replies.)"""
+    db = MemoryDatabase(SCHEMA)
+    core = ServerCore({"db": db}, now_ms=lambda: 0)
+    waiter, writer = core.open_session(), core.open_session()
+    core.handle(waiter, Request(1, "transact", [
+        "db", {"op": "wait", "table": "T", "where": [["name", "==", "go"]], "columns": ["name"],
+               "until": "==", "rows": [{"name": "go"}], "timeout": 10_000},
+        insert("after")]))
+    assert waiter.drain() == []
+    core.handle(writer, Request(1, "transact", ["db", insert("go")]))
+    replies = [e for e in waiter.drain() if isinstance(e, Reply)]
+    assert [r.id for r in replies] == [1] and "error" not in str(replies[0].result)
+    assert db.row_count("T") == 2

@@ -163,3 +163,31 @@ def test_two_chassis_claiming_one_port_settle_the_same_everywhere(tmp_path: Path
         flaps = [(c.dir / "ovn-controller.log").read_text().count("Changing chassis for lport vm1")
                  for c in sb.chassis]
         print(f"{central}: chassis changes logged by hv1, hv2 during the race: {flaps}")
+
+
+def test_compaction_rounds_under_a_running_cloud(tmp_path: Path) -> None:
+    """The central node compacts the SB every 25 changes while the cloud is built and
+    changed: every node moves to each new epoch (none stranded), ovn-controller keeps its
+    ports and flows, and ``--wait=hv`` returns."""
+    with Sandbox(tmp_path / "compacting", 2, compact_after_updates=25) as sb:
+        build_cloud(sb)
+        sb.wait_for("every port claimed by its chassis", lambda: claimed_by_their_chassis(sb))
+        for i in range(4):  # more changes, each to every chassis
+            sb.nbctl("--wait=hv", "lsp-add", "sw1", f"extra{i}", "--", "lsp-set-addresses",
+                     f"extra{i}", f"00:00:00:0d:00:{i + 1:02x} 10.0.1.{100 + i}")
+        sb.wait_hv()
+        sb.wait_for("a round cut on the central node",
+                    lambda: sb.node_status()["gossip"]["rounds_cut"] >= 1)
+
+        def same_epoch_everywhere() -> bool:
+            epochs = {sb.node_status(ch)["databases"]["OVN_Southbound"]["epoch_id"]
+                      for ch in sb.chassis}
+            return epochs == {sb.node_status()["databases"]["OVN_Southbound"]["epoch_id"]}
+        sb.wait_for("every node in the central node's epoch", same_epoch_everywhere)
+        for ch in sb.chassis:
+            st = sb.node_status(ch)
+            assert st["gossip"]["stranded"] == {} and st["gossip"]["holding"] == []
+            assert claimed_by_their_chassis(sb, ch.sb_remote)
+            assert sb.logical_flows(ch.sb_remote) == sb.logical_flows()
+            assert sum(sb.openflow(ch).values()) > 100
+        sb.wait_hv()

@@ -110,6 +110,9 @@ class _Trigger:
     committing: bool = False
     #: Commits of it the plugin answered with Retry.
     n_retries: int = 0
+    #: Being run right now: its own commit retries the waits of its database, and must not
+    #: run it a second time (see _try).
+    running: bool = False
 
 
 @dataclass(eq=False)
@@ -310,6 +313,13 @@ class ServerCore:
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is still pending (blocked on a ``wait``, queued
         behind its database's in-flight commit, or committing)."""
+        t.running = True
+        try:
+            return self._run(s, t, now)
+        finally:
+            t.running = False
+
+    def _run(self, s: Session, t: _Trigger, now: int | None) -> bool:
         db = self.databases[t.db_name]
         ops = t.request.params[1:]
         split = getattr(db, "is_linearizable", None)  # tables of both levels: per transaction
@@ -418,7 +428,7 @@ class ServerCore:
             progress = False
             for s in list(self.sessions.values()):
                 for key, t in list(s.triggers.items()):
-                    if t.committing or t.db_name in self._inflight:
+                    if t.committing or t.running or t.db_name in self._inflight:
                         continue
                     if t.db_name == db_name and s.triggers.get(key) is t and self._try(s, t):
                         del s.triggers[key]
@@ -432,7 +442,7 @@ class ServerCore:
                 # Evaluated as of the deadline, so a late wakeup still reports the timeout
                 # the client asked for.
                 if (t.deadline_ms is not None and now >= t.deadline_ms and not t.committing
-                        and t.db_name not in self._inflight
+                        and not t.running and t.db_name not in self._inflight
                         and self._try(s, t, now=t.deadline_ms)):
                     del s.triggers[key]
 
