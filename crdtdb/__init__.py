@@ -13,6 +13,7 @@ from crdtdb.embedded import (
     TransactionError,
     open_node,
 )
+from crdtdb.replica import ReplicaFrozenError
 
-__all__ = ["Database", "EmbeddedNode", "MonitorOverflowError", "RowChange",
-           "TransactionError", "open_node"]
+__all__ = ["Database", "EmbeddedNode", "MonitorOverflowError", "ReplicaFrozenError",
+           "RowChange", "TransactionError", "open_node"]

@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from uuid import UUID
 
 import trio
 
@@ -59,7 +60,7 @@ async def run(name: str, *, listen: Sequence[str] = (), peers: Sequence[str] = (
                 if row["options"].get("requested-chassis") != name:
                     continue
                 try:
-                    sb.update("Port_Binding", change.uuid, {"chassis": chassis, "up": True})
+                    await _claim(sb, change.uuid, chassis)
                 except crdtdb.TransactionError as exc:
                     log.warning("%s: could not claim %s: %s", name, row["logical_port"], exc)
                     continue
@@ -69,6 +70,16 @@ async def run(name: str, *, listen: Sequence[str] = (), peers: Sequence[str] = (
                 if claims is not None and n >= claims:
                     return n
     return n
+
+
+async def _claim(sb: crdtdb.Database, port: UUID, chassis: UUID) -> None:
+    """Claim a port; while a compaction round holds the node's writes, wait and retry."""
+    while True:
+        try:
+            sb.update("Port_Binding", port, {"chassis": chassis, "up": True})
+            return
+        except crdtdb.ReplicaFrozenError:
+            await trio.sleep(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

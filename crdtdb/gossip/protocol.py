@@ -346,8 +346,12 @@ class Gossip:
         return out
 
     def _shared(self, p: PeerState) -> None:
+        """Recompute what is replicated with ``p``; what is known of its clocks in a database
+        no longer shared was about another epoch's writers (clocks restart with each)."""
         p.databases = frozenset(db for db, e in p.epochs.items()
                                 if e == self.replicas[db].epoch_id)
+        for db in [db for db in p.known if db not in p.databases]:
+            del p.known[db]
 
     def _on_push(self, p: PeerState, replica: Replica, msg: m.Push) -> list[Output]:
         self._stats.pushes_received += 1
