@@ -355,7 +355,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     try:
         return run_sandbox(Path(args.dir).resolve(), args.chassis, central=args.central,
                            nb_plugin=args.nb_plugin, ports_per_chassis=args.ports,
-                           keep_running=not args.once)
+                           keep_running=not args.once,
+                           compact_after_updates=args.compact_after_updates)
     except SandboxError as exc:
         log.error("sandbox: %s", exc)
         return 1
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the Southbound to ovn-northd; add ports, wait for --wait=hv, show "
                     "the result, and keep running until Ctrl-C. See docs/sandbox.md.")
     p.add_argument("--chassis", type=int, default=3, help="number of chassis (default 3)")
+    p.add_argument("--compact-after-updates", type=int, default=None, metavar="N",
+                   help="the central node coordinates a compaction round of the Southbound "
+                        "every N changes (default: never; see docs/consistency.md)")
     p.add_argument("--dir", default="sandbox", help="where everything runs (default ./sandbox)")
     p.add_argument("--central", choices=("crdtdb", "ovsdb"), default="crdtdb",
                    help="crdtdb (default): a crdtdb node per chassis; ovsdb: one central "

@@ -575,9 +575,11 @@ def _fields(block: str) -> list[tuple[str, str]]:
 
 
 def run_sandbox(base_dir: Path, n_chassis: int, *, central: str, nb_plugin: str,
-                ports_per_chassis: int, keep_running: bool, out: IO[str] = sys.stdout) -> int:
+                ports_per_chassis: int, keep_running: bool, out: IO[str] = sys.stdout,
+                compact_after_updates: int | None = None) -> int:
     """The ``crdtdb sandbox`` command: bring a cloud up, show it, keep it until Ctrl-C."""
-    with Sandbox(base_dir, n_chassis, central=central, nb_plugin=nb_plugin) as sb:
+    with Sandbox(base_dir, n_chassis, central=central, nb_plugin=nb_plugin,
+                 compact_after_updates=compact_after_updates) as sb:
         print(f"{n_chassis} chassis up ({central}); NB {sb.nb_remote}", file=out)
         sb.nbctl("--may-exist", "ls-add", "sw0")
         for ch in sb.chassis:
