@@ -545,3 +545,26 @@ def test_a_held_write_runs_once_when_the_replica_thaws() -> None:
     replies = [e for e in s.drain() if isinstance(e, Reply)]
     assert [e.id for e in replies] == [1] and "uuid" in replies[0].result[0]
     assert [row for _, row in r.iter_rows("Parent")].__len__() == 1
+
+
+def test_a_log_that_cannot_be_rewritten_keeps_the_old_epoch_whole(tmp_path: Any) -> None:
+    from unittest import mock
+
+    from crdtdb.replica import ReplicaFailedError
+
+    r = Replica.open(tmp_path / "r", MERGE_SCHEMA, fsync=False)
+    _insert(r, "p")
+    rows = shown(r)
+    with mock.patch.object(r._log, "rewrite", side_effect=OSError("disk full")), \
+            pytest.raises(ReplicaFailedError, match="disk full"):
+        r.rebuild()
+    with pytest.raises(ReplicaFailedError):
+        _insert(r, "refused")
+    peer = make_replica(9, 9)
+    peer.adopt(r.full_state())
+    _insert(peer, "from a peer")
+    r.apply_update(peer.diff(r.state_vector()))  # peers' updates go on, in memory
+    assert _names(r) == {"p", "from a peer"}
+    r.close()
+    again = Replica.open(tmp_path / "r", MERGE_SCHEMA, fsync=False)
+    assert again.epoch_id == EpochId(0) and shown(again) == rows

@@ -1030,7 +1030,17 @@ class Replica:
         self._parked_bytes = 0
         self._reset_doc(doc)
         if self._log is not None:
-            self._rewrite_log()
+            try:
+                self._rewrite_log()
+            except (OSError, StorageError) as exc:
+                # The log still holds the old epoch, whole: nothing of the new one may go
+                # into it (it would not replay). Writes are refused until the replica is
+                # reopened, from the old epoch; peers' updates go on, in memory only.
+                self._failed = (f"{self.name}: the log could not be rewritten for epoch "
+                                f"{epoch} ({exc}); reopen")
+                log, self._log = self._log, None
+                log.close()
+                raise ReplicaFailedError(self._failed) from exc
 
     def _rewrite_log(self) -> None:
         assert self._log is not None
