@@ -568,3 +568,42 @@ def test_a_log_that_cannot_be_rewritten_keeps_the_old_epoch_whole(tmp_path: Any)
     r.close()
     again = Replica.open(tmp_path / "r", MERGE_SCHEMA, fsync=False)
     assert again.epoch_id == EpochId(0) and shown(again) == rows
+
+
+@pytest.mark.trio
+async def test_a_node_down_during_a_round_moves_when_it_comes_back(tmp_path: Any) -> None:
+    """b wrote, then went down; a's round waits for b's report until its deadline, cuts
+    without it (b's writes are all in a's state), and b, reopened from its log, moves."""
+    import trio
+
+    import crdtdb
+    from crdtdb.gossip import GossipConfig as Config
+
+    schema = "tests/schemas/merge.ovsschema"
+    quick = Config(round_timeout_s=1.0)
+
+    def rows(n: Any) -> set[str]:
+        return {r["name"] for r in n.database("Merge").select("Parent")}
+
+    async def until(cond: Any) -> None:
+        with trio.fail_after(20):
+            while not cond():
+                await trio.sleep(0.05)
+
+    async with crdtdb.open_node([schema], listen=["127.0.0.1:0"], data_dir=tmp_path / "a",
+                                gossip_config=quick) as a:
+        host, port = a.node.transport.listen_addresses[0]
+        async with crdtdb.open_node([schema], peers=[f"{host}:{port}"],
+                                    data_dir=tmp_path / "b") as b:
+            b.database("Merge").insert("Parent", {"name": "b's"})
+            await until(lambda: rows(a) == {"b's"})
+        a.compact("Merge")  # b is down: no report from a writer of the epoch
+        await until(lambda: a.database("Merge").replica.epoch == 1)
+        assert a.status()["gossip"]["rounds_cut"] == 1
+        async with crdtdb.open_node([schema], peers=[f"{host}:{port}"],
+                                    data_dir=tmp_path / "b") as b:
+            assert b.database("Merge").replica.epoch == 0  # from its log
+            await until(lambda: b.database("Merge").replica.epoch == 1)
+            assert rows(b) == {"b's"} and b.status()["gossip"]["stranded"] == {}
+            b.database("Merge").insert("Parent", {"name": "after"})
+            await until(lambda: rows(a) == {"b's", "after"})
