@@ -266,7 +266,9 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{g['gaps']} gaps, {g['disconnects']} peers dropped")
     print(f"compaction: {g.get('rounds_cut', 0)} rounds cut and {g.get('rounds_given_up', 0)} "
           f"given up by this node, {g.get('adoptions', 0)} moves to a newer epoch; writes "
-          f"held for a round: {', '.join(g.get('holding') or ()) or 'none'}")
+          f"held {g.get('held_s_last', 0):.3f} s in the last round (at most "
+          f"{g.get('held_s_max', 0):.3f} s), now held for: "
+          f"{', '.join(g.get('holding') or ()) or 'none'}")
     for db, epoch in (g.get("stranded") or {}).items():
         print(f"STRANDED: {db} wrote past the cut of epoch {epoch} and stays in its own "
               "(see docs/consistency.md, \"Moving to a newer epoch\")")

@@ -160,6 +160,9 @@ class GossipStatistics:
     #: moves to a newer epoch from a peer's full state, and refusals (stranded)
     adoptions: int = 0
     strandings: int = 0
+    #: how long this node's local writes were held by its last round, and at most
+    held_s_last: float = 0.0
+    held_s_max: float = 0.0
     #: db -> the newest epoch this node could not move to (see Gossip.stranded)
     stranded: dict[str, str] = field(default_factory=dict)
     #: databases whose local writes a compaction round holds right now
@@ -184,6 +187,7 @@ class _Round:
     #: writer -> the clock its writes reach (its report)
     reports: dict[int, int]
     last_report: float
+    since: float
 
 
 @dataclass(slots=True)
@@ -193,6 +197,7 @@ class _Hold:
     round_id: int
     until: float
     parent: str | None
+    since: float
 
 
 @dataclass(slots=True)
@@ -218,6 +223,8 @@ class Gossip:
         self._ae_interval_s = self.config.anti_entropy_interval_s
         self._quiet_rounds = 0
         self._stats = GossipStatistics()
+        #: the latest time the caller passed in (for what is reported, not decided)
+        self._now = 0.0
         self._rounds: dict[str, _Round] = {}
         self._holds: dict[str, _Hold] = {}
         self._fetches: dict[str, _Fetch] = {}
@@ -257,6 +264,7 @@ class Gossip:
     # --- input --------------------------------------------------------------------------------
 
     def receive(self, peer: str, frame: bytes, now: float) -> list[Output]:
+        self._now = now
         p = self.peers.get(peer)
         if p is None:
             return []
@@ -443,6 +451,7 @@ class Gossip:
         return out
 
     def tick(self, now: float) -> list[Output]:
+        self._now = now
         out: list[Output] = []
         cfg = self.config
         for key, p in list(self.peers.items()):
@@ -507,11 +516,12 @@ class Gossip:
         if db in self.stranded:
             raise CompactionRefusedError(f"{db}: stranded in epoch {replica.epoch_id} "
                                          f"(the others are in {self.stranded[db]})")
+        self._now = now
         round_id = self.rng.getrandbits(63)
         self._remember("freeze", round_id, 0)
         replica.freeze()
         self._rounds[db] = _Round(round_id, replica.epoch_id, now + self.config.round_timeout_s,
-                                  {replica.client_id: replica.own_clock()}, now)
+                                  {replica.client_id: replica.own_clock()}, now, now)
         self._stats.rounds_started += 1
         self._lively()
         log.info("%s: compaction round %x of %s (epoch %s) started", self.node_id, round_id,
@@ -551,7 +561,8 @@ class Gossip:
                     or db in self._rounds or db in self._holds or db in self._fetches):
                 return []
             replica.freeze()
-            self._holds[db] = _Hold(msg.round_id, now + self.config.freeze_timeout_s, p.key)
+            self._holds[db] = _Hold(msg.round_id, now + self.config.freeze_timeout_s, p.key,
+                                    now)
             self._stats.freezes += 1
             out = self._flood(db, msg, exclude=p.key)
             return out + self._send(p.key, m.Frozen(db, msg.round_id, replica.client_id,
@@ -628,7 +639,10 @@ class Gossip:
         if h is None and r is None:
             return
         self.replicas[db].thaw()
-        log.info("%s: writes to %s taken again: %s", self.node_id, db, why)
+        held = self._now - (h or r).since  # type: ignore[union-attr]
+        self._stats.held_s_last = held
+        self._stats.held_s_max = max(self._stats.held_s_max, held)
+        log.info("%s: writes to %s taken again after %.3f s: %s", self.node_id, db, held, why)
 
     def _compaction_timers(self, now: float) -> list[Output]:
         out: list[Output] = []
