@@ -304,7 +304,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         config = SimConfig(seed=seed, nodes=args.nodes, fault_s=args.fault_s,
                            chassis_period_s=(args.chassis_period_s[0],
                                              args.chassis_period_s[1]),
-                           heal_limit_s=args.heal_limit_s, profile=args.profile)
+                           heal_limit_s=args.heal_limit_s, profile=args.profile,
+                           compact_after_updates=args.compact_after_updates)
         label = f"seed {seed}"
 
         step = [0]
@@ -472,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", help="fault profile (default: drawn from the seed): none, "
                                      "halves, minority, one-way, flapping, loss, delay, "
                                      "crash, clock-jump, mixed")
+    p.add_argument("--compact-after-updates", type=int, default=None, metavar="N",
+                   help="node 0 coordinates a compaction round of the Southbound every N "
+                        "changes (default: never)")
     p.add_argument("--swarm", type=int, default=1, metavar="K",
                    help="run K seeds: seed, seed+1, ...")
     p.add_argument("--chassis-period-s", type=float, nargs=2, metavar=("LO", "HI"),

@@ -42,8 +42,9 @@ import trio.testing
 
 from crdtdb.consensus.commit import Applied, CommitRequest, Failed
 from crdtdb.engine import DatabaseSchema, integrity
+from crdtdb.gossip import GossipConfig
 from crdtdb.node import open_node
-from crdtdb.replica import Replica
+from crdtdb.replica import EpochId, EpochOrigin, Replica
 from crdtdb.replica.conflicts import ROW_KINDS
 from crdtdb.replica.envelope import decode_state_vector, open_sealed, single_writer_span
 from crdtdb.testing.linearizability import HistoryRecorder, KeyValueModel, check
@@ -105,6 +106,9 @@ class SimConfig:
     #: (``completed`` false, nothing checked) and its cut-off point depends on the machine:
     #: for measuring the simulation's speed at large N only.
     wall_limit_s: float | None = None
+    #: node 0 (ovn-northd's) coordinates a compaction round of the Southbound after this
+    #: many changes (``crdtdb serve --compact-after-updates``; None: never)
+    compact_after_updates: int | None = None
 
 
 @dataclass
@@ -153,6 +157,10 @@ class SimResult:
     #: phase -> [simulated s, wall s since the run began] when it began (speed per phase)
     phase_starts: dict[str, list[float]] = field(default_factory=dict)
     wall_s: float = 0.0
+    #: compaction (``compact_after_updates``): the newest epoch reached, and how many times
+    #: a node made its writes past a cut again after moving
+    epochs: int = 0
+    recommits: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -216,8 +224,8 @@ class _Node:
         return r
 
     def transact(self, ops: list[Any]) -> list[Any] | None:
-        if not self.up or self.replica is None:
-            return None
+        if not self.up or self.replica is None or self.replica.frozen:
+            return None  # (held by a compaction round: the agent tries again next round)
         results = self.replica.transact(ops)
         self.sim.commits += 1
         return results
@@ -231,9 +239,11 @@ class _Node:
             replica = self.open_replica()
             transport = sim.net.revive(self.name)
             async with AsyncExitStack() as stack:
+                compact = sim.config.compact_after_updates if self.i == 0 else None
                 await stack.enter_async_context(open_node(
                     {SB: replica}, node_id=self.name, transport=transport,
-                    rng=random.Random(self.rng.random())))
+                    rng=random.Random(self.rng.random()),
+                    gossip_config=GossipConfig(compact_after_updates=compact)))
                 self.nb = NbClient(self.nb_name, sim.nb_members, sim.net.revive(self.nb_name),
                                    sim.nb_schema, life=self.life,
                                    rng=random.Random(self.rng.random()), timing=sim.nb_timing,
@@ -536,7 +546,13 @@ class Simulation:
         self.workload_on = True
         self.commits = 0
         self.crashes = 0
-        self.acked: list[tuple[int, int]] = []  # (client, clock after) of local updates
+        #: (epoch, client, clock after) of local updates
+        self.acked: list[tuple[EpochId, int, int]] = []
+        #: every epoch's origin seen on any node (the lineage the lost-write check follows)
+        self.origins: dict[EpochId, EpochOrigin] = {}
+        #: (epoch, writer) -> its clock there up to which it made its writes again in a
+        #: newer epoch after moving (Replica.recommits): those acks are checked there
+        self.recommitted: dict[tuple[EpochId, int], int] = {}
         self.inserted: dict[str, float] = {}  # row uuid -> commit time
         #: propagation is measured for rows inserted from then on (after the warm-up)
         self.t_measure = float("inf")
@@ -560,10 +576,12 @@ class Simulation:
         def on_change(ev: Any) -> None:
             now = trio.current_time()
             if ev.update is not None:
-                span = single_writer_span(open_sealed(ev.update).update)
+                sealed = open_sealed(ev.update)
+                span = single_writer_span(sealed.update)
                 if span is not None:
                     client, start, n = span
-                    self.acked.append((client, start + n))
+                    self.acked.append((EpochId(sealed.epoch, sealed.base), client, start + n))
+            self._note_origins()
             for rows in ev.changes.tables.values():
                 for u, ch in rows.items():
                     if ch.new is None:
@@ -662,10 +680,11 @@ class Simulation:
         is down counting as differing. Documents are compared by state vector (which
         updates they hold: equal vectors, equal documents, hence equal views), which costs
         one encode and decode per node instead of a comparison of every row."""
-        docs: Counter[frozenset[tuple[int, int]]] = Counter()
+        docs: Counter[tuple[EpochId, frozenset[tuple[int, int]]]] = Counter()
         for n in self.nodes:
             if n.up and n.replica is not None:
-                docs[frozenset(decode_state_vector(n.replica.state_vector()).items())] += 1
+                docs[n.replica.epoch_id,
+                     frozenset(decode_state_vector(n.replica.state_vector()).items())] += 1
         return len(self.nodes) - max(docs.values(), default=0)
 
     def _divergence_point(self, t0: float) -> None:
@@ -684,6 +703,7 @@ class Simulation:
                 self.divergence = self.divergence[::2]
                 self.divergence_interval *= 2
             self._divergence_point(t0)
+            self._note_origins()
             await trio.sleep(self.divergence_interval)
 
     async def _run(self, scope: trio.CancelScope,
@@ -802,7 +822,9 @@ class Simulation:
             nb_commit_ms=_percentiles(sorted(self.nb_latency)),
             nb_settled=nb_settled_at is not None, nb_elections=self.nb_stats.elections,
             nb_retries=self.nb_retries, nb_bytes_per_node=self.nb_stats.bytes / cfg.nodes,
-            nb_violations=nb_violations, nb_check_report=report, failures=failures)
+            nb_violations=nb_violations, nb_check_report=report, failures=failures,
+            epochs=max((r.epoch for r in replicas), default=0),
+            recommits=len(self.recommitted))
 
     def _nb_settled(self) -> bool:
         """Every member up, a leader with its whole log committed, no Northbound transaction
@@ -836,11 +858,33 @@ class Simulation:
             out.append("replicas hide different rows")
         return out
 
+    def _note_origins(self) -> None:
+        for n in self.nodes:
+            r = n.replica
+            if r is not None and r.origin is not None:
+                self.origins.setdefault(r.epoch_id, r.origin)
+            for left, own, _ in r.recommits if r is not None else ():
+                key = (left, r.client_id)  # type: ignore[union-attr]
+                self.recommitted[key] = max(own, self.recommitted.get(key, 0))
+
     def _lost_writes(self, replicas: list[Replica]) -> int:
+        """Acknowledged writes missing from a replica: by its state vector for writes of its
+        own epoch; for an older epoch's, by the cut where its lineage left that epoch."""
+        self._note_origins()
         lost = 0
         for r in replicas:
             clocks = decode_state_vector(r.doc.get_state())
-            lost += sum(1 for client, clock in self.acked if clocks.get(client, 0) < clock)
+            for epoch, client, clock in self.acked:
+                if epoch == r.epoch_id:
+                    lost += clocks.get(client, 0) < clock
+                    continue
+                if self.recommitted.get((epoch, client), 0) >= clock:
+                    continue  # made again in a newer epoch: that commit's ack is checked
+                e, child = r.epoch_id, None
+                while e != epoch and e in self.origins:
+                    e, child = self.origins[e].previous, e
+                lost += e != epoch or child is None or \
+                    self.origins[child].cut.get(client, 0) < clock
         return lost
 
 

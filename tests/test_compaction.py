@@ -81,17 +81,82 @@ def test_a_replica_moves_to_a_newer_epoch_and_its_readers_hear_the_difference() 
     assert {u for u, _ in a.iter_rows("Parent")} == {p, q, r}
 
 
-def test_a_replica_that_wrote_past_the_cut_is_stranded_and_keeps_its_writes() -> None:
+def test_a_replica_that_wrote_past_the_cut_moves_and_makes_those_writes_again() -> None:
     a, b = make_replica(1, 1), make_replica(2, 2)
     _insert(a, "p")
     _sync(a, b)
     late = _insert(b, "late")  # after the state a cuts at
     a.rebuild()
+    heard: list[ChangeEvent] = []
+    b.add_listener(heard.append)
+    b.adopt(a.full_state())
+    assert b.epoch_id == a.epoch_id and late in shown(b)["Parent"]
+    assert b.recommits == [(EpochId(0), 1, a.epoch_id)]  # (b's clock after its one write)
+    # Made again: a local commit whose update is pushed; readers hear the move once, and
+    # the row never left.
+    assert [(ev.local, bool(ev.update), bool(ev.changes)) for ev in heard] == [
+        (True, True, False)]
+    a.apply_update(heard[0].update)
+    assert shown(a) == shown(b)
+
+
+def test_writes_made_again_win_column_by_column_and_deletes_stand() -> None:
+    a, b = make_replica(1, 1), make_replica(2, 2)
+    p, q, r = _insert(a, "p"), _insert(a, "q"), _insert(a, "r")
+    _sync(a, b)
+    a.rebuild()
+    # Past the cut, on b: p.n = 5, q deleted, s inserted, r.n = 9.
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 5}},
+           {"op": "delete", "table": "Parent", "where": where_uuid(q)},
+           {"op": "insert", "table": "Parent", "row": {"name": "s"}},
+           {"op": "update", "table": "Parent", "where": where_uuid(r), "row": {"n": 9}}))
+    # In the new epoch, on a: p's other column, and r deleted.
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p),
+               "row": {"name": "p2"}},
+           {"op": "delete", "table": "Parent", "where": where_uuid(r)}))
+    b.adopt(a.full_state())
+    a.apply_update(b.diff(a.state_vector()))
+    assert shown(a) == shown(b)
+    [result] = txn(b, {"op": "select", "table": "Parent", "where": [],
+                       "columns": ["name", "n"]})
+    assert sorted((row["name"], row["n"]) for row in result["rows"]) == [("p2", 5), ("s", 0)]
+
+
+def test_a_replica_reopened_after_writing_past_the_cut_still_makes_them_again(
+        tmp_path: Any) -> None:
+    """Which rows its commits wrote is in the log (and kept by a log compaction)."""
+    a = make_replica(1, 1)
+    b = Replica.open(tmp_path / "b", MERGE_SCHEMA, fsync=False)
+    _insert(a, "p")
+    _sync(a, b)
+    _insert(b, "late")
+    a.rebuild()
+    b._rewrite_log()  # a log compaction in between
+    _insert(b, "later")
+    b.close()
+    b = Replica.open(tmp_path / "b", MERGE_SCHEMA, fsync=False)
+    b.adopt(a.full_state())
+    assert _names(b) == {"p", "late", "later"} and b.epoch_id == a.epoch_id
+
+
+def test_a_replica_that_wrote_too_much_to_track_is_stranded(tmp_path: Any) -> None:
+    from unittest import mock
+
+    a = make_replica(1, 1)
+    _insert(a, "p")
+    with mock.patch("crdtdb.replica.replica.MAX_TRACKED_WRITES", 2):
+        b = Replica.open(tmp_path / "b", MERGE_SCHEMA, fsync=False)
+        _sync(a, b)
+        for i in range(4):  # the fourth is past the bound: logged as not tracked
+            _insert(b, f"late{i}")
+    a.rebuild()
+    b.close()
+    b = Replica.open(tmp_path / "b", MERGE_SCHEMA, fsync=False)  # (untracked, on disk too)
     before = shown(b)
     with pytest.raises(StrandedError, match="wrote up to") as info:
         b.adopt(a.full_state())
     assert info.value.theirs == a.epoch_id and info.value.mine == EpochId(0)
-    assert b.epoch_id == EpochId(0) and shown(b) == before and late in before["Parent"]
+    assert b.epoch_id == EpochId(0) and shown(b) == before
 
 
 def test_writes_below_the_cut_do_not_strand() -> None:
@@ -103,18 +168,20 @@ def test_writes_below_the_cut_do_not_strand() -> None:
     assert shown(b) == shown(a)
 
 
-def test_a_replica_two_epochs_behind_moves_only_if_it_never_wrote() -> None:
+def test_a_replica_epochs_behind_moves_and_makes_its_writes_past_the_cut_again() -> None:
     a, quiet, writer = make_replica(1, 1), make_replica(2, 2), make_replica(3, 3)
-    _insert(a, "p")
+    _insert(writer, "early")
     _sync(a, quiet, writer)
+    _insert(writer, "w")  # in epoch 0, past the cut of epoch 1
     a.rebuild()
     _insert(a, "q")
-    a.rebuild()
+    a.rebuild()  # epoch 2: its origin remembers where epoch 0 was cut
+    assert a.origin is not None and a.origin.cut_of(EpochId(0)) is not None
     quiet.adopt(a.full_state())
     assert quiet.epoch_id == a.epoch_id and shown(quiet) == shown(a)
-    _insert(writer, "w")  # in epoch 0, which the newest base was not cut from
-    with pytest.raises(StrandedError):
-        writer.adopt(a.full_state())
+    writer.adopt(a.full_state())
+    assert writer.epoch_id == a.epoch_id and _names(writer) == {"early", "w", "q"}
+    assert writer.recommits == [(EpochId(0), 2, a.epoch_id)]
 
 
 def test_what_a_move_may_lose_is_judged_from_the_origins() -> None:
@@ -130,8 +197,12 @@ def test_what_a_move_may_lose_is_judged_from_the_origins() -> None:
     assert not covers(cut_b, a1, cut_a, 7, 0)
     assert covers(cut_a, b1, cut_b, 7, 0)
     assert not covers(cut_a, b1, cut_b, 7, 1)
-    # Anything further away cannot be judged from one origin: refused.
+    # Anything off the new epoch's lineage cannot be judged: refused.
     assert not covers(EpochOrigin(EpochId(1, b"c" * 16), {7: 9}), a1, cut_a, 7, 0)
+    # Two epochs on: the lineage says where epoch 0 was left.
+    two = cut_a.next(a1, {7: 0, 8: 4})
+    assert two.cut_of(e0) == {7: 5} and two.cut_of(a1) == {7: 0, 8: 4}
+    assert covers(two, e0, None, 7, 5) and not covers(two, e0, None, 7, 6)
 
 
 def test_same_number_different_bases_refuse_each_other() -> None:
@@ -282,7 +353,7 @@ def test_a_second_round_while_one_runs_is_refused() -> None:
         net.compact("n1")  # n1 holds its writes for n0's round
 
 
-def test_a_node_cut_off_during_the_round_that_writes_is_stranded_and_loses_nothing() -> None:
+def test_a_node_cut_off_during_the_round_that_writes_moves_and_loses_nothing() -> None:
     net = _cluster(4, 5)
     ids = sorted(net.replicas)
     net.run_for(0.5)
@@ -294,10 +365,9 @@ def test_a_node_cut_off_during_the_round_that_writes_is_stranded_and_loses_nothi
     net.run_for(8.0)  # the round is cut without n3's report at its deadline
     net.faults.groups = None
     net.run_for(10.0)
-    n3 = net.replicas["n3"]
-    assert {net.replicas[i].epoch for i in ids[:3]} == {1}
-    assert n3.epoch == 0 and late in shown(n3)["Parent"]
-    assert net.gossip["n3"].statistics().stranded == {"Merge": str(net.replicas["n0"].epoch_id)}
+    assert {r.epoch for r in net.replicas.values()} == {1}
+    assert net.converged() and late in shown(net.replicas["n0"])["Parent"]
+    assert net.replicas["n3"].recommits and not net.gossip["n3"].stranded
     assert net.gossip["n0"].statistics().rounds_cut == 1
 
 
@@ -317,7 +387,7 @@ def test_a_node_cut_off_during_the_round_that_stays_quiet_moves_after_the_heal()
     assert net.converged() and len(shown(net.replicas["n3"])["Parent"]) == 4
 
 
-def test_a_writer_whose_writes_never_reached_the_coordinator_is_stranded() -> None:
+def test_a_writer_whose_writes_never_reached_the_coordinator_makes_them_again() -> None:
     net = _cluster(3, 7)
     net.run_for(0.5)
     # Nobody hears n2 (it hears everyone): its write and its report never arrive, so n0
@@ -329,10 +399,9 @@ def test_a_writer_whose_writes_never_reached_the_coordinator_is_stranded() -> No
     assert net.gossip["n0"].statistics().rounds_cut == 1
     net.faults.one_way = set()
     net.run_for(40.0)
-    n2 = net.replicas["n2"]
-    assert net.replicas["n0"].epoch == net.replicas["n1"].epoch == 1
-    assert n2.epoch == 0 and _names(n2) == {"unseen"}
-    assert net.gossip["n2"].statistics().strandings == 1
+    assert {r.epoch for r in net.replicas.values()} == {1}
+    assert net.converged() and _names(net.replicas["n0"]) == {"unseen"}
+    assert net.gossip["n2"].statistics().strandings == 0
     assert not any(r.frozen for r in net.replicas.values())
 
 

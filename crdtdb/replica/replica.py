@@ -64,6 +64,11 @@ META_MAP = "crdtdb:meta"
 #: The client id that builds every epoch's base document (never a node's own id).
 BASE_CLIENT_ID = 0
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
+#: Local row changes remembered per epoch so that writes past a compaction cut can be made
+#: again in the new epoch (see Replica.adopt); beyond this many, the replica would be
+#: stranded instead.
+MAX_TRACKED_WRITES = 100_000
+_INSERT, _DELETE = "insert", "delete"
 DEFAULT_COMPACT_RATIO = 4.0
 _HEADER, _STATE, _UPDATE = "header", "state", "update"
 
@@ -178,6 +183,13 @@ class Replica:
         self._failed: str | None = None
         #: Local writes are held by a compaction round (see freeze).
         self.frozen = False
+        #: This epoch's local row changes (also in the log): (table, uuid) -> [[own clock
+        #: after the commit, _INSERT | _DELETE | changed columns' indexes], ...], a repeated
+        #: change of the same kind kept once, at its latest clock; None once past
+        #: MAX_TRACKED_WRITES entries.
+        self._own_writes: dict[tuple[str, str], list[list[Any]]] | None = {}
+        #: (epoch left, own clock there, epoch entered): writes made again after a move.
+        self.recommits: list[tuple[EpochId, int, EpochId]] = []
         self._stats = ReplicaStatistics(client_id, epoch, 0, 0)
         self._epoch_start = 0
         self._decoders = {name: enc.RowDecoder(t) for name, t in schema.tables.items()}
@@ -313,7 +325,7 @@ class Replica:
         simulated disk)."""
         rng = rng or random.Random()
         t0 = time.perf_counter()
-        header, epoch, base, updates = _read_log(log, schema)
+        header, epoch, base, updates, own_writes = _read_log(log, schema)
         if header is None:
             client_id = new_client_id(rng)
             log.append(_pack([_HEADER, {"schema": schema_digest(schema),
@@ -328,6 +340,7 @@ class Replica:
                    fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
                    compact_ratio=compact_ratio)
         self._reset_doc(doc)
+        self._own_writes = _tracked(own_writes)
         self._snapshot_bytes = log.statistics().bytes
         logger.info("%s: opened replica of %s (client %d, epoch %d, %d rows) in %.2f s",
                     log.path, schema.name, client_id, epoch, self.row_total(),
@@ -391,8 +404,12 @@ class Replica:
                  locks: LockOwnership | None = None) -> list[Any]:
         return self.execute(operations, locks=locks).results_nowait()
 
-    def commit(self, changeset: Changeset) -> Changeset:
-        """Write a changeset computed against the view; durable before this returns."""
+    def commit(self, changeset: Changeset, *, tell: bool = True,
+               engine_checked: bool = True) -> Changeset:
+        """Write a changeset computed against the view; durable before this returns.
+        ``tell=False``: listeners get the update but not the changes (the caller reports
+        them with others, see adopt). ``engine_checked=False``: the engine did not run it
+        (writes made again after a move), so the view checks every constraint."""
         if self._failed:
             raise ReplicaFailedError(self._failed)
         if not changeset:
@@ -422,9 +439,10 @@ class Replica:
             self._clocks = decode_state_vector(self.doc.get_state())
         sealed = seal(self.schema_digest, self.epoch, self.client_id, update,
                       base=self.base) if update else None
+        touched = self._touched(changeset) if self._own_writes is not None else None
         if sealed is not None and self._log is not None:
             try:
-                self._log.append(_pack([_UPDATE, self.epoch, update]),
+                self._log.append(_pack([_UPDATE, self.epoch, update, touched]),
                                  sync=self._fsync or changeset.durable)
             except (OSError, StorageError) as exc:
                 self._failed = f"{self.name}: a commit could not be logged ({exc}); reopen"
@@ -432,11 +450,29 @@ class Replica:
                 raise ReplicaFailedError(self._failed) from exc
         dirty: set[RowKey] = set()
         by_row = self._drain_events(dirty)
-        diff = self._refresh(dirty, known, by_row, engine_checked=dirty.issubset(known))
+        diff = self._refresh(dirty, known, by_row,
+                             engine_checked=engine_checked and dirty.issubset(known))
         self._stats.local_commits += 1
-        self._emit(ChangeEvent(diff, sealed, True, span))
+        if touched is not None and self._own_writes is not None:
+            self._own_writes = _tracked(touched, self._own_writes)
+        self._emit(ChangeEvent(diff if tell else Changeset(), sealed, True, span))
         self._maybe_compact_log()
         return diff
+
+    def _touched(self, changeset: Changeset) -> list[list[Any]]:
+        """The rows a local commit changed, as kept in ``_own_writes`` and in its log
+        record: [own clock after it, table, uuid, "insert" | "delete" | changed columns]."""
+        clock = self.own_clock()
+        out: list[list[Any]] = []
+        for tname, changes in changeset.tables.items():
+            for uuid, ch in changes.items():
+                if ch.old is None or ch.new is None:
+                    what: Any = _INSERT if ch.old is None else _DELETE
+                else:
+                    what = [i for i, (a, b) in enumerate(zip(ch.old, ch.new, strict=True))
+                            if a != b]
+                out.append([clock, tname, uuid, what])
+        return out
 
     def _write_row(self, tname: str, uuid: str, old: Row | None, new: Row | None,
                    known: dict[RowKey, Row | None]) -> None:
@@ -954,7 +990,9 @@ class Replica:
         number = self.epoch + 1 if epoch is None else epoch
         if number <= self.epoch:
             raise ValueError(f"epoch {number} is not after the current epoch {self.epoch}")
-        origin = EpochOrigin(self.epoch_id, decode_state_vector(self.doc.get_state()))
+        cut = decode_state_vector(self.doc.get_state())
+        origin = (EpochOrigin(self.epoch_id, cut) if self.origin is None
+                  else self.origin.next(self.epoch_id, cut))
         base = build_base(self.schema, self.view.rows, number, origin)
         digest = base_digest(base)
         if release_memory:
@@ -1001,28 +1039,85 @@ class Replica:
             # Only this replica writes under its id, and it never was in that epoch.
             raise CorruptUpdateError(f"state of epoch {theirs} holds writes of this "
                                      f"replica's client id {self.client_id}")
-        own = self.own_clock()
-        if not covers(origin, self.epoch_id, self.origin, self.client_id, own):
-            raise StrandedError(
-                f"{self.name}: epoch {theirs} was cut from {origin.previous} at clock "
-                f"{origin.cut.get(self.client_id, 0)} of this replica, which is in epoch "
-                f"{self.epoch_id} and wrote up to clock {own} there: moving could lose "
-                "writes of its own, so it stays", mine=self.epoch_id, theirs=theirs)
+        own, left = self.own_clock(), self.epoch_id
+        redo: list[list[Any]] = []
+        if not covers(origin, left, self.origin, self.client_id, own):
+            left_at = origin.cut_of(left)
+            cut = 0 if left_at is None else left_at.get(self.client_id, 0)
+            if left_at is None or self._own_writes is None:
+                raise StrandedError(
+                    f"{self.name}: epoch {theirs} was cut from {origin.previous} at clock "
+                    f"{cut} of this replica, which is in epoch {left} and wrote up to clock "
+                    f"{own} there: moving could lose writes of its own, so it stays",
+                    mine=left, theirs=theirs)
+            redo = sorted([clock, t, u, what] for (t, u), writes in self._own_writes.items()
+                          for clock, what in writes if clock > cut)
         before = self.view.rows
         self._unsubscribe()
         self._enter(doc, theirs)
         diff = _difference(self.schema, before, self.view.rows)
+        if redo:
+            diff = diff.then(self._redo(before, redo))
+            self.recommits.append((left, own, theirs))
+            # (a row the move took away and the redo brought back as it was: no change)
+            diff = Changeset({t: {u: ch for u, ch in rows.items() if ch.old != ch.new}
+                              for t, rows in diff.tables.items()})
         logger.info("%s: moved from epoch %s to %s (%d rows, %d changed)", self.name,
-                    origin.previous, theirs, self.row_total(), diff.n_rows())
-        if diff:
+                    left, theirs, self.row_total(), diff.n_rows())
+        if diff:  # what readers see change, once (the writes made again included)
             self._emit(ChangeEvent(diff, None, False))
         return diff
+
+    def _redo(self, before: Any, redo: list[list[Any]]) -> Changeset:
+        """Make again, in the new epoch, this replica's writes past its cut: each row or
+        column it wrote takes the value it had here before the move (where a row is gone on
+        either side, the delete stands). They are new writes: they win over concurrent ones
+        made in the new epoch (docs/consistency.md, "Moving to a newer epoch")."""
+        touched: dict[RowKey, Any] = {}
+        for _, tname, uuid, what in redo:
+            if isinstance(what, list):
+                what = frozenset(what)
+            prev = touched.get((tname, uuid))
+            if isinstance(what, frozenset) and isinstance(prev, frozenset):
+                what = prev | what
+            elif isinstance(what, frozenset) and prev == _INSERT:
+                what = _INSERT
+            touched[tname, uuid] = what
+        cs = Changeset()
+        rows = self.view.rows
+        for (tname, uuid), what in touched.items():
+            mine, now = before.get_row(tname, uuid), rows.get_row(tname, uuid)
+            if what == _DELETE:
+                change = RowChange(now, None) if mine is None and now is not None else None
+            elif mine is None:
+                change = None  # deleted here after this replica wrote it: the delete stands
+            elif what == _INSERT:
+                change = RowChange(now, mine) if now != mine else None
+            elif now is None:
+                change = None
+            else:
+                merged = list(now)
+                for i in what:
+                    merged[i] = mine[i]
+                change = RowChange(now, tuple(merged)) if tuple(merged) != now else None
+            if change is not None:
+                cs.tables.setdefault(tname, {})[uuid] = change
+        logger.warning("%s: %d rows written past the cut made again in epoch %s (%d "
+                       "changed)", self.name, len(touched), self.epoch_id, cs.n_rows())
+        if not cs:
+            return cs
+        frozen, self.frozen = self.frozen, False  # (a round may hold writes: not these)
+        try:
+            return self.commit(cs, tell=False, engine_checked=False)
+        finally:
+            self.frozen = frozen
 
     def _enter(self, doc: Doc, epoch: EpochId) -> None:
         """Make ``doc`` (a base, or a newer epoch's full state) the document of ``epoch``."""
         self.epoch, self.base = epoch.number, epoch.base
         self._stats.epoch = epoch.number
         self._epoch_start = self._stats.local_commits + self._stats.remote_updates
+        self._own_writes = {}
         self._wanted.clear()
         self._behind.clear()
         self._gapped = False
@@ -1046,8 +1141,11 @@ class Replica:
         assert self._log is not None
         header = _pack([_HEADER, {"schema": self.schema_digest, "client_id": self.client_id,
                                   "format": 1}])
+        own = None if self._own_writes is None else [
+            [clock, t, u, what] for (t, u), writes in self._own_writes.items()
+            for clock, what in writes]
         self._log.rewrite([header, _pack([_STATE, self.epoch, self.doc.get_update(),
-                                          self.base])])
+                                          self.base, own])])
         self._snapshot_bytes = self._log.statistics().bytes
 
     def _maybe_compact_log(self) -> None:
@@ -1151,6 +1249,29 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def _tracked(entries: list[list[Any]] | None,
+             into: dict[tuple[str, str], list[list[Any]]] | None = None
+             ) -> dict[tuple[str, str], list[list[Any]]] | None:
+    """Add ``[clock, table, uuid, what]`` entries to a replica's ``_own_writes``: a change
+    of the same kind as the row's last one (the same columns, or fewer) only moves that
+    one's clock, so rewriting a column again and again costs nothing."""
+    if entries is None:
+        return None
+    own = {} if into is None else into
+    n = sum(map(len, own.values()))
+    for clock, table, uuid, what in entries:
+        writes = own.setdefault((table, uuid), [])
+        last = writes[-1] if writes else None
+        if last is not None and (last[1] == what or (
+                isinstance(what, list) and isinstance(last[1], list)
+                and set(what) <= set(last[1]))):
+            last[0] = clock
+        else:
+            writes.append([clock, what])
+            n += 1
+    return None if n > MAX_TRACKED_WRITES else own
+
+
 def _difference(schema: DatabaseSchema, before: Any, after: Any) -> Changeset:
     """The changes from one snapshot of the view to another (for monitors)."""
     out = Changeset()
@@ -1169,11 +1290,15 @@ def _difference(schema: DatabaseSchema, before: Any, after: Any) -> Changeset:
 
 
 def _read_log(log: RecordLog, schema: DatabaseSchema
-              ) -> tuple[dict[str, Any] | None, int, bytes, list[bytes]]:
+              ) -> tuple[dict[str, Any] | None, int, bytes, list[bytes],
+                         list[list[Any]] | None]:
+    """The header, epoch, base digest, updates to apply, and the rows written here in the
+    epoch (``_own_writes``; None if a record lacks them)."""
     header: dict[str, Any] | None = None
     epoch = 0
     base = b""
     updates: list[bytes] = []
+    own: list[list[Any]] | None = []
     digest = schema_digest(schema)
     for n, payload in enumerate(log.replay()):
         try:
@@ -1191,11 +1316,14 @@ def _read_log(log: RecordLog, schema: DatabaseSchema
             epoch = rec[1]
             updates = [rec[2]]
             base = rec[3] if len(rec) > 3 else b""
+            own = rec[4] if len(rec) > 4 else None
         elif kind == _UPDATE:
             if rec[1] != epoch:
                 raise DecodeError(f"{log.path}: record {n} is from epoch {rec[1]}, "
                                   f"log is at {epoch}")
             updates.append(rec[2])
+            if len(rec) > 3:  # a local commit: its rows (None: no longer tracked)
+                own = None if rec[3] is None or own is None else own + rec[3]
         else:
             raise DecodeError(f"{log.path}: record {n} has unknown kind {kind!r}")
-    return header, epoch, base, updates
+    return header, epoch, base, updates, own
