@@ -676,3 +676,18 @@ async def test_a_node_down_during_a_round_moves_when_it_comes_back(tmp_path: Any
             assert rows(b) == {"b's"} and b.status()["gossip"]["stranded"] == {}
             b.database("Merge").insert("Parent", {"name": "after"})
             await until(lambda: rows(a) == {"b's", "after"})
+
+
+def test_what_a_replica_tracks_of_its_writes_stays_small() -> None:
+    from crdtdb.replica.replica import _tracked
+
+    own: Any = {}
+    for clock in range(1, 1001):  # one column rewritten a thousand times
+        own = _tracked([[clock, "Parent", "u", [3]]], own)
+    assert own == {("Parent", "u"): [[1000, [3]]]}
+    for clock, cols in ((1001, [1]), (1002, [2]), (1003, [4]), (1004, [5])):
+        own = _tracked([[clock, "Parent", "u", cols]], own)
+    # Past four kinds of change the row is one entry, every column it changed included.
+    assert own == {("Parent", "u"): [[1004, [1, 2, 3, 4, 5]]]}
+    own = _tracked([[1005, "Parent", "u", "delete"]], own)
+    assert own[("Parent", "u")][-1] == [1005, "delete"]

@@ -340,7 +340,7 @@ class Replica:
                    fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
                    compact_ratio=compact_ratio)
         self._reset_doc(doc)
-        self._own_writes = _tracked(own_writes)
+        self._own_writes = _tracked(own_writes, {})
         self._snapshot_bytes = log.statistics().bytes
         logger.info("%s: opened replica of %s (client %d, epoch %d, %d rows) in %.2f s",
                     log.path, schema.name, client_id, epoch, self.row_total(),
@@ -1249,27 +1249,36 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _tracked(entries: list[list[Any]] | None,
-             into: dict[tuple[str, str], list[list[Any]]] | None = None
+def _tracked(entries: list[list[Any]] | None, own: dict[tuple[str, str], list[list[Any]]]
              ) -> dict[tuple[str, str], list[list[Any]]] | None:
     """Add ``[clock, table, uuid, what]`` entries to a replica's ``_own_writes``: a change
     of the same kind as the row's last one (the same columns, or fewer) only moves that
-    one's clock, so rewriting a column again and again costs nothing."""
+    one's clock, so rewriting a column again and again costs nothing. None (no longer
+    tracked) past MAX_TRACKED_WRITES rows."""
     if entries is None:
         return None
-    own = {} if into is None else into
-    n = sum(map(len, own.values()))
     for clock, table, uuid, what in entries:
-        writes = own.setdefault((table, uuid), [])
-        last = writes[-1] if writes else None
-        if last is not None and (last[1] == what or (
-                isinstance(what, list) and isinstance(last[1], list)
-                and set(what) <= set(last[1]))):
+        writes = own.get((table, uuid))
+        if writes is None:
+            if len(own) >= MAX_TRACKED_WRITES:
+                return None
+            own[table, uuid] = [[clock, what]]
+            continue
+        last = writes[-1]
+        if last[1] == what or (isinstance(what, list) and isinstance(last[1], list)
+                               and set(what) <= set(last[1])):
             last[0] = clock
-        else:
+        elif len(writes) < 4:
             writes.append([clock, what])
-            n += 1
-    return None if n > MAX_TRACKED_WRITES else own
+        else:  # bounded: one entry for the row, at the latest clock (made again whole if
+            # past a cut, a little more than needed but nothing less)
+            kinds = [w[1] for w in writes] + [what]
+            if what == _DELETE or _INSERT in kinds:
+                merged: Any = what if what == _DELETE else _INSERT
+            else:
+                merged = sorted({i for k in kinds if isinstance(k, list) for i in k})
+            own[table, uuid] = [[clock, merged]]
+    return own
 
 
 def _difference(schema: DatabaseSchema, before: Any, after: Any) -> Changeset:
