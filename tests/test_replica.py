@@ -636,6 +636,61 @@ def test_large_updates_travel_compressed_and_are_still_checked() -> None:
     assert shown(b) == shown(a)
 
 
+def _sealed_as(fields: list[Any]) -> bytes:
+    """A sealed update with these fields and a digest that matches them (a peer that seals
+    garbage, or whose envelope says something else than its body)."""
+    import msgpack
+
+    from crdtdb.replica import envelope
+
+    fmt, schema, epoch, base, client, body, _, codec = fields
+    digest = envelope._digest(schema, epoch, base, client, codec, body)
+    return msgpack.packb([fmt, schema, epoch, base, client, body, digest, codec],
+                         use_bin_type=True)
+
+
+def test_the_digest_covers_the_codec_and_the_body_as_sent() -> None:
+    import msgpack
+
+    a = make_replica(1, 1)
+    for i in range(200):
+        ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))
+    fields = msgpack.unpackb(a.full_state())
+    assert fields[0] == 3 and fields[-1] == "zlib"
+    as_plain = list(fields)
+    as_plain[-1] = ""  # the compressed body taken for the update: the digest says no
+    with pytest.raises(CorruptUpdateError, match="checksum"):
+        open_sealed(msgpack.packb(as_plain, use_bin_type=True))
+    older = list(fields)
+    older[0] = 2
+    with pytest.raises(CorruptUpdateError, match="format version"):
+        open_sealed(_sealed_as(older))
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200), codec=st.sampled_from(["", "zlib"]),
+       cut=st.integers(0, 300), flip=st.integers(0, 2**16))
+def test_a_sealed_body_that_does_not_inflate_or_apply_is_a_corrupt_update(
+        body: bytes, codec: str, cut: int, flip: int) -> None:
+    """Bodies that pass the digest (sealed garbage, compressed or not, truncated or
+    damaged zlib streams) and any damage to a sealed update: CorruptUpdateError, never
+    another exception, and the document untouched."""
+    import zlib
+
+    update = open_sealed(_one_update()[1]).update
+    real = zlib.compress(update + body, 1)
+    for b_ in (body, real[:cut], real[:cut] + body, zlib.compress(update, 1) + body[:1]):
+        payload = _sealed_as([3, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
+        damaged = bytearray(payload)
+        damaged[flip % len(damaged)] ^= 1 + flip % 255
+        for p in (payload, bytes(damaged)):
+            r = make_replica(2, 2)
+            try:
+                r.apply_update(p)
+            except CorruptUpdateError:
+                assert r.doc.get_update() == make_replica(3, 3).doc.get_update()
+
+
 # --- the fast register decoder ----------------------------------------------------------------
 
 def _registers() -> list[tuple[Any, bytes]]:
