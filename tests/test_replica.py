@@ -527,6 +527,44 @@ def test_reopen_keeps_rows_client_id_and_remote_updates(tmp_path: Path) -> None:
         assert shown(other) == shown(r)
 
 
+def test_an_update_into_an_empty_document_is_logged_as_received(tmp_path: Path) -> None:
+    """A fresh replica logs the update itself, not the document observer's account of it
+    (see Replica._apply_raw): the log replays to the same document, also where pycrdt held
+    part of the update back, and the results are those of the observer's path."""
+    from tests.replica_support import MERGE_SCHEMA
+
+    a, b, c = (make_replica(i, i) for i in (1, 2, 3))
+    p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 1}}))
+    b.apply_update(a.full_state())
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 2}}))
+    c.apply_update(b.full_state())
+    ok(txn(c, {"op": "insert", "table": "Parent", "row": {"name": "q"}}))
+    # b's and c's items, b's overwrite of an item of a's: held back until a's items come.
+    past_gap = c.diff(a.state_vector())
+    for first, then in ((c.full_state(), None), (past_gap, a.full_state()),
+                        (enc_empty_update(c), c.full_state())):
+        ref = make_replica(9, 9)
+        ref._pristine = False  # the observer's path
+        with Replica.open(tmp_path / f"r{len(first)}", MERGE_SCHEMA) as r:
+            for u in (first, then):
+                if u is not None:
+                    got, want = r.apply_update(u), ref.apply_update(u)
+                    assert (got.gap, got.new, got.changes) == (want.gap, want.new,
+                                                               want.changes)
+            assert shown(r) == shown(ref)
+            assert r.doc.get_update() == ref.doc.get_update()
+            assert r.statistics().remote_updates == ref.statistics().remote_updates
+        with Replica.open(tmp_path / f"r{len(first)}", MERGE_SCHEMA) as r:
+            assert shown(r) == shown(ref)
+            assert r.doc.get_update() == ref.doc.get_update()
+
+
+def enc_empty_update(r: Replica) -> bytes:
+    """A sealed update of nothing (as a diff against a peer's own state vector)."""
+    return r.diff(r.state_vector())
+
+
 def test_log_compaction_and_rebuild_survive_reopen(tmp_path: Path) -> None:
     from tests.replica_support import MERGE_SCHEMA
 
@@ -596,6 +634,61 @@ def test_large_updates_travel_compressed_and_are_still_checked() -> None:
     b = make_replica(2, 2)
     b.apply_update(full)
     assert shown(b) == shown(a)
+
+
+def _sealed_as(fields: list[Any]) -> bytes:
+    """A sealed update with these fields and a digest that matches them (a peer that seals
+    garbage, or whose envelope says something else than its body)."""
+    import msgpack
+
+    from crdtdb.replica import envelope
+
+    fmt, schema, epoch, base, client, body, _, codec = fields
+    digest = envelope._digest(schema, epoch, base, client, codec, body)
+    return msgpack.packb([fmt, schema, epoch, base, client, body, digest, codec],
+                         use_bin_type=True)
+
+
+def test_the_digest_covers_the_codec_and_the_body_as_sent() -> None:
+    import msgpack
+
+    a = make_replica(1, 1)
+    for i in range(200):
+        ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))
+    fields = msgpack.unpackb(a.full_state())
+    assert fields[0] == 3 and fields[-1] == "zlib"
+    as_plain = list(fields)
+    as_plain[-1] = ""  # the compressed body taken for the update: the digest says no
+    with pytest.raises(CorruptUpdateError, match="checksum"):
+        open_sealed(msgpack.packb(as_plain, use_bin_type=True))
+    older = list(fields)
+    older[0] = 2
+    with pytest.raises(CorruptUpdateError, match="format version"):
+        open_sealed(_sealed_as(older))
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200), codec=st.sampled_from(["", "zlib"]),
+       cut=st.integers(0, 300), flip=st.integers(0, 2**16))
+def test_a_sealed_body_that_does_not_inflate_or_apply_is_a_corrupt_update(
+        body: bytes, codec: str, cut: int, flip: int) -> None:
+    """Bodies that pass the digest (sealed garbage, compressed or not, truncated or
+    damaged zlib streams) and any damage to a sealed update: CorruptUpdateError, never
+    another exception, and the document untouched."""
+    import zlib
+
+    update = open_sealed(_one_update()[1]).update
+    real = zlib.compress(update + body, 1)
+    for b_ in (body, real[:cut], real[:cut] + body, zlib.compress(update, 1) + body[:1]):
+        payload = _sealed_as([3, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
+        damaged = bytearray(payload)
+        damaged[flip % len(damaged)] ^= 1 + flip % 255
+        for p in (payload, bytes(damaged)):
+            r = make_replica(2, 2)
+            try:
+                r.apply_update(p)
+            except CorruptUpdateError:
+                assert r.doc.get_update() == make_replica(3, 3).doc.get_update()
 
 
 # --- the fast register decoder ----------------------------------------------------------------

@@ -8,9 +8,12 @@ digest covers all of it: damage in transit or on disk, an update from another da
 from a history that compaction replaced are all refused before pycrdt sees a byte.
 (Authenticating peers is the transport's job: mutual TLS.)
 
-Wire form: msgpack array ``[2, schema_digest, epoch, base, client_id, update, digest16,
-codec]``; ``codec`` is ``""`` or ``"zlib"`` (updates over 4 KiB are compressed when that
-saves space: a full state shrinks several times). The digest covers the uncompressed update.
+Wire form: msgpack array ``[3, schema_digest, epoch, base, client_id, body, digest16,
+codec]``; ``codec`` is ``""`` (``body`` is the update) or ``"zlib"`` (updates over 4 KiB are
+compressed when that saves space: a full state shrinks several times). The digest covers the
+codec and the body as sent, so nothing is inflated before it checks, and hashing the body
+costs a third of hashing the update it inflates to (100k rows: 8 ms for 7.8 MB instead of
+29 ms for 27 MB); zlib's own checksum then covers the inflating.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pycrdt
 
 from crdtdb.errors import CrdtdbError
 
-FORMAT = 2
+FORMAT = 3
 DIGEST_BYTES = 16
 #: An update bigger than this is refused unopened (a full state of 100k rows is ~25 MB).
 DEFAULT_MAX_UPDATE_BYTES = 256 * 1024 * 1024
@@ -61,32 +64,35 @@ class Sealed:
     base: bytes = b""
 
 
-#: (schema, epoch, base, client id) -> a hash that has taken them in: every update of a
-#: writer starts the same, and copying the hash costs less than packing and hashing its prefix.
-_prefixes: dict[tuple[str, int, bytes, int], Any] = {}
+#: (schema, epoch, base, client id, codec) -> a hash that has taken them in: every update of
+#: a writer starts the same, and copying the hash costs less than packing and hashing its
+#: prefix.
+_prefixes: dict[tuple[str, int, bytes, int, str], Any] = {}
 
 
-def _digest(schema: str, epoch: int, base: bytes, client_id: int, update: bytes) -> bytes:
-    key = (schema, epoch, base, client_id)
+def _digest(schema: str, epoch: int, base: bytes, client_id: int, codec: str,
+            body: bytes) -> bytes:
+    key = (schema, epoch, base, client_id, codec)
     prefix = _prefixes.get(key)
     if prefix is None:
         if len(_prefixes) >= 4096:
             _prefixes.clear()
         prefix = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"crdtdb-update")
-        prefix.update(msgpack.packb([schema, epoch, base, client_id], use_bin_type=True))
+        prefix.update(msgpack.packb([FORMAT, schema, epoch, base, client_id, codec],
+                                    use_bin_type=True))
         _prefixes[key] = prefix
     h = prefix.copy()
-    h.update(update)
+    h.update(body)
     return h.digest()
 
 
 def seal(schema: str, epoch: int, client_id: int, update: bytes, *, base: bytes = b"") -> bytes:
-    digest = _digest(schema, epoch, base, client_id, update)
     body, codec = update, ""
     if len(update) >= COMPRESS_MIN_BYTES:
         packed = zlib.compress(update, 1)
         if len(packed) < len(update):
             body, codec = packed, "zlib"
+    digest = _digest(schema, epoch, base, client_id, codec, body)
     return msgpack.packb([FORMAT, schema, epoch, base, client_id, body, digest, codec],
                          use_bin_type=True)
 
@@ -100,12 +106,15 @@ def _inflate(body: bytes, max_update_bytes: int) -> bytes:
     if len(out) > max_update_bytes or d.unconsumed_tail or not d.eof:
         raise CorruptUpdateError("compressed update is truncated or inflates past "
                                  f"{max_update_bytes} bytes")
+    if d.unused_data:
+        raise CorruptUpdateError("bytes after the end of a compressed update")
     return out
 
 
 def open_sealed(payload: bytes | bytearray | memoryview, *,
                 max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES) -> Sealed:
-    """Check and unwrap a sealed update; :class:`CorruptUpdateError` if anything is off."""
+    """Check and unwrap a sealed update; :class:`CorruptUpdateError` if anything is off
+    (another format version included: peers of one cluster run one format)."""
     if len(payload) > max_update_bytes + 256:
         raise CorruptUpdateError(f"sealed update of {len(payload)} bytes exceeds the limit "
                                  f"of {max_update_bytes}")
@@ -120,12 +129,11 @@ def open_sealed(payload: bytes | bytearray | memoryview, *,
             and isinstance(obj[5], bytes) and isinstance(obj[6], bytes)
             and obj[7] in ("", "zlib")):
         raise CorruptUpdateError("not a sealed update (bad shape or format version)")
-    _, schema, epoch, base, client_id, update, digest, codec = obj
-    if codec == "zlib":
-        update = _inflate(update, max_update_bytes)
-    if digest != _digest(schema, epoch, base, client_id, update):
-        raise CorruptUpdateError(f"checksum mismatch on an update of {len(update)} bytes "
+    _, schema, epoch, base, client_id, body, digest, codec = obj
+    if digest != _digest(schema, epoch, base, client_id, codec, body):
+        raise CorruptUpdateError(f"checksum mismatch on an update of {len(body)} bytes "
                                  f"from client {client_id}")
+    update = _inflate(body, max_update_bytes) if codec == "zlib" else body
     return Sealed(schema, epoch, client_id, update, base)
 
 
