@@ -67,7 +67,7 @@ DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
 #: Local row changes remembered per epoch so that writes past a compaction cut can be made
 #: again in the new epoch (see Replica.adopt); beyond this many, the replica would be
 #: stranded instead.
-MAX_TRACKED_WRITES = 100_000
+MAX_TRACKED_WRITES = 10_000
 _INSERT, _DELETE = "insert", "delete"
 DEFAULT_COMPACT_RATIO = 4.0
 _HEADER, _STATE, _UPDATE = "header", "state", "update"
