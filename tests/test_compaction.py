@@ -613,7 +613,7 @@ def test_a_held_write_runs_once_when_the_replica_thaws() -> None:
     r.thaw()
     replies = [e for e in s.drain() if isinstance(e, Reply)]
     assert [e.id for e in replies] == [1] and "uuid" in replies[0].result[0]
-    assert [row for _, row in r.iter_rows("Parent")].__len__() == 1
+    assert len(list(r.iter_rows("Parent"))) == 1
 
 
 def test_a_log_that_cannot_be_rewritten_keeps_the_old_epoch_whole(tmp_path: Any) -> None:
