@@ -138,3 +138,29 @@ class Pair:
         row = r.get_row(table, uuid)
         assert row is not None
         return row[r.schema.tables[table].columns[column].index]
+
+
+def damaged(payload: bytes, rng: random.Random, how: str) -> bytearray:
+    """``payload`` (a marker's or register's msgpack bytes) damaged as ``how`` says: bytes
+    flipped, truncated, extended, a uuid's extension given another code or length ("ext"),
+    or replaced by random bytes ("garbage"); "keep" leaves it. What the fast decoders must
+    refuse exactly as the checked ones do."""
+    data = bytearray(payload)
+    if how == "flip":
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif how == "truncate":
+        del data[rng.randrange(len(data)):]
+    elif how == "extend":
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
+    elif how == "ext":
+        at = bytes(data).find(b"\xd8\x01")  # fixext 16, code 1: a uuid
+        if at >= 0:
+            if rng.random() < 0.5:
+                data[at + 1] = rng.choice([0, 2, 127, 255])
+            else:
+                data[at] = 0xd7  # fixext 8: 8 bytes where 16 were
+    elif how == "garbage":
+        data = bytearray(rng.randbytes(rng.randint(0, 40)))
+    return data
+

@@ -38,6 +38,7 @@ from tests.replica_support import (
     MERGE_SCHEMA,
     Pair,
     check_view,
+    damaged,
     make_replica,
     ok,
     shown,
@@ -738,22 +739,7 @@ def _register_outcome(fn: Any, *args: Any) -> Any:
 def test_the_fast_register_decoder_agrees_with_the_checked_one(which: int, seed: int,
                                                                how: str) -> None:
     col, payload = REGISTERS[which]
-    rng = random.Random(seed)
-    data = bytearray(payload)
-    if how == "flip":
-        for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif how == "truncate":
-        del data[rng.randrange(len(data)):]
-    elif how == "extend":
-        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-    elif how == "ext":  # an extension with another code or length where a uuid is
-        at = bytes(data).find(b"\xd8\x01")  # fixext 16, code 1
-        if at >= 0:
-            if rng.random() < 0.5:
-                data[at + 1] = rng.choice([0, 2, 127, 255])
-            else:
-                data[at] = 0xd7  # fixext 8: 8 bytes where 16 were
+    data = damaged(payload, random.Random(seed), how)
     for p in (bytes(data), data, memoryview(bytes(data))):
         assert _register_outcome(enc.unpack_register, col, p) == \
             _register_outcome(enc._checked_register, col, p)

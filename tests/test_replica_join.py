@@ -25,6 +25,7 @@ from tests.replica_support import (
     Pair,
     check_join,
     check_view,
+    damaged,
     make_replica,
     ok,
     replica_state,
@@ -217,22 +218,7 @@ def _outcome(fn: Any, *args: Any) -> Any:
 def test_the_fast_marker_decoder_agrees_with_the_checked_one(which: int, seed: int,
                                                              how: str) -> None:
     table, uuid, payload = MARKERS[which]
-    rng = random.Random(seed)
-    data = bytearray(payload)
-    if how == "flip":
-        for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif how == "truncate":
-        del data[rng.randrange(len(data)):]
-    elif how == "extend":
-        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-    else:  # an extension with another code or length where a uuid is
-        at = bytes(data).find(b"\xd8\x01")  # fixext 16, code 1
-        if at >= 0:
-            if rng.random() < 0.5:
-                data[at + 1] = rng.choice([0, 2, 127, 255])
-            else:
-                data[at] = 0xd7  # fixext 8: 8 bytes where 16 were
+    data = damaged(payload, random.Random(seed), how)
     for p in (bytes(data), data):
         assert _outcome(enc.unpack_marker, table, uuid, p) == \
             _outcome(enc._checked_marker, table, uuid, p)
@@ -250,22 +236,8 @@ def test_valid_markers_take_the_fast_path_and_decode_as_checked() -> None:
 # --- the batch marker decoder -----------------------------------------------------------------
 
 def _mutated(payload: bytes, rng: random.Random) -> bytes:
-    data = bytearray(payload)
     how = rng.choice(["keep", "flip", "truncate", "extend", "ext", "garbage"])
-    if how == "flip":
-        for _ in range(rng.randint(1, 3)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif how == "truncate":
-        del data[rng.randrange(len(data)):]
-    elif how == "extend":
-        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 4)))
-    elif how == "ext":
-        at = bytes(data).find(b"\xd8\x01")
-        if at >= 0:
-            data[at + 1] = rng.choice([0, 2, 127, 255])
-    elif how == "garbage":
-        data = bytearray(rng.randbytes(rng.randint(0, 40)))
-    return bytes(data)
+    return bytes(damaged(payload, rng, how))
 
 
 def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
