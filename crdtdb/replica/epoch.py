@@ -27,7 +27,7 @@ BASE_DIGEST_BYTES = 16
 #: The key of a base's origin in the document's meta map (writers' keys there are numbers).
 ORIGIN_KEY = "epoch"
 #: Epochs a base remembers the cuts of (its origin's and this many before).
-MAX_LINEAGE = 8
+MAX_LINEAGE = 32
 
 
 @dataclass(frozen=True, slots=True, order=True)
