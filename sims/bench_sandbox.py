@@ -168,6 +168,8 @@ class Params:
     rounds: int
     step_timeout_s: float
     syncs: int
+    #: the crdtdb cloud's central node compacts the SB every this many changes (None: never)
+    compact_after_updates: int | None = None
 
 
 def topology(sb: Sandbox) -> None:
@@ -231,7 +233,7 @@ def run_one(kind: str, n: int, p: Params, where: Path) -> Run:
     t0 = time.monotonic()
     # No partitions here: chassis nodes peer with the central node directly (no relay hop).
     with Sandbox(where, n, central=kind, step_timeout_s=p.step_timeout_s,
-                 partitionable=False) as sb:
+                 partitionable=False, compact_after_updates=p.compact_after_updates) as sb:
         run.startup_s = time.monotonic() - t0
         print(f"  {LABEL[kind]}, N={n}: up in {run.startup_s:.1f} s", file=sys.stderr)
         topology(sb)
@@ -683,11 +685,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="`--wait=hv sync` runs on the idle cloud, to see where the time goes")
     ap.add_argument("--step-timeout", type=float, default=60.0,
                     help="the sandbox's per-step timeout, seconds")
+    ap.add_argument("--compact-after-updates", type=int, default=None, metavar="N",
+                    help="the crdtdb cloud's central node compacts the Southbound every N "
+                         "changes (default: never)")
     ap.add_argument("--quick", action="store_true", help="N = 2, a few changes (smoke test)")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
     p = Params([int(x) for x in args.chassis.split(",")], args.ports_per_chassis,
-               args.other_changes, args.idle_s, args.rounds, args.step_timeout, args.syncs)
+               args.other_changes, args.idle_s, args.rounds, args.step_timeout, args.syncs,
+               args.compact_after_updates)
     if args.quick:
         p = Params([2], 2, 4, 1.0, 1, 30.0, 3)
     try:
