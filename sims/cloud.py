@@ -219,7 +219,7 @@ class _Node:
         self.disk.reopen()
         r = Replica.open_log(self.disk, self.sim.schema, fsync=True,
                              rng=random.Random(self.rng.random()), new_uuid=self.new_uuid)
-        r.add_listener(self.sim._recorder(self.name))
+        r.add_listener(self.sim._recorder(self.name, r))
         self.replica = r
         return r
 
@@ -572,7 +572,7 @@ class Simulation:
         self.trace.update(f"{now:.6f} {src} {dst} ".encode())
         self.trace.update(hashlib.sha256(frame).digest())
 
-    def _recorder(self, node: str) -> Callable[[Any], None]:
+    def _recorder(self, node: str, replica: Replica) -> Callable[[Any], None]:
         def on_change(ev: Any) -> None:
             now = trio.current_time()
             if ev.update is not None:
@@ -581,7 +581,7 @@ class Simulation:
                 if span is not None:
                     client, start, n = span
                     self.acked.append((EpochId(sealed.epoch, sealed.base), client, start + n))
-            self._note_origins()
+            self._note_origin(replica)  # (the one that changed: every event, so not all)
             for rows in ev.changes.tables.values():
                 for u, ch in rows.items():
                     if ch.new is None:
@@ -860,12 +860,15 @@ class Simulation:
 
     def _note_origins(self) -> None:
         for n in self.nodes:
-            r = n.replica
-            if r is not None and r.origin is not None:
-                self.origins.setdefault(r.epoch_id, r.origin)
-            for left, own, _ in r.recommits if r is not None else ():
-                key = (left, r.client_id)  # type: ignore[union-attr]
-                self.recommitted[key] = max(own, self.recommitted.get(key, 0))
+            if n.replica is not None:
+                self._note_origin(n.replica)
+
+    def _note_origin(self, r: Replica) -> None:
+        if r.origin is not None:
+            self.origins.setdefault(r.epoch_id, r.origin)
+        for left, own, _ in r.recommits:
+            key = (left, r.client_id)
+            self.recommitted[key] = max(own, self.recommitted.get(key, 0))
 
     def _lost_writes(self, replicas: list[Replica]) -> int:
         """Acknowledged writes missing from a replica: by its state vector for writes of its

@@ -203,7 +203,6 @@ class _Hold:
 @dataclass(slots=True)
 class _Fetch:
     peer: str
-    epoch: EpochId
     deadline: float
 
 
@@ -595,7 +594,7 @@ class Gossip:
             if epoch > self.stranded[db]:
                 self.stranded[db] = epoch  # (for the status: still stranded)
             return []
-        self._fetches[db] = _Fetch(p.key, epoch, now + self.config.fetch_timeout_s)
+        self._fetches[db] = _Fetch(p.key, now + self.config.fetch_timeout_s)
         log.info("%s: %s is in epoch %s of %s, this node in %s: fetching its state",
                  self.node_id, p.node_id, epoch, db, self.replicas[db].epoch_id)
         return self._send(p.key, m.Fetch(db))

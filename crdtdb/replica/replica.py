@@ -1087,7 +1087,6 @@ class Replica:
             redo = sorted([clock, t, u, what] for (t, u), writes in self._own_writes.items()
                           for clock, what in writes if clock > cut)
         before = self.view.rows
-        self._unsubscribe()
         self._enter(doc, theirs)
         diff = _difference(self.schema, before, self.view.rows)
         if redo:
