@@ -430,6 +430,30 @@ def test_a_delete_waits_for_the_row_it_deletes() -> None:
     assert d.in_sync_with(b.state_vector()) and shown(d) == shown(b)
 
 
+def test_a_pulls_answer_is_self_contained() -> None:
+    """A diff against the state vector a replica sent holds every item it deletes, or the
+    replica has it: applied as self-contained (no delete-set check) it merges exactly as
+    through the check, including a single writer's diff that deletes another's rows."""
+    a, b = make_replica(21, 21), make_replica(22, 22)
+    ps = [ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))[0]
+          ["uuid"][1] for i in range(4)]
+    b.apply_update(a.full_state())
+    checked, trusted = make_replica(23, 23), make_replica(24, 24)
+    for r in (checked, trusted):
+        r.apply_update(a.full_state(), self_contained=r is trusted)
+    ok(txn(b, {"op": "delete", "table": "Parent", "where": where_uuid(ps[0])}))
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(ps[1]),
+               "row": {"n": 7}}))
+    diff = b.diff(checked.state_vector())
+    assert single_writer_span(open_sealed(diff).update) is not None
+    assert deleted_ranges(open_sealed(diff).update, 22)  # it deletes a's items
+    res = [checked.apply_update(diff), trusted.apply_update(diff, self_contained=True)]
+    assert res[0] == res[1] and not res[1].gap
+    assert shown(trusted) == shown(checked) == shown(b)
+    assert trusted.doc.get_update() == checked.doc.get_update()
+    assert trusted.in_sync_with(b.state_vector())
+
+
 def test_a_delete_only_commit_moves_the_writers_clock() -> None:
     # Equal state vectors must mean equal documents (gossip answers such a pull with
     # nothing), so a commit that only deletes still adds an item of its writer.
@@ -623,7 +647,7 @@ def test_large_updates_travel_compressed_and_are_still_checked() -> None:
                                                               "tags": ["set", ["x", "y"]]}}))
     full = a.full_state()
     obj = msgpack.unpackb(full)
-    assert obj[-1] == "zlib" and len(full) < len(a.doc.get_update())
+    assert obj[-1] == "zstd" and len(full) < len(a.doc.get_update())
     assert open_sealed(full).update == a.doc.get_update()
     for where in (len(full) // 3, len(full) // 2, len(full) - 30):
         damaged = bytearray(full)
@@ -657,31 +681,33 @@ def test_the_digest_covers_the_codec_and_the_body_as_sent() -> None:
     for i in range(200):
         ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))
     fields = msgpack.unpackb(a.full_state())
-    assert fields[0] == 3 and fields[-1] == "zlib"
+    assert fields[0] == 4 and fields[-1] == "zstd"
     as_plain = list(fields)
     as_plain[-1] = ""  # the compressed body taken for the update: the digest says no
     with pytest.raises(CorruptUpdateError, match="checksum"):
         open_sealed(msgpack.packb(as_plain, use_bin_type=True))
     older = list(fields)
-    older[0] = 2
+    older[0] = 3
     with pytest.raises(CorruptUpdateError, match="format version"):
         open_sealed(_sealed_as(older))
 
 
 @settings(max_examples=200, deadline=None)
-@given(body=st.binary(max_size=200), codec=st.sampled_from(["", "zlib"]),
+@given(body=st.binary(max_size=200), codec=st.sampled_from(["", "zstd"]),
        cut=st.integers(0, 300), flip=st.integers(0, 2**16))
 def test_a_sealed_body_that_does_not_inflate_or_apply_is_a_corrupt_update(
         body: bytes, codec: str, cut: int, flip: int) -> None:
     """Bodies that pass the digest (sealed garbage, compressed or not, truncated or
-    damaged zlib streams) and any damage to a sealed update: CorruptUpdateError, never
-    another exception, and the document untouched."""
-    import zlib
+    damaged zstd frames, frames followed by more bytes) and any damage to a sealed update:
+    CorruptUpdateError, never another exception, and the document untouched."""
+    import zstandard
 
     update = open_sealed(_one_update()[1]).update
-    real = zlib.compress(update + body, 1)
-    for b_ in (body, real[:cut], real[:cut] + body, zlib.compress(update, 1) + body[:1]):
-        payload = _sealed_as([3, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
+    real = zstandard.ZstdCompressor(level=1).compress(update + body)
+    unsized = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(update)
+    for b_ in (body, real[:cut], real[:cut] + body,
+               zstandard.ZstdCompressor(level=1).compress(update) + body[:1], unsized):
+        payload = _sealed_as([4, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
         damaged = bytearray(payload)
         damaged[flip % len(damaged)] ^= 1 + flip % 255
         for p in (payload, bytes(damaged)):

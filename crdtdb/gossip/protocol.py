@@ -418,7 +418,7 @@ class Gossip:
 
     def _apply(self, p: PeerState, replica: Replica, update: bytes) -> list[Output]:
         try:
-            result = replica.apply_update(update)
+            result = replica.apply_update(update, self_contained=True)  # a pull's answer
         except EpochMismatchError as exc:
             log.warning("%s: diff from %s not merged: %s", self.node_id, p.node_id, exc)
             return []
