@@ -8,27 +8,32 @@ digest covers all of it: damage in transit or on disk, an update from another da
 from a history that compaction replaced are all refused before pycrdt sees a byte.
 (Authenticating peers is the transport's job: mutual TLS.)
 
-Wire form: msgpack array ``[3, schema_digest, epoch, base, client_id, body, digest16,
-codec]``; ``codec`` is ``""`` (``body`` is the update) or ``"zlib"`` (updates over 4 KiB are
+Wire form: msgpack array ``[4, schema_digest, epoch, base, client_id, body, digest16,
+codec]``; ``codec`` is ``""`` (``body`` is the update) or ``"zstd"`` (updates over 4 KiB are
 compressed when that saves space: a full state shrinks several times). The digest covers the
 codec and the body as sent, so nothing is inflated before it checks, and hashing the body
-costs a third of hashing the update it inflates to (100k rows: 8 ms for 7.8 MB instead of
-29 ms for 27 MB); zlib's own checksum then covers the inflating.
+costs a fraction of hashing the update it inflates to (100k rows: 6.3 MB instead of 27 MB).
+
+Zstandard at level 1 rather than zlib (format 3): on the full state of 100k Logical_Flow rows
+it compresses in 38 ms instead of 162, inflates in 15-23 ms instead of 54 and gives 6.3 MB
+instead of 7.8 (measured here); a node joining, a compaction round and every large diff pay
+these. The frame must declare its size (at most the limit), hold one frame and nothing after
+it, and inflate to exactly that size: a peer's body is never inflated past the limit.
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import pycrdt
+import zstandard
 
 from crdtdb.errors import CrdtdbError
 
-FORMAT = 3
+FORMAT = 4
 DIGEST_BYTES = 16
 #: An update bigger than this is refused unopened (a full state of 100k rows is ~25 MB).
 DEFAULT_MAX_UPDATE_BYTES = 256 * 1024 * 1024
@@ -89,23 +94,29 @@ def _digest(schema: str, epoch: int, base: bytes, client_id: int, codec: str,
 def seal(schema: str, epoch: int, client_id: int, update: bytes, *, base: bytes = b"") -> bytes:
     body, codec = update, ""
     if len(update) >= COMPRESS_MIN_BYTES:
-        packed = zlib.compress(update, 1)
+        packed = zstandard.ZstdCompressor(level=1).compress(update)
         if len(packed) < len(update):
-            body, codec = packed, "zlib"
+            body, codec = packed, "zstd"
     digest = _digest(schema, epoch, base, client_id, codec, body)
     return msgpack.packb([FORMAT, schema, epoch, base, client_id, body, digest, codec],
                          use_bin_type=True)
 
 
 def _inflate(body: bytes, max_update_bytes: int) -> bytes:
-    d = zlib.decompressobj()
     try:
-        out = d.decompress(body, max_update_bytes + 1)
-    except zlib.error as exc:
+        size = zstandard.frame_content_size(body)
+    except zstandard.ZstdError as exc:
         raise CorruptUpdateError(f"compressed update does not inflate: {exc}") from None
-    if len(out) > max_update_bytes or d.unconsumed_tail or not d.eof:
-        raise CorruptUpdateError("compressed update is truncated or inflates past "
+    if size < 0 or size > max_update_bytes:
+        raise CorruptUpdateError("compressed update of unknown size, or that inflates past "
                                  f"{max_update_bytes} bytes")
+    d = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = d.decompress(body)  # zstd stops a frame that inflates past its declared size
+    except zstandard.ZstdError as exc:
+        raise CorruptUpdateError(f"compressed update does not inflate: {exc}") from None
+    if not d.eof or len(out) != size:
+        raise CorruptUpdateError("compressed update is truncated or not its declared size")
     if d.unused_data:
         raise CorruptUpdateError("bytes after the end of a compressed update")
     return out
@@ -127,13 +138,13 @@ def open_sealed(payload: bytes | bytearray | memoryview, *,
             and isinstance(obj[1], str) and isinstance(obj[2], int)
             and isinstance(obj[3], bytes) and isinstance(obj[4], int)
             and isinstance(obj[5], bytes) and isinstance(obj[6], bytes)
-            and obj[7] in ("", "zlib")):
+            and obj[7] in ("", "zstd")):
         raise CorruptUpdateError("not a sealed update (bad shape or format version)")
     _, schema, epoch, base, client_id, body, digest, codec = obj
     if digest != _digest(schema, epoch, base, client_id, codec, body):
         raise CorruptUpdateError(f"checksum mismatch on an update of {len(body)} bytes "
                                  f"from client {client_id}")
-    update = _inflate(body, max_update_bytes) if codec == "zlib" else body
+    update = _inflate(body, max_update_bytes) if codec == "zstd" else body
     return Sealed(schema, epoch, client_id, update, base)
 
 
