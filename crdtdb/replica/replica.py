@@ -51,6 +51,7 @@ from crdtdb.replica.envelope import (
     single_writer_span,
 )
 from crdtdb.replica.epoch import ORIGIN_KEY, EpochId, EpochOrigin, base_digest, covers
+from crdtdb.replica.recent import RecentUpdates
 from crdtdb.replica.view import RowKey, View
 from crdtdb.storage.durable import schema_digest
 from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
@@ -140,6 +141,9 @@ class ReplicaStatistics:
     #: Full re-reads of the document after a gap.
     rescans: int = 0
     log_bytes: int = 0
+    #: Pulls answered from the last commits kept (see diff), and with pycrdt's whole diff.
+    recent_diffs: int = 0
+    full_diffs: int = 0
     conflicts: dict[str, int] = field(default_factory=dict)
 
 
@@ -229,6 +233,8 @@ class Replica:
         #: (client, first clock, count) -> the update.
         self._parked: OrderedDict[tuple[int, int, int], _Held] = OrderedDict()
         self._parked_bytes = 0
+        #: The last single-writer updates, to answer pulls (see diff).
+        self._recent = RecentUpdates()
         self._meta = doc.get(META_MAP, type=Map)
         origin = self._meta.get(ORIGIN_KEY)
         self.origin = None if origin is None else EpochOrigin.unpack(origin, self.epoch)
@@ -453,6 +459,7 @@ class Replica:
         span = single_writer_span(update) if update else None
         if span is not None:
             self._advance_clocks(span)
+            self._recent.add(span, update)
         elif update:
             self._clocks = decode_state_vector(self.doc.get_state())
         sealed = seal(self.schema_digest, self.epoch, self.client_id, update,
@@ -727,6 +734,8 @@ class Replica:
                 self._wanted[client] = clock
         if span is not None:
             self._advance_clocks(span)
+            if delta:
+                self._recent.add(span, update)
         else:
             self._clocks = decode_state_vector(self.doc.get_state())
         # Clocks only grow: a client neither behind before nor in this update still is not.
@@ -784,12 +793,22 @@ class Replica:
         return theirs == decode_state_vector(self.doc.get_state())
 
     def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
-        """A sealed update with everything this replica has beyond a peer's state vector."""
+        """A sealed update with everything this replica has beyond a peer's state vector:
+        the last commits that the peer lacks, merged, when this replica kept them all (see
+        :mod:`crdtdb.replica.recent`), else pycrdt's diff (which repeats the whole delete
+        set). Either is self-contained (see :meth:`apply_update`)."""
         sv = bytes(state_vector)
         if len(sv) > 64 * 1024 * 1024:
             raise CorruptUpdateError(f"state vector of {len(sv)} bytes")
-        with pycrdt_errors("not a state vector", "state vector"):
-            update = self.doc.get_update(sv)
+        parts = self._recent.covering(decode_state_vector(sv),
+                                      decode_state_vector(self.doc.get_state()))
+        if parts is not None:
+            self._stats.recent_diffs += 1
+            update = _merge(parts)
+        else:
+            self._stats.full_diffs += 1
+            with pycrdt_errors("not a state vector", "state vector"):
+                update = self.doc.get_update(sv)
         return seal(self.schema_digest, self.epoch, self.client_id, update, base=self.base)
 
     def full_state(self) -> bytes:
