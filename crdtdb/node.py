@@ -30,6 +30,11 @@ from transport.tcp import TcpLimits, TcpTransport, TlsConfig, open_tcp_transport
 log = logging.getLogger("crdtdb.node")
 
 STATUS_INTERVAL_S = 1.0
+#: The gossip timers run at most this often. Every frame a node handles may move a deadline,
+#: so it wakes the timer task; a hub handles thousands a second, and each tick walks every
+#: peer. Gossip's deadlines (pulls every 0.125-0.375 s, pings, round timers) need no finer
+#: precision.
+MIN_TICK_INTERVAL_S = 0.02
 #: How long a closing node waits for its queued frames to leave.
 DRAIN_TIMEOUT_S = 2.0
 
@@ -78,12 +83,13 @@ class Node:
 
     async def _timers(self) -> None:
         while True:
-            self._perform(self.gossip.tick(trio.current_time()))
+            ticked = trio.current_time()
+            self._perform(self.gossip.tick(ticked))
             self._wakeup = trio.Event()
             deadline = self.gossip.next_deadline()
-            at = trio.current_time() + 1.0 if deadline is None else deadline
-            with trio.move_on_at(max(at, trio.current_time() + 0.005)):
+            with trio.move_on_at(ticked + 1.0 if deadline is None else deadline):
                 await self._wakeup.wait()
+            await trio.sleep_until(ticked + MIN_TICK_INTERVAL_S)
 
     async def _discover(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                         ) -> None:
