@@ -210,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             remotes=remotes, ssl_files=ssl_files, limits=limits,
                             status_file=status_file, discover=args.discover,
                             gossip_config=GossipConfig(
+                                fanout=args.gossip_fanout,
                                 compact_after_updates=args.compact_after_updates)) as node:
                         log.info("node %s serving %s", node.node_id,
                                  ", ".join(served))
@@ -365,6 +366,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         return 1
 
 
+def _non_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crdtdb.ovsdb.server import Limits
 
@@ -428,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "taken N changes in its epoch: every node moves to a new, compact "
                         "document (give it to one node per cluster; default: never; see "
                         "docs/consistency.md)")
+    p.add_argument("--gossip-fanout", type=_non_negative, default=2, metavar="N",
+                   help="forward a peer's new update to N others (default: 2). The hub of a "
+                        "star, whose leaves pull it anyway, does better with 0 (see "
+                        "docs/gossip.md)")
     p.add_argument("--private-key", metavar="FILE", help="TLS key for pssl remotes")
     p.add_argument("--certificate", metavar="FILE", help="TLS certificate for pssl remotes")
     p.add_argument("--ca-cert", metavar="FILE", help="CA that signs client certificates")

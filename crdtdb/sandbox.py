@@ -283,6 +283,10 @@ class Sandbox:
                 sys.executable, "-m", "crdtdb.cli", "serve", f"--remote=punix:{sock}",
                 f"--data-dir={self.central_dir / 'data'}", f"--config={config}",
                 "--node-id=central", f"--listen=127.0.0.1:{self._gossip_port}",
+                # The hub of the star: every chassis node pulls it while changes flow, so
+                # forwarding a chassis's update to 2 others as well only doubles the work
+                # (docs/sandbox.md).
+                "--gossip-fanout=0",
                 *([f"--compact-after-updates={self.compact_after_updates}"]
                   if self.compact_after_updates else []),
                 str(NB_SCHEMA), str(SB_SCHEMA)])

@@ -114,12 +114,17 @@ def test_partitioned_chassis_keeps_working_and_converges(cloud: Sandbox) -> None
     cloud.wait_for("hv1's claim reaches the central node", lambda: cloud.port_chassis().get(
         "hv1-late") == "hv1", timeout_s=30)
     cloud.wait_hv()
-    for ch in cloud.chassis:
-        assert cloud.port_chassis(ch.sb_remote) == cloud.port_chassis()
+    for ch in cloud.chassis:  # other chassis's claims come with a node's next pull
+        cloud.wait_for(f"{ch.name}'s node converges", lambda ch=ch: cloud.port_chassis(
+            ch.sb_remote) == cloud.port_chassis())
 
 
 def test_chassis_node_killed_and_restarted_loses_nothing(cloud: Sandbox) -> None:
     hv2 = cloud.chassis[1]
+    # Other chassis's claims reach hv2's node with its next pull (the central node does not
+    # forward them): wait for them, so that "before" is the whole picture.
+    cloud.wait_for("hv2's node has every claim", lambda: cloud.port_chassis(
+        hv2.sb_remote) == cloud.port_chassis())
     before = cloud.port_chassis(hv2.sb_remote)
     cloud.kill_node(hv2)
     cloud.restart_node(hv2)
