@@ -315,7 +315,9 @@ class Gossip:
                 # and nothing to ask back.
                 self._stats.pulls_in_sync += 1
                 return []
-            out = self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
+            out: list[Output] = []
+            if not replica.covered_by(theirs):  # else the asker is ahead: only ask back
+                out += self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
             if msg.reply:
                 out += self._send(p.key, self._pull(msg.db, False))
             return out

@@ -792,6 +792,13 @@ class Replica:
             decode_state_vector(bytes(state_vector))
         return theirs == decode_state_vector(self.doc.get_state())
 
+    def covered_by(self, clocks: Mapping[int, int]) -> bool:
+        """Whether a peer at these (decoded) clocks has everything this replica has: every
+        item, and so (see :meth:`in_sync_with`) every delete. A diff for it would be empty
+        (pycrdt's would still walk the document and carry the whole delete set)."""
+        return all(clocks.get(c, 0) >= k for c, k in
+                   decode_state_vector(self.doc.get_state()).items())
+
     def diff(self, state_vector: bytes | bytearray | memoryview) -> bytes:
         """A sealed update with everything this replica has beyond a peer's state vector:
         the last commits that the peer lacks, merged, when this replica kept them all (see
