@@ -114,6 +114,10 @@ class Limits:
     #: How long a closing connection may take to flush the replies already queued for it.
     drain_timeout_s: float = 5.0
     receive_chunk_bytes: int = 256 * 1024
+    #: Of requests already buffered (a pipelining client), handle at most this many before
+    #: sending what they queued: fewer socket writes, each of which wakes the peer; 1
+    #: sends after every request.
+    flush_every: int = 16
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
     probe_interval_s: float = 5.0
@@ -192,16 +196,32 @@ class OvsdbServer:
             log.info("%s: disconnected (session %d%s)", peer, conn.session.id,
                      f": {conn.closing_reason}" if conn.closing_reason else "")
 
+    def _must_pause(self, conn: _Connection) -> bool:
+        return (len(conn.out) >= self.limits.pause_reading_bytes
+                or self.core.pending_commits(conn.session) >= self.limits.max_pending_commits)
+
     async def _paused(self, conn: _Connection) -> None:
         """Until the client may send more: its replies are going out, and not too many of
         its transactions wait for a plugin."""
-        while (len(conn.out) >= self.limits.pause_reading_bytes
-               or self.core.pending_commits(conn.session) >= self.limits.max_pending_commits):
+        while self._must_pause(conn):
             await conn.progress.wait()
 
     async def _reader(self, conn: _Connection) -> None:
+        try:
+            await self._read_requests(conn)
+        finally:
+            self._flush()  # what the last requests queued (a no-op when nothing is)
+
+    async def _read_requests(self, conn: _Connection) -> None:
+        """Handle requests as they arrive. Of a pipelined burst already buffered, up to
+        ``flush_every`` are handled before their replies and updates go out together: one
+        socket write per connection for them, not one per message (each wakes the peer),
+        the better part of the server's own cost for small transactions."""
+        batch = 0
         while True:
-            await self._paused(conn)
+            if self._must_pause(conn):
+                self._flush()
+                await self._paused(conn)
             try:
                 data = await conn.stream.receive_some(self.limits.receive_chunk_bytes)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -211,7 +231,10 @@ class OvsdbServer:
             conn.codec.receive_data(data)
             while True:
                 # What is already buffered waits too (a pipelined burst arrives at once).
-                await self._paused(conn)
+                if self._must_pause(conn):
+                    self._flush()
+                    batch = 0
+                    await self._paused(conn)
                 try:
                     event = conn.codec.next_event()
                 except RemoteProtocolError as exc:
@@ -232,11 +255,18 @@ class OvsdbServer:
                 for request_id in conn.session.abandoned:
                     conn.codec.abandon(request_id)
                 conn.session.abandoned.clear()
-                self._flush()
+                batch += 1
                 if reason is not None:
                     conn.closing_reason = reason
                     log.warning("%s: %s; disconnecting", conn.peer, reason)
                     return
+                if (batch >= self.limits.flush_every or self.core.commits
+                        or self.core.waits_changed):
+                    self._flush()
+                    batch = 0
+            # Nothing complete is buffered: send what the burst queued before waiting.
+            self._flush()
+            batch = 0
             if not data:
                 return
 
