@@ -160,6 +160,10 @@ class OvsdbServer:
         self.n_connections = 0
         self._nursery: trio.Nursery | None = None
         self.stopped = False
+        #: Stores that take a burst's commits as a group (see Replica.hold_commits): held
+        #: while a reader runs requests, released before anything is sent.
+        self._holders = [db for db in core.databases.values()
+                         if callable(getattr(db, "hold_commits", None))]
 
     # --- connections ----------------------------------------------------------------------
 
@@ -245,6 +249,8 @@ class OvsdbServer:
                     break
                 if event is CLOSED:
                     return
+                for db in self._holders:
+                    db.hold_commits()
                 try:
                     reason = self.core.handle(conn.session, event)
                 except Exception:
@@ -344,8 +350,27 @@ class OvsdbServer:
             self.core.publish(db_name, changeset)
         self._flush()
 
+    def _release(self) -> None:
+        """Make held commits durable before any reply or update tells of them. If that
+        fails, nothing queued may go out (it could tell of a commit that is not durable):
+        every session with something queued is disconnected, as the committing client
+        would have been."""
+        for db in self._holders:
+            try:
+                db.release_commits()
+            except Exception as exc:
+                log.exception("%s: held commits could not be made durable",
+                              getattr(db, "name", "?"))
+                for conn in list(self._conns.values()):
+                    if conn.session.outbox:
+                        conn.session.outbox.clear()
+                        conn.closing_reason = f"commit failed: {exc}"
+                        conn.cancel_scope.cancel()
+
     def _flush(self) -> None:
-        """Encode every session's queued messages (a commit can address many sessions)."""
+        """Encode every session's queued messages (a commit can address many sessions),
+        once the commits they tell of are durable."""
+        self._release()
         for conn in list(self._conns.values()):
             if conn.session.outbox:
                 self._queue(conn, conn.session.drain())
