@@ -117,7 +117,7 @@ class Limits:
     #: Of requests already buffered (a pipelining client), handle at most this many before
     #: sending what they queued: fewer socket writes, each of which wakes the peer; 1
     #: sends after every request.
-    flush_every: int = 16
+    flush_every: int = 64
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
     probe_interval_s: float = 5.0
