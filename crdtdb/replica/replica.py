@@ -424,9 +424,9 @@ class Replica:
             self._held = []
 
     def release_commits(self) -> None:
-        """Make the held commits durable, then tell listeners; stop holding. Raises
-        :class:`ReplicaFailedError` if the log write fails (none of them is durable: the
-        caller must not acknowledge them)."""
+        """Make the held commits durable, then tell listeners (an exception of one is
+        logged); stop holding. Raises :class:`ReplicaFailedError` if the log write fails
+        (none of them is durable: the caller must not acknowledge them)."""
         try:
             self._write_held()
         finally:
@@ -453,7 +453,10 @@ class Replica:
                                     f"logged ({exc}); reopen")
                     raise ReplicaFailedError(self._failed) from exc
         for ev in events:
-            self._emit(ev)
+            try:
+                self._emit(ev)
+            except Exception:  # the commits are durable: they must not look failed
+                logger.exception("%s: a listener failed on a held commit", self.name)
         if records:
             self._maybe_compact_log(sum(map(len, records)))
 
