@@ -499,10 +499,10 @@ class Replica:
         known: dict[RowKey, Row | None] = {}
         self._captured.clear()
         self._pristine = False
-        with self.doc.transaction(origin="local"):
+        with self.doc.transaction(origin="local") as txn:
             for tname, changes in changeset.tables.items():
                 for uuid, change in changes.items():
-                    self._write_row(tname, uuid, change.old, change.new, known)
+                    self._write_row(tname, uuid, change.old, change.new, known, txn._txn)
         update = _merge(self._captured)
         span = single_writer_span(update) if update else None
         if update and span is None:
@@ -568,8 +568,13 @@ class Replica:
         return out
 
     def _write_row(self, tname: str, uuid: str, old: Row | None, new: Row | None,
-                   known: dict[RowKey, Row | None]) -> None:
+                   known: dict[RowKey, Row | None], txn: Any) -> None:
+        """Write one row's change into the document in transaction ``txn`` (pycrdt's own,
+        inside the commit's). Values (bytes) are set on the underlying map directly, as
+        pycrdt's ``Map.__setitem__`` would after two nested transaction wrappers and its
+        type checks: half the cost of a set."""
         m = self._maps[tname]
+        put = m.integrated.insert
         table = self.schema.tables[tname]
         extras = self._extras[tname].get(uuid, ())
         raw = self.view.raw[tname].get(uuid)
@@ -584,7 +589,7 @@ class Replica:
             for k in extras:  # leftovers of an earlier life of this uuid
                 del m[k]
             birth = self._rng.randrange(1, 2**32)
-            m[uuid] = enc.pack_marker(table, birth, new)
+            put(txn, uuid, enc.pack_marker(table, birth, new))
             self._births[tname][uuid] = birth
             known[tname, uuid] = new
             return
@@ -598,9 +603,9 @@ class Replica:
             if old[i] == new[i]:
                 continue
             if i == 1:
-                m[enc.register_key(uuid, enc.VERSION)] = enc.pack_version(birth, new[1][0])
+                put(txn, enc.register_key(uuid, enc.VERSION), enc.pack_version(birth, new[1][0]))
             elif not enc.is_element_column(col.type):
-                m[enc.register_key(uuid, col.name)] = enc.pack_register(birth, col, new[i])
+                put(txn, enc.register_key(uuid, col.name), enc.pack_register(birth, col, new[i]))
             else:
                 if marker is None:  # which elements the marker holds
                     marker = enc.unpack_marker(table, uuid, m[uuid])
