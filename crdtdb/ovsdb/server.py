@@ -8,6 +8,12 @@ has nothing in hand: no scheduler pass before a reply leaves). A client that doe
 its replies is disconnected once its unsent backlog passes ``max_backlog_bytes``, so it can
 never stall the others.
 
+Group commit: of a pipelined burst already received, up to ``Limits.flush_every`` requests
+run back to back before anything is sent; a store that can (a replica: ``hold_commits``)
+logs their commits with one write, and only once that write is done do their replies and
+monitor updates go out (per session in the usual order: a transaction's updates before its
+reply). Nothing awaits in between, so no other task sees a commit that is not durable.
+
 Commits go to a database's plugin synchronously where it can take them so (``submit``: the
 ovsdb relay forwards them at once, in the order they came, and answers from its connection's
 reader); otherwise a task per commit awaits the plugin.
@@ -115,8 +121,9 @@ class Limits:
     drain_timeout_s: float = 5.0
     receive_chunk_bytes: int = 256 * 1024
     #: Of requests already buffered (a pipelining client), handle at most this many before
-    #: sending what they queued: fewer socket writes, each of which wakes the peer; 1
-    #: sends after every request.
+    #: sending what they queued (and logging their commits: see the module docstring):
+    #: fewer socket and log writes, each socket write waking a peer. 1 sends after every
+    #: request. 64 (a pipeline window, as the IDL's) did best in sims/bench_serve.py.
     flush_every: int = 64
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
