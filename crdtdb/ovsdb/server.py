@@ -123,7 +123,7 @@ class Limits:
     #: Of requests already buffered (a pipelining client), handle at most this many before
     #: sending what they queued (and logging their commits: see the module docstring):
     #: fewer socket and log writes, each socket write waking a peer. 1 sends after every
-    #: request. 64 (a pipeline window, as the IDL's) did best in sims/bench_serve.py.
+    #: request. 64 (the window of sims/bench_serve.py's pipelining client) did best there.
     flush_every: int = 64
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
