@@ -304,8 +304,9 @@ class ServerCore:
         if key in s.triggers:
             s.outbox.append(_syntax_error_reply(req, "duplicate request ID"))
             return
-        t = _Trigger(req, req.params[0], self.now_ms())
-        if not self._try(s, t):
+        now = self.now_ms()
+        t = _Trigger(req, req.params[0], now)
+        if not self._try(s, t, now):  # (its first run is when it came: 0 ms elapsed)
             # (_try has flagged waits_changed if it now waits with a deadline; queued and
             # committing transactions have none, so the timer task need not wake for them)
             s.triggers[key] = t
@@ -585,6 +586,8 @@ class ServerCore:
 
     def pending_commits(self, s: Session) -> int:
         """``s``'s transactions waiting for a plugin (queued behind a commit, or committing)."""
+        if not s.triggers:  # (asked before every request a client sends)
+            return 0
         return sum(1 for t in s.triggers.values() if t.queued or t.committing)
 
     def holds_lock(self, s: Session, name: str) -> bool:

@@ -382,16 +382,17 @@ def _fast_encode(message: dict[str, Any]) -> bytes | None:
     TypeError where json refuses too (non-str keys, lone surrogates, ints beyond 64 bits),
     and a NUL is refused by the json path: both fall back to it for the error.
     """
-    out = []
-    for key, value in message.items():
-        try:
-            encoded = orjson.dumps(value)
-        except TypeError:
-            return None
-        if (value is not None and b"null" in encoded) or b"\\u0000" in encoded:
-            return None
-        out.append(b'"' + key.encode() + b'":' + encoded)
-    return b"{" + b",".join(out) + b"}"
+    try:
+        encoded = orjson.dumps(message)  # (its keys are plain: the same bytes as json's)
+    except TypeError:
+        return None
+    # Each member that is None is one "null"; any other is a NaN or an infinity (or a
+    # string that merely holds the word: the json path is right for it too).
+    nulls = encoded.count(b"null")
+    if (nulls and nulls != sum(v is None for v in message.values())) \
+            or b"\\u0000" in encoded:
+        return None
+    return encoded
 
 
 # -- scanning for message boundaries --------------------------------------------------------
@@ -520,6 +521,7 @@ _MISSING: Final = object()
 # Which members each message type must have, as bits (method, params, result, error, id),
 # after OVS's jsonrpc_msg_is_valid().
 _MEMBERS = ("method", "params", "result", "error", "id")
+_MEMBER_SET = frozenset(_MEMBERS)
 _PATTERNS = {"request": 0b11001, "notification": 0b11000, "reply": 0b00101, "error": 0b00011}
 
 
@@ -528,6 +530,12 @@ def _message_to_event(obj: Any) -> Event:
     OVS's jsonrpc_msg_from_json() and jsonrpc_msg_is_valid()."""
     if type(obj) is not dict:
         raise RemoteProtocolError("message is not a JSON object", "jsonrpc")
+    if len(obj) == 3:  # the usual request, in short: what the checks below find valid
+        method = obj.get("method")
+        params = obj.get("params")
+        msg_id = obj.get("id")
+        if type(method) is str and type(params) is list and msg_id is not None:
+            return Request(msg_id, method, params)
     method = obj.get("method", _MISSING)
     if method is not _MISSING and type(method) is not str:
         raise RemoteProtocolError("method is not a JSON string", "jsonrpc")
@@ -535,7 +543,7 @@ def _message_to_event(obj: Any) -> Event:
     result = obj.get("result")
     error = obj.get("error")
     msg_id = obj.get("id")
-    if len(obj) > 5 or any(key not in _MEMBERS for key in obj):
+    if not obj.keys() <= _MEMBER_SET:
         unexpected = next(key for key in obj if key not in _MEMBERS)
         raise RemoteProtocolError(f'message has unexpected member "{unexpected}"', "jsonrpc")
     if params is not None and type(params) is not list:
@@ -742,13 +750,14 @@ class JsonRpcConnection:
         limits, valid UTF-8, strict_unicode); anything else (an unfinished message, an error
         to report in OVS's words) returns None and goes the incremental way."""
         buf = self._buf
-        if not self.strict_unicode:
+        if not self.strict_unicode or not buf:
             return None
-        start = _WHITESPACE_RE.match(buf).end()
-        if start:
-            del buf[:start]
-        if not buf or buf[0] != _OPEN_OBJECT:
-            return None
+        if buf[0] != _OPEN_OBJECT:  # (a message mostly starts right where the last ended)
+            start = _WHITESPACE_RE.match(buf).end()
+            if start:
+                del buf[:start]
+            if not buf or buf[0] != _OPEN_OBJECT:
+                return None
         # Only a window is decoded (a burst of small messages must not cost a decode of the
         # whole buffer each): the message must end within it.
         for size in _WHOLE_PARSE_WINDOWS:
@@ -763,11 +772,13 @@ class JsonRpcConnection:
         else:
             return None
         end = stop if len(text) == len(window) else len(text[:stop].encode("utf-8"))
-        # Brackets, strings' included, bound the depth from above.
-        if (end > self.max_message_bytes
-                or buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > self.max_depth):
+        # Brackets, strings' included, bound the depth from above (as does the length).
+        if end > self.max_message_bytes or (
+                end > self.max_depth
+                and buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > self.max_depth):
             return None
-        if _SUSPECT_ESCAPE_RE.search(text, 0, stop):
+        # (a search for one character is quicker than for two, let alone the pattern's)
+        if text.find("\\", 0, stop) >= 0 and _SUSPECT_ESCAPE_RE.search(text, 0, stop):
             self._check_escaped_strings(obj)
         return end, _message_to_event(obj)
 

@@ -79,6 +79,9 @@ class MonitorTable:
     condition: Condition | None = None
     #: Cached per kind of change: the monitored columns that kind sends (see ``send``).
     _send: dict[tuple[Select, bool], tuple[ColumnSchema, ...]] = field(default_factory=dict)
+    #: The same, as (row index, name, JSON converter, default datum) (see ``send_json``).
+    _send_json: dict[tuple[Select, bool], tuple[tuple[int, str, Any, Any], ...]] = field(
+        default_factory=dict)
     _all_indexes: tuple[int, ...] = ()
     _kinds: frozenset[Select] = frozenset()
     _kinds_of: Select | None = None
@@ -102,6 +105,18 @@ class MonitorTable:
             if by_name:
                 cols = tuple(sorted(cols, key=lambda c: c.name))
             self._send[(kind_, by_name)] = cols
+            self._send_json.pop((kind_, by_name), None)
+        return cols
+
+    def send_json(self, kind_: Select, by_name: bool = False
+                  ) -> tuple[tuple[int, str, Any, Any], ...]:
+        """``send`` with what composing a row's JSON needs of each column, looked up once
+        per monitor rather than once per column of every row it sends."""
+        cols = self._send_json.get((kind_, by_name))
+        if cols is None or (kind_, by_name) not in self._send:
+            cols = tuple((c.index, c.name, data.to_json_fn(c.type), c.default_datum)
+                         for c in self.send(kind_, by_name))
+            self._send_json[(kind_, by_name)] = cols
         return cols
 
     def tracked_indexes(self) -> tuple[int, ...]:
@@ -379,22 +394,19 @@ def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
     if kind_ is Select.DELETE:
         return {"delete": None}
     assert new is not None
-    diff: dict[str, Any] = {}
+    if kind_ is not Select.MODIFY:
+        diff = {name: fn(new[i]) for i, name, fn, default in mt.send_json(kind_, by_name)
+                if new[i] != default}
+        return {"initial" if kind_ is Select.INITIAL else "insert": diff}
+    diff = {}
     for col in mt.send(kind_, by_name):
-        if kind_ is Select.MODIFY:
-            if col.index not in changed:
-                continue
-            assert old is not None
-            diff[col.name] = data.datum_to_json(col.type,
-                                                datum_diff(col.type, old[col.index],
-                                                           new[col.index]))
-        else:
-            value = new[col.index]
-            if value != col.default_datum:
-                diff[col.name] = data.to_json_fn(col.type)(value)
-    name = "initial" if kind_ is Select.INITIAL else "modify" if kind_ is Select.MODIFY \
-        else "insert"
-    return {name: diff}
+        if col.index not in changed:
+            continue
+        assert old is not None
+        diff[col.name] = data.datum_to_json(col.type,
+                                            datum_diff(col.type, old[col.index],
+                                                       new[col.index]))
+    return {"modify": diff}
 
 
 def datum_diff(type_: Type, old: tuple, new: tuple) -> tuple:
