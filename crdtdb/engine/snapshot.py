@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Protocol
 
+from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.schema import DatabaseSchema
 
 #: A row is a tuple of datums in :attr:`TableSchema.ordered` column order: ``row[0]`` is
@@ -57,6 +58,7 @@ class NoLocks:
         return False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RowChange:
     """``old`` is ``None`` for an insert, ``new`` is ``None`` for a delete."""
@@ -124,6 +126,7 @@ class Changeset:
         return out
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadSet:
     """What a transaction read, for a linearizable backend's compare-and-swap.

@@ -32,6 +32,7 @@ from crdtdb.engine.snapshot import (
     NoLocks,
     ReadSet,
     Row,
+    RowChange,
     Snapshot,
     row_changes,
 )
@@ -924,6 +925,9 @@ def _changeset(txn: _Transaction) -> Changeset:
                 uuids.append(uuid)
                 olds.append(tr.old)
                 news.append((new[0], (txn.new_uuid(),), *new[2:]))
-        if uuids:
+        if len(uuids) > 8:  # row_changes' set-up costs more than it saves for a few rows
             cs.tables[tname] = dict(zip(uuids, row_changes(olds, news), strict=True))
+        elif uuids:
+            cs.tables[tname] = {u: RowChange(o, n)
+                                for u, o, n in zip(uuids, olds, news, strict=True)}
     return cs
