@@ -100,10 +100,14 @@ class Outcome:
 
 
 class _TxnRow:
+    """A row as this transaction leaves it. ``new`` is a tuple until something writes to it
+    (see :meth:`_Transaction.modify`): rows only inserted, or only read for their reference
+    count, are never copied, and the commit takes an inserted row's tuple as it is."""
+
     __slots__ = ("n_refs", "new", "old", "table", "uuid")
 
-    def __init__(self, table: TableSchema, uuid: str, old: Row | None, new: list | None,
-                 n_refs: int):
+    def __init__(self, table: TableSchema, uuid: str, old: Row | None,
+                 new: list | Row | None, n_refs: int):
         self.table = table
         self.uuid = uuid
         self.old = old
@@ -139,7 +143,7 @@ class _Transaction:
             row = self.snapshot.get_row(table.name, uuid)
             if row is None:
                 return None
-            tr = trows[uuid] = _TxnRow(table, uuid, row, list(row),
+            tr = trows[uuid] = _TxnRow(table, uuid, row, row,
                                        self.snapshot.ref_count(table.name, uuid))
         return tr
 
@@ -182,11 +186,12 @@ class _Transaction:
         return [(u, r) for u, r in self.iter_rows(table) if cond.matches(r)]
 
     def modify(self, table: TableSchema, uuid: str) -> list:
+        """The row's new value, as a list to write to."""
         tr = self.find_or_make(table, uuid)
         assert tr is not None and tr.new is not None
-        return tr.new
+        return _writable(tr)
 
-    def insert(self, table: TableSchema, uuid: str, row: list) -> None:
+    def insert(self, table: TableSchema, uuid: str, row: Row) -> None:
         self.tables.setdefault(table.name, {})[uuid] = _TxnRow(table, uuid, None, row, 0)
 
     def delete(self, table: TableSchema, uuid: str) -> None:
@@ -203,6 +208,14 @@ class _Transaction:
 
     def all_rows(self) -> list[_TxnRow]:
         return [tr for trows in self.tables.values() for tr in trows.values()]
+
+
+def _writable(tr: _TxnRow) -> list:
+    new = tr.new
+    if type(new) is not list:
+        assert new is not None
+        new = tr.new = list(new)
+    return new
 
 
 def _count_refs(col: ColumnSchema, datum: tuple, uuid: str, target_table: str, *,
@@ -392,7 +405,7 @@ class _Executor:
                 raise error
         row[0] = (row_uuid,)
         row[1] = (self.txn.new_uuid(),)
-        self.txn.insert(table, row_uuid, row)
+        self.txn.insert(table, row_uuid, tuple(row))
         result["uuid"] = ["uuid", row_uuid]
 
     def op_select(self, p: ObjectParser, result: dict) -> None:
@@ -764,6 +777,7 @@ def _assess_weak_refs(txn: _Transaction) -> None:
         if tr.new is None or not tr.table.weak_ref_columns:
             continue
         table = tr.table
+        _writable(tr)
         gone = deleted_refs.get((table.name, tr.uuid), ())
         for col in table.weak_ref_columns:
             ctype = col.type
