@@ -142,8 +142,8 @@ def clause_from_json(table: TableSchema, value: Any,
                      symtab: data.SymbolTable | None) -> Clause:
     if value is True or value is False:
         return Clause(Function.TRUE if value else Function.FALSE, None, ())
-    # isinstance(..., list | tuple) is what ovsjson.kind() calls an array.
-    if (not isinstance(value, list | tuple) or len(value) != 3 or not isinstance(value[0], str)
+    # isinstance(..., (list, tuple)) is what ovsjson.kind() calls an array.
+    if (not isinstance(value, (list, tuple)) or len(value) != 3 or not isinstance(value[0], str)
             or not isinstance(value[1], str)):
         raise data.syntax_error(value, "Parse error in condition.")
     column = table.columns.get(value[0])

@@ -140,8 +140,8 @@ def _type_mismatch(value: Any, m: Mutator, column: ColumnSchema) -> OvsdbError:
 
 def mutation_from_json(table: TableSchema, value: Any,
                        symtab: data.SymbolTable | None) -> Mutation:
-    # isinstance(..., list | tuple) is what ovsjson.kind() calls an array.
-    if (not isinstance(value, list | tuple) or len(value) != 3
+    # isinstance(..., (list, tuple)) is what ovsjson.kind() calls an array.
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
             or not isinstance(value[0], str) or not isinstance(value[1], str)):
         raise data.syntax_error(value, "Parse error in mutation.")
     column = table.columns.get(value[0])
