@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtdb.engine import data, ovsjson
-from crdtdb.engine.ovsjson import Kind
+from crdtdb.engine import data
+from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.schema import ColumnSchema, TableSchema
 from crdtdb.engine.types import UNLIMITED, AtomicType
 from crdtdb.errors import OvsdbError
@@ -35,6 +35,7 @@ _BY_NAME = {f.value: f for f in Function if f not in (Function.TRUE, Function.FA
 _ORDERING = (Function.LT, Function.LE, Function.GT, Function.GE)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Clause:
     function: Function
@@ -81,18 +82,30 @@ class Clause:
         raise AssertionError(f"ordering function {f} on a non-scalar")  # rejected at parse
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Condition:
     clauses: tuple[Clause, ...]
-    #: For :meth:`matches_any`: the ``==`` clauses as column index -> the datums any of them
-    #: asks for, and every other clause. ovn-controller's monitor conditions are mostly
-    #: ``==`` clauses on one column (a clause per local datapath, port, ...): a set lookup
-    #: per column instead of a comparison per clause, as ovsdb-server's optimized clauses.
-    _equal_to: tuple[tuple[int, frozenset[data.Datum]], ...] = field(
-        init=False, repr=False, compare=False)
-    _others: tuple[Clause, ...] = field(init=False, repr=False, compare=False)
+    #: For :meth:`matches_any`, built on its first call (a transaction's ``where`` never
+    #: needs it): see :attr:`_equal_to` and :attr:`_others`.
+    _split: tuple[tuple[tuple[int, frozenset[data.Datum]], ...], tuple[Clause, ...]] | None = (
+        field(default=None, init=False, repr=False, compare=False))
 
-    def __post_init__(self) -> None:
+    @property
+    def _equal_to(self) -> tuple[tuple[int, frozenset[data.Datum]], ...]:
+        """The ``==`` clauses as column index -> the datums any of them asks for.
+        ovn-controller's monitor conditions are mostly ``==`` clauses on one column (a clause
+        per local datapath, port, ...): a set lookup per column instead of a comparison per
+        clause, as ovsdb-server's optimized clauses."""
+        return (self._split or self._make_split())[0]
+
+    @property
+    def _others(self) -> tuple[Clause, ...]:
+        """Every clause that is not in :attr:`_equal_to`."""
+        return (self._split or self._make_split())[1]
+
+    def _make_split(self) -> tuple[tuple[tuple[int, frozenset[data.Datum]], ...],
+                                   tuple[Clause, ...]]:
         equal_to: dict[int, set[data.Datum]] = {}
         others: list[Clause] = []
         for c in self.clauses:
@@ -100,9 +113,10 @@ class Condition:
                 equal_to.setdefault(c.column.index, set()).add(c.arg)
             else:
                 others.append(c)
-        object.__setattr__(self, "_equal_to", tuple(
-            (i, frozenset(datums)) for i, datums in equal_to.items()))
-        object.__setattr__(self, "_others", tuple(others))
+        split = (tuple((i, frozenset(datums)) for i, datums in equal_to.items()),
+                 tuple(others))
+        object.__setattr__(self, "_split", split)
+        return split
 
     def matches(self, row: tuple) -> bool:
         return all(c.evaluate(row) for c in self.clauses)
@@ -110,10 +124,11 @@ class Condition:
     def matches_any(self, row: tuple) -> bool:
         # A datum equals the clause's argument exactly when the (canonical) tuples are equal,
         # whatever the column's type: the same test as Clause.evaluate's.
-        for i, datums in self._equal_to:
+        equal_to, others = self._split or self._make_split()
+        for i, datums in equal_to:
             if row[i] in datums:
                 return True
-        return any(c.evaluate(row) for c in self._others)
+        return any(c.evaluate(row) for c in others)
 
     def uuid_equal(self) -> str | None:
         """The row uuid an ``["_uuid", "==", X]`` clause pins the match to, if any."""
@@ -125,10 +140,10 @@ class Condition:
 
 def clause_from_json(table: TableSchema, value: Any,
                      symtab: data.SymbolTable | None) -> Clause:
-    k = ovsjson.kind(value)
-    if k is Kind.TRUE or k is Kind.FALSE:
-        return Clause(Function.TRUE if k is Kind.TRUE else Function.FALSE, None, ())
-    if (k is not Kind.ARRAY or len(value) != 3 or not isinstance(value[0], str)
+    if value is True or value is False:
+        return Clause(Function.TRUE if value else Function.FALSE, None, ())
+    # isinstance(..., (list, tuple)) is what ovsjson.kind() calls an array.
+    if (not isinstance(value, (list, tuple)) or len(value) != 3 or not isinstance(value[0], str)
             or not isinstance(value[1], str)):
         raise data.syntax_error(value, "Parse error in condition.")
     column = table.columns.get(value[0])

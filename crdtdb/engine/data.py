@@ -393,6 +393,134 @@ def _fast_atom_parser(base: BaseType) -> Callable[[Any], Any]:
 
 
 def _fast_datum_parser(type_: Type) -> Callable[[Any], Any]:
+    """A specialised parser where one exists (a bare atom of a set or scalar column, a
+    string-to-string map), else the general one. Parsing the JSON of 100k inserted rows
+    spends most of its time in these calls: the specialised ones check and share a value
+    inline instead of through two or three nested calls. Both accept exactly the same values
+    and return equal datums."""
+    general = _general_fast_parser(type_)
+    if type_.value is None:
+        return _bare_atom_parser(type_.key, general) or general
+    if (_plain_string(type_.key) and _plain_string(type_.value)):
+        return _string_map_parser(type_, general)
+    return general
+
+
+def _plain_string(base: BaseType) -> bool:
+    return (base.type is AtomicType.STRING and base.enum is None and not base.min_length
+            and base.max_length == 4294967295)
+
+
+def _bare_atom_parser(base: BaseType,
+                      general: Callable[[Any], Any]) -> Callable[[Any], Any] | None:
+    """For a set (or scalar) column: a bare valid atom becomes its shared one-atom datum
+    (what ``general`` returns for it, see :func:`one_atom_sharer`); anything else (a
+    ``["set", ...]``, an out-of-range or odd value) goes to ``general``."""
+    t = base.type
+    if t is AtomicType.STRING:
+        if base.enum is not None:
+            enum_datums = {str(e): (_share_str(str(e)),) for e in base.enum}
+            enum_get = enum_datums.get
+
+            def enum_str(v: Any) -> Any:
+                if type(v) is str:
+                    d = enum_get(v)
+                    if d is not None:
+                        return d
+                return general(v)
+            return enum_str
+        lo, hi = base.min_length, base.max_length
+        cache = _tuple_cache(t)
+        get = cache.get
+
+        def string(v: Any) -> Any:
+            if type(v) is str and lo <= len(v) <= hi:
+                if len(v) > _INTERN_MAX_LEN:
+                    return (v,)
+                d = get(v)
+                if d is None:
+                    v = _intern(v)
+                    d = _remember(cache, v, (v,))
+                return d
+            return general(v)
+        return string
+    if t is AtomicType.INTEGER:
+        if base.enum is not None:
+            return None
+        lo_i, hi_i = base.min_integer, base.max_integer
+        cache = _tuple_cache(t)
+        get = cache.get
+
+        def integer(v: Any) -> Any:
+            if type(v) is int and lo_i <= v <= hi_i:
+                d = get(v)
+                if d is None:
+                    d = _remember(cache, v, (v,))
+                return d
+            return general(v)
+        return integer
+    if t is AtomicType.UUID:
+        if base.enum is not None:
+            return None
+        cache = _tuple_cache(t)
+        get = cache.get
+        match = _UUID_RE.match
+
+        def uuid(v: Any) -> Any:
+            if type(v) is list and len(v) == 2 and v[0] == "uuid":
+                s = v[1]
+                if type(s) is str and match(s):
+                    d = get(s)
+                    if d is None:
+                        s = _intern(s.lower())
+                        d = get(s) or _remember(cache, s, (s,))
+                    return d
+            return general(v)
+        return uuid
+    return None
+
+
+def _string_map_parser(type_: Type, general: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """:func:`_general_fast_parser`'s map case for a map of unconstrained strings to
+    unconstrained strings (``external_ids``, ``options``...), pairs checked and shared
+    inline (see :func:`pair_sharer`)."""
+    n_min, n_max = type_.n_min, type_.n_max
+    cache = _tuple_cache((AtomicType.STRING, AtomicType.STRING))
+    get = cache.get
+    longest = _INTERN_MAX_LEN
+
+    def string_map(v: Any) -> Any:
+        if not (type(v) is list and len(v) == 2 and v[0] == "map" and type(v[1]) is list):
+            return SLOW
+        inner = v[1]
+        n = len(inner)
+        if not n_min <= n <= n_max:
+            return SLOW
+        pairs = []
+        for e in inner:
+            if type(e) is not list or len(e) != 2:
+                return SLOW
+            k, x = e
+            if type(k) is not str or type(x) is not str:
+                return SLOW
+            if len(k) > longest or len(x) > longest:
+                pairs.append((_share_str(k), _share_str(x)))
+                continue
+            p = get((k, x))
+            if p is None:
+                p = (_intern(k), _intern(x))
+                p = _remember(cache, p, p)
+            pairs.append(p)
+        if n > 1:
+            pairs.sort()  # keys are strings: the order of the keys, unless two are equal
+            for i in range(1, n):
+                if pairs[i][0] == pairs[i - 1][0]:
+                    return SLOW
+        return tuple(pairs)
+    return string_map
+
+
+def _general_fast_parser(type_: Type) -> Callable[[Any], Any]:
     key = _fast_atom_parser(type_.key)
     n_min, n_max = type_.n_min, type_.n_max
     if type_.value is None:

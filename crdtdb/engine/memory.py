@@ -77,8 +77,14 @@ class MemoryDatabase:
         for tname, changes in changeset.tables.items():
             table = self.schema.tables[tname]
             rows = self._rows[tname]
+            plain_inserts = not self._indexes[tname]
             for uuid, change in changes.items():
                 old, new = change.old, change.new
+                if old is None and new is not None and plain_inserts:
+                    # An insert into a table without indexes (a bulk load's thousands).
+                    rows[uuid] = new
+                    self._count_refs(table, uuid, new, 1)
+                    continue
                 if old is not None and new is not None and self._same_keys(table, old, new):
                     rows[uuid] = new  # same index values and references: nothing to redo
                     continue
@@ -159,9 +165,10 @@ class MemoryDatabase:
         return all(old[col.index] == new[col.index] for col in table.ref_columns)
 
     def _index(self, table: TableSchema, uuid: str, row: Row) -> None:
-        for ix, cols in zip(self._indexes[table.name], self._index_cols[table.name],
-                            strict=True):
-            ix[tuple(row[i] for i in cols)] = uuid
+        indexes = self._indexes[table.name]
+        if indexes:
+            for ix, cols in zip(indexes, self._index_cols[table.name], strict=True):
+                ix[tuple(row[i] for i in cols)] = uuid
         self._count_refs(table, uuid, row, 1)
 
     def _unindex(self, table: TableSchema, uuid: str, row: Row) -> None:
@@ -180,12 +187,12 @@ class MemoryDatabase:
             datum = row[col.index]
             if not datum:
                 continue
-            kb, vb = col.type.key, col.type.value
-            if vb is None and kb.is_strong_ref:  # the common case, without _ref_atoms
+            target_table = col.strong_set_ref
+            if target_table is not None:  # the common case, without _ref_atoms
                 for target in datum:
                     if target == uuid:
                         continue  # self-references don't count
-                    key = (kb.ref_table, target)  # type: ignore[assignment]
+                    key = (target_table, target)
                     n = strong.get(key, 0) + delta
                     if n:
                         strong[key] = n

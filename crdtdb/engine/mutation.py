@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crdtdb.engine import data, ovsjson
+from crdtdb.engine import data
+from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.ovsjson import INT64_MAX, INT64_MIN
 from crdtdb.engine.schema import ColumnSchema, TableSchema
 from crdtdb.engine.types import UNLIMITED, AtomicType
@@ -91,6 +92,7 @@ def _real_op(m: Mutator, x: float, y: float) -> float:
     return r
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Mutation:
     column: ColumnSchema
@@ -138,7 +140,8 @@ def _type_mismatch(value: Any, m: Mutator, column: ColumnSchema) -> OvsdbError:
 
 def mutation_from_json(table: TableSchema, value: Any,
                        symtab: data.SymbolTable | None) -> Mutation:
-    if (ovsjson.kind(value) is not ovsjson.Kind.ARRAY or len(value) != 3
+    # isinstance(..., (list, tuple)) is what ovsjson.kind() calls an array.
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
             or not isinstance(value[0], str) or not isinstance(value[1], str)):
         raise data.syntax_error(value, "Parse error in mutation.")
     column = table.columns.get(value[0])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crdtdb.engine import ovsjson
-from crdtdb.engine.data import check_datum
+from crdtdb.engine.data import check_datum, fast_parser
 from crdtdb.engine.ovshash import ovs_object, shash_order
 from crdtdb.engine.types import UNLIMITED, UUID_TYPE, Type, type_from_json
 from crdtdb.errors import OvsdbError, SchemaError
@@ -30,9 +31,16 @@ class ColumnSchema:
     ephemeral: bool = False
     #: The value the column has when a row is inserted without it.
     default_datum: tuple = field(init=False, compare=False, repr=False)
+    #: The referenced table when the column is a set (or scalar) of strong references, the
+    #: common shape that commit checks and stores count without a generator.
+    strong_set_ref: str | None = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_datum", self.type.default_datum())
+        key = self.type.key
+        object.__setattr__(self, "strong_set_ref",
+                           key.ref_table if self.type.value is None and key.is_strong_ref
+                           else None)
 
     def to_json(self) -> dict[str, Any]:
         pairs: list[tuple[str, Any]] = []
@@ -65,6 +73,12 @@ class TableSchema:
     #: Columns whose default value breaks their own constraints, with that error, in
     #: ``ovs_ordered`` order: inserting a row without them fails.
     bad_defaults: tuple[tuple[ColumnSchema, OvsdbError], ...] = field(init=False)
+    #: ``ref_columns`` that hold weak references (the only ones weak-reference cleanup reads).
+    weak_ref_columns: tuple[ColumnSchema, ...] = field(init=False)
+    #: Column name -> (row index, the column type's fast JSON parser): one dict lookup per
+    #: column of a parsed row.
+    parsers: dict[str, tuple[int, Callable[[Any], Any]]] = field(init=False, repr=False,
+                                                                 compare=False)
 
     def __post_init__(self) -> None:
         self.ordered = tuple(sorted(self.columns.values(), key=lambda c: c.index))
@@ -86,6 +100,10 @@ class TableSchema:
                 except OvsdbError as exc:
                     bad.append((c, exc))
         self.bad_defaults = tuple(bad)
+        self.weak_ref_columns = tuple(
+            c for c in self.ref_columns
+            if c.type.key.is_weak_ref or (c.type.value is not None and c.type.value.is_weak_ref))
+        self.parsers = {c.name: (c.index, fast_parser(c.type)) for c in self.ordered}
 
     @property
     def user_columns(self) -> tuple[ColumnSchema, ...]:

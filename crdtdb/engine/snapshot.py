@@ -8,11 +8,12 @@ as a :class:`Changeset` that the backend applies (or ships) as it sees fit.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Protocol
 
+from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.schema import DatabaseSchema
 
 #: A row is a tuple of datums in :attr:`TableSchema.ordered` column order: ``row[0]`` is
@@ -57,6 +58,7 @@ class NoLocks:
         return False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RowChange:
     """``old`` is ``None`` for an insert, ``new`` is ``None`` for a delete."""
@@ -70,9 +72,15 @@ def inserts(rows: Iterable[Row]) -> list[RowChange]:
     dataclass's ``__init__`` costs about a microsecond, and a replica filling its view from
     a full state makes one per row (100k). Sets the slots through their descriptors."""
     rows = list(rows)
-    out = list(map(object.__new__, repeat(RowChange, len(rows))))
-    deque(map(_SET_OLD, out, repeat(None)), maxlen=0)
-    deque(map(_SET_NEW, out, rows), maxlen=0)
+    return row_changes(repeat(None), rows)
+
+
+def row_changes(olds: Iterable[Row | None], news: Sequence[Row | None]) -> list[RowChange]:
+    """``[RowChange(o, n) for o, n in zip(olds, news)]`` the way :func:`inserts` does it
+    (a 1000-row transaction's changeset makes one per row); ``olds`` may be longer."""
+    out = list(map(object.__new__, repeat(RowChange, len(news))))
+    deque(map(_SET_OLD, out, olds), maxlen=0)
+    deque(map(_SET_NEW, out, news), maxlen=0)
     return out
 
 
@@ -118,6 +126,7 @@ class Changeset:
         return out
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReadSet:
     """What a transaction read, for a linearizable backend's compare-and-swap.

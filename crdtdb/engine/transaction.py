@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtdb.engine import data
+from crdtdb.engine import data, ovsjson
 from crdtdb.engine import parser as P
 from crdtdb.engine.condition import Condition, condition_from_json
 from crdtdb.engine.mutation import Mutation, mutations_from_json
@@ -34,6 +34,7 @@ from crdtdb.engine.snapshot import (
     Row,
     RowChange,
     Snapshot,
+    row_changes,
 )
 from crdtdb.engine.types import UNLIMITED
 from crdtdb.errors import OvsdbError, WouldBlock
@@ -99,10 +100,14 @@ class Outcome:
 
 
 class _TxnRow:
+    """A row as this transaction leaves it. ``new`` is a tuple until something writes to it
+    (see :meth:`_Transaction.modify`): rows only inserted, or only read for their reference
+    count, are never copied, and the commit takes an inserted row's tuple as it is."""
+
     __slots__ = ("n_refs", "new", "old", "table", "uuid")
 
-    def __init__(self, table: TableSchema, uuid: str, old: Row | None, new: list | None,
-                 n_refs: int):
+    def __init__(self, table: TableSchema, uuid: str, old: Row | None,
+                 new: list | Row | None, n_refs: int):
         self.table = table
         self.uuid = uuid
         self.old = old
@@ -138,7 +143,7 @@ class _Transaction:
             row = self.snapshot.get_row(table.name, uuid)
             if row is None:
                 return None
-            tr = trows[uuid] = _TxnRow(table, uuid, row, list(row),
+            tr = trows[uuid] = _TxnRow(table, uuid, row, row,
                                        self.snapshot.ref_count(table.name, uuid))
         return tr
 
@@ -181,11 +186,12 @@ class _Transaction:
         return [(u, r) for u, r in self.iter_rows(table) if cond.matches(r)]
 
     def modify(self, table: TableSchema, uuid: str) -> list:
+        """The row's new value, as a list to write to."""
         tr = self.find_or_make(table, uuid)
         assert tr is not None and tr.new is not None
-        return tr.new
+        return _writable(tr)
 
-    def insert(self, table: TableSchema, uuid: str, row: list) -> None:
+    def insert(self, table: TableSchema, uuid: str, row: Row) -> None:
         self.tables.setdefault(table.name, {})[uuid] = _TxnRow(table, uuid, None, row, 0)
 
     def delete(self, table: TableSchema, uuid: str) -> None:
@@ -202,6 +208,14 @@ class _Transaction:
 
     def all_rows(self) -> list[_TxnRow]:
         return [tr for trows in self.tables.values() for tr in trows.values()]
+
+
+def _writable(tr: _TxnRow) -> list:
+    new = tr.new
+    if type(new) is not list:
+        assert new is not None
+        new = tr.new = list(new)
+    return new
 
 
 def _count_refs(col: ColumnSchema, datum: tuple, uuid: str, target_table: str, *,
@@ -275,17 +289,19 @@ class _Executor:
         """``ovsdb_row_from_json`` onto a default row."""
         row = list(table.default_row)
         # Fast path: every value valid and plain. Then the order of the walk cannot matter.
-        cols = table.columns
+        parsers = table.parsers
+        slow = data.SLOW
         for name, v in value.items():
-            col = cols.get(name)
-            if col is None:
+            parser = parsers.get(name)
+            if parser is None:
                 break
-            d = data.fast_parser(col.type)(v)
-            if d is data.SLOW:
+            d = parser[1](v)
+            if d is slow:
                 break
-            row[col.index] = d
+            row[parser[0]] = d
         else:
             if columns is not None:
+                cols = table.columns
                 columns.extend(cols[name] for name in shash_order(value))
             return row
         # The full path, in ovsdb-server's order, so the same problem is reported first.
@@ -327,6 +343,36 @@ class _Executor:
         row_json = p.member("row", P.OBJECT)
         if p.error or table is None:
             return
+        self.insert(table, uuid_json, uuid_name, row_json, result)
+
+    def insert_plain(self, op: dict, result: dict) -> bool:
+        """:meth:`op_insert` for an operation whose members are all present, allowed and of
+        the right JSON type (what clients send), without an :class:`ObjectParser`: that
+        parser found nothing to report, so going straight to :meth:`insert` gives the same
+        result or error. ``False``, doing nothing, for any other operation."""
+        n = 2
+        uuid_json = op.get("uuid")
+        if uuid_json is not None:
+            if type(uuid_json) is not str:
+                return False
+            n += 1
+        uuid_name = op.get("uuid-name")
+        if uuid_name is not None:
+            if type(uuid_name) is not str or not ovsjson.is_id(uuid_name):
+                return False
+            n += 1
+        name = op.get("table")
+        row_json = op.get("row")
+        # A table of the schema is an <id>, as the parser would have required.
+        table = self.schema.tables.get(name) if type(name) is str else None
+        if table is None or type(row_json) is not dict or len(op) != n + 1:
+            return False
+        self.insert(table, uuid_json, uuid_name, row_json, result)
+        return True
+
+    def insert(self, table: TableSchema, uuid_json: str | None, uuid_name: str | None,
+               row_json: dict, result: dict) -> None:
+        """The semantics of ``insert``, once its members are parsed."""
         row_uuid: str
         if uuid_json is not None:
             if not data.is_uuid(uuid_json):
@@ -359,7 +405,7 @@ class _Executor:
                 raise error
         row[0] = (row_uuid,)
         row[1] = (self.txn.new_uuid(),)
-        self.txn.insert(table, row_uuid, row)
+        self.txn.insert(table, row_uuid, tuple(row))
         result["uuid"] = ["uuid", row_uuid]
 
     def op_select(self, p: ObjectParser, result: dict) -> None:
@@ -539,9 +585,20 @@ def execute(snapshot: Snapshot, operations: Sequence[Any], *,
     error: OvsdbError | None = None
     reserved = snapshot.schema.name.startswith("_")
     for i, op_json in enumerate(operations, 1):
+        # Plain inserts (a bulk load is thousands) skip the general parse; see insert_plain.
+        if not reserved and type(op_json) is dict and op_json.get("op") == "insert":
+            result: dict[str, Any] = {}
+            try:
+                if x.insert_plain(op_json, result):
+                    results.append(result)
+                    continue
+            except OvsdbError as exc:
+                results.append(exc.to_json())
+                error = exc
+                break
         p = ObjectParser(op_json, f"ovsdb operation {i} of {n}")
         op_name = p.member("op", P.ID)
-        result: dict[str, Any] = {}
+        result = {}
         read_only = False
         if op_name is not None:
             executor = _EXECUTORS.get(op_name)
@@ -585,10 +642,11 @@ def _read_set(txn: _Transaction) -> ReadSet:
 
 def _precommit(txn: _Transaction) -> Changeset:
     # determine_changes: drop rows that did not really change.
-    for _tname, trows in txn.tables.items():
-        for uuid, tr in list(trows.items()):
-            if tr.old is not None and tr.new is not None and tuple(tr.new) == tr.old:
-                del trows[uuid]
+    for trows in txn.tables.values():
+        same = [uuid for uuid, tr in trows.items()
+                if tr.old is not None and tr.new is not None and tuple(tr.new) == tr.old]
+        for uuid in same:
+            del trows[uuid]
     if not any(txn.tables.values()):
         return Changeset(comment=_comment(txn), durable=txn.durable)
     changed = [tr for trows in txn.tables.values() for tr in trows.values()]
@@ -605,35 +663,58 @@ def _precommit(txn: _Transaction) -> Changeset:
 
 
 def _update_ref_counts(txn: _Transaction, changed: list[_TxnRow]) -> None:
-    schema = txn.schema
     for tr in changed:
+        old, new = tr.old, tr.new
         for col in tr.table.ref_columns:
             i = col.index
-            if tr.old is not None and tr.new is None:
-                deltas = ((tr.old[i], -1),)
-            elif tr.old is None and tr.new is not None:
-                deltas = ((tr.new[i], 1),)
-            elif tr.old is not None and tr.new is not None:
-                added, removed = _added_removed(tr.old[i], tr.new[i])
-                deltas = ((removed, -1), (added, 1))
+            if old is None:
+                if new is not None and new[i]:
+                    _count_strong_refs(txn, tr, col, new[i], 1)
+            elif new is None:
+                if old[i]:
+                    _count_strong_refs(txn, tr, col, old[i], -1)
             else:
-                continue
-            for datum, delta in deltas:
-                for target_table, target in _ref_atoms(col, datum, strong=True):
-                    if target == tr.uuid:
-                        continue  # self-references don't count
-                    target_tr = txn.find_or_make(schema.tables[target_table], target)
-                    if target_tr is None:
-                        raise OvsdbError(
-                            "referential integrity violation",
-                            f"Table {tr.table.name} column {col.name} row {tr.uuid} references "
-                            f"nonexistent row {target} in table {target_table}.")
-                    target_tr.n_refs += delta
+                added, removed = _added_removed(old[i], new[i])
+                if removed:
+                    _count_strong_refs(txn, tr, col, removed, -1)
+                if added:
+                    _count_strong_refs(txn, tr, col, added, 1)
     for tr in txn.all_rows():
         if tr.new is None and tr.n_refs:
             raise OvsdbError("referential integrity violation",
                              f"cannot delete {tr.table.name} row {tr.uuid} because of "
                              f"{tr.n_refs} remaining reference(s)")
+
+
+def _count_strong_refs(txn: _Transaction, tr: _TxnRow, col: ColumnSchema, datum: Sequence,
+                       delta: int) -> None:
+    """Add ``delta`` to the reference count of each row ``datum`` (of ``tr``'s column
+    ``col``) strongly refers to; a reference to a row that does not exist is an error."""
+    simple = col.strong_set_ref
+    if simple is not None:  # the common shape, without _ref_atoms' generator
+        target_schema = txn.schema.tables[simple]
+        for target in datum:
+            if target == tr.uuid:
+                continue  # self-references don't count
+            target_tr = txn.find_or_make(target_schema, target)
+            if target_tr is None:
+                raise _dangling_ref(tr, col, simple, target)
+            target_tr.n_refs += delta
+        return
+    for target_table, target in _ref_atoms(col, datum, strong=True):
+        if target == tr.uuid:
+            continue
+        target_tr = txn.find_or_make(txn.schema.tables[target_table], target)
+        if target_tr is None:
+            raise _dangling_ref(tr, col, target_table, target)
+        target_tr.n_refs += delta
+
+
+def _dangling_ref(tr: _TxnRow, col: ColumnSchema, target_table: str,
+                  target: str) -> OvsdbError:
+    return OvsdbError("referential integrity violation",
+                      f"Table {tr.table.name} column {col.name} row {tr.uuid} references "
+                      f"nonexistent row {target} in table {target_table}.")
 
 
 def _delete_garbage_row(txn: _Transaction, tr: _TxnRow) -> None:
@@ -693,16 +774,15 @@ def _assess_weak_refs(txn: _Transaction) -> None:
                         deleted_refs.setdefault((src_table_name, src_uuid), set()).add(
                             (col.index, tr.uuid))
     for tr in list(txn.all_rows()):
-        if tr.new is None:
+        if tr.new is None or not tr.table.weak_ref_columns:
             continue
         table = tr.table
+        _writable(tr)
         gone = deleted_refs.get((table.name, tr.uuid), ())
-        for col in table.ref_columns:
+        for col in table.weak_ref_columns:
             ctype = col.type
             weak_key = ctype.key.is_weak_ref
             weak_val = ctype.value is not None and ctype.value.is_weak_ref
-            if not (weak_key or weak_val):
-                continue
             i = col.index
             datum = tr.new[i]
             orig_n = len(datum)
@@ -840,18 +920,28 @@ def _comment(txn: _Transaction) -> str | None:
 def _changeset(txn: _Transaction) -> Changeset:
     cs = Changeset(comment=_comment(txn), durable=txn.durable)
     for tname, trows in txn.tables.items():
-        out: dict[str, RowChange] = {}
+        uuids: list[str] = []
+        olds: list[Row | None] = []
+        news: list[Row | None] = []
         for uuid, tr in trows.items():
             if tr.new is None:
                 if tr.old is not None:
-                    out[uuid] = RowChange(tr.old, None)
+                    uuids.append(uuid)
+                    olds.append(tr.old)
+                    news.append(None)
                 continue
             new = tuple(tr.new)
             if tr.old is None:
-                out[uuid] = RowChange(None, new)
+                uuids.append(uuid)
+                olds.append(None)
+                news.append(new)
             elif new != tr.old or (tname, uuid) in txn.modified:
-                new = (new[0], (txn.new_uuid(),), *new[2:])
-                out[uuid] = RowChange(tr.old, new)
-        if out:
-            cs.tables[tname] = out
+                uuids.append(uuid)
+                olds.append(tr.old)
+                news.append((new[0], (txn.new_uuid(),), *new[2:]))
+        if len(uuids) > 8:  # row_changes' set-up costs more than it saves for a few rows
+            cs.tables[tname] = dict(zip(uuids, row_changes(olds, news), strict=True))
+        elif uuids:
+            cs.tables[tname] = {u: RowChange(o, n)
+                                for u, o, n in zip(uuids, olds, news, strict=True)}
     return cs
