@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from crdtdb.engine import DatabaseSchema, MemoryDatabase, execute
+from crdtdb.engine.collection import LARGE_TRANSACTION_OPS
 from crdtdb.engine.integrity import violations
+from crdtdb.engine.transaction import random_uuid
 from crdtdb.errors import WouldBlock
 
 SB_PATH = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -214,3 +216,38 @@ class SouthboundMachine(RuleBasedStateMachine):
 SouthboundMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25,
                                                deadline=None)
 TestSouthbound = SouthboundMachine.TestCase
+
+
+@pytest.mark.parametrize("n_ops", [1, LARGE_TRANSACTION_OPS])
+@pytest.mark.parametrize("store", ["memory", "replica"])
+def test_large_transactions_run_with_the_cycle_collector_paused(n_ops: int, store: str) -> None:
+    """Only a large transaction pauses Python's cyclic collector, only while it runs, and
+    only if it was on: the caller's setting is what it finds afterwards, failure or not."""
+    import gc
+
+    from crdtdb.replica import Replica
+
+    seen: list[bool] = []
+
+    def new_uuid() -> str:
+        seen.append(gc.isenabled())
+        return random_uuid()
+
+    schema = DatabaseSchema.from_file(SB_PATH).stored()
+    db = (MemoryDatabase(schema, new_uuid=new_uuid) if store == "memory"
+          else Replica.in_memory(schema, client_id=1, new_uuid=new_uuid))
+    ops = [{"op": "insert", "table": "Address_Set", "row": {"name": f"as{i}"}}
+           for i in range(n_ops)]
+    assert gc.isenabled()
+    assert "error" not in db.transact(ops)[-1]
+    assert seen and all(seen) == (n_ops < LARGE_TRANSACTION_OPS) and gc.isenabled()
+    seen.clear()
+    failing = [*ops, {"op": "abort"}]
+    assert db.transact(failing)[-1]["error"] == "aborted" and gc.isenabled()
+    gc.disable()
+    try:
+        db.transact([{**op, "row": {**op["row"], "name": op["row"]["name"] + "b"}}
+                     for op in ops])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

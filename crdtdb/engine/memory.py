@@ -12,6 +12,7 @@ from itertools import chain
 from operator import contains, itemgetter
 from typing import Any
 
+from crdtdb.engine.collection import collection_paused
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
@@ -60,10 +61,11 @@ class MemoryDatabase:
     def execute(self, operations: Sequence[Any], *, locks: LockOwnership | None = None,
                 elapsed_ms: int = 0) -> Outcome:
         """Run a transaction and commit it if it succeeded."""
-        outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
-                          new_uuid=self._new_uuid)
-        if outcome.changeset:
-            self.apply(outcome.changeset)
+        with collection_paused(len(operations)):
+            outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
+                              new_uuid=self._new_uuid)
+            if outcome.changeset:
+                self.apply(outcome.changeset)
         return outcome
 
     def transact(self, operations: Sequence[Any], *,

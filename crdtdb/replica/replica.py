@@ -33,6 +33,7 @@ import msgpack
 import pycrdt
 from pycrdt import Doc, Map
 
+from crdtdb.engine.collection import collection_paused
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
@@ -474,16 +475,17 @@ class Replica:
 
         The outcome's changeset is what readers saw change (normally the engine's own).
         """
-        outcome = execute(self.view.rows, operations, locks=locks, elapsed_ms=elapsed_ms,
-                          new_uuid=self._new_uuid)
-        if outcome.changeset:
-            if self.frozen:
-                # Held like a blocked wait: the server runs it again when the replica
-                # changes, which thawing counts as (see freeze).
-                return Outcome(None, read_set=outcome.read_set, blocked=True)
-            # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-            return Outcome(outcome.results, self.commit(outcome.changeset),
-                           outcome.read_set, outcome.blocked, outcome.timeout_ms)
+        with collection_paused(len(operations)):
+            outcome = execute(self.view.rows, operations, locks=locks,
+                              elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
+            if outcome.changeset:
+                if self.frozen:
+                    # Held like a blocked wait: the server runs it again when the replica
+                    # changes, which thawing counts as (see freeze).
+                    return Outcome(None, read_set=outcome.read_set, blocked=True)
+                # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
+                return Outcome(outcome.results, self.commit(outcome.changeset),
+                               outcome.read_set, outcome.blocked, outcome.timeout_ms)
         return outcome
 
     def transact(self, operations: Sequence[Any], *,
