@@ -328,6 +328,54 @@ def test_an_in_sync_pull_gets_nothing_and_a_lost_delete_is_still_pulled() -> Non
     assert shown(ra) == shown(rb) and not shown(rb)["Parent"]
 
 
+def test_a_pull_from_a_peer_that_is_ahead_gets_no_diff() -> None:
+    """b has everything a has and more: a answers b's pull with its own pull only (a diff
+    would be empty, and pycrdt's would still carry the whole delete set), and nothing at
+    all when b asked for no reply; b's answer to that pull brings a what it lacks."""
+    ga, gb, ra, rb = _pair()
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    p = ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
+    rb.apply_update(ra.diff(rb.state_vector()))
+    ok(txn(rb, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 3}}))
+    for reply in (False, True):
+        pull = m.StateVector("Merge", rb.state_vector(), reply, EpochId(0))
+        out = ga.receive("b", m.encode(pull), 0.2)
+        kinds = [type(m.decode(o.frame)) for o in out if isinstance(o, Send)]
+        assert kinds == ([m.StateVector] if reply else [])
+    _deliver(nodes, [("a", o) for o in out], 0.3)
+    assert shown(ra) == shown(rb) and ra.in_sync_with(rb.state_vector())
+
+
+def test_fanout_0_stops_forwarding_but_never_a_nodes_own_pushes() -> None:
+    """The hub of a star runs with fanout 0: a leaf's update is not forwarded, while the
+    hub's own commits still go to every peer, or past eager_push_max_peers to one."""
+    names = ["h", "x", "y", "z"]
+    replicas = {n: make_replica(i + 1, i + 1) for i, n in enumerate(names)}
+    hub = Gossip("h", {"Merge": replicas["h"]}, rng=random.Random(1),
+                 config=GossipConfig(fanout=0, eager_push_max_peers=2))
+    nodes = {"h": hub, **{n: Gossip(n, {"Merge": replicas[n]}, rng=random.Random(i))
+                          for i, n in enumerate(names[1:])}}
+    queue: list[tuple[str, Any]] = []
+    for leaf in names[1:]:
+        queue += [("h", o) for o in hub.connected(leaf, 0.0)]
+        queue += [(leaf, o) for o in nodes[leaf].connected("h", 0.0)]
+    _deliver(nodes, queue, 0.0)
+    pushed: list[Any] = []
+    replicas["h"].add_listener(lambda ev: ev.local and pushed.extend(
+        hub.local_update("Merge", ev.update, ev.span)))
+    ok(txn(replicas["h"], {"op": "insert", "table": "Parent", "row": {"name": "own"}}))
+    assert len([o for o in pushed if isinstance(o, Send)]) == 1  # 3 peers > 2: one
+    sealed: list[bytes] = []
+    replicas["x"].add_listener(lambda ev: ev.local and sealed.append(ev.update))
+    ok(txn(replicas["x"], {"op": "insert", "table": "Parent", "row": {"name": "leaf"}}))
+    out = hub.receive("x", m.encode(m.Push("Merge", sealed[0], 0)), 0.1)
+    assert hub.statistics().pushes_new == 1 and hub.statistics().forwards == 0
+    assert not [o for o in out if isinstance(o, Send)
+                and isinstance(m.decode(o.frame), m.Push)]
+
+
 def test_forwards_go_to_peers_that_can_apply_the_update_at_once() -> None:
     """A hub forwards a writer's update to ``fanout`` of its other peers: to ones known to
     have everything before it (no gap to hold it back behind, no pull), never to ones known

@@ -3,16 +3,18 @@
 What it does, per replicated database:
 
 * **push**: a local commit's sealed update goes to every ready peer when there are at most
-  ``eager_push_max_peers`` of them (else to ``fanout`` random ones); a peer that finds it new
-  forwards it to ``fanout`` random others (never back to the sender) until ``max_hops``; a
-  duplicate stops there. Pushing local commits to every peer is what makes a hub (the
-  central node of a star, as in an OVN cloud where ovn-northd's node talks to every chassis)
-  reach all its leaves at once: a leaf has nobody else to forward to, so with random fanout
-  most leaves would wait for their next anti-entropy round;
+  ``eager_push_max_peers`` of them (else to ``fanout`` random ones, one at least); a peer
+  that finds it new forwards it to ``fanout`` random others (never back to the sender)
+  until ``max_hops``; a duplicate stops there. Pushing local commits to every peer is what
+  makes a hub (the central node of a star, as in an OVN cloud where ovn-northd's node talks
+  to every chassis) reach all its leaves at once: a leaf has nobody else to forward to, so
+  with random fanout most leaves would wait for their next anti-entropy round. A hub does
+  better with ``fanout`` 0 (no forwarding): its leaves pull it anyway (docs/gossip.md);
 * **pull anti-entropy**: every ``anti_entropy_interval_s`` (jittered) a random peer gets
   this node's state vector and answers with a diff, then asks for one back (push-pull), or
   with nothing when both state vectors are equal (then so are the documents: see
-  ``Replica.in_sync_with``). This alone guarantees convergence; pushes only
+  ``Replica.in_sync_with``), and with only its own pull when the asker is ahead
+  (``Replica.covered_by``). This alone guarantees convergence; pushes only
   make it fast. A pushed update that follows a gap triggers an immediate pull from its
   sender. After ``anti_entropy_idle_rounds`` rounds in a row with nothing new, the interval
   doubles up to
@@ -445,7 +447,10 @@ class Gossip:
         have it."""
         out: list[Output] = []
         ready = self.ready_peers(db)
-        peers = ready if len(ready) <= self.config.eager_push_max_peers else self._choose(db)
+        # Past eager_push_max_peers, fanout random peers, and one at least: fanout 0 (a star's
+        # hub, see the module docstring) stops forwarding, never a node's own commits.
+        peers = ready if len(ready) <= self.config.eager_push_max_peers else \
+            self._choose(db, n=max(self.config.fanout, 1))
         for peer in peers:
             self._stats.pushes_sent += 1
             out += self._push(peer, m.Push(db, update, 0), span)
@@ -743,11 +748,12 @@ class Gossip:
     def _jittered(self, seconds: float) -> float:
         return seconds * self.rng.uniform(0.5, 1.5)
 
-    def _choose(self, db: str, exclude: str | None = None) -> list[str]:
+    def _choose(self, db: str, exclude: str | None = None, n: int | None = None) -> list[str]:
+        n = self.config.fanout if n is None else n
         candidates = [k for k in self.ready_peers(db) if k != exclude]
-        if len(candidates) <= self.config.fanout:
+        if len(candidates) <= n:
             return candidates
-        return self.rng.sample(candidates, self.config.fanout)
+        return self.rng.sample(candidates, n)
 
     def _send(self, peer: str, msg: m.Message) -> list[Output]:
         frame = m.encode(msg)

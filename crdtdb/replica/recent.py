@@ -57,8 +57,9 @@ class RecentUpdates:
         #: cheaper (its bytes neither: the delete set compresses into ranges).
         self.max_covering = max_covering
         self._by_client: dict[int, deque[_Kept]] = {}
-        #: Every kept update in the order kept (with ones already dropped, skipped when met).
-        self._order: deque[_Kept] = deque()
+        #: (writer, seq) of every kept update in the order kept, with those already dropped
+        #: (skipped when met): keys only, so a dropped update's bytes go at once.
+        self._order: deque[tuple[int, int]] = deque()
         self._count = 0
         self._bytes = 0
         self._seq = 0
@@ -67,7 +68,7 @@ class RecentUpdates:
         return self._count
 
     @property
-    def bytes(self) -> int:
+    def total_bytes(self) -> int:
         return self._bytes
 
     def add(self, span: tuple[int, int, int], update: bytes) -> None:
@@ -90,13 +91,13 @@ class RecentUpdates:
         self._seq += 1
         kept = _Kept(client, start, end, bytes(update), self._seq)
         run.append(kept)
-        self._order.append(kept)
+        self._order.append((client, self._seq))
         self._count += 1
         self._bytes += len(kept.update)
         while self._count > self.max_updates or self._bytes > self.max_bytes:
             self._evict_oldest()
         if len(self._order) > 2 * self.max_updates:
-            self._order = deque(k for k in self._order if self._is_kept(k))
+            self._order = deque(k for k in self._order if self._is_kept(*k))
 
     def covering(self, theirs: Mapping[int, int], mine: Mapping[int, int]
                  ) -> list[bytes] | None:
@@ -116,6 +117,8 @@ class RecentUpdates:
                 picked.append(kept.update)
                 if kept.start <= have:
                     break
+                if len(out) + len(picked) >= self.max_covering:
+                    return None  # too many: pycrdt's diff is as cheap
             else:
                 return None  # the run starts past the peer's clock: a hole
             if len(out) + len(picked) > self.max_covering:
@@ -129,9 +132,9 @@ class RecentUpdates:
         self._count = 0
         self._bytes = 0
 
-    def _is_kept(self, kept: _Kept) -> bool:
-        run = self._by_client.get(kept.client)
-        return bool(run) and run[0].seq <= kept.seq <= run[-1].seq
+    def _is_kept(self, client: int, seq: int) -> bool:
+        run = self._by_client.get(client)
+        return run is not None and len(run) > 0 and run[0].seq <= seq <= run[-1].seq
 
     def _drop_run(self, client: int) -> None:
         run = self._by_client.pop(client, None)
@@ -141,12 +144,12 @@ class RecentUpdates:
 
     def _evict_oldest(self) -> None:
         while self._order:
-            kept = self._order.popleft()
-            run = self._by_client.get(kept.client)
-            if run and run[0] is kept:
-                run.popleft()
+            client, seq = self._order.popleft()
+            run = self._by_client.get(client)
+            if run and run[0].seq == seq:
+                kept = run.popleft()
                 self._count -= 1
                 self._bytes -= len(kept.update)
                 if not run:
-                    del self._by_client[kept.client]
+                    del self._by_client[client]
                 return

@@ -162,7 +162,8 @@ class Replica:
                  fsync: bool = True, new_uuid: Callable[[], str] = random_uuid,
                  compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
                  compact_ratio: float = DEFAULT_COMPACT_RATIO,
-                 max_parked_updates: int = 1024, max_parked_bytes: int = 16 * 1024 * 1024):
+                 max_parked_updates: int = 1024, max_parked_bytes: int = 16 * 1024 * 1024,
+                 max_recent_updates: int = 4096, max_recent_bytes: int = 8 * 1024 * 1024):
         if not 0 < client_id < 2**53:
             raise ValueError(f"client_id must be in 1..2**53-1, not {client_id}")
         self.schema = schema
@@ -192,6 +193,8 @@ class Replica:
         self._held_events: list[ChangeEvent] = []
         self._max_parked = max_parked_updates
         self._max_parked_bytes = max_parked_bytes
+        #: Bounds of the commits kept to answer pulls (see diff and RecentUpdates).
+        self._max_recent = (max_recent_updates, max_recent_bytes)
         self.conflicts = ConflictLog()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._failed: str | None = None
@@ -244,7 +247,8 @@ class Replica:
         self._parked: OrderedDict[tuple[int, int, int], _Held] = OrderedDict()
         self._parked_bytes = 0
         #: The last single-writer updates, to answer pulls (see diff).
-        self._recent = RecentUpdates()
+        self._recent = RecentUpdates(max_updates=self._max_recent[0],
+                                     max_bytes=self._max_recent[1])
         self._meta = doc.get(META_MAP, type=Map)
         origin = self._meta.get(ORIGIN_KEY)
         self.origin = None if origin is None else EpochOrigin.unpack(origin, self.epoch)
@@ -269,6 +273,7 @@ class Replica:
         self._captured.clear()
         self._events.clear()
         self._parked.clear()
+        self._recent.clear()
         self.view = View(self.schema, self.conflicts)
         gc.collect()
 
