@@ -63,6 +63,15 @@ def _pair() -> tuple[Gossip, Gossip, Any, Any]:
     return ga, gb, ra, rb
 
 
+def _connected_pair() -> tuple[Gossip, Gossip, Any, Any, dict[str, Gossip]]:
+    """_pair, with the hellos exchanged."""
+    ga, gb, ra, rb = _pair()
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    return ga, gb, ra, rb, nodes
+
+
 def _hello(g: Gossip, peer: str) -> None:
     [hello] = g.connected(peer, 0.0)
     assert isinstance(hello, Send)
@@ -306,10 +315,7 @@ def test_an_idle_link_is_pinged_from_one_side_and_a_silent_peer_still_times_out(
 
 
 def test_an_in_sync_pull_gets_nothing_and_a_lost_delete_is_still_pulled() -> None:
-    ga, gb, ra, rb = _pair()
-    nodes = {"a": ga, "b": gb}
-    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
-             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    ga, _, ra, rb, nodes = _connected_pair()
     p = ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
     rb.apply_update(ra.diff(rb.state_vector()))
     assert shown(ra) == shown(rb)
@@ -332,10 +338,7 @@ def test_a_pull_from_a_peer_that_is_ahead_gets_no_diff() -> None:
     """b has everything a has and more: a answers b's pull with its own pull only (a diff
     would be empty, and pycrdt's would still carry the whole delete set), and nothing at
     all when b asked for no reply; b's answer to that pull brings a what it lacks."""
-    ga, gb, ra, rb = _pair()
-    nodes = {"a": ga, "b": gb}
-    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
-             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    ga, _, ra, rb, nodes = _connected_pair()
     p = ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
     rb.apply_update(ra.diff(rb.state_vector()))
     ok(txn(rb, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": {"n": 3}}))

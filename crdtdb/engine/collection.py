@@ -20,14 +20,31 @@ from collections.abc import Iterator
 LARGE_TRANSACTION_OPS = 32
 
 
-@contextlib.contextmanager
-def collection_paused(n_operations: int) -> Iterator[None]:
+def collection_paused(n_operations: int) -> contextlib.AbstractContextManager[None]:
     """Pause the cyclic collector inside if ``n_operations`` makes a large transaction."""
-    if n_operations < LARGE_TRANSACTION_OPS or not gc.isenabled():
+    if n_operations < LARGE_TRANSACTION_OPS:
+        return contextlib.nullcontext()
+    return collector_paused()
+
+
+@contextlib.contextmanager
+def collector_paused(*, promote: bool = False) -> Iterator[None]:
+    """No cyclic collection inside, if the collector was on (else nothing changes).
+
+    ``promote``: afterwards every tracked object of the process goes to the oldest
+    generation unexamined (``gc.freeze()`` then ``gc.unfreeze()``), for code that made a
+    million long-lived objects (a replica reading a whole document): the young collection
+    the next allocation triggers would walk them all at once. Nothing becomes
+    uncollectable, unlike ``gc.freeze()`` alone; young cyclic garbage of the whole process
+    waits for the next full collection."""
+    if not gc.isenabled():
         yield
         return
     gc.disable()
     try:
         yield
     finally:
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()

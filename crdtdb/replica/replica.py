@@ -33,7 +33,7 @@ import msgpack
 import pycrdt
 from pycrdt import Doc, Map
 
-from crdtdb.engine.collection import collection_paused
+from crdtdb.engine.collection import collection_paused, collector_paused
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
@@ -1387,30 +1387,16 @@ _FULL_READ = object()
 _KeyEvent = tuple[enc.Key | str, str, Any]
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def _gc_paused() -> contextlib.AbstractContextManager[None]:
     """No cyclic garbage collection inside: reading a whole document allocates about a
     million containers (rows, datums) and no garbage, and the collections those allocations
     trigger walk them again and again (decoding 100k Logical_Flow markers: 0.58-0.60 s of
-    CPU with collection paused, 0.63-0.66 s without).
-
-    Afterwards every tracked object goes to the oldest generation unexamined
-    (``gc.freeze()`` then ``gc.unfreeze()``): otherwise the young collection that the next
+    CPU with collection paused, 0.63-0.66 s without). Afterwards they go to the oldest
+    generation unexamined (``promote``): otherwise the young collection that the next
     allocation triggers walks all of them at once, inside the join (100k rows: join
-    1.23-1.28 s -> 1.09-1.13 s). Nothing becomes uncollectable, unlike ``gc.freeze()``
-    alone; the walk is left to the next full collection (its first one after a join takes
-    ~0.11 s instead of ~0.055 s), and young cyclic garbage of the whole process waits for
-    that one too."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.unfreeze()
-        gc.enable()
+    1.23-1.28 s -> 1.09-1.13 s); the walk is left to the next full collection (its first
+    one after a join takes ~0.11 s instead of ~0.055 s)."""
+    return collector_paused(promote=True)
 
 
 def _return_free_memory() -> None:
