@@ -140,7 +140,13 @@ def test_short_swarm_with_compaction_rounds() -> None:
     jumps) go on: no write lost, every node ends in one epoch, views equal."""
     results = _swarm(range(400, 415), (4, 7), 6.0, compact_after_updates=12)
     assert sum(r.epochs for r in results) >= 30
-    assert sum(r.recommits for r in results) > 0  # some node wrote past a cut
+    # Some node wrote past a cut: 1 to 7 of these 15 seeds do, depending on the process's
+    # string hash seed (set orders; `crdtdb sim` pins PYTHONHASHSEED=0, pytest does not),
+    # and a full test run once saw none. More seeds until one does, 30 at most.
+    more = iter(range(415, 445))
+    while sum(r.recommits for r in results) == 0 and (seed := next(more, None)) is not None:
+        results += _swarm(range(seed, seed + 1), (4, 7), 6.0, compact_after_updates=12)
+    assert sum(r.recommits for r in results) > 0
 
 
 @pytest.mark.slow
