@@ -351,6 +351,42 @@ def test_a_pull_from_a_peer_that_is_ahead_gets_no_diff() -> None:
     assert shown(ra) == shown(rb) and ra.in_sync_with(rb.state_vector())
 
 
+def test_a_failed_replica_gives_out_nothing(tmp_path: Any, monkeypatch: Any) -> None:
+    """A commit whose log record failed is in the document but not durable (a restart
+    reuses its clocks): the failed replica answers no pull, sends none, takes nothing."""
+    from crdtdb.replica import Replica, ReplicaFailedError
+    from tests.replica_support import MERGE_SCHEMA
+
+    ra = Replica.open(tmp_path / "a", MERGE_SCHEMA, fsync=False)
+    rb = make_replica(2, 2)
+    ga = Gossip("a", {"Merge": ra}, rng=random.Random(1))
+    gb = Gossip("b", {"Merge": rb}, rng=random.Random(2))
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ra._log, "append", broken)
+    with pytest.raises(ReplicaFailedError):
+        txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "lost"}})
+    from crdtdb.replica.envelope import decode_state_vector
+
+    assert ra.unlogged and ra.client_id in decode_state_vector(ra.doc.get_state())  # not durable
+    for call in (lambda: ra.diff(rb.state_vector()), ra.full_state,
+                 lambda: ra.apply_update(rb.full_state())):
+        with pytest.raises(ReplicaFailedError):
+            call()
+    pull = m.StateVector("Merge", rb.state_vector(), True, EpochId(0))
+    assert ga.receive("b", m.encode(pull), 0.1) == []
+    assert "b" in ga.peers  # the peer is not to blame
+    out = ga.tick(10.0)
+    assert not [o for o in out if isinstance(o, Send)
+                and isinstance(m.decode(o.frame), m.StateVector)]
+    ra.close()
+
+
 def test_fanout_0_stops_forwarding_but_never_a_nodes_own_pushes() -> None:
     """The hub of a star runs with fanout 0: a leaf's update is not forwarded, while the
     hub's own commits still go to every peer, or past eager_push_max_peers to one."""

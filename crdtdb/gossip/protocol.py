@@ -291,6 +291,8 @@ class Gossip:
         replica = self.replicas.get(msg.db)
         if replica is None or msg.db not in p.epochs:
             raise m.GossipProtocolError(f"database {msg.db!r} is not replicated with this peer")
+        if replica.unlogged:
+            return []  # out of service until reopened (see Replica.unlogged): nothing in or out
         if isinstance(msg, m.Epoch | m.Fetch | m.State | m.Freeze | m.Frozen | m.Thaw):
             return self._on_epoch_message(p, replica, msg)
         if isinstance(msg, m.StateVector) and msg.epoch != p.epochs[msg.db]:
@@ -491,6 +493,8 @@ class Gossip:
                 # carries this node's epoch, so two nodes that missed each other's move learn
                 # of it (see _handle).
                 for db in sorted(self.peers[peer].epochs):
+                    if self.replicas[db].unlogged:
+                        continue
                     self._stats.pulls += 1
                     out += self._send(peer, self._pull(db, True))
         return out
@@ -661,7 +665,7 @@ class Gossip:
             if now >= f.deadline:
                 del self._fetches[db]
         for db, replica in self.replicas.items():
-            if db in self._fetches or db in self.stranded:
+            if db in self._fetches or db in self.stranded or replica.unlogged:
                 continue
             newer = [(p.epochs[db], key) for key, p in self.peers.items()
                      if p.epochs.get(db, replica.epoch_id) > replica.epoch_id]
@@ -674,7 +678,8 @@ class Gossip:
         if limit is not None:
             for db, replica in self.replicas.items():
                 if (replica.changes_in_epoch() >= limit and now >= self._next_round.get(db, 0)
-                        and not (replica.frozen or db in self._fetches or db in self.stranded)):
+                        and not (replica.frozen or replica.unlogged or db in self._fetches
+                                 or db in self.stranded)):
                     out += self.start_compaction(db, now)
         return out
 

@@ -198,6 +198,7 @@ class Replica:
         self.conflicts = ConflictLog()
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._failed: str | None = None
+        self._unlogged: str | None = None
         #: Local writes are held by a compaction round (see freeze).
         self.frozen = False
         #: This epoch's local row changes (also in the log): (table, uuid) -> [[own clock
@@ -420,6 +421,15 @@ class Replica:
         for fn in list(self._listeners):
             fn(ev)
 
+    @property
+    def unlogged(self) -> str | None:
+        """Why this replica's document holds commits its log lacks (their record could not
+        be written), else None. Such a replica takes no commit or update and gives out
+        nothing (diff, full_state): those commits are not durable, and a restart reuses
+        their clocks for others. Reopen it. (A log that could not be rewritten for a new
+        epoch leaves no such commit: that replica refuses writes but still replicates.)"""
+        return self._unlogged
+
     # --- group commit -----------------------------------------------------------------------
 
     def hold_commits(self) -> None:
@@ -461,8 +471,9 @@ class Replica:
                         for i, r in enumerate(records):
                             self._log.append(r, sync=sync and i == len(records) - 1)
                 except (OSError, StorageError) as exc:
-                    self._failed = (f"{self.name}: {len(records)} commits could not be "
-                                    f"logged ({exc}); reopen")
+                    self._failed = self._unlogged = (
+                        f"{self.name}: {len(records)} commits could not be logged ({exc}); "
+                        "reopen")
                     raise ReplicaFailedError(self._failed) from exc
         for ev in events:
             try:
@@ -547,8 +558,8 @@ class Replica:
                 try:
                     self._log.append(record, sync=self._fsync or changeset.durable)
                 except (OSError, StorageError) as exc:
-                    self._failed = (f"{self.name}: a commit could not be logged ({exc}); "
-                                    "reopen")
+                    self._failed = self._unlogged = (
+                        f"{self.name}: a commit could not be logged ({exc}); reopen")
                     self._events.clear()
                     raise ReplicaFailedError(self._failed) from exc
         dirty: set[RowKey] = set()
@@ -673,6 +684,8 @@ class Replica:
         (resync by full state); either way the document is untouched.
         """
         self._write_held()  # (held commits first: see hold_commits)
+        if self._unlogged:
+            raise ReplicaFailedError(self._unlogged)
         try:
             sealed = open_sealed(payload)
         except CorruptUpdateError:
@@ -896,6 +909,8 @@ class Replica:
         :mod:`crdtdb.replica.recent`), else pycrdt's diff (which repeats the whole delete
         set). Either is self-contained (see :meth:`apply_update`)."""
         self._write_held()  # (held commits first: see hold_commits)
+        if self._unlogged:
+            raise ReplicaFailedError(self._unlogged)
         sv = bytes(state_vector)
         if len(sv) > 64 * 1024 * 1024:
             raise CorruptUpdateError(f"state vector of {len(sv)} bytes")
@@ -912,6 +927,8 @@ class Replica:
 
     def full_state(self) -> bytes:
         self._write_held()  # (held commits first: see hold_commits)
+        if self._unlogged:
+            raise ReplicaFailedError(self._unlogged)
         return seal(self.schema_digest, self.epoch, self.client_id, self.doc.get_update(),
                     base=self.base)
 
