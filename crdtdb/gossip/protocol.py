@@ -321,7 +321,8 @@ class Gossip:
                 return []
             out: list[Output] = []
             if not replica.covered_by(theirs):  # else the asker is ahead: only ask back
-                out += self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector)))
+                out += self._send(p.key, m.Diff(msg.db, replica.diff(msg.state_vector,
+                                                                     clocks=theirs)))
             if msg.reply:
                 out += self._send(p.key, self._pull(msg.db, False))
             return out
