@@ -397,6 +397,8 @@ class Gossip:
         """``fanout`` peers to forward an update to: none that is known to have it, and
         first those known to have everything before it (they apply it at once; a peer that
         lacks an earlier update of that writer holds it back and pulls)."""
+        if self.config.fanout == 0:
+            return []  # (a star's hub: see the module docstring)
         if span is None:
             return self._choose(db, exclude=sender)
         client, first, count = span
@@ -782,10 +784,16 @@ class Gossip:
                                 if k not in ("peers", "stranded", "holding")})
         s.stranded = {db: str(e) for db, e in self.stranded.items()}
         s.holding = sorted({*self._holds, *self._rounds})
+        mine: dict[str, Mapping[int, int]] = {}  # decoded once, not once per peer
+
+        def clocks(db: str) -> Mapping[int, int]:
+            if db not in mine:
+                mine[db] = decode_state_vector(self.replicas[db].state_vector())
+            return mine[db]
+
         s.peers = {key: {"node_id": p.node_id, "databases": sorted(p.databases),
                          "lag": {db: dict(zip(("they_lack", "we_lack"),
-                                              _lag(self.replicas[db].state_vector(), known),
-                                              strict=True))
+                                              _lag(clocks(db), known), strict=True))
                                  for db, known in p.known.items()},
                          "frames_in": p.frames_in, "frames_out": p.frames_out,
                          "bytes_in": p.bytes_in, "bytes_out": p.bytes_out}
@@ -800,10 +808,9 @@ def _reached(p: PeerState, db: str, span: tuple[int, int, int]) -> None:
         known[client] = first + count
 
 
-def _lag(mine: bytes, b: Mapping[int, int]) -> tuple[int, int]:
-    """(items the peer lacks that we have, items we lack that it has), from what is known
-    of the peer's clocks."""
-    a = decode_state_vector(mine)
+def _lag(a: Mapping[int, int], b: Mapping[int, int]) -> tuple[int, int]:
+    """(items the peer lacks that we have, items we lack that it has), from our clocks and
+    what is known of the peer's."""
     they_lack = sum(max(0, k - b.get(c, 0)) for c, k in a.items())
     we_lack = sum(max(0, k - a.get(c, 0)) for c, k in b.items())
     return they_lack, we_lack
