@@ -35,6 +35,8 @@ STATUS_INTERVAL_S = 1.0
 #: peer. Gossip's deadlines (pulls every 0.125-0.375 s, pings, round timers) need no finer
 #: precision.
 MIN_TICK_INTERVAL_S = 0.02
+#: Transport events handled in one go before the pump yields to other tasks.
+PUMP_BATCH = 32
 #: How long a closing node waits for its queued frames to leave.
 DRAIN_TIMEOUT_S = 2.0
 
@@ -68,18 +70,30 @@ class Node:
         return on_change
 
     async def _pump(self) -> None:
-        async for ev in self.transport.events:
-            now = trio.current_time()
-            if isinstance(ev, Received):
-                self._perform(self.gossip.receive(ev.peer, ev.frame, now))
-            elif isinstance(ev, PeerUp):
-                self._perform(self.gossip.connected(ev.peer, now))
-            elif isinstance(ev, PeerDown):
-                p = self.gossip.peers.get(ev.peer)
-                if p is not None:
-                    log.info("%s: peer %s (%s) down: %s", self.node_id, ev.peer,
-                             p.node_id, ev.reason)
-                self.gossip.disconnected(ev.peer)
+        events = self.transport.events
+        async for ev in events:
+            self._handle(ev)
+            # The events already there, without a scheduler pass each (a hub receives a
+            # frame per leaf and change); a bounded batch, so OVSDB clients get their turn.
+            for _ in range(PUMP_BATCH - 1):
+                try:
+                    ev = events.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._handle(ev)
+
+    def _handle(self, ev: Any) -> None:
+        now = trio.current_time()
+        if isinstance(ev, Received):
+            self._perform(self.gossip.receive(ev.peer, ev.frame, now))
+        elif isinstance(ev, PeerUp):
+            self._perform(self.gossip.connected(ev.peer, now))
+        elif isinstance(ev, PeerDown):
+            p = self.gossip.peers.get(ev.peer)
+            if p is not None:
+                log.info("%s: peer %s (%s) down: %s", self.node_id, ev.peer,
+                         p.node_id, ev.reason)
+            self.gossip.disconnected(ev.peer)
 
     async def _timers(self) -> None:
         while True:

@@ -86,7 +86,9 @@ async def test_two_transports_exchange_frames() -> None:
 @pytest.mark.trio
 async def test_frames_queued_together_go_out_together_in_order() -> None:
     async with _linked(TcpLimits(coalesce_bytes=10_000)) as (a, b, _, up_b):
-        sent = [bytes([i % 256]) * (i * 37 % 900) for i in range(200)]
+        # The first frame goes straight to the socket, but is larger than the kernel takes
+        # at once: the rest of it, and every frame after it, waits for the writer task.
+        sent = [b"x" * 16_000_000] + [bytes([i % 256]) * (i * 37 % 900) for i in range(200)]
         for payload in sent:  # queued before the writer runs: one burst
             b.send_nowait(up_b.peer, payload)
         got = [(await _next(a.events, Received)).frame for _ in sent]
@@ -94,6 +96,16 @@ async def test_frames_queued_together_go_out_together_in_order() -> None:
         # Fewer writes than frames, none over the bound (frames are < 1 KB each).
         assert 100 <= b.n_coalesced < len(sent)
         assert b.statistics()["coalesced_frames"] == b.n_coalesced
+        assert b.statistics()["direct_frames"] == 0  # (the first was only partly written)
+
+
+@pytest.mark.trio
+async def test_a_frame_sent_while_nothing_is_pending_goes_straight_to_the_socket() -> None:
+    async with _linked() as (a, b, _, up_b):
+        for payload in (b"one", b"two", b"three"):
+            b.send_nowait(up_b.peer, payload)
+            assert (await _next(a.events, Received)).frame == payload
+        assert b.statistics()["direct_frames"] == 3
 
 
 @pytest.mark.trio

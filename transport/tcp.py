@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -75,7 +76,11 @@ class _Conn:
         self.send, self.queue = trio.open_memory_channel[bytes](limits.max_queued_frames)
         self.cancel = trio.CancelScope()
         self.reason = "closed"
-        self.busy = False
+        #: frames queued or in the writer's hands (not yet handed to the kernel)
+        self.pending = 0
+        #: a plain socket's descriptor (not TLS): written to directly when nothing is pending
+        self.fd: int | None = (stream.socket.fileno()
+                               if isinstance(stream, trio.SocketStream) else None)
 
 
 class TcpTransport:
@@ -94,6 +99,8 @@ class TcpTransport:
         self._dialing: set[tuple[str, int]] = set()
         #: Frames that went out in the same write as an earlier one.
         self.n_coalesced = 0
+        #: Frames written whole from send_nowait (see there).
+        self.n_direct = 0
 
     # --- Transport ----------------------------------------------------------------------------
 
@@ -101,8 +108,22 @@ class TcpTransport:
         conn = self._conns.get(peer)
         if conn is None:
             return
+        data = frame(payload, max_frame_bytes=self.limits.max_frame_bytes)
+        if conn.fd is not None and not conn.pending:
+            # Straight to the socket from the caller's task (nothing queued or in the
+            # writer's hands, so nothing can come out of order): waking the writer task
+            # costs a scheduler pass per frame, and a hub sends a frame per leaf and update.
+            try:
+                sent = os.write(conn.fd, data)
+            except OSError:  # full (BlockingIOError), or broken: the writer finds out
+                sent = 0
+            if sent == len(data):
+                self.n_direct += 1
+                return
+            data = data[sent:]
         try:
-            conn.send.send_nowait(frame(payload, max_frame_bytes=self.limits.max_frame_bytes))
+            conn.send.send_nowait(data)
+            conn.pending += 1
         except trio.WouldBlock:
             self.disconnect(peer, f"peer is not reading ({self.limits.max_queued_frames} "
                                   f"frames queued)")
@@ -126,12 +147,12 @@ class TcpTransport:
 
     async def drain(self) -> None:
         """Wait until every queued frame was handed to the kernel (bound it with a timeout)."""
-        while any(c.queue.statistics().current_buffer_used or c.busy
-                  for c in self._conns.values()):
+        while any(c.pending for c in self._conns.values()):
             await trio.sleep(0.01)
 
     def statistics(self) -> dict[str, Any]:
         return {"connections": len(self._conns), "coalesced_frames": self.n_coalesced,
+                "direct_frames": self.n_direct,
                 "queued_frames": {k: c.queue.statistics().current_buffer_used
                                   for k, c in self._conns.items()}}
 
@@ -177,7 +198,10 @@ class TcpTransport:
                     return
                 if f is None:
                     break
-                await self._send_events.send(Received(conn.key, f))
+                try:  # (no scheduler pass per frame: the next receive_some is one)
+                    self._send_events.send_nowait(Received(conn.key, f))
+                except trio.WouldBlock:
+                    await self._send_events.send(Received(conn.key, f))
 
     async def _writer(self, conn: _Conn) -> None:
         async for data in conn.queue:
@@ -193,10 +217,9 @@ class TcpTransport:
             if len(chunks) > 1:
                 data = b"".join(chunks)
                 self.n_coalesced += len(chunks) - 1
-            conn.busy = True
             try:
                 await conn.stream.send_all(data)
-                conn.busy = False
+                conn.pending -= len(chunks)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
                     OSError) as exc:
                 conn.reason = f"connection lost: {exc}"
