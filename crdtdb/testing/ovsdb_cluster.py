@@ -233,6 +233,11 @@ class OvsdbCluster(StartedProcesses):
         """Every member's tcp client address, comma-separated."""
         return ",".join(m.tcp_remote for m in self.members)
 
+    @property
+    def unix_remotes(self) -> str:
+        """Every member's unix socket, comma-separated."""
+        return ",".join(m.remote for m in self.members)
+
     def remote(self, i: int, *, unix: bool = False) -> str:
         """Member ``i``'s client address (tcp, or its unix socket)."""
         return self.members[i].remote if unix else self.members[i].tcp_remote
