@@ -747,7 +747,7 @@ class JsonRpcConnection:
             if self._pending_out[key] > 0:
                 self._pending_out[key] -= 1
                 if not self._pending_out[key]:
-                    del self._pending_out[key]
+                    self._pending_out.pop(key)
         return event
 
     def _parse_whole(self) -> tuple[int, Event] | None:
@@ -1022,7 +1022,7 @@ class JsonRpcConnection:
         if key is not None:
             self._pending_in[key] -= 1
             if not self._pending_in[key]:
-                del self._pending_in[key]
+                self._pending_in.pop(key)  # (Counter.__delitem__ is Python code)
         elif isinstance(event, Request):
             self._pending_out[_id_key(event.id)] += 1  # encodable: _encode() succeeded
         self._bytes_sent += len(data)
@@ -1035,7 +1035,7 @@ class JsonRpcConnection:
         key = self._pending_key(request_id)
         self._pending_in[key] -= 1
         if not self._pending_in[key]:
-            del self._pending_in[key]
+            self._pending_in.pop(key)
 
     @staticmethod
     def _check_call(method: Any, params: Any) -> None:
