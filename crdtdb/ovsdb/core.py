@@ -346,7 +346,7 @@ class ServerCore:
             return False
         t.queued = False
         now = self.now_ms() if now is None else now
-        outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self, s),
+        outcome = db.execute(ops, locks=_SessionLocks(self, s),
                              elapsed_ms=now - t.created_ms)
         if outcome.blocked:
             t.deadline_ms = (None if outcome.timeout_ms is None

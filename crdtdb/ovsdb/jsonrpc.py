@@ -741,7 +741,8 @@ class JsonRpcConnection:
         self._checked_unfinished = 0
         self._messages_received += 1
         if isinstance(event, Request):
-            self._pending_in[_id_key(event.id)] += 1
+            key = _id_key(event.id)  # (get: Counter's __missing__ is Python code)
+            self._pending_in[key] = self._pending_in.get(key, 0) + 1
         elif isinstance(event, Reply | ErrorReply):
             key = _id_key(event.id)
             if self._pending_out[key] > 0:
@@ -1024,7 +1025,8 @@ class JsonRpcConnection:
             if not self._pending_in[key]:
                 self._pending_in.pop(key)  # (Counter.__delitem__ is Python code)
         elif isinstance(event, Request):
-            self._pending_out[_id_key(event.id)] += 1  # encodable: _encode() succeeded
+            key = _id_key(event.id)  # encodable: _encode() succeeded
+            self._pending_out[key] = self._pending_out.get(key, 0) + 1
         self._bytes_sent += len(data)
         self._messages_sent += 1
         return data
