@@ -198,6 +198,11 @@ class ServerCore:
         #: Set when a transaction starts waiting (the I/O layer re-arms its timer and clears
         #: it); completed waits need no timer change.
         self.waits_changed = False
+        #: Transaction ids (update3, monitor_cond_since): a random prefix per server, then a
+        #: counter, so ids never repeat across restarts (a resuming client's id from an
+        #: earlier run is never found) without 16 random bytes per commit.
+        self._txn_prefix = random_uuid()[:24]
+        self._txn_ids = itertools.count(1)
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -341,7 +346,7 @@ class ServerCore:
             return False
         t.queued = False
         now = self.now_ms() if now is None else now
-        outcome = db.execute(t.request.params[1:], locks=_SessionLocks(self, s),
+        outcome = db.execute(ops, locks=_SessionLocks(self, s),
                              elapsed_ms=now - t.created_ms)
         if outcome.blocked:
             t.deadline_ms = (None if outcome.timeout_ms is None
@@ -396,9 +401,11 @@ class ServerCore:
         history = self.histories.get(db_name)
         txn_id = ZERO_UUID
         if history is not None:
-            txn_id = random_uuid()
+            txn_id = f"{self._txn_prefix}{next(self._txn_ids) & 0xffffffffffff:012x}"
             history.record(txn_id, changeset)
         for other in list(self.sessions.values()):
+            if not other.monitors:
+                continue
             for key in other.monitor_order:
                 db, mon = other.monitors[key]
                 if db != db_name:
@@ -428,6 +435,8 @@ class ServerCore:
         while progress:
             progress = False
             for s in list(self.sessions.values()):
+                if not s.triggers:
+                    continue
                 for key, t in list(s.triggers.items()):
                     if t.committing or t.running or t.db_name in self._inflight:
                         continue

@@ -389,7 +389,7 @@ def _fast_encode(message: dict[str, Any]) -> bytes | None:
     # Each member that is None is one "null"; any other is a NaN or an infinity (or a
     # string that merely holds the word: the json path is right for it too).
     nulls = encoded.count(b"null")
-    if (nulls and nulls != sum(v is None for v in message.values())) \
+    if (nulls and nulls != [*message.values()].count(None)) \
             or b"\\u0000" in encoded:
         return None
     return encoded
@@ -625,6 +625,12 @@ class JsonRpcConnection:
         # brackets in _stack and _in_string telling whether _pos is inside a string.
         self._buf = bytearray()
         self._pos = 0
+        #: ASCII text decoded from the buffer's front: from ``_text_pos`` on it is the
+        #: buffer's first bytes (byte and character offsets agree), so the messages of a
+        #: pipelined burst are decoded once, not once each (see _parse_whole). Past its end
+        #: (or empty) it holds nothing.
+        self._text = ""
+        self._text_pos = 0
         self._in_message = False
         self._in_string = False
         self._stack = bytearray()
@@ -718,6 +724,7 @@ class JsonRpcConnection:
             if whole is not None:
                 end, event = whole
             else:
+                self._text = ""  # the incremental path moves the buffer on its own
                 end = self._find_message_end()
                 if end is None:
                     self._check_unfinished()
@@ -726,6 +733,7 @@ class JsonRpcConnection:
         except RemoteProtocolError as exc:
             self._error = exc
             self._buf.clear()
+            self._text = ""
             raise
         del self._buf[:end]
         self._pos = 0
@@ -733,13 +741,14 @@ class JsonRpcConnection:
         self._checked_unfinished = 0
         self._messages_received += 1
         if isinstance(event, Request):
-            self._pending_in[_id_key(event.id)] += 1
+            key = _id_key(event.id)  # (get: Counter's __missing__ is Python code)
+            self._pending_in[key] = self._pending_in.get(key, 0) + 1
         elif isinstance(event, Reply | ErrorReply):
             key = _id_key(event.id)
             if self._pending_out[key] > 0:
                 self._pending_out[key] -= 1
                 if not self._pending_out[key]:
-                    del self._pending_out[key]
+                    self._pending_out.pop(key)
         return event
 
     def _parse_whole(self) -> tuple[int, Event] | None:
@@ -756,29 +765,45 @@ class JsonRpcConnection:
             start = _WHITESPACE_RE.match(buf).end()
             if start:
                 del buf[:start]
+                self._text_pos += start
             if not buf or buf[0] != _OPEN_OBJECT:
                 return None
-        # Only a window is decoded (a burst of small messages must not cost a decode of the
-        # whole buffer each): the message must end within it.
-        for size in _WHOLE_PARSE_WINDOWS:
-            window = buf if len(buf) <= size else buf[:size]
+        # The text decoded for the message before, when this one is in it (a burst); the
+        # scan fails if the message runs past its end (then it is decoded afresh).
+        text, pos = self._text, self._text_pos
+        obj: Any = _MISSING
+        if pos < len(text):
             try:
-                text = window.decode("utf-8")
-                obj, stop = _SCAN(text, 0)
-                break
-            except (ValueError, StopIteration, RecursionError):  # JSON, Unicode errors too
-                if window is buf:
-                    return None
-        else:
-            return None
-        end = stop if len(text) == len(window) else len(text[:stop].encode("utf-8"))
+                obj, stop = _SCAN(text, pos)
+            except (ValueError, StopIteration, RecursionError):
+                obj = _MISSING
+        if obj is _MISSING:
+            # Only a window is decoded (a burst of small messages must not cost a decode of
+            # the whole buffer): the message must end within it.
+            self._text, pos = "", 0
+            for size in _WHOLE_PARSE_WINDOWS:
+                window = buf if len(buf) <= size else buf[:size]
+                try:
+                    text = window.decode("utf-8")
+                    obj, stop = _SCAN(text, 0)
+                    break
+                except (ValueError, StopIteration, RecursionError):  # Unicode errors too
+                    if window is buf:
+                        return None
+            else:
+                return None
+            if len(text) == len(window):
+                self._text = text
+        # (not ASCII: byte and character offsets differ, and the text is not reused)
+        end = stop - pos if self._text else len(text[:stop].encode("utf-8"))
+        self._text_pos = stop  # (next_event drops the message's ``end`` bytes)
         # Brackets, strings' included, bound the depth from above (as does the length).
         if end > self.max_message_bytes or (
                 end > self.max_depth
                 and buf.count(b"{", 0, end) + buf.count(b"[", 0, end) > self.max_depth):
             return None
         # (a search for one character is quicker than for two, let alone the pattern's)
-        if text.find("\\", 0, stop) >= 0 and _SUSPECT_ESCAPE_RE.search(text, 0, stop):
+        if text.find("\\", pos, stop) >= 0 and _SUSPECT_ESCAPE_RE.search(text, pos, stop):
             self._check_escaped_strings(obj)
         return end, _message_to_event(obj)
 
@@ -998,9 +1023,10 @@ class JsonRpcConnection:
         if key is not None:
             self._pending_in[key] -= 1
             if not self._pending_in[key]:
-                del self._pending_in[key]
+                self._pending_in.pop(key)  # (Counter.__delitem__ is Python code)
         elif isinstance(event, Request):
-            self._pending_out[_id_key(event.id)] += 1  # encodable: _encode() succeeded
+            key = _id_key(event.id)  # encodable: _encode() succeeded
+            self._pending_out[key] = self._pending_out.get(key, 0) + 1
         self._bytes_sent += len(data)
         self._messages_sent += 1
         return data
@@ -1011,7 +1037,7 @@ class JsonRpcConnection:
         key = self._pending_key(request_id)
         self._pending_in[key] -= 1
         if not self._pending_in[key]:
-            del self._pending_in[key]
+            self._pending_in.pop(key)
 
     @staticmethod
     def _check_call(method: Any, params: Any) -> None:

@@ -177,6 +177,8 @@ class Monitor:
         self.id = monitor_id
         self.version = version
         self.tables: dict[str, MonitorTable] = {}
+        #: See _sorted (None: not known yet).
+        self._by_name: bool | None = None
         if kind(requests) is not Kind.OBJECT:
             raise data.syntax_error(requests, "monitor-requests must be object")
         # ovsdb-server walks the request object in its hash order and keeps the tables in a
@@ -234,10 +236,14 @@ class Monitor:
     def _sorted(self) -> bool:
         """ovsdb-server pre-serializes update2/update3 of unconditional monitors (shared by
         every client of that monitor) with sorted keys; other updates go out in its
-        hash-table order."""
-        return self.version >= Version.V2 and not self.conditional()
+        hash-table order. (Kept until a condition changes: asked on every commit.)"""
+        if self._by_name is None:
+            self._by_name = self.version >= Version.V2 and not self.conditional()
+        return self._by_name
 
     def _finish(self, out: dict[str, Any], by_name: bool) -> dict[str, Any]:
+        if len(out) == 1 and len(next(iter(out.values()))) == 1:
+            return out  # one row of one table (a single-row commit): in every order
         if by_name:  # rows' columns were composed in name order already
             return {t: {u: out[t][u] for u in sorted(out[t])} for t in sorted(out)}
         return ovs_object(out.items())
@@ -311,9 +317,11 @@ class Monitor:
         """Table updates for one committed transaction (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
         by_name = self._sorted()
-        for tname, mt in self.tables.items():
-            changes = changeset.tables.get(tname)
-            if not changes:
+        # (the changed tables, not the monitored ones: a commit touches few of the many
+        # tables a client such as ovn-controller monitors; _finish orders the tables)
+        for tname, changes in changeset.tables.items():
+            mt = self.tables.get(tname)
+            if mt is None or not changes:
                 continue
             rows = {}
             for uuid, change in changes.items():
@@ -357,6 +365,7 @@ class Monitor:
             mt = self.tables[tname]
             old = mt.condition
             mt.condition = cond
+            self._by_name = None
             mt.track_condition_columns()
             if old == cond:
                 continue

@@ -94,16 +94,36 @@ class StrandedError(ReplicaError):
         self.theirs = theirs
 
 
-@dataclass(frozen=True, slots=True)
 class ChangeEvent:
-    """What listeners hear after every change of the view."""
+    """What listeners hear after every change of the view.
 
-    changes: Changeset
-    #: The sealed update to disseminate, for local commits; ``None`` for remote merges.
-    update: bytes | None
-    local: bool
-    #: A local commit's ``(client, first clock, count)`` (see ApplyResult.span).
-    span: tuple[int, int, int] | None = None
+    A local commit's update is sealed when a listener first reads :attr:`update`, not at
+    commit: a server without peers (no gossip listener) never pays for it (~4 us a commit:
+    an envelope, a digest)."""
+
+    __slots__ = ("_seal", "_update", "changes", "local", "span")
+
+    def __init__(self, changes: Changeset, update: bytes | None, local: bool,
+                 span: tuple[int, int, int] | None = None, *,
+                 seal: Callable[[], bytes] | None = None):
+        self.changes = changes
+        self.local = local
+        #: A local commit's ``(client, first clock, count)`` (see ApplyResult.span).
+        self.span = span
+        self._update = update
+        self._seal = seal
+
+    @property
+    def update(self) -> bytes | None:
+        """The sealed update to disseminate, for local commits; ``None`` for remote
+        merges."""
+        if self._seal is not None:
+            self._update, self._seal = self._seal(), None
+        return self._update
+
+    def __repr__(self) -> str:
+        return (f"ChangeEvent(changes={self.changes!r}, local={self.local!r}, "
+                f"span={self.span!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,12 +566,10 @@ class Replica:
             self._recent.add(span, update)
         elif update:
             self._clocks = decode_state_vector(self.doc.get_state())
-        sealed = seal(self.schema_digest, self.epoch, self.client_id, update,
-                      base=self.base) if update else None
         touched = self._touched(changeset) if self._own_writes is not None else None
         record = b""
         held = self._held
-        if sealed is not None and self._log is not None:
+        if update and self._log is not None:
             record = _pack([_UPDATE, self.epoch, update, touched])
             if held is not None:
                 held.append(record)
@@ -571,7 +589,10 @@ class Replica:
         self._stats.local_commits += 1
         if touched is not None and self._own_writes is not None:
             self._own_writes = _tracked(touched, self._own_writes)
-        ev = ChangeEvent(diff if tell else Changeset(), sealed, True, span)
+        ev = ChangeEvent(diff if tell else Changeset(), None, True, span,
+                         seal=functools.partial(seal, self.schema_digest, self.epoch,
+                                                self.client_id, update, base=self.base)
+                         if update else None)
         if held is not None:
             self._held_events.append(ev)
             return diff
