@@ -904,7 +904,22 @@ class Replica:
 
     def state_vector(self) -> bytes:
         self._write_held()  # (held commits first: see hold_commits)
-        return self.doc.get_state()
+        return self._state()
+
+    def _state(self) -> bytes:
+        """``doc.get_state()`` on pycrdt's underlying document: pycrdt's own opens and
+        commits a Python ``Transaction`` around it (~5 us; the read itself ~1 us), and a
+        hub reads it a few times for every pull it is sent (see _doc_clocks). pycrdt 0.14
+        internals, as in _apply_to_doc."""
+        raw = self.doc._doc
+        txn = raw.create_transaction()
+        try:
+            return raw.get_state(txn)
+        finally:
+            try:
+                txn.commit()
+            finally:
+                txn.drop()
 
     def in_sync_with(self, state_vector: bytes | bytearray | memoryview | Mapping[int, int]
                      ) -> bool:
@@ -930,7 +945,7 @@ class Replica:
         pass over the bytes, ~1 us a writer), kept with the bytes it came from. Not to be
         mutated."""
         self._write_held()
-        state = self.doc.get_state()
+        state = self._state()
         if state != self._decoded_state[0]:
             self._decoded_state = (state, decode_state_vector(state))
         return self._decoded_state[1]
