@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
@@ -371,27 +373,31 @@ class View:
         """Reverse references and index groups of rows new to the view (see update())."""
         info = self._info[t]
         for c in info.refs:
-            i = c.col.index
             is_set = c.col.type.value is None
-            # One lookup of a target's referrer set per distinct target, not per reference.
+            # One lookup of a target's referrer set per distinct target, not per reference,
+            # and one set update per run of rows with equal values, not per row: most rows
+            # of a table refer to the same few rows (every logical flow to its datapath),
+            # and decoded rows share one tuple per value, which compares by identity.
             ksets: dict[str, set[str]] = {}
             vsets: dict[str, set[str]] = {}
-            for u, row in rows.items():
-                d = row[i]
+            runs = groupby(zip(map(itemgetter(c.col.index), rows.values()), rows, strict=True),
+                           key=itemgetter(0))
+            for d, run in runs:
                 if not d:
                     continue
+                uuids = list(map(itemgetter(1), run))
                 for x in d:
                     k, v = (x, None) if is_set else x
                     if c.key_table is not None:
                         srcs = ksets.get(k)
                         if srcs is None:
                             srcs = ksets[k] = self._referrers_of(c.key_table, k, t)
-                        srcs.add(u)
+                        srcs.update(uuids)
                     if c.value_table is not None:
                         srcs = vsets.get(v)
                         if srcs is None:
                             srcs = vsets[v] = self._referrers_of(c.value_table, v, t)
-                        srcs.add(u)
+                        srcs.update(uuids)
         for cols, groups in zip(info.index_cols, self._groups[t], strict=True):
             for u, row in rows.items():
                 k = tuple(row[c] for c in cols)
@@ -421,30 +427,26 @@ class View:
             if table is None:
                 return None, empty
             return self.raw[table], {u for (st, u) in self._s1 if st == table} or empty
+        # Per check, the values found clear whatever row holds them (every target there
+        # without the exception for a row's reference to itself): rows share few distinct
+        # values in a reference column, and a lookup is cheaper than checking them again.
         checks = [(c.col.index, c.col.type.n_min, c.n_max, c.col.type.value is None,
-                   *targets(c.key_table), *targets(c.value_table)) for c in info.checked]
+                   *targets(c.key_table), *targets(c.value_table), set())
+                  for c in info.checked]
         blocked = {u for _, u in out}
         for u, row in rows.items():
             if u in blocked:
                 continue
-            for i, n_min, n_max, is_set, kraw, kbad, vraw, vbad in checks:
+            for i, n_min, n_max, is_set, kraw, kbad, vraw, vbad, clear in checks:
                 d = row[i]
-                if not d:
+                if not d or d in clear:
                     continue
-                ok = n_min <= len(d) <= n_max
-                if ok and is_set:
-                    if kraw is not None:
-                        for a in d:
-                            if a != u and (a not in kraw or a in kbad):
-                                ok = False
-                                break
-                elif ok and (kraw is not None or vraw is not None):
-                    for k, v in d:
-                        if (kraw is not None and k != u and (k not in kraw or k in kbad)) or (
-                                vraw is not None and v != u and (v not in vraw or v in vbad)):
-                            ok = False
-                            break
-                if not ok:
+                if not n_min <= len(d) <= n_max:
+                    out.append((t, u))
+                    break
+                if _clear(d, None, is_set, kraw, kbad, vraw, vbad):
+                    clear.add(d)
+                elif not _clear(d, u, is_set, kraw, kbad, vraw, vbad):
                     out.append((t, u))
                     break
         return out
@@ -651,3 +653,22 @@ class View:
         out = set(self._targets(self._info[t], row))
         out.update(self._referrers(key))
         return out
+
+
+def _clear(d: tuple, self_uuid: str | None, is_set: bool, kraw: Container[str] | None,
+           kbad: Container[str], vraw: Container[str] | None, vbad: Container[str]) -> bool:
+    """Whether every target of a reference value is present and not hidden by stratum 1
+    (a reference to ``self_uuid``, the row holding it, always is)."""
+    if is_set:
+        if kraw is not None:
+            for a in d:
+                if a != self_uuid and (a not in kraw or a in kbad):
+                    return False
+        return True
+    if kraw is None and vraw is None:
+        return True
+    for k, v in d:
+        if (kraw is not None and k != self_uuid and (k not in kraw or k in kbad)) or (
+                vraw is not None and v != self_uuid and (v not in vraw or v in vbad)):
+            return False
+    return True
