@@ -380,12 +380,14 @@ class View:
             # and decoded rows share one tuple per value, which compares by identity.
             ksets: dict[str, set[str]] = {}
             vsets: dict[str, set[str]] = {}
-            runs = groupby(zip(map(itemgetter(c.col.index), rows.values()), rows, strict=True),
-                           key=itemgetter(0))
-            for d, run in runs:
+            uuids_in_order = list(rows)
+            end = 0
+            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
+                start = end
+                end += len(list(run))
                 if not d:
                     continue
-                uuids = list(map(itemgetter(1), run))
+                uuids = uuids_in_order[start:end]
                 for x in d:
                     k, v = (x, None) if is_set else x
                     if c.key_table is not None:
@@ -427,28 +429,36 @@ class View:
             if table is None:
                 return None, empty
             return self.raw[table], {u for (st, u) in self._s1 if st == table} or empty
-        # Per check, the values found clear whatever row holds them (every target there
-        # without the exception for a row's reference to itself): rows share few distinct
-        # values in a reference column, and a lookup is cheaper than checking them again.
-        checks = [(c.col.index, c.col.type.n_min, c.n_max, c.col.type.value is None,
-                   *targets(c.key_table), *targets(c.value_table), set())
-                  for c in info.checked]
+        # Per check, one pass over the column by runs of equal values (decoded rows share
+        # one tuple per value, which compares by identity): a value clear whatever row
+        # holds it (every target there, without the exception for a row's reference to
+        # itself) is looked up once, not checked again; only the rows holding another value
+        # are checked one by one.
         blocked = {u for _, u in out}
-        for u, row in rows.items():
-            if u in blocked:
-                continue
-            for i, n_min, n_max, is_set, kraw, kbad, vraw, vbad, clear in checks:
-                d = row[i]
+        uuids = list(rows)
+        bad: set[str] = set()
+        for c in info.checked:
+            n_min, n_max = c.col.type.n_min, c.n_max
+            is_set = c.col.type.value is None
+            kraw, kbad = targets(c.key_table)
+            vraw, vbad = targets(c.value_table)
+            clear: set[tuple] = set()
+            end = 0
+            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
+                start = end
+                end += len(list(run))
                 if not d or d in clear:
                     continue
-                if not n_min <= len(d) <= n_max:
-                    out.append((t, u))
-                    break
-                if _clear(d, None, is_set, kraw, kbad, vraw, vbad):
-                    clear.add(d)
-                elif not _clear(d, u, is_set, kraw, kbad, vraw, vbad):
-                    out.append((t, u))
-                    break
+                if n_min <= len(d) <= n_max:
+                    if _clear(d, None, is_set, kraw, kbad, vraw, vbad):
+                        clear.add(d)
+                        continue
+                    bad.update(u for u in uuids[start:end]
+                               if not _clear(d, u, is_set, kraw, kbad, vraw, vbad))
+                else:
+                    bad.update(uuids[start:end])
+        if bad:
+            out.extend((t, u) for u in uuids if u in bad and u not in blocked)
         return out
 
     def _plain(self, key: RowKey, new: Row | None) -> bool:
