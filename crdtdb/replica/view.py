@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 
 from crdtdb.engine.memory import MemoryDatabase
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
@@ -371,27 +373,33 @@ class View:
         """Reverse references and index groups of rows new to the view (see update())."""
         info = self._info[t]
         for c in info.refs:
-            i = c.col.index
             is_set = c.col.type.value is None
-            # One lookup of a target's referrer set per distinct target, not per reference.
+            # One lookup of a target's referrer set per distinct target, not per reference,
+            # and one set update per run of rows with equal values, not per row: most rows
+            # of a table refer to the same few rows (every logical flow to its datapath),
+            # and decoded rows share one tuple per value, which compares by identity.
             ksets: dict[str, set[str]] = {}
             vsets: dict[str, set[str]] = {}
-            for u, row in rows.items():
-                d = row[i]
+            uuids_in_order = list(rows)
+            end = 0
+            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
+                start = end
+                end += len(list(run))
                 if not d:
                     continue
+                uuids = uuids_in_order[start:end]
                 for x in d:
                     k, v = (x, None) if is_set else x
                     if c.key_table is not None:
                         srcs = ksets.get(k)
                         if srcs is None:
                             srcs = ksets[k] = self._referrers_of(c.key_table, k, t)
-                        srcs.add(u)
+                        srcs.update(uuids)
                     if c.value_table is not None:
                         srcs = vsets.get(v)
                         if srcs is None:
                             srcs = vsets[v] = self._referrers_of(c.value_table, v, t)
-                        srcs.add(u)
+                        srcs.update(uuids)
         for cols, groups in zip(info.index_cols, self._groups[t], strict=True):
             for u, row in rows.items():
                 k = tuple(row[c] for c in cols)
@@ -421,32 +429,36 @@ class View:
             if table is None:
                 return None, empty
             return self.raw[table], {u for (st, u) in self._s1 if st == table} or empty
-        checks = [(c.col.index, c.col.type.n_min, c.n_max, c.col.type.value is None,
-                   *targets(c.key_table), *targets(c.value_table)) for c in info.checked]
+        # Per check, one pass over the column by runs of equal values (decoded rows share
+        # one tuple per value, which compares by identity): a value clear whatever row
+        # holds it (every target there, without the exception for a row's reference to
+        # itself) is looked up once, not checked again; only the rows holding another value
+        # are checked one by one.
         blocked = {u for _, u in out}
-        for u, row in rows.items():
-            if u in blocked:
-                continue
-            for i, n_min, n_max, is_set, kraw, kbad, vraw, vbad in checks:
-                d = row[i]
-                if not d:
+        uuids = list(rows)
+        bad: set[str] = set()
+        for c in info.checked:
+            n_min, n_max = c.col.type.n_min, c.n_max
+            is_set = c.col.type.value is None
+            kraw, kbad = targets(c.key_table)
+            vraw, vbad = targets(c.value_table)
+            clear: set[tuple] = set()
+            end = 0
+            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
+                start = end
+                end += len(list(run))
+                if not d or d in clear:
                     continue
-                ok = n_min <= len(d) <= n_max
-                if ok and is_set:
-                    if kraw is not None:
-                        for a in d:
-                            if a != u and (a not in kraw or a in kbad):
-                                ok = False
-                                break
-                elif ok and (kraw is not None or vraw is not None):
-                    for k, v in d:
-                        if (kraw is not None and k != u and (k not in kraw or k in kbad)) or (
-                                vraw is not None and v != u and (v not in vraw or v in vbad)):
-                            ok = False
-                            break
-                if not ok:
-                    out.append((t, u))
-                    break
+                if n_min <= len(d) <= n_max:
+                    if _clear(d, None, is_set, kraw, kbad, vraw, vbad):
+                        clear.add(d)
+                        continue
+                    bad.update(u for u in uuids[start:end]
+                               if not _clear(d, u, is_set, kraw, kbad, vraw, vbad))
+                else:
+                    bad.update(uuids[start:end])
+        if bad:
+            out.extend((t, u) for u in uuids if u in bad and u not in blocked)
         return out
 
     def _plain(self, key: RowKey, new: Row | None) -> bool:
@@ -651,3 +663,22 @@ class View:
         out = set(self._targets(self._info[t], row))
         out.update(self._referrers(key))
         return out
+
+
+def _clear(d: tuple, self_uuid: str | None, is_set: bool, kraw: Container[str] | None,
+           kbad: Container[str], vraw: Container[str] | None, vbad: Container[str]) -> bool:
+    """Whether every target of a reference value is present and not hidden by stratum 1
+    (a reference to ``self_uuid``, the row holding it, always is)."""
+    if is_set:
+        if kraw is not None:
+            for a in d:
+                if a != self_uuid and (a not in kraw or a in kbad):
+                    return False
+        return True
+    if kraw is None and vraw is None:
+        return True
+    for k, v in d:
+        if (kraw is not None and k != self_uuid and (k not in kraw or k in kbad)) or (
+                vraw is not None and v != self_uuid and (v not in vraw or v in vbad)):
+            return False
+    return True
