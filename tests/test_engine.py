@@ -251,3 +251,29 @@ def test_large_transactions_run_with_the_cycle_collector_paused(n_ops: int, stor
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_random_uuids_are_distinct_version_4_uuids() -> None:
+    """random_uuid formats its UUIDs in batches: each is still a lowercase version 4 UUID,
+    none repeats across batches, and a forked child does not repeat its parent's."""
+    import os
+    import re
+    import uuid
+
+    made = [random_uuid() for _ in range(3000)]
+    assert len(set(made)) == len(made)
+    for u in made:
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+                            r"[0-9a-f]{12}", u)
+        assert str(uuid.UUID(u)) == u and uuid.UUID(u).version == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, random_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child_next = os.read(read, 64).decode()
+    os.close(read)
+    parent_next = random_uuid()
+    assert child_next != parent_next

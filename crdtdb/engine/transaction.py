@@ -45,27 +45,48 @@ _NOT_SUPPORTED = "not supported"
 
 
 def random_uuid() -> str:
-    """A random (version 4) UUID string from os.urandom, formatted directly.
+    """A random (version 4) UUID string from os.urandom.
 
-    Random bytes are fetched 4 KiB at a time: one system call per UUID was a tenth of the
-    server's time on single-row inserts.
+    UUIDs are made _UUID_BATCH at a time (:func:`_make_uuids`) and handed out one by one:
+    formatting each on its own, with one slice per group, was most of the cost of the two a
+    row insert takes (0.55 us a call; 0.19 us this way, timeit).
     """
-    global _random_hex, _random_pos
-    if _random_pos >= len(_random_hex):
-        _random_hex, _random_pos = os.urandom(4096).hex(), 0
-    h = _random_hex[_random_pos:_random_pos + 32]
-    _random_pos += 32
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    try:
+        return _pop_uuid()
+    except IndexError:
+        _uuid_pool.extend(_make_uuids(_UUID_BATCH))
+        return _pop_uuid()
 
 
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-_random_hex = ""
-_random_pos = 0
+def _make_uuids(n: int) -> list[str]:
+    """``n`` version 4 UUIDs: random hex digits copied, one digit position at a time for all
+    ``n``, into a template that has the dashes, the version digit and a separator."""
+    raw = os.urandom(16 * n).hex().encode()
+    out = bytearray(_UUID_TEMPLATE * n)
+    for src, dst in _UUID_DIGITS:
+        out[dst::37] = raw[src::32]
+    out[19::37] = raw[16::32].translate(_UUID_VARIANT)
+    return out.decode().split()
+
+
+_UUID_BATCH = 256
+#: One formatted UUID and its separator; the 0s are overwritten, the 4 and the 8 stay or
+#: are overwritten (the variant) as _make_uuids says.
+_UUID_TEMPLATE = b"00000000-0000-4000-8000-000000000000 "
+#: (position in 32 random hex digits, position in the template) of each random digit: hex
+#: digit 12 gives way to the version, digit 16 to the variant (translated below).
+_UUID_DIGITS = tuple(
+    (src, dst) for src, dst in enumerate([*range(8), *range(9, 13), *range(14, 18),
+                                          *range(19, 23), *range(24, 36)])
+    if src not in (12, 16))
+_UUID_VARIANT = bytes.maketrans(
+    b"0123456789abcdef", "".join("89ab"[int(c, 16) & 3] for c in "0123456789abcdef").encode())
+_uuid_pool: list[str] = []
+_pop_uuid = _uuid_pool.pop
 
 
 def _forget_random_bytes() -> None:
-    global _random_hex, _random_pos
-    _random_hex, _random_pos = "", 0
+    _uuid_pool.clear()
 
 
 # A forked child must not hand out the same UUIDs as its parent.
