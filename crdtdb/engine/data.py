@@ -270,8 +270,8 @@ def _as_is(a: Any) -> Any:
 # datapath; ``("source", "northd.c:...")``); as separate tuples they held ~20% of the Python
 # memory of 100k Logical_Flow rows. One cache per atomic type (pair of types), as ``1``,
 # ``1.0`` and ``True`` are equal dict keys. Bounded: all caches together hold at most
-# _SHARED_TUPLES_MAX tuples and are emptied when they reach it (so values that churned away
-# are not kept alive for ever; tuples already shared stay shared).
+# _SHARED_TUPLES_MAX tuples, and the largest is emptied when they reach it (so values that
+# churned away are not kept alive for ever; tuples already shared stay shared).
 _SHARED_TUPLES_MAX = 1 << 15
 _tuple_caches: dict[Any, dict[Any, tuple]] = {}
 _shared_count = 0
@@ -285,9 +285,10 @@ def _tuple_cache(kind: Any) -> dict[Any, tuple]:
 def _remember(cache: dict[Any, tuple], key: Any, value: tuple) -> tuple:
     global _shared_count
     if _shared_count >= _SHARED_TUPLES_MAX:
-        for c in _tuple_caches.values():
-            c.clear()
-        _shared_count = 0
+        # Empty the largest cache: the one that churns (a bulk load's 65536 distinct
+        # priorities, say), not the few values of the others that keep repeating.
+        max(_tuple_caches.values(), key=len).clear()
+        _shared_count = sum(map(len, _tuple_caches.values()))
     cache[key] = value
     _shared_count += 1
     return value
