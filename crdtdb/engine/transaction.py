@@ -151,6 +151,10 @@ class _Transaction:
         self.durable = False
         #: Rows ovsdb-server counts as modified (they get a new _version), see _precommit.
         self.modified: set[tuple[str, str]] = set()
+        #: The txn rows made from committed rows (``old`` set), in the order they were made:
+        #: the only rows the commit-time checks look at for changes, deletions and dangling
+        #: weak references, so a transaction of inserts is not walked for them.
+        self.existing: list[_TxnRow] = []
 
     # --- the overlay ----------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class _Transaction:
                 return None
             tr = trows[uuid] = _TxnRow(table, uuid, row, row,
                                        self.snapshot.ref_count(table.name, uuid))
+            self.existing.append(tr)
         return tr
 
     def get(self, table: TableSchema, uuid: str) -> list | Row | None:
@@ -662,19 +667,21 @@ def _read_set(txn: _Transaction) -> ReadSet:
 # --- commit-time checks (ovsdb_txn_precommit) ---------------------------------------------------
 
 def _precommit(txn: _Transaction) -> Changeset:
-    # determine_changes: drop rows that did not really change.
-    for trows in txn.tables.values():
-        same = [uuid for uuid, tr in trows.items()
-                if tr.old is not None and tr.new is not None and tuple(tr.new) == tr.old]
-        for uuid in same:
-            del trows[uuid]
+    # determine_changes: drop rows that did not really change (only committed rows can be
+    # unchanged; inserted ones are all in txn.tables).
+    kept = []
+    for tr in txn.existing:
+        if tr.new is not None and tuple(tr.new) == tr.old:
+            del txn.tables[tr.table.name][tr.uuid]
+        else:
+            kept.append(tr)
+    txn.existing = kept
     if not any(txn.tables.values()):
         return Changeset(comment=_comment(txn), durable=txn.durable)
     changed = [tr for trows in txn.tables.values() for tr in trows.values()]
     # ovsdb-server marks these rows changed here, once and for all: a row keeps its mark (and
     # gets a new _version) even if weak-reference cleanup later undoes its change.
-    txn.modified = {(tr.table.name, tr.uuid) for tr in changed
-                    if tr.old is not None and tr.new is not None}
+    txn.modified = {(tr.table.name, tr.uuid) for tr in kept if tr.new is not None}
     _update_ref_counts(txn, changed)
     _collect_garbage(txn)
     _check_max_rows(txn)
@@ -700,7 +707,9 @@ def _update_ref_counts(txn: _Transaction, changed: list[_TxnRow]) -> None:
                     _count_strong_refs(txn, tr, col, removed, -1)
                 if added:
                     _count_strong_refs(txn, tr, col, added, 1)
-    for tr in txn.all_rows():
+    if not any(tr.new is None and tr.n_refs for tr in txn.existing):
+        return
+    for tr in txn.all_rows():  # the first in ovsdb-server's order is reported
         if tr.new is None and tr.n_refs:
             raise OvsdbError("referential integrity violation",
                              f"cannot delete {tr.table.name} row {tr.uuid} because of "
@@ -756,8 +765,11 @@ def _delete_garbage_row(txn: _Transaction, tr: _TxnRow) -> None:
 
 
 def _collect_garbage(txn: _Transaction) -> None:
-    for tr in txn.all_rows():
-        if tr.new is not None and not tr.n_refs and not tr.table.is_root:
+    tables = txn.schema.tables
+    # The rows of root tables are never garbage: skipped table by table, not row by row.
+    for tr in [tr for tname, trows in txn.tables.items() if not tables[tname].is_root
+               for tr in trows.values()]:
+        if tr.new is not None and not tr.n_refs:
             _delete_garbage_row(txn, tr)
 
 
@@ -782,7 +794,8 @@ def _assess_weak_refs(txn: _Transaction) -> None:
     schema = txn.schema
     # Rows deleted by this transaction: the rows that weakly referenced them lose those refs.
     deleted_refs: dict[tuple[str, str], set[tuple[int, str]]] = {}
-    for tr in list(txn.all_rows()):
+    deleting = any(tr.new is None for tr in txn.existing)
+    for tr in txn.all_rows() if deleting else ():
         if tr.old is not None and tr.new is None:
             for src_table_name, src_uuid in txn.snapshot.weak_referrers(tr.table.name, tr.uuid):
                 src_table = schema.tables[src_table_name]
@@ -794,8 +807,12 @@ def _assess_weak_refs(txn: _Transaction) -> None:
                                    tr.uuid, tr.table.name, strong=False):
                         deleted_refs.setdefault((src_table_name, src_uuid), set()).add(
                             (col.index, tr.uuid))
-    for tr in list(txn.all_rows()):
-        if tr.new is None or not tr.table.weak_ref_columns:
+    # Nothing below makes txn rows: the rows of tables without weak references are skipped
+    # table by table.
+    weak_rows = [tr for tname, trows in txn.tables.items() if schema.tables[tname].weak_ref_columns
+                 for tr in trows.values()]
+    for tr in weak_rows:
+        if tr.new is None:
             continue
         table = tr.table
         _writable(tr)
