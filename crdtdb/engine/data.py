@@ -501,7 +501,8 @@ def _string_map_parser(type_: Type, general: Callable[[Any], Any]) -> Callable[[
         n = len(inner)
         if not n_min <= n <= n_max:
             return SLOW
-        pairs = []
+        pairs: list[tuple[str, str]] = []
+        append = pairs.append
         for e in inner:
             if type(e) is not list or len(e) != 2:
                 return SLOW
@@ -509,14 +510,21 @@ def _string_map_parser(type_: Type, general: Callable[[Any], Any]) -> Callable[[
             if type(k) is not str or type(x) is not str:
                 return SLOW
             if len(k) > longest or len(x) > longest:
-                pairs.append((_share_str(k), _share_str(x)))
+                append((_share_str(k), _share_str(x)))
                 continue
             p = get((k, x))
             if p is None:
                 p = (_intern(k), _intern(x))
                 p = _remember(cache, p, p)
-            pairs.append(p)
-        if n > 1:
+            append(p)
+        if n == 2:  # the usual size, without a sort and a loop
+            a, b = pairs
+            if a[0] < b[0]:
+                return (a, b)
+            if b[0] < a[0]:
+                return (b, a)
+            return SLOW  # the same key twice
+        if n > 2:
             pairs.sort()  # keys are strings: the order of the keys, unless two are equal
             for i in range(1, n):
                 if pairs[i][0] == pairs[i - 1][0]:

@@ -318,13 +318,14 @@ class _Executor:
         parsers = table.parsers
         slow = data.SLOW
         for name, v in value.items():
-            parser = parsers.get(name)
-            if parser is None:
+            try:  # a try costs nothing until it catches; get() and a test cost opcodes
+                i, parse = parsers[name]
+            except KeyError:
                 break
-            d = parser[1](v)
+            d = parse(v)
             if d is slow:
                 break
-            row[parser[0]] = d
+            row[i] = d
         else:
             if columns is not None:
                 cols = table.columns
@@ -691,13 +692,30 @@ def _precommit(txn: _Transaction) -> Changeset:
 
 
 def _update_ref_counts(txn: _Transaction, changed: list[_TxnRow]) -> None:
+    tables = txn.tables
     for tr in changed:
         old, new = tr.old, tr.new
         for col in tr.table.ref_columns:
             i = col.index
             if old is None:
-                if new is not None and new[i]:
-                    _count_strong_refs(txn, tr, col, new[i], 1)
+                datum = new[i] if new is not None else ()
+                if not datum:
+                    continue
+                simple = col.strong_set_ref
+                if simple is None:
+                    _count_strong_refs(txn, tr, col, datum, 1)
+                    continue
+                # An inserted row's strong references (each row of a bulk load): a target
+                # this transaction already holds is counted here, without two calls;
+                # _count_strong_refs makes the others (or reports them dangling).
+                targets = tables.get(simple)
+                for target in datum:
+                    target_tr = targets.get(target) if targets else None
+                    if target_tr is None or target == tr.uuid:
+                        _count_strong_refs(txn, tr, col, (target,), 1)
+                        targets = tables.get(simple)
+                    else:
+                        target_tr.n_refs += 1
             elif new is None:
                 if old[i]:
                     _count_strong_refs(txn, tr, col, old[i], -1)
