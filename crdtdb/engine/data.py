@@ -504,18 +504,25 @@ def _string_map_parser(type_: Type, general: Callable[[Any], Any]) -> Callable[[
         pairs: list[tuple[str, str]] = []
         append = pairs.append
         for e in inner:
-            if type(e) is not list or len(e) != 2:
+            if type(e) is not list:
                 return SLOW
-            k, x = e
-            if type(k) is not str or type(x) is not str:
+            try:
+                # The cache holds only pairs of short strings: a pair equal to one is one
+                # (JSON has no other values equal to strings), with no more checks.
+                p = get(tuple(e))
+            except TypeError:  # an unhashable atom: not a pair of strings
                 return SLOW
-            if len(k) > longest or len(x) > longest:
-                append((_share_str(k), _share_str(x)))
-                continue
-            p = get((k, x))
             if p is None:
-                p = (_intern(k), _intern(x))
-                p = _remember(cache, p, p)
+                if len(e) != 2:
+                    return SLOW
+                k, x = e
+                if type(k) is not str or type(x) is not str:
+                    return SLOW
+                if len(k) > longest or len(x) > longest:
+                    p = (_share_str(k), _share_str(x))
+                else:
+                    p = (_intern(k), _intern(x))
+                    p = _remember(cache, p, p)
             append(p)
         if n == 2:  # the usual size, without a sort and a loop
             a, b = pairs
