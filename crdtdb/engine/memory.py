@@ -16,6 +16,7 @@ from crdtdb.engine.collection import collection_paused
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
+from crdtdb.errors import WouldBlock
 
 #: Above this many rows, a table's inserts are committed column by column (:meth:`_add_rows`):
 #: its set-up costs more than it saves for a few rows.
@@ -68,17 +69,29 @@ class MemoryDatabase:
                 elapsed_ms: int = 0) -> Outcome:
         """Run a transaction and commit it if it succeeded."""
         with collection_paused(len(operations)):
-            outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
-                              new_uuid=self._new_uuid)
-            if outcome.changeset:
-                self.apply(outcome.changeset)
+            return self._execute(operations, locks, elapsed_ms)
+
+    def _execute(self, operations: Sequence[Any], locks: LockOwnership | None,
+                 elapsed_ms: int) -> Outcome:
+        outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=self._new_uuid)
+        if outcome.changeset:
+            self.apply(outcome.changeset)
         return outcome
 
     def transact(self, operations: Sequence[Any], *,
                  locks: LockOwnership | None = None) -> list[Any]:
         """The result array ovsdb-server would send; raises :class:`WouldBlock` on a pending wait.
         """
-        return self.execute(operations, locks=locks).results_nowait()
+        with collection_paused(len(operations)):
+            outcome = self._execute(operations, locks, 0)
+            results, timeout_ms = outcome.results, outcome.timeout_ms
+            # Freed before the collector resumes: the collection that follows a large
+            # transaction then does not walk its changeset (a row change per row).
+            del outcome
+        if results is None:
+            raise WouldBlock(timeout_ms)
+        return results
 
     def apply(self, changeset: Changeset) -> None:
         """Commit a changeset computed against this database's current state."""
