@@ -221,7 +221,10 @@ class _Transaction:
         return _writable(tr)
 
     def insert(self, table: TableSchema, uuid: str, row: Row) -> None:
-        self.tables.setdefault(table.name, {})[uuid] = _TxnRow(table, uuid, None, row, 0)
+        trows = self.tables.get(table.name)
+        if trows is None:  # not setdefault(): that makes an empty dict per inserted row
+            trows = self.tables[table.name] = {}
+        trows[uuid] = _TxnRow(table, uuid, None, row, 0)
 
     def delete(self, table: TableSchema, uuid: str) -> None:
         tr = self.find_or_make(table, uuid)
@@ -403,12 +406,13 @@ class _Executor:
     def insert(self, table: TableSchema, uuid_json: str | None, uuid_name: str | None,
                row_json: dict, result: dict) -> None:
         """The semantics of ``insert``, once its members are parsed."""
+        txn = self.txn
         row_uuid: str
         if uuid_json is not None:
             if not data.is_uuid(uuid_json):
                 raise data.syntax_error(uuid_json, "bad uuid")
             row_uuid = uuid_json.lower()
-            if not self.txn.may_create(table, row_uuid):
+            if not txn.may_create(table, row_uuid):
                 raise data.syntax_error(
                     uuid_json, "This UUID would duplicate a UUID already present within the "
                                "table or deleted within the same transaction.",
@@ -425,7 +429,7 @@ class _Executor:
                 row_uuid = sym.uuid
             sym.created = True
         elif uuid_json is None:
-            row_uuid = self.txn.new_uuid()
+            row_uuid = txn.new_uuid()
         row = self.parse_row(table, row_json)
         # Defaults may violate constraints (an enum without "" in it, say): ovsdb-server checks
         # every single-element column, in its column order. Given values were checked when
@@ -434,8 +438,8 @@ class _Executor:
             if col.name not in row_json:
                 raise error
         row[0] = (row_uuid,)
-        row[1] = (self.txn.new_uuid(),)
-        self.txn.insert(table, row_uuid, tuple(row))
+        row[1] = (txn.new_uuid(),)
+        txn.insert(table, row_uuid, tuple(row))
         result["uuid"] = ["uuid", row_uuid]
 
     def op_select(self, p: ObjectParser, result: dict) -> None:
