@@ -677,7 +677,7 @@ def _read_set(txn: _Transaction) -> ReadSet:
 def _precommit(txn: _Transaction) -> Changeset:
     # determine_changes: drop rows that did not really change (only committed rows can be
     # unchanged; inserted ones are all in txn.tables).
-    kept = []
+    kept: list[_TxnRow] = []
     for tr in txn.existing:
         if tr.new is not None and tuple(tr.new) == tr.old:
             del txn.tables[tr.table.name][tr.uuid]
