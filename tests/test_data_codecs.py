@@ -241,3 +241,26 @@ def test_shared_datums_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(1000):
         assert data.datum_from_json(t, 5000 + i) == (5000 + i,)
         assert sum(map(len, data._tuple_caches.values())) <= 50
+
+
+_MAP_VALUES = st.recursive(
+    st.one_of(st.sampled_from(["a", "b", "source", "x" * 70]), st.integers(0, 2), st.none()),
+    lambda inner: st.lists(inner, max_size=3), max_leaves=8)
+
+
+@given(st.lists(st.one_of(st.tuples(st.sampled_from(["a", "b", "source", "k" * 70]),
+                                    st.sampled_from(["1", "v", "northd.c:1", "v" * 70]))
+                          .map(list), _MAP_VALUES), max_size=4))
+def test_the_string_map_fast_parser_agrees_with_the_general_one(pairs: list) -> None:
+    """Whatever the fast parser of a string-to-string map accepts (cached pairs or not, two
+    pairs or more), the general parser returns the same datum; what it refuses is SLOW."""
+    t_map = Type(BaseType(AtomicType.STRING), BaseType(AtomicType.STRING), 0, UNLIMITED)
+    value = ["map", pairs]
+    for _ in range(2):  # the second time, the pairs are in the cache
+        fast = data.fast_parser(t_map)(value)
+        try:
+            general = data._datum_from_json(t_map, value, None)
+        except OvsdbError:
+            assert fast is data.SLOW
+        else:
+            assert fast is data.SLOW or fast == general

@@ -251,3 +251,76 @@ def test_large_transactions_run_with_the_cycle_collector_paused(n_ops: int, stor
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_random_uuids_are_distinct_version_4_uuids() -> None:
+    """random_uuid formats its UUIDs in batches: each is still a lowercase version 4 UUID,
+    none repeats across batches, and a forked child does not repeat its parent's."""
+    import os
+    import re
+    import uuid
+
+    made = [random_uuid() for _ in range(3000)]
+    assert len(set(made)) == len(made)
+    for u in made:
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-"
+                            r"[0-9a-f]{12}", u)
+        assert str(uuid.UUID(u)) == u and uuid.UUID(u).version == 4
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, random_uuid().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child_next = os.read(read, 64).decode()
+    os.close(read)
+    parent_next = random_uuid()
+    assert child_next != parent_next
+
+
+def test_many_inserts_commit_like_one_row_at_a_time() -> None:
+    """A table's inserts beyond a handful are committed column by column: the same rows (in
+    the same order), indexes, strong reference counts and weak referrers (in the same order)
+    as the same changes committed one row at a time."""
+    from crdtdb.engine import Changeset
+    from tests.support import KITCHEN_SINK_SCHEMA
+
+    schema = DatabaseSchema.from_file(KITCHEN_SINK_SCHEMA)
+    n = 12
+    ops: list = []
+    for i in range(n):
+        ops.append({"op": "insert", "table": "Peer", "uuid-name": f"p{i}",
+                    "row": {"name": f"peer{i}"}})
+        sibling = ["named-uuid", f"g{i - 1 if i else 0}"]  # g0 refers to itself
+        ops.append({"op": "insert", "table": "Grandchild", "uuid-name": f"g{i}",
+                    "row": {"sibling": sibling}})
+        ops.append({"op": "insert", "table": "Child", "uuid-name": f"c{i}",
+                    "row": {"grandchild": ["named-uuid", f"g{i}"]}})
+        ops.append({"op": "insert", "table": "Parent", "row": {
+            "name": f"parent{i}",
+            "children": ["set", [["named-uuid", f"c{j}"] for j in {i, i // 2}]],
+            "child_notes": ["map", [[["named-uuid", f"c{i}"], "note"]]],
+            "named_children": ["map", [["a", ["named-uuid", f"c{i // 3}"]]]],
+            "peers": ["set", [["named-uuid", f"p{j}"] for j in {i, i // 2}]],
+            "peer_scores": ["map", [[["named-uuid", f"p{i // 4}"], i]]],
+            "named_peers": ["map", [["x", ["named-uuid", f"p{i}"]]]]}})
+    counter = itertools.count(1)
+
+    def new_uuid() -> str:
+        return f"00000000-0000-4000-8000-{next(counter):012x}"
+    together = MemoryDatabase(schema, new_uuid=new_uuid)
+    outcome = together.execute(ops)
+    assert outcome.ok, outcome.results
+    assert all(len(rows) > 8 for rows in outcome.changeset.tables.values())
+    one_by_one = MemoryDatabase(schema)
+    for tname, rows in outcome.changeset.tables.items():
+        for uuid, change in rows.items():
+            one_by_one.apply(Changeset({tname: {uuid: change}}))
+    for tname in schema.tables:
+        assert list(together._rows[tname].items()) == list(one_by_one._rows[tname].items())
+    assert together._indexes == one_by_one._indexes
+    assert together._strong == one_by_one._strong
+    assert ({k: list(v.items()) for k, v in together._weak.items()}
+            == {k: list(v.items()) for k, v in one_by_one._weak.items()})
+    assert violations(together) == []

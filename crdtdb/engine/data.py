@@ -270,8 +270,8 @@ def _as_is(a: Any) -> Any:
 # datapath; ``("source", "northd.c:...")``); as separate tuples they held ~20% of the Python
 # memory of 100k Logical_Flow rows. One cache per atomic type (pair of types), as ``1``,
 # ``1.0`` and ``True`` are equal dict keys. Bounded: all caches together hold at most
-# _SHARED_TUPLES_MAX tuples and are emptied when they reach it (so values that churned away
-# are not kept alive for ever; tuples already shared stay shared).
+# _SHARED_TUPLES_MAX tuples, and the largest is emptied when they reach it (so values that
+# churned away are not kept alive for ever; tuples already shared stay shared).
 _SHARED_TUPLES_MAX = 1 << 15
 _tuple_caches: dict[Any, dict[Any, tuple]] = {}
 _shared_count = 0
@@ -285,9 +285,10 @@ def _tuple_cache(kind: Any) -> dict[Any, tuple]:
 def _remember(cache: dict[Any, tuple], key: Any, value: tuple) -> tuple:
     global _shared_count
     if _shared_count >= _SHARED_TUPLES_MAX:
-        for c in _tuple_caches.values():
-            c.clear()
-        _shared_count = 0
+        # Empty the largest cache: the one that churns (a bulk load's 65536 distinct
+        # priorities, say), not the few values of the others that keep repeating.
+        max(_tuple_caches.values(), key=len).clear()
+        _shared_count = sum(map(len, _tuple_caches.values()))
     cache[key] = value
     _shared_count += 1
     return value
@@ -469,12 +470,16 @@ def _bare_atom_parser(base: BaseType,
         def uuid(v: Any) -> Any:
             if type(v) is list and len(v) == 2 and v[0] == "uuid":
                 s = v[1]
-                if type(s) is str and match(s):
+                if type(s) is str:
+                    # The cache's keys are valid uuids: a hit needs no regular expression
+                    # (a row's reference to a datapath, say; the match was 10% of a bulk
+                    # insert's time).
                     d = get(s)
-                    if d is None:
+                    if d is not None:
+                        return d
+                    if match(s):
                         s = _intern(s.lower())
-                        d = get(s) or _remember(cache, s, (s,))
-                    return d
+                        return get(s) or _remember(cache, s, (s,))
             return general(v)
         return uuid
     return None
@@ -496,22 +501,37 @@ def _string_map_parser(type_: Type, general: Callable[[Any], Any]) -> Callable[[
         n = len(inner)
         if not n_min <= n <= n_max:
             return SLOW
-        pairs = []
+        pairs: list[tuple[str, str]] = []
+        append = pairs.append
         for e in inner:
-            if type(e) is not list or len(e) != 2:
+            if type(e) is not list:
                 return SLOW
-            k, x = e
-            if type(k) is not str or type(x) is not str:
+            try:
+                # The cache holds only pairs of short strings: a pair equal to one is one
+                # (JSON has no other values equal to strings), with no more checks.
+                p = get(tuple(e))
+            except TypeError:  # an unhashable atom: not a pair of strings
                 return SLOW
-            if len(k) > longest or len(x) > longest:
-                pairs.append((_share_str(k), _share_str(x)))
-                continue
-            p = get((k, x))
             if p is None:
-                p = (_intern(k), _intern(x))
-                p = _remember(cache, p, p)
-            pairs.append(p)
-        if n > 1:
+                if len(e) != 2:
+                    return SLOW
+                k, x = e
+                if type(k) is not str or type(x) is not str:
+                    return SLOW
+                if len(k) > longest or len(x) > longest:
+                    p = (_share_str(k), _share_str(x))
+                else:
+                    p = (_intern(k), _intern(x))
+                    p = _remember(cache, p, p)
+            append(p)
+        if n == 2:  # the usual size, without a sort and a loop
+            a, b = pairs
+            if a[0] < b[0]:
+                return (a, b)
+            if b[0] < a[0]:
+                return (b, a)
+            return SLOW  # the same key twice
+        if n > 2:
             pairs.sort()  # keys are strings: the order of the keys, unless two are equal
             for i in range(1, n):
                 if pairs[i][0] == pairs[i - 1][0]:

@@ -9,13 +9,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
-from operator import contains, itemgetter
+from operator import attrgetter, contains, itemgetter
 from typing import Any
 
 from crdtdb.engine.collection import collection_paused
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row
 from crdtdb.engine.transaction import Outcome, _ref_atoms, execute, random_uuid
+from crdtdb.errors import WouldBlock
+
+#: Above this many rows, a table's inserts are committed column by column (:meth:`_add_rows`):
+#: its set-up costs more than it saves for a few rows.
+_MANY_ROWS = 8
+_OLD = attrgetter("old")
+_NEW = attrgetter("new")
 
 
 class MemoryDatabase:
@@ -62,23 +69,44 @@ class MemoryDatabase:
                 elapsed_ms: int = 0) -> Outcome:
         """Run a transaction and commit it if it succeeded."""
         with collection_paused(len(operations)):
-            outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
-                              new_uuid=self._new_uuid)
-            if outcome.changeset:
-                self.apply(outcome.changeset)
+            return self._execute(operations, locks, elapsed_ms)
+
+    def _execute(self, operations: Sequence[Any], locks: LockOwnership | None,
+                 elapsed_ms: int) -> Outcome:
+        outcome = execute(self, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=self._new_uuid)
+        if outcome.changeset:
+            self.apply(outcome.changeset)
         return outcome
 
     def transact(self, operations: Sequence[Any], *,
                  locks: LockOwnership | None = None) -> list[Any]:
         """The result array ovsdb-server would send; raises :class:`WouldBlock` on a pending wait.
         """
-        return self.execute(operations, locks=locks).results_nowait()
+        with collection_paused(len(operations)):
+            outcome = self._execute(operations, locks, 0)
+            results, timeout_ms = outcome.results, outcome.timeout_ms
+            # Freed before the collector resumes: the collection that follows a large
+            # transaction then does not walk its changeset (a row change per row).
+            del outcome
+        if results is None:
+            raise WouldBlock(timeout_ms)
+        return results
 
     def apply(self, changeset: Changeset) -> None:
         """Commit a changeset computed against this database's current state."""
         for tname, changes in changeset.tables.items():
             table = self.schema.tables[tname]
             rows = self._rows[tname]
+            changed = changes.values()
+            if (len(changes) > _MANY_ROWS and not any(map(_OLD, changed))
+                    and all(map(_NEW, changed))):
+                # Only inserts (a bulk load's thousands): indexed and counted column by
+                # column, as load_rows does.
+                new_rows = dict(zip(changes, map(_NEW, changed), strict=True))
+                rows.update(new_rows)
+                self._add_rows(table, new_rows)
+                continue
             plain_inserts = not self._indexes[tname]
             for uuid, change in changes.items():
                 old, new = change.old, change.new
@@ -129,35 +157,41 @@ class MemoryDatabase:
             if self._rows[tname]:
                 raise ValueError(f"load_rows() into table {tname}, which has rows")
         for tname, new_rows in tables.items():
-            table = self.schema.tables[tname]
             self._rows[tname] = new_rows
-            for ix, cols in zip(self._indexes[tname], self._index_cols[tname], strict=True):
-                for uuid, row in new_rows.items():
-                    ix[tuple(row[i] for i in cols)] = uuid
-            # Strong references in sets and scalars, counted per target (the order in which
-            # targets are counted is not observable); the others row by row, as apply does
-            # (the order of a target's weak referrers is).
-            simple = tuple(c for c in table.ref_columns
-                           if c.type.value is None and c.type.key.is_strong_ref)
-            for col in simple:
-                datums = list(map(itemgetter(col.index), new_rows.values()))
-                counts = Counter(chain.from_iterable(datums))
-                # Self-references don't count (only a table that refers to itself has any).
-                if col.type.key.ref_table == tname and any(map(contains, datums, new_rows)):
-                    for uuid, d in zip(new_rows, datums, strict=True):
-                        if uuid in d:
-                            counts[uuid] -= 1
-                key_table = col.type.key.ref_table
-                strong = self._strong
-                for target, n in counts.items():
-                    if n:
-                        key = (key_table, target)
-                        strong[key] = strong.get(key, 0) + n  # type: ignore[index]
-            others = tuple(c for c in table.ref_columns if c not in simple)
-            if others:
-                for uuid, row in new_rows.items():
-                    self._count_refs(table, uuid, row, 1, others)
+            self._add_rows(self.schema.tables[tname], new_rows)
         self.n_commits += 1
+
+    def _add_rows(self, table: TableSchema, new_rows: Mapping[str, Row]) -> None:
+        """Index and count the references of ``new_rows``, rows inserted into ``table``:
+        what :meth:`_index` does row by row, with the bookkeeping of each reference column
+        done in one pass."""
+        tname = table.name
+        for ix, cols in zip(self._indexes[tname], self._index_cols[tname], strict=True):
+            for uuid, row in new_rows.items():
+                ix[tuple(row[i] for i in cols)] = uuid
+        # Strong references in sets and scalars, counted per target (the order in which
+        # targets are counted is not observable); the others row by row, as _index does
+        # (the order of a target's weak referrers is).
+        simple = tuple(c for c in table.ref_columns
+                       if c.type.value is None and c.type.key.is_strong_ref)
+        for col in simple:
+            datums = list(map(itemgetter(col.index), new_rows.values()))
+            counts = Counter(chain.from_iterable(datums))
+            # Self-references don't count (only a table that refers to itself has any).
+            if col.type.key.ref_table == tname and any(map(contains, datums, new_rows)):
+                for uuid, d in zip(new_rows, datums, strict=True):
+                    if uuid in d:
+                        counts[uuid] -= 1
+            key_table = col.type.key.ref_table
+            strong = self._strong
+            for target, n in counts.items():
+                if n:
+                    key = (key_table, target)
+                    strong[key] = strong.get(key, 0) + n  # type: ignore[index]
+        others = tuple(c for c in table.ref_columns if c not in simple)
+        if others:
+            for uuid, row in new_rows.items():
+                self._count_refs(table, uuid, row, 1, others)
 
     def _same_keys(self, table: TableSchema, old: Row, new: Row) -> bool:
         for cols in self._index_cols[table.name]:
