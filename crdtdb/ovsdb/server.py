@@ -4,7 +4,9 @@ All protocol decisions are made by :class:`~crdtdb.ovsdb.core.ServerCore` and th
 :mod:`crdtdb.ovsdb.jsonrpc`; this module only moves bytes and time. One task reads each
 connection and runs the core synchronously; one task writes what the socket did not take at
 once (whoever queues a message writes it straight to a unix or tcp socket when the writer
-has nothing in hand: no scheduler pass before a reply leaves). A client that does not read
+has nothing in hand: no scheduler pass before a reply leaves). Changes from outside any
+session (a replica merging peers' updates) are sent when the merging task yields, so a
+batch of them costs a client one write, not one each. A client that does not read
 its replies is disconnected once its unsent backlog passes ``max_backlog_bytes``, so it can
 never stall the others.
 
