@@ -87,3 +87,49 @@ async def test_remote_merge_reaches_monitors_and_waits(tmp_path: Path) -> None:
         change = note.params[1]["Parent"][p]["modify"]
         assert {k: v for k, v in change.items() if k != "_version"} == {"n": 5}
         await client.stream.aclose()
+
+
+@pytest.mark.trio
+async def test_merges_of_one_turn_go_out_together_in_order(tmp_path: Path,
+                                                           monkeypatch: Any) -> None:
+    """Changes merged without yielding (a hub's batch of peers' frames) reach a monitor as
+    one notification each, in merge order, in one write; a reply the client asks for next
+    comes after them."""
+    from crdtdb.ovsdb.server import OvsdbServer
+    queued: list[list[Any]] = []
+    real_queue = OvsdbServer._queue
+
+    def spy(self: OvsdbServer, conn: Any, events: list[Any]) -> None:
+        queued.append(list(events))
+        real_queue(self, conn, events)
+
+    monkeypatch.setattr(OvsdbServer, "_queue", spy)
+    served = make_replica(1, 1)
+    peer = make_replica(2, 2)
+    out: list[bytes] = []
+    peer.add_listener(lambda ev: ev.update and out.append(ev.update))
+    sock = tmp_path / "db.sock"
+    async with open_ovsdb_server({"Merge": served}, [Remote.parse(f"punix:{sock}")]):
+        client = Client(await trio.open_unix_socket(str(sock)))
+        assert await client.call("monitor_cond", ["Merge", "m", {"Parent": [{}]}]) == {}
+        names = ["a", "b", "c"]
+        for name in names:
+            ok(txn(peer, {"op": "insert", "table": "Parent", "row": {"name": name}}))
+        queued.clear()
+        for update in out:
+            served.apply_update(update)
+        assert queued == []  # nothing sent before this task yields
+        echoed = await client.send("echo", ["after"])
+        seen = []
+        while True:
+            ev = await client.next()
+            if isinstance(ev, Reply):
+                assert ev.id == echoed
+                break
+            assert ev.method == "update2"
+            (row,) = ev.params[1]["Parent"].values()
+            seen.append(row["insert"]["name"])
+        assert seen == names
+        # One write for the three (the echo's reply joins it if the reader got there first).
+        assert [type(ev) for ev in queued[0][:3]] == [Notification] * 3
+        await client.stream.aclose()

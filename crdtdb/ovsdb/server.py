@@ -4,7 +4,9 @@ All protocol decisions are made by :class:`~crdtdb.ovsdb.core.ServerCore` and th
 :mod:`crdtdb.ovsdb.jsonrpc`; this module only moves bytes and time. One task reads each
 connection and runs the core synchronously; one task writes what the socket did not take at
 once (whoever queues a message writes it straight to a unix or tcp socket when the writer
-has nothing in hand: no scheduler pass before a reply leaves). A client that does not read
+has nothing in hand: no scheduler pass before a reply leaves). Changes from outside any
+session (a replica merging peers' updates) are sent when the merging task yields, so a
+batch of them costs a client one write, not one each. A client that does not read
 its replies is disconnected once its unsent backlog passes ``max_backlog_bytes``, so it can
 never stall the others.
 
@@ -162,6 +164,8 @@ class OvsdbServer:
         self.limits = limits
         self._conns: dict[int, _Connection] = {}
         self._deadline_changed = trio.Event()
+        #: Set while a flush is due when the running task yields (see _flush_soon).
+        self._flush_wanted = trio.Event()
         self.listeners: list[trio.SocketListener | trio.SSLListener] = []
         self._unix_paths: list[Path] = []
         self.n_connections = 0
@@ -352,10 +356,29 @@ class OvsdbServer:
         conn.wakeup.set()
 
     def publish(self, db_name: str, changeset: Changeset) -> None:
-        """A change from outside any session: notify monitors, retry waits, send."""
+        """A change from outside any session: notify monitors and retry waits now; send
+        once the caller's turn ends (see ``_flush_soon``)."""
         with _logged(f"publishing a change of {db_name}"):
             self.core.publish(db_name, changeset)
-        self._flush()
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush when the running task next yields, not now: changes merged from peers come
+        in batches (a hub merges a frame per leaf and change without yielding), and
+        flushing after each sends a client one write, and a wakeup, per change. The
+        notifications and their order are the same; the first flush of any kind sends
+        them (a reader's before its next reply, so no reply overtakes them)."""
+        if self._nursery is None:
+            self._flush()
+            return
+        if not self._flush_wanted.is_set():
+            self._flush_wanted.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            self._flush()
 
     def _release(self) -> None:
         """Make held commits durable before any reply or update tells of them. If that
@@ -540,6 +563,7 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
             for remote in remotes:
                 await server._listen(remote, ssl_files, nursery)
             nursery.start_soon(server._timers)
+            nursery.start_soon(server._flusher)
             try:
                 yield server
             finally:

@@ -1,0 +1,67 @@
+"""Monitor.changes of update2/update3 monitors against the per-row rule (_row_update), on
+random commits through random conditions and selects."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from crdtdb.engine.snapshot import Changeset, RowChange
+from crdtdb.ovsdb.monitor import Monitor, Select, Version
+from tests.replica_support import MERGE_SCHEMA
+
+TABLE = MERGE_SCHEMA.tables["Parent"]
+
+
+def _row(rng: random.Random, uuid: str) -> tuple:
+    row = list(TABLE.default_row)
+    row[0] = (uuid,)
+    row[TABLE.columns["name"].index] = (rng.choice("abcd"),)
+    row[TABLE.columns["n"].index] = (rng.randrange(4),)
+    row[TABLE.columns["tags"].index] = tuple(sorted(rng.sample("xyz", rng.randrange(3))))
+    return tuple(row)
+
+
+def _where(rng: random.Random) -> list[Any]:
+    clauses = [["name", "==", rng.choice("abcd")], ["n", "<", rng.randrange(4)],
+               ["tags", "includes", rng.choice("xyz")], ["name", "!=", rng.choice("ab")],
+               True, False]
+    return rng.sample(clauses, rng.randrange(4))
+
+
+def _reference(mon: Monitor, changeset: Changeset) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tname, changes in changeset.tables.items():
+        mt = mon.tables[tname]
+        rows = {uuid: upd for uuid, ch in changes.items()
+                if (upd := mon._row_update(mt, ch.old, ch.new, False, mt.condition,
+                                           mt.condition, mon._sorted())) is not None}
+        if rows:
+            out[tname] = rows
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_changes_follow_the_per_row_rule(seed: int) -> None:
+    rng = random.Random(seed)
+    request: dict[str, Any] = {"where": _where(rng)}
+    if rng.random() < 0.5:
+        request["select"] = {k: rng.random() < 0.7
+                             for k in ("initial", "insert", "delete", "modify")}
+    if rng.random() < 0.5:
+        request["columns"] = rng.sample(["name", "n", "tags"], rng.randrange(1, 4))
+    mon = Monitor(MERGE_SCHEMA, 1, {"Parent": [request]},
+                  rng.choice([Version.V2, Version.V3]))
+    for _ in range(20):
+        changes = {}
+        for i in range(rng.randrange(1, 6)):
+            uuid = f"00000000-0000-4000-8000-{seed:06d}{i:06d}"
+            kind_ = rng.choice([Select.INSERT, Select.DELETE, Select.MODIFY])
+            old = None if kind_ is Select.INSERT else _row(rng, uuid)
+            new = None if kind_ is Select.DELETE else (
+                old if old is not None and rng.random() < 0.2 else _row(rng, uuid))
+            changes[uuid] = RowChange(old, new)
+        changeset = Changeset({"Parent": changes})
+        assert mon.changes(changeset) == _reference(mon, changeset)
