@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtdb.engine import data
@@ -48,6 +48,9 @@ def clauses_on(column: ColumnSchema, pool: list[tuple]) -> st.SearchStrategy[Cla
         st.sampled_from(pool)).filter(lambda c: c.function not in ordering or len(c.arg) == 1)
 
 
+# Drawing a type, a pool of its datums and clauses over them is slow on a loaded machine
+# (two engineers saw the health check fail there, never the property).
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), types())
 def test_matches_any_is_any_clause_matching(d: Any, t: Type) -> None:
     column = ColumnSchema("c", t, 2)
