@@ -406,6 +406,22 @@ class _Executor:
         table = self.schema.tables.get(name) if type(name) is str else None
         if table is None or type(row_json) is not dict or len(op) != n + 1:
             return False
+        if n == 2:
+            # Neither "uuid" nor "uuid-name" (a bulk load's rows): :meth:`insert`'s path
+            # for it here, without its call or txn.insert's, when the row parses plainly.
+            txn = self.txn
+            row_uuid = txn.new_uuid()
+            new = (table.row_parser or insert_parser(table))(row_json, row_uuid,
+                                                              txn.new_uuid)
+            if new is not data.SLOW:
+                trows = txn.tables.get(table.name)
+                if trows is None:
+                    trows = txn.tables[table.name] = {}
+                trows[row_uuid] = _TxnRow(table, row_uuid, None, new, 0)
+                result["uuid"] = ["uuid", row_uuid]
+                return True
+            self.insert_generic(table, row_uuid, row_json, result)
+            return True
         self.insert(table, uuid_json, uuid_name, row_json, result)
         return True
 
@@ -440,17 +456,26 @@ class _Executor:
         parse = table.row_parser or insert_parser(table)
         new = parse(row_json, row_uuid, txn.new_uuid)
         if new is data.SLOW:
-            row = self.parse_row_in_order(table, row_json)
-            # Defaults may violate constraints (an enum without "" in it, say): ovsdb-server
-            # checks every single-element column, in its column order. Given values were
-            # checked when parsed, so only the defaults that are known to fail need a look.
-            for col, error in table.bad_defaults:
-                if col.name not in row_json:
-                    raise error
-            row[0] = (row_uuid,)
-            row[1] = (txn.new_uuid(),)
-            new = tuple(row)
+            self.insert_generic(table, row_uuid, row_json, result)
+            return
         txn.insert(table, row_uuid, new)
+        result["uuid"] = ["uuid", row_uuid]
+
+    def insert_generic(self, table: TableSchema, row_uuid: str, row_json: dict,
+                       result: dict) -> None:
+        """The rest of :meth:`insert` for a row the generated parser left to the generic
+        path (which reports a bad row's first problem as ovsdb-server does)."""
+        txn = self.txn
+        row = self.parse_row_in_order(table, row_json)
+        # Defaults may violate constraints (an enum without "" in it, say): ovsdb-server
+        # checks every single-element column, in its column order. Given values were
+        # checked when parsed, so only the defaults that are known to fail need a look.
+        for col, error in table.bad_defaults:
+            if col.name not in row_json:
+                raise error
+        row[0] = (row_uuid,)
+        row[1] = (txn.new_uuid(),)
+        txn.insert(table, row_uuid, tuple(row))
         result["uuid"] = ["uuid", row_uuid]
 
     def op_select(self, p: ObjectParser, result: dict) -> None:
