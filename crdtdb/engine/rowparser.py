@@ -110,11 +110,23 @@ def _build(table: TableSchema) -> RowParser:
         elif kind == _STR:
             env[f"C{i}"] = data._tuple_cache(AtomicType.STRING).get
             env[f"LO{i}"], env[f"HI{i}"] = base.min_length, base.max_length
-            lines += [
-                f"        {d} = None",
-                f"        if type(v) is str and LO{i} <= len(v) <= HI{i}:",
-                # Long strings are not shared (matches, actions): the datum is made here.
-                f"            {d} = (v,) if len(v) > LONG else C{i}(v)"]
+            if base.min_length == 0 and base.max_length >= data._INTERN_MAX_LEN:
+                # Unconstrained but for a length no short string reaches: only a long one
+                # is measured against it.
+                lines += [
+                    f"        {d} = None",
+                    "        if type(v) is str:",
+                    "            if len(v) > LONG:",
+                    # Long strings are not shared (matches, actions): the datum is made here.
+                    f"                if len(v) <= HI{i}:",
+                    f"                    {d} = (v,)",
+                    "            else:",
+                    f"                {d} = C{i}(v)"]
+            else:
+                lines += [
+                    f"        {d} = None",
+                    f"        if type(v) is str and LO{i} <= len(v) <= HI{i}:",
+                    f"            {d} = (v,) if len(v) > LONG else C{i}(v)"]
         elif kind == _ENUM:
             assert base.enum is not None
             env[f"C{i}"] = {str(e): data.fast_parser(t)(str(e)) for e in base.enum}.get
