@@ -243,6 +243,9 @@ class _Transaction:
         return [tr for trows in self.tables.values() for tr in trows.values()]
 
 
+_new_txn_row = object.__new__
+
+
 def _writable(tr: _TxnRow) -> list:
     new = tr.new
     if type(new) is not list:
@@ -389,6 +392,35 @@ class _Executor:
         the right JSON type (what clients send), without an :class:`ObjectParser`: that
         parser found nothing to report, so going straight to :meth:`insert` gives the same
         result or error. ``False``, doing nothing, for any other operation."""
+        name = op.get("table")
+        row_json = op.get("row")
+        # A table of the schema is an <id>, as the parser would have required.
+        table = self.schema.tables.get(name) if type(name) is str else None
+        if table is None or type(row_json) is not dict:
+            return False
+        if len(op) == 3:
+            # "op", "table" and "row" only, no "uuid" or "uuid-name" (a bulk load's rows):
+            # :meth:`insert`'s path for it here, without its call or txn.insert's, when
+            # the row parses plainly.
+            txn = self.txn
+            row_uuid = txn.new_uuid()
+            new = (table.row_parser or insert_parser(table))(row_json, row_uuid,
+                                                              txn.new_uuid)
+            if new is not data.SLOW:
+                trows = txn.tables.get(table.name)
+                if trows is None:
+                    trows = txn.tables[table.name] = {}
+                # Made without _TxnRow.__init__'s Python call (a bulk load makes thousands).
+                tr = trows[row_uuid] = _new_txn_row(_TxnRow)
+                tr.table = table
+                tr.uuid = row_uuid
+                tr.old = None
+                tr.new = new
+                tr.n_refs = 0
+                result["uuid"] = ["uuid", row_uuid]
+                return True
+            self.insert_generic(table, row_uuid, row_json, result)
+            return True
         n = 2
         uuid_json = op.get("uuid")
         if uuid_json is not None:
@@ -400,28 +432,8 @@ class _Executor:
             if type(uuid_name) is not str or not ovsjson.is_id(uuid_name):
                 return False
             n += 1
-        name = op.get("table")
-        row_json = op.get("row")
-        # A table of the schema is an <id>, as the parser would have required.
-        table = self.schema.tables.get(name) if type(name) is str else None
-        if table is None or type(row_json) is not dict or len(op) != n + 1:
+        if len(op) != n + 1:
             return False
-        if n == 2:
-            # Neither "uuid" nor "uuid-name" (a bulk load's rows): :meth:`insert`'s path
-            # for it here, without its call or txn.insert's, when the row parses plainly.
-            txn = self.txn
-            row_uuid = txn.new_uuid()
-            new = (table.row_parser or insert_parser(table))(row_json, row_uuid,
-                                                              txn.new_uuid)
-            if new is not data.SLOW:
-                trows = txn.tables.get(table.name)
-                if trows is None:
-                    trows = txn.tables[table.name] = {}
-                trows[row_uuid] = _TxnRow(table, row_uuid, None, new, 0)
-                result["uuid"] = ["uuid", row_uuid]
-                return True
-            self.insert_generic(table, row_uuid, row_json, result)
-            return True
         self.insert(table, uuid_json, uuid_name, row_json, result)
         return True
 
