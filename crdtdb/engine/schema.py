@@ -79,6 +79,10 @@ class TableSchema:
     #: column of a parsed row.
     parsers: dict[str, tuple[int, Callable[[Any], Any]]] = field(init=False, repr=False,
                                                                  compare=False)
+    #: The parser generated for this table's inserted rows (:mod:`crdtdb.engine.rowparser`),
+    #: made on the first insert.
+    row_parser: Callable[..., Any] | None = field(init=False, default=None, repr=False,
+                                                  compare=False)
 
     def __post_init__(self) -> None:
         self.ordered = tuple(sorted(self.columns.values(), key=lambda c: c.index))

@@ -27,6 +27,7 @@ from crdtdb.engine.mutation import Mutation, mutations_from_json
 from crdtdb.engine.ovshash import shash_order
 from crdtdb.engine.ovsjson import Kind, kind
 from crdtdb.engine.parser import ObjectParser
+from crdtdb.engine.rowparser import insert_parser
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
 from crdtdb.engine.snapshot import (
     Changeset,
@@ -242,6 +243,9 @@ class _Transaction:
         return [tr for trows in self.tables.values() for tr in trows.values()]
 
 
+_new_txn_row = object.__new__
+
+
 def _writable(tr: _TxnRow) -> list:
     new = tr.new
     if type(new) is not list:
@@ -337,7 +341,12 @@ class _Executor:
                 cols = table.columns
                 columns.extend(cols[name] for name in shash_order(value))
             return row
-        # The full path, in ovsdb-server's order, so the same problem is reported first.
+        return self.parse_row_in_order(table, value, columns)
+
+    def parse_row_in_order(self, table: TableSchema, value: Any,
+                           columns: list[ColumnSchema] | None = None) -> list:
+        """:meth:`parse_row`'s full path: the columns in ovsdb-server's order, so the same
+        problem is reported first."""
         row = list(table.default_row)
         for name in shash_order(value):
             v = value[name]
@@ -383,6 +392,35 @@ class _Executor:
         the right JSON type (what clients send), without an :class:`ObjectParser`: that
         parser found nothing to report, so going straight to :meth:`insert` gives the same
         result or error. ``False``, doing nothing, for any other operation."""
+        name = op.get("table")
+        row_json = op.get("row")
+        # A table of the schema is an <id>, as the parser would have required.
+        table = self.schema.tables.get(name) if type(name) is str else None
+        if table is None or type(row_json) is not dict:
+            return False
+        if len(op) == 3:
+            # "op", "table" and "row" only, no "uuid" or "uuid-name" (a bulk load's rows):
+            # :meth:`insert`'s path for it here, without its call or txn.insert's, when
+            # the row parses plainly.
+            txn = self.txn
+            row_uuid = txn.new_uuid()
+            new = (table.row_parser or insert_parser(table))(row_json, row_uuid,
+                                                              txn.new_uuid)
+            if new is not data.SLOW:
+                trows = txn.tables.get(table.name)
+                if trows is None:
+                    trows = txn.tables[table.name] = {}
+                # Made without _TxnRow.__init__'s Python call (a bulk load makes thousands).
+                tr = trows[row_uuid] = _new_txn_row(_TxnRow)
+                tr.table = table
+                tr.uuid = row_uuid
+                tr.old = None
+                tr.new = new
+                tr.n_refs = 0
+                result["uuid"] = ["uuid", row_uuid]
+                return True
+            self.insert_generic(table, row_uuid, row_json, result)
+            return True
         n = 2
         uuid_json = op.get("uuid")
         if uuid_json is not None:
@@ -394,11 +432,7 @@ class _Executor:
             if type(uuid_name) is not str or not ovsjson.is_id(uuid_name):
                 return False
             n += 1
-        name = op.get("table")
-        row_json = op.get("row")
-        # A table of the schema is an <id>, as the parser would have required.
-        table = self.schema.tables.get(name) if type(name) is str else None
-        if table is None or type(row_json) is not dict or len(op) != n + 1:
+        if len(op) != n + 1:
             return False
         self.insert(table, uuid_json, uuid_name, row_json, result)
         return True
@@ -430,10 +464,24 @@ class _Executor:
             sym.created = True
         elif uuid_json is None:
             row_uuid = txn.new_uuid()
-        row = self.parse_row(table, row_json)
-        # Defaults may violate constraints (an enum without "" in it, say): ovsdb-server checks
-        # every single-element column, in its column order. Given values were checked when
-        # parsed, so only the defaults that are known to fail need a look.
+        # A plain valid row (a bulk load's): the table's generated parser makes it whole.
+        parse = table.row_parser or insert_parser(table)
+        new = parse(row_json, row_uuid, txn.new_uuid)
+        if new is data.SLOW:
+            self.insert_generic(table, row_uuid, row_json, result)
+            return
+        txn.insert(table, row_uuid, new)
+        result["uuid"] = ["uuid", row_uuid]
+
+    def insert_generic(self, table: TableSchema, row_uuid: str, row_json: dict,
+                       result: dict) -> None:
+        """The rest of :meth:`insert` for a row the generated parser left to the generic
+        path (which reports a bad row's first problem as ovsdb-server does)."""
+        txn = self.txn
+        row = self.parse_row_in_order(table, row_json)
+        # Defaults may violate constraints (an enum without "" in it, say): ovsdb-server
+        # checks every single-element column, in its column order. Given values were
+        # checked when parsed, so only the defaults that are known to fail need a look.
         for col, error in table.bad_defaults:
             if col.name not in row_json:
                 raise error
