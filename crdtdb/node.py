@@ -127,8 +127,8 @@ class Node:
     async def _status_writer(self) -> None:
         assert self.status_file is not None
         while True:
-            # orjson: the json module's indenting encoder is pure Python, and with a hub's
-            # peers it was a few percent of the node's CPU (a 20-chassis sandbox, cProfile).
+            # orjson: the json module's indenting encoder is pure Python (a hub's status of
+            # 20 peers: 810 -> 148 us with the shallow dicts below; small, once a second).
             text = orjson.dumps(self.status(), default=str,
                                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
             # In a worker thread: a rename over the old file can wait for the disk (ext4

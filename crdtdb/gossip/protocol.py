@@ -784,16 +784,11 @@ class Gossip:
                                 if k not in ("peers", "stranded", "holding")})
         s.stranded = {db: str(e) for db, e in self.stranded.items()}
         s.holding = sorted({*self._holds, *self._rounds})
-        mine: dict[str, Mapping[int, int]] = {}  # decoded once, not once per peer
-
-        def clocks(db: str) -> Mapping[int, int]:
-            if db not in mine:
-                mine[db] = decode_state_vector(self.replicas[db].state_vector())
-            return mine[db]
-
+        # Our clocks decoded once per database, not once per peer.
+        mine = {db: decode_state_vector(r.state_vector()) for db, r in self.replicas.items()}
         s.peers = {key: {"node_id": p.node_id, "databases": sorted(p.databases),
                          "lag": {db: dict(zip(("they_lack", "we_lack"),
-                                              _lag(clocks(db), known), strict=True))
+                                              _lag(mine[db], known), strict=True))
                                  for db, known in p.known.items()},
                          "frames_in": p.frames_in, "frames_out": p.frames_out,
                          "bytes_in": p.bytes_in, "bytes_out": p.bytes_out}
