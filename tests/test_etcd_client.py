@@ -6,6 +6,8 @@ failover tests start a 3-member cluster of their own.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,6 +307,39 @@ async def test_garbage_from_the_server_is_a_protocol_error() -> None:
                 async with client.watch(b"k", start_revision=1):
                     pass
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_request_or_reply_cut_off_by_the_timeout_is_closed_not_left_to_the_gc() -> None:
+    """A request the server does not read, or a reply still trickling in, when the request
+    times out: the client gives up, and the async generators httpx sends and reads bodies
+    through are closed then and there (one left suspended is finalized by the garbage
+    collector: an unraisable-exception warning, an error in this test suite)."""
+    async def never_read(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    async def trickle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n{")
+            with contextlib.suppress(trio.BrokenResourceError):  # until the client hangs up
+                while True:  # a byte every 50 ms: never idle long enough for a read timeout
+                    await trio.sleep(0.05)
+                    await stream.send_all(b" ")
+
+    big = b"v" * (64 << 20)  # more than loopback's socket buffers take without a reader
+    for handler, call in ((never_read, lambda c: c.put(b"k", big)),
+                          (trickle, lambda c: c.range(b"k"))):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, handler, 0)
+            port = listeners[0].socket.getsockname()[1]
+            async with open_etcd_client([f"http://127.0.0.1:{port}"],
+                                        request_timeout_s=0.5) as client:
+                with pytest.raises((EtcdUnavailable, EtcdIndeterminate)):
+                    await call(client)
+            nursery.cancel_scope.cancel()
+        gc.collect()
 
 
 # --- failover ----------------------------------------------------------------------------------

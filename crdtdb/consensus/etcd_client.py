@@ -484,12 +484,15 @@ class EtcdClient:
         self, url: str, content: bytes, headers: dict[str, str]
     ) -> tuple[int, bytes]:
         """One POST: (HTTP status, body).  _NotSent or _Lost say how it failed."""
+        request = self._http.build_request("POST", url, content=content, headers=headers)
+        request.stream = _Body(content)
         with anyio.move_on_after(self.request_timeout_s):
             try:
-                async with self._http.stream(
-                    "POST", url, content=content, headers=headers
-                ) as response:
+                response = await self._http.send(request, stream=True)
+                try:
                     return response.status_code, await self._read_body(response)
+                finally:
+                    await response.aclose()
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 raise _NotSent(f"cannot connect: {exc!r}") from exc
             except httpx.TransportError as exc:  # read/write timeouts, resets, bad HTTP
@@ -740,6 +743,7 @@ class EtcdClient:
             # A watch may be idle for ever: no read timeout once it is created.
             timeout=httpx.Timeout(self.request_timeout_s, read=None),
         )
+        request.stream = _Body(content)
         watch: EtcdWatch | None = None
         try:
             with anyio.move_on_after(self.request_timeout_s):
@@ -773,6 +777,32 @@ async def _discard(response: httpx.Response, chunks: AsyncIterator[bytes]) -> No
                 pass
         except Exception:
             pass
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body httpx sends without an async generator.
+
+    httpx's own (for ``content=bytes``) is a generator that is left suspended when the
+    request is cancelled while being sent (a timeout, a cancelled caller), and is then
+    finalized by the garbage collector, which trio reports as a ResourceWarning.
+    """
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def __aiter__(self) -> _OneChunk:  # type: ignore[override]
+        return _OneChunk(self._data)
+
+
+class _OneChunk:
+    def __init__(self, data: bytes):
+        self._data: bytes | None = data
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 class _NotSent(Exception):
