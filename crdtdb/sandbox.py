@@ -291,15 +291,17 @@ class Sandbox:
                   if self.compact_after_updates else []),
                 str(NB_SCHEMA), str(SB_SCHEMA)])
         self._wait_socket(sock, self._central[-1])
+        self.nbctl("--no-wait", "init")
+        # ovn-northd would pick a random service-monitor MAC (it ends up in every chassis's
+        # flows): fix it, so two runs of the same cloud have the same flows. Before northd
+        # starts: northd writes NB_Global's options whole, and a write from a northd that
+        # had not yet seen this key put its random MAC back (seen ~1 run in 60).
+        self.nbctl("--no-wait", "set", "NB_Global", ".",
+                   'options:svc_monitor_mac="02:00:00:00:fe:01"')
         self._central_proc("ovn-northd", [
             self.tools["ovn-northd"], f"--ovnnb-db={self.nb_remote}",
             f"--ovnsb-db={self.sb_remote}", "--no-chdir",
             f"--unixctl={self.central_dir / 'northd.ctl'}"])
-        self.nbctl("--no-wait", "init")
-        # ovn-northd would pick a random service-monitor MAC (it ends up in every chassis's
-        # flows): fix it, so two runs of the same cloud have the same flows.
-        self.nbctl("--no-wait", "set", "NB_Global", ".",
-                   'options:svc_monitor_mac="02:00:00:00:fe:01"')
 
     def _config_text(self) -> str:
         if self.nb_plugin == "etcd":
