@@ -1511,8 +1511,12 @@ def _merge(updates: list[bytes]) -> bytes:
 _RECORD_SLACK = 64
 
 
+#: One packer for every log record (``packb`` makes a Packer per call); see encoding._PACKER.
+_LOG_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return _LOG_PACKER.pack(obj)  # type: ignore[no-any-return]
 
 
 def _tracked(entries: list[list[Any]] | None, own: dict[tuple[str, str], list[list[Any]]]
