@@ -31,6 +31,7 @@ A freshly inserted row costs one map entry; compaction folds later keys back int
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -159,17 +160,26 @@ def marker_packer(table: TableSchema) -> Callable[[int, tuple], bytes]:
     if found is not None and found[0] is table:
         return found[1]
     env: dict[str, Any] = {"ExtType": msgpack.ExtType, "fromhex": bytes.fromhex,
-                           "UUID_EXT": binary.UUID_EXT, "packb": _PACKER.pack}
-    items = ["birth", 'ExtType(UUID_EXT, fromhex(row[1][0].replace("-", "")))']
+                           "UUID_EXT": binary.UUID_EXT, "packb": _PACKER.pack,
+                           "flatten": itertools.chain.from_iterable}
+    uuid = 'ExtType(UUID_EXT, fromhex({}.replace("-", "")))'
+    items = ["birth", uuid.format("row[1][0]")]
     for col in table.ordered[2:]:
         i = col.index
         env[f"D{i}"] = col.default_datum
-        packer = binary.datum_obj_packer(col.type)
-        if packer is None:  # the datum itself (a tuple packs as an array)
-            items.append(f"(None if (d := row[{i}]) == D{i} else d)")
+        t = col.type
+        k_uuid = t.key.type is AtomicType.UUID
+        v_uuid = t.value is not None and t.value.type is AtomicType.UUID
+        if t.value is None and not k_uuid:  # the datum itself (a tuple packs as an array)
+            obj = "d"
+        elif t.value is None and t.n_max == 1:  # a single uuid, or none
+            obj = f"([{uuid.format('d[0]')}] if d else [])"
+        elif t.value is not None and not (k_uuid or v_uuid):  # [k1, v1, k2, v2, ...]
+            obj = "[*flatten(d)]"
         else:
-            env[f"P{i}"] = packer
-            items.append(f"(None if (d := row[{i}]) == D{i} else P{i}(d))")
+            env[f"P{i}"] = binary.datum_obj_packer(t)
+            obj = f"P{i}(d)"
+        items.append(f"(None if (d := row[{i}]) == D{i} else {obj})")
     lines = [
         "def pack(birth, row):",
         f"    out = [{', '.join(items)}]",
