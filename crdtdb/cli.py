@@ -170,6 +170,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     txn_history=args.txn_history)
 
     gossiping = bool(args.listen or args.peer or args.discover)
+    if not gossiping:
+        for db in databases.values():
+            if hasattr(db, "keep_recent"):
+                db.keep_recent = False  # no peer will pull from it (see Replica.diff)
     if gossiping and args.store != "replica":
         log.error("--listen/--peer need --store=replica")
         return 2

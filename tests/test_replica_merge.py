@@ -209,6 +209,12 @@ class Replicas(RuleBasedStateMachine):
     def drop(self, data: Any) -> None:
         self.network.pop(data.draw(st.integers(0, len(self.network) - 1)))
 
+    @rule(i=st.integers(0, 3), keep=st.booleans())
+    def keep_recent(self, i: int, keep: bool) -> None:
+        """A replica stops (or starts again) keeping its last commits (crdtdb serve
+        without peers): pulls from it still end where pycrdt's whole diff does."""
+        self.replicas[i % len(self.replicas)].keep_recent = keep
+
     @rule(i=st.integers(0, 3), j=st.integers(0, 3))
     def anti_entropy(self, i: int, j: int) -> None:
         """As gossip does it: a pull's answer, applied as self-contained. When the answer
@@ -335,3 +341,17 @@ def test_replicas_explore() -> None:
                                          deadline=None,
                                          suppress_health_check=list(HealthCheck))
     Machine.TestCase().runTest()
+
+
+def test_a_replica_that_keeps_no_commits_answers_pulls_with_whole_diffs() -> None:
+    a, b = make_replica(1, 1), make_replica(2, 2)
+    a.keep_recent = False
+    a.transact([{"op": "insert", "table": "Parent", "row": {"name": "x"}}])
+    b.apply_update(a.diff(b.state_vector()), self_contained=True)
+    assert (a.statistics().recent_diffs, a.statistics().full_diffs) == (0, 1)
+    assert shown(a) == shown(b)
+    a.keep_recent = True  # kept from here on
+    a.transact([{"op": "insert", "table": "Parent", "row": {"name": "y"}}])
+    b.apply_update(a.diff(b.state_vector()), self_contained=True)
+    assert (a.statistics().recent_diffs, a.statistics().full_diffs) == (1, 1)
+    assert shown(a) == shown(b)

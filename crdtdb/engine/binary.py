@@ -65,6 +65,14 @@ def _packer(type_: Type) -> Any:
     return packer
 
 
+def datum_obj_packer(type_: Type) -> Any:
+    """:func:`_packer` of ``type_``, or None where the datum is its own msgpack-ready form
+    (a set of atoms other than uuids)."""
+    if type_.value is None and type_.key.type is not AtomicType.UUID:
+        return None
+    return _packer(type_)
+
+
 def datum_obj(type_: Type, datum: data.Datum) -> Any:
     """The msgpack-ready form of a datum (for callers that pack it inside a larger value)."""
     return _packer(type_)(datum)

@@ -717,7 +717,12 @@ def execute(snapshot: Snapshot, operations: Sequence[Any], *,
 
 
 def _read_set(txn: _Transaction) -> ReadSet:
+    if not txn.read_tables and not txn.read_rows:
+        return _NOTHING_READ  # (inserts only: no frozen dataclass to make)
     return ReadSet(frozenset(txn.read_tables), frozenset(txn.read_rows))
+
+
+_NOTHING_READ = ReadSet()
 
 
 # --- commit-time checks (ovsdb_txn_precommit) ---------------------------------------------------
@@ -737,7 +742,8 @@ def _precommit(txn: _Transaction) -> Changeset:
     changed = [tr for trows in txn.tables.values() for tr in trows.values()]
     # ovsdb-server marks these rows changed here, once and for all: a row keeps its mark (and
     # gets a new _version) even if weak-reference cleanup later undoes its change.
-    txn.modified = {(tr.table.name, tr.uuid) for tr in kept if tr.new is not None}
+    if kept:
+        txn.modified = {(tr.table.name, tr.uuid) for tr in kept if tr.new is not None}
     _update_ref_counts(txn, changed)
     _collect_garbage(txn)
     _check_max_rows(txn)
@@ -780,7 +786,10 @@ def _update_ref_counts(txn: _Transaction, changed: list[_TxnRow]) -> None:
                     _count_strong_refs(txn, tr, col, removed, -1)
                 if added:
                     _count_strong_refs(txn, tr, col, added, 1)
-    if not any(tr.new is None and tr.n_refs for tr in txn.existing):
+    for tr in txn.existing:
+        if tr.new is None and tr.n_refs:
+            break
+    else:
         return
     for tr in txn.all_rows():  # the first in ovsdb-server's order is reported
         if tr.new is None and tr.n_refs:
@@ -839,6 +848,11 @@ def _delete_garbage_row(txn: _Transaction, tr: _TxnRow) -> None:
 
 def _collect_garbage(txn: _Transaction) -> None:
     tables = txn.schema.tables
+    for tname in txn.tables:
+        if not tables[tname].is_root:
+            break
+    else:
+        return
     # The rows of root tables are never garbage: skipped table by table, not row by row.
     for tr in [tr for tname, trows in txn.tables.items() if not tables[tname].is_root
                for tr in trows.values()]:
@@ -867,7 +881,17 @@ def _assess_weak_refs(txn: _Transaction) -> None:
     schema = txn.schema
     # Rows deleted by this transaction: the rows that weakly referenced them lose those refs.
     deleted_refs: dict[tuple[str, str], set[tuple[int, str]]] = {}
-    deleting = any(tr.new is None for tr in txn.existing)
+    deleting = False
+    for tr in txn.existing:
+        if tr.new is None:
+            deleting = True
+            break
+    else:
+        for tname in txn.tables:
+            if schema.tables[tname].weak_ref_columns:
+                break
+        else:
+            return  # no row deleted, no weak reference in what changed: nothing to clean
     for tr in txn.all_rows() if deleting else ():
         if tr.old is not None and tr.new is None:
             for src_table_name, src_uuid in txn.snapshot.weak_referrers(tr.table.name, tr.uuid):
@@ -948,6 +972,14 @@ def _check_index_uniqueness(txn: _Transaction) -> None:
     for tname, trows in txn.tables.items():
         table = txn.schema.tables[tname]
         if not table.indexes:
+            continue
+        for tr in trows.values():
+            if tr.new is not tr.old:
+                break
+        else:
+            # Only committed rows left as they were (the targets of an insert's references:
+            # a flow's datapath): their index values are the committed ones, held by them
+            # alone, so none of them can clash (ovsdb-server checks them and finds nothing).
             continue
         pending: list[dict[tuple, _TxnRow]] = [{} for _ in table.indexes]
         for tr in trows.values():
@@ -1033,9 +1065,28 @@ _NEW = attrgetter("new")
 
 def _changeset(txn: _Transaction) -> Changeset:
     cs = Changeset(comment=_comment(txn), durable=txn.durable)
-    with_committed = {tr.table.name for tr in txn.existing}
+    with_committed: set[str] | None = None
     for tname, trows in txn.tables.items():
-        if tname not in with_committed and len(trows) > 8:
+        if len(trows) <= 8:
+            # A few rows (a single-row transaction's): straight into the table's dict.
+            changes: dict[str, RowChange] = {}
+            for uuid, tr in trows.items():
+                new, old = tr.new, tr.old
+                if new is None:
+                    if old is not None:
+                        changes[uuid] = RowChange(old, None)
+                elif old is None:
+                    changes[uuid] = RowChange(None, tuple(new))
+                elif new is not old:  # (left as it was: a reference's target)
+                    new = tuple(new)
+                    if new != old or (tname, uuid) in txn.modified:
+                        changes[uuid] = RowChange(old, (new[0], (txn.new_uuid(),), *new[2:]))
+            if changes:
+                cs.tables[tname] = changes
+            continue
+        if with_committed is None:
+            with_committed = {tr.table.name for tr in txn.existing}
+        if tname not in with_committed:
             # Only rows this transaction inserted (a bulk load's thousands): unless garbage
             # collection took one, each is an insert, made without a Python loop.
             inserted = list(map(_NEW, trows.values()))

@@ -31,6 +31,7 @@ A freshly inserted row costs one map entry; compaction folds later keys back int
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -134,12 +135,69 @@ def parse_key(key: str) -> Key | str:
 
 # --- values -----------------------------------------------------------------------------------
 
+#: One packer for every value (``packb`` makes a Packer per call, about half its cost for
+#: a marker). Its ``pack`` runs to its end without Python code (``default`` only raises),
+#: so no other thread can interleave, and it empties its buffer when it raises.
+_PACKER = msgpack.Packer(use_bin_type=True, default=binary.default)
+
+
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, default=binary.default)
+    return _PACKER.pack(obj)  # type: ignore[no-any-return]
 
 
 def pack_marker(table: TableSchema, birth: int, row: tuple) -> bytes:
     """The marker of a row: birth, version, then every user column (``None`` = default)."""
+    return marker_packer(table)(birth, row)
+
+
+def marker_packer(table: TableSchema) -> Callable[[int, tuple], bytes]:
+    """``pack(birth, row)``: :func:`pack_marker` for ``table``, by code generated for it
+    (once): the marker's list made in one display, each column's default test and
+    conversion inline (a set of atoms other than uuids, or a single one, needs none), no
+    walk over the columns. The same bytes as the generic loop (``_pack_marker_generic``,
+    checked by tests/test_replica_encoding.py)."""
+    found = _MARKER_PACKERS.get(id(table))
+    if found is not None and found[0] is table:
+        return found[1]
+    env: dict[str, Any] = {"ExtType": msgpack.ExtType, "fromhex": bytes.fromhex,
+                           "UUID_EXT": binary.UUID_EXT, "packb": _PACKER.pack,
+                           "flatten": itertools.chain.from_iterable}
+    uuid = 'ExtType(UUID_EXT, fromhex({}.replace("-", "")))'
+    items = ["birth", uuid.format("row[1][0]")]
+    for col in table.ordered[2:]:
+        i = col.index
+        env[f"D{i}"] = col.default_datum
+        t = col.type
+        k_uuid = t.key.type is AtomicType.UUID
+        v_uuid = t.value is not None and t.value.type is AtomicType.UUID
+        if t.value is None and not k_uuid:  # the datum itself (a tuple packs as an array)
+            obj = "d"
+        elif t.value is None and t.n_max == 1:  # a single uuid, or none
+            obj = f"([{uuid.format('d[0]')}] if d else [])"
+        elif t.value is not None and not (k_uuid or v_uuid):  # [k1, v1, k2, v2, ...]
+            obj = "[*flatten(d)]"
+        else:
+            env[f"P{i}"] = binary.datum_obj_packer(t)
+            obj = f"P{i}(d)"
+        items.append(f"(None if (d := row[{i}]) == D{i} else {obj})")
+    lines = [
+        "def pack(birth, row):",
+        f"    out = [{', '.join(items)}]",
+        "    while out[-1] is None:",
+        "        out.pop()",
+        "    return packb(out)",
+    ]
+    exec(compile("\n".join(lines), f"<marker_packer {table.name}>", "exec"), env)
+    pack: Any = env["pack"]
+    _MARKER_PACKERS[id(table)] = (table, pack)
+    return pack  # type: ignore[no-any-return]
+
+
+_MARKER_PACKERS: dict[int, tuple[TableSchema, Any]] = {}
+
+
+def _pack_marker_generic(table: TableSchema, birth: int, row: tuple) -> bytes:
+    """:func:`pack_marker` as a loop over the columns (the reference for the tests)."""
     out: list[Any] = [birth, binary.pack_uuid(row[1][0])]
     for col in table.ordered[2:]:
         d = row[col.index]
