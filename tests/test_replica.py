@@ -138,6 +138,41 @@ def test_row_delete_wins_over_concurrent_update() -> None:
     assert pair.col(pair.b, "Parent", p, "n") == (0,)
 
 
+def test_rows_under_drawn_uuids_are_born_0_others_to_their_commits_birth() -> None:
+    """A uuid the engine drew for an insert had no earlier life: its row is born 0, and no
+    replica keeps its birth in memory. Explicit uuids take their commit's random birth, and
+    a later life of a drawn uuid a birth of its own."""
+    pair = Pair()
+    a, b = pair.a, pair.b
+    drawn = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "d"}}))[0]["uuid"][1]
+    u1, u2 = "5a1d0c3e-0000-4000-8000-000000000001", "5a1d0c3e-0000-4000-8000-000000000002"
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": u1, "row": {"name": "e1"}},
+           {"op": "insert", "table": "Parent", "uuid": u2, "row": {"name": "e2"}}))
+
+    def birth(u: str) -> int:
+        return enc.marker_birth(a._maps["Parent"][u])
+    assert birth(drawn) == 0
+    assert birth(u1) == birth(u2) != 0
+    pair.sync()
+    for r in (a, b, make_replica(9, 9)):
+        if r.client_id == 9:
+            r.apply_update(a.full_state())  # read whole (a join), not by map events
+        assert r._births["Parent"] == {u1: birth(u1), u2: birth(u1)}
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(drawn),
+               "row": {"n": 7}}))
+    pair.sync()
+    assert pair.col(a, "Parent", drawn, "n") == (7,)
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(drawn)}))
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": drawn, "row": {"name": "d2"}}))
+    pair.sync()
+    assert birth(drawn) not in (0, birth(u1))
+    assert pair.col(b, "Parent", drawn, "n") == (0,)  # the first life's update stays there
+    for r in (a, b):
+        assert r._births["Parent"][drawn] == birth(drawn)
+    check_view(a)
+    check_view(b)
+
+
 def test_index_duplicates_show_one_row_and_report_the_other() -> None:
     pair = Pair()
     seen: list[Any] = []

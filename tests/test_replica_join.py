@@ -251,9 +251,10 @@ def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
     for uuid, payload in batch:
         if uuid in rows:
             m = enc._checked_marker(table, uuid, payload)
-            assert (births[uuid], rows[uuid]) == (m.birth, tuple(m.row))
+            assert (births.get(uuid, 0), rows[uuid]) == (m.birth, tuple(m.row))
             assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
                        for a, b in zip(x, y, strict=True))
+    assert 0 not in births.values()
 
 
 def _uuid(i: int) -> str:

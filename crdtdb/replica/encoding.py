@@ -20,7 +20,9 @@ number ever reaches pycrdt's float-only number type.
 
 A row is present when its marker is; every other key counts only while its ``birth`` equals
 the marker's, so keys left over from an earlier life of the same uuid (a delete that raced
-an update, a row re-inserted with an explicit uuid) never leak into a new one. An element is
+an update, a row re-inserted with an explicit uuid) never leak into a new one. A uuid drawn
+at random for the insert has no earlier life: such a row is born 0, as every row of an
+epoch's base is; any other insert takes its commit's random birth (never 0). An element is
 present if its ``+`` key is, or if the marker holds it and no ``-`` key removed it: an add
 always writes a fresh ``+`` item and a remove deletes only the items it saw, which is what
 makes concurrent add and remove come out as "add wins".
@@ -266,8 +268,8 @@ def markers_reader(table: TableSchema) -> Callable[
         [Iterable[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
     """``read_all(uuids, payloads, births) -> (rows, refused)``: :func:`marker_reader` of
     many markers of ``table`` (a node joining from a full state decodes every marker of
-    every table). The rows (and, into ``births``, the births) by uuid of the markers it
-    reads; ``refused`` lists the uuids of the others, in order, to decode with
+    every table). The rows (and, into ``births``, the births other than 0) by uuid of the
+    markers it reads; ``refused`` lists the uuids of the others, in order, to decode with
     :func:`unpack_marker`.
 
     The same rows as :func:`marker_reader`, with fewer Python calls per row: markers unpack
@@ -372,7 +374,8 @@ def markers_reader(table: TableSchema) -> Callable[
         "        except (refused_error, DecodeError, TypeError):",
         "            refused.append(uuid)",
         "            continue",
-        "        births[uuid] = birth",
+        "        if birth:",
+        "            births[uuid] = birth",
         # The version's 16 bytes as 8-4-4-4-12 hex digits: three hex() (the middle one
         # puts in two of the dashes), not five slices of one hex string (a quarter fewer
         # instructions, ~2% of a join).

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -235,6 +235,10 @@ class Replica:
         self.recommits: list[tuple[EpochId, int, EpochId]] = []
         self._stats = ReplicaStatistics(client_id, epoch, 0, 0)
         self._epoch_start = 0
+        #: During a commit: the uuids drawn for it, and its birth for other inserted rows
+        #: (0: not drawn yet). See _write_row.
+        self._fresh: Container[str] = ()
+        self._commit_birth = 0
         self._decoders = {name: enc.RowDecoder(t) for name, t in schema.tables.items()}
         self._reset_doc(Doc(client_id=client_id))
         self._pristine = True
@@ -252,7 +256,9 @@ class Replica:
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
         self._events: list[tuple[str, str, str, Any]] = []
-        #: table -> uuid -> the birth of the row's marker
+        #: table -> uuid -> the birth of the row's marker, for every row of the view's raw
+        #: state born to a birth other than 0 (most are born 0: see _write_row; a dict
+        #: entry and an int each cost 6.7 MiB per 100k rows)
         self._births: dict[str, dict[str, int]] = {t: {} for t in self.schema.tables}
         #: the updates of the transaction just made (the document observer's)
         self._captured: list[bytes] = []
@@ -521,16 +527,24 @@ class Replica:
 
         The outcome's changeset is what readers saw change (normally the engine's own).
         """
+        drawn: list[str] = []
+        new_uuid, keep = self._new_uuid, drawn.append
+
+        def draw() -> str:  # the uuids the engine draws: see _write_row's births
+            u = new_uuid()
+            keep(u)
+            return u
         with collection_paused(len(operations)):
             outcome = execute(self.view.rows, operations, locks=locks,
-                              elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
+                              elapsed_ms=elapsed_ms, new_uuid=draw)
             if outcome.changeset:
                 if self.frozen:
                     # Held like a blocked wait: the server runs it again when the replica
                     # changes, which thawing counts as (see freeze).
                     return Outcome(None, read_set=outcome.read_set, blocked=True)
                 # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-                return Outcome(outcome.results, self.commit(outcome.changeset),
+                return Outcome(outcome.results,
+                               self.commit(outcome.changeset, fresh=set(drawn)),
                                outcome.read_set, outcome.blocked, outcome.timeout_ms)
         return outcome
 
@@ -539,11 +553,13 @@ class Replica:
         return self.execute(operations, locks=locks).results_nowait()
 
     def commit(self, changeset: Changeset, *, tell: bool = True,
-               engine_checked: bool = True) -> Changeset:
+               engine_checked: bool = True, fresh: Container[str] = ()) -> Changeset:
         """Write a changeset computed against the view; durable before this returns.
         ``tell=False``: listeners get the update but not the changes (the caller reports
         them with others, see adopt). ``engine_checked=False``: the engine did not run it
-        (writes made again after a move), so the view checks every constraint."""
+        (writes made again after a move), so the view checks every constraint. ``fresh``:
+        uuids drawn for this commit (by :meth:`execute`'s engine run, from ``new_uuid``):
+        rows it inserts under one of them are born 0 (see ``_write_row``)."""
         if self._failed:
             raise ReplicaFailedError(self._failed)
         if not changeset:
@@ -553,10 +569,15 @@ class Replica:
         known: dict[RowKey, Row | None] = {}
         self._captured.clear()
         self._pristine = False
-        with self.doc.transaction(origin="local") as txn:
-            for tname, changes in changeset.tables.items():
-                for uuid, change in changes.items():
-                    self._write_row(tname, uuid, change.old, change.new, known, txn._txn)
+        self._fresh, self._commit_birth = fresh, 0
+        try:
+            with self.doc.transaction(origin="local") as txn:
+                for tname, changes in changeset.tables.items():
+                    for uuid, change in changes.items():
+                        self._write_row(tname, uuid, change.old, change.new, known,
+                                        txn._txn)
+        finally:
+            self._fresh = ()
         update = _merge(self._captured)
         span = single_writer_span(update) if update else None
         if update and span is None:
@@ -644,16 +665,26 @@ class Replica:
         if old is None:
             for k in extras:  # leftovers of an earlier life of this uuid
                 del m[k]
-            birth = self._rng.randrange(1, 2**32)
+            # A row's birth tells its lives apart (keys of an earlier life of its uuid never
+            # count in a later one). A uuid drawn for this commit never had a life before,
+            # and no other replica can insert it concurrently (122 random bits): born 0,
+            # as every row of an epoch's base is (its later lives are born to a random
+            # birth, never 0). Any other uuid (an explicit "uuid" of an insert, a row
+            # made again after a move) takes the commit's random birth: two commits
+            # never share one (one life per uuid in a commit), as two rows needed not.
+            birth = 0
+            if uuid not in self._fresh:
+                birth = self._commit_birth or self._rng.randrange(1, 2**32)
+                self._commit_birth = birth
             put(txn, uuid, enc.pack_marker(table, birth, new))
-            self._births[tname][uuid] = birth
+            if birth:
+                self._births[tname][uuid] = birth
+            else:
+                self._births[tname].pop(uuid, None)
             known[tname, uuid] = new
             return
-        birth = self._births[tname].get(uuid)
+        birth = self._births[tname].get(uuid, 0)
         marker: enc.Marker | None = None
-        if birth is None:
-            marker = enc.unpack_marker(table, uuid, m[uuid])
-            birth = marker.birth
         for col in table.ordered[1:]:
             i = col.index
             if old[i] == new[i]:
@@ -1125,7 +1156,7 @@ class Replica:
         table = self.schema.tables[tname]
         births = self._births[tname]
         raw = self.view.raw[tname].get(uuid)
-        birth = births.get(uuid)
+        birth = None if raw is None else births.get(uuid, 0)
         row: list | None = None
         for k, action, value in events:
             if isinstance(k, str):  # the marker
@@ -1136,7 +1167,11 @@ class Replica:
                 if self._extras[tname].get(uuid) or action != "add":
                     return _FULL_READ
                 m = enc.unpack_marker(table, uuid, value)
-                births[uuid] = birth = m.birth
+                birth = m.birth
+                if birth:
+                    births[uuid] = birth
+                else:
+                    births.pop(uuid, None)
                 row = m.row
                 continue
             if action == "delete" or birth is None:
@@ -1177,7 +1212,10 @@ class Replica:
         invalid: list[str] = []
         try:
             birth, row = self._decoders[tname].row(uuid, marker, extras, invalid)
-            self._births[tname][uuid] = birth
+            if birth:
+                self._births[tname][uuid] = birth
+            else:
+                self._births[tname].pop(uuid, None)
         except DecodeError as exc:
             invalid.append(f"marker: {exc}")
             self._births[tname].pop(uuid, None)
