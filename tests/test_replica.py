@@ -29,6 +29,7 @@ from crdtdb.replica import (
 )
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.envelope import (
+    FORMAT,
     decode_state_vector,
     deleted_ranges,
     open_sealed,
@@ -625,6 +626,33 @@ def enc_empty_update(r: Replica) -> bytes:
     return r.diff(r.state_vector())
 
 
+def test_a_log_of_format_1_opens_one_of_a_later_format_is_refused(tmp_path: Path) -> None:
+    import msgpack
+
+    from crdtdb.replica.replica import LOG_FORMAT, LOG_NAME
+    from crdtdb.storage.recordlog import RecordLog, StorageError
+
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+        before = shown(r)
+    log = RecordLog.open(tmp_path / "r" / LOG_NAME)
+    records = list(log.replay())
+    log.close()
+    header = msgpack.unpackb(records[0], raw=False)
+    assert header[1]["format"] == LOG_FORMAT
+    for fmt, opens in ((1, True), (LOG_FORMAT + 1, False), (str(LOG_FORMAT), False)):
+        header[1]["format"] = fmt
+        log = RecordLog.open(tmp_path / "r" / LOG_NAME)
+        log.rewrite([msgpack.packb(header, use_bin_type=True), *records[1:]])
+        log.close()
+        if opens:
+            with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+                assert shown(r) == before
+        else:
+            with pytest.raises(StorageError, match="format"):
+                Replica.open(tmp_path / "r", MERGE_SCHEMA)
+
+
 def test_log_compaction_and_rebuild_survive_reopen(tmp_path: Path) -> None:
     from tests.replica_support import MERGE_SCHEMA
 
@@ -716,7 +744,7 @@ def test_the_digest_covers_the_codec_and_the_body_as_sent() -> None:
     for i in range(200):
         ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))
     fields = msgpack.unpackb(a.full_state())
-    assert fields[0] == 4 and fields[-1] == "zstd"
+    assert fields[0] == FORMAT and fields[-1] == "zstd"
     as_plain = list(fields)
     as_plain[-1] = ""  # the compressed body taken for the update: the digest says no
     with pytest.raises(CorruptUpdateError, match="checksum"):
@@ -742,7 +770,7 @@ def test_a_sealed_body_that_does_not_inflate_or_apply_is_a_corrupt_update(
     unsized = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(update)
     for b_ in (body, real[:cut], real[:cut] + body,
                zstandard.ZstdCompressor(level=1).compress(update) + body[:1], unsized):
-        payload = _sealed_as([4, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
+        payload = _sealed_as([FORMAT, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
         damaged = bytearray(payload)
         damaged[flip % len(damaged)] ^= 1 + flip % 255
         for p in (payload, bytes(damaged)):

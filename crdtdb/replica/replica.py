@@ -60,6 +60,9 @@ from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
 logger = logging.getLogger("crdtdb.replica")
 
 LOG_NAME = "replica.log"
+#: The log header's format: 2 since versions are stored as strings (envelope format 5; a log
+#: of format 1 still reads). A log of a later format is refused.
+LOG_FORMAT = 2
 #: The document's root map for the replica's own bookkeeping (not a table: OVSDB table names
 #: cannot hold a colon). Holds one entry per writer, moved by its delete-only commits.
 META_MAP = "crdtdb:meta"
@@ -400,7 +403,7 @@ class Replica:
         if header is None:
             client_id = new_client_id(rng)
             log.append(_pack([_HEADER, {"schema": schema_digest(schema),
-                                        "client_id": client_id, "format": 1}]))
+                                        "client_id": client_id, "format": LOG_FORMAT}]))
             epoch, base = 0, b""
         else:
             client_id = header["client_id"]
@@ -1419,7 +1422,7 @@ class Replica:
         assert self._log is not None
         self._write_held()  # (held commits first: see hold_commits)
         header = _pack([_HEADER, {"schema": self.schema_digest, "client_id": self.client_id,
-                                  "format": 1}])
+                                  "format": LOG_FORMAT}])
         own = None if self._own_writes is None else [
             [clock, t, u, what] for (t, u), writes in self._own_writes.items()
             for clock, what in writes]
@@ -1623,6 +1626,10 @@ def _read_log(log: RecordLog, schema: DatabaseSchema
             header = rec[1]
             if header.get("schema") != digest:
                 raise StorageError(f"{log.path}: written for another schema of {schema.name}")
+            fmt = header.get("format", 1)
+            if type(fmt) is not int or fmt > LOG_FORMAT:
+                raise StorageError(f"{log.path}: written in format {fmt!r}, not {LOG_FORMAT} "
+                                   "or before")
         elif kind == _STATE:
             epoch = rec[1]
             updates = [rec[2]]
