@@ -29,6 +29,7 @@ from crdtdb.replica import (
 )
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.envelope import (
+    FORMAT,
     decode_state_vector,
     deleted_ranges,
     open_sealed,
@@ -136,6 +137,41 @@ def test_row_delete_wins_over_concurrent_update() -> None:
     pair.sync()
     assert pair.col(pair.b, "Parent", p, "tags") == ()
     assert pair.col(pair.b, "Parent", p, "n") == (0,)
+
+
+def test_rows_under_drawn_uuids_are_born_0_others_to_their_commits_birth() -> None:
+    """A uuid the engine drew for an insert had no earlier life: its row is born 0, and no
+    replica keeps its birth in memory. Explicit uuids take their commit's random birth, and
+    a later life of a drawn uuid a birth of its own."""
+    pair = Pair()
+    a, b = pair.a, pair.b
+    drawn = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "d"}}))[0]["uuid"][1]
+    u1, u2 = "5a1d0c3e-0000-4000-8000-000000000001", "5a1d0c3e-0000-4000-8000-000000000002"
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": u1, "row": {"name": "e1"}},
+           {"op": "insert", "table": "Parent", "uuid": u2, "row": {"name": "e2"}}))
+
+    def birth(u: str) -> int:
+        return enc.marker_birth(a._maps["Parent"][u])
+    assert birth(drawn) == 0
+    assert birth(u1) == birth(u2) != 0
+    pair.sync()
+    for r in (a, b, make_replica(9, 9)):
+        if r.client_id == 9:
+            r.apply_update(a.full_state())  # read whole (a join), not by map events
+        assert r._births["Parent"] == {u1: birth(u1), u2: birth(u1)}
+    ok(txn(b, {"op": "update", "table": "Parent", "where": where_uuid(drawn),
+               "row": {"n": 7}}))
+    pair.sync()
+    assert pair.col(a, "Parent", drawn, "n") == (7,)
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(drawn)}))
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": drawn, "row": {"name": "d2"}}))
+    pair.sync()
+    assert birth(drawn) not in (0, birth(u1))
+    assert pair.col(b, "Parent", drawn, "n") == (0,)  # the first life's update stays there
+    for r in (a, b):
+        assert r._births["Parent"][drawn] == birth(drawn)
+    check_view(a)
+    check_view(b)
 
 
 def test_index_duplicates_show_one_row_and_report_the_other() -> None:
@@ -590,6 +626,33 @@ def enc_empty_update(r: Replica) -> bytes:
     return r.diff(r.state_vector())
 
 
+def test_a_log_of_format_1_opens_one_of_a_later_format_is_refused(tmp_path: Path) -> None:
+    import msgpack
+
+    from crdtdb.replica.replica import LOG_FORMAT, LOG_NAME
+    from crdtdb.storage.recordlog import RecordLog, StorageError
+
+    with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+        ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+        before = shown(r)
+    log = RecordLog.open(tmp_path / "r" / LOG_NAME)
+    records = list(log.replay())
+    log.close()
+    header = msgpack.unpackb(records[0], raw=False)
+    assert header[1]["format"] == LOG_FORMAT
+    for fmt, opens in ((1, True), (LOG_FORMAT + 1, False), (str(LOG_FORMAT), False)):
+        header[1]["format"] = fmt
+        log = RecordLog.open(tmp_path / "r" / LOG_NAME)
+        log.rewrite([msgpack.packb(header, use_bin_type=True), *records[1:]])
+        log.close()
+        if opens:
+            with Replica.open(tmp_path / "r", MERGE_SCHEMA) as r:
+                assert shown(r) == before
+        else:
+            with pytest.raises(StorageError, match="format"):
+                Replica.open(tmp_path / "r", MERGE_SCHEMA)
+
+
 def test_log_compaction_and_rebuild_survive_reopen(tmp_path: Path) -> None:
     from tests.replica_support import MERGE_SCHEMA
 
@@ -681,7 +744,7 @@ def test_the_digest_covers_the_codec_and_the_body_as_sent() -> None:
     for i in range(200):
         ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": f"p{i}"}}))
     fields = msgpack.unpackb(a.full_state())
-    assert fields[0] == 4 and fields[-1] == "zstd"
+    assert fields[0] == FORMAT and fields[-1] == "zstd"
     as_plain = list(fields)
     as_plain[-1] = ""  # the compressed body taken for the update: the digest says no
     with pytest.raises(CorruptUpdateError, match="checksum"):
@@ -707,7 +770,7 @@ def test_a_sealed_body_that_does_not_inflate_or_apply_is_a_corrupt_update(
     unsized = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(update)
     for b_ in (body, real[:cut], real[:cut] + body,
                zstandard.ZstdCompressor(level=1).compress(update) + body[:1], unsized):
-        payload = _sealed_as([4, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
+        payload = _sealed_as([FORMAT, make_replica(9, 9).schema_digest, 0, b"", 1, b_, b"", codec])
         damaged = bytearray(payload)
         damaged[flip % len(damaged)] ^= 1 + flip % 255
         for p in (payload, bytes(damaged)):

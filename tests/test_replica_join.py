@@ -251,9 +251,10 @@ def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
     for uuid, payload in batch:
         if uuid in rows:
             m = enc._checked_marker(table, uuid, payload)
-            assert (births[uuid], rows[uuid]) == (m.birth, tuple(m.row))
+            assert (births.get(uuid, 0), rows[uuid]) == (m.birth, tuple(m.row))
             assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
                        for a, b in zip(x, y, strict=True))
+    assert 0 not in births.values()
 
 
 def _uuid(i: int) -> str:
@@ -363,3 +364,64 @@ def test_memory_database_load_counts_self_references_as_apply_does() -> None:
     y.load(cs)
     assert (x._rows, x._strong, x._weak) == (y._rows, y._strong, y._weak)
     assert (y.ref_count("T", a), y.ref_count("T", b), y.ref_count("T", c)) == (1, 1, 1)
+
+
+# --- versions: strings since envelope format 5, uuid extensions before --------------------
+
+_PACK_MARKER = enc.pack_marker
+
+
+def _ext_version_marker(table: Any, birth: int, row: tuple) -> bytes:
+    """A marker as written before envelope format 5: the version a uuid extension."""
+    obj = msgpack.unpackb(_PACK_MARKER(table, birth, row), raw=False)
+    obj[1] = binary.pack_uuid(obj[1])
+    return enc._pack(obj)
+
+
+def test_documents_with_versions_as_uuid_extensions_still_read() -> None:
+    """What a replica of format 4 wrote (markers and later _version registers holding
+    extensions) reads as the same rows, joined whole or key by key."""
+    from unittest import mock
+
+    with mock.patch.object(enc, "pack_marker", _ext_version_marker), \
+            mock.patch.object(enc, "pack_version",
+                              lambda birth, v: enc._pack([birth, binary.pack_uuid(v)])):
+        a = _conflicted()
+        u = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "old"}}))[0]
+        u = u["uuid"][1]
+        ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(u),
+                   "row": {"n": 4}}))
+    m = a._maps["Parent"]
+    assert type(msgpack.unpackb(m[u], ext_hook=slice)[1]) is slice
+    assert type(msgpack.unpackb(m[f"{u}\x1f_version"], ext_hook=slice)[1]) is slice
+    joined = check_join(a.full_state(), MERGE_SCHEMA)
+    assert shown(joined) == shown(a)
+    assert joined.get_row("Parent", u)[1] == a.get_row("Parent", u)[1]
+
+
+@pytest.mark.parametrize("version", [
+    "2F1D5A43-9A4C-4D62-8A4E-0D0B7A3C1E55",  # upper case
+    "2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5g",  # not hex
+    "2f1d5a439-a4c-4d62-8a4e-0d0b7a3c1e55",  # a dash out of place
+    "2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5\u00e9",  # not ascii
+    "2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5",  # short
+    "2f1d5a43 9a4c-4d62-8a4e-0d0b7a3c1e55",  # a space
+    " 2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5",
+])
+def test_a_version_string_that_is_no_uuid_is_refused_by_both_marker_decoders(
+        version: str) -> None:
+    parent = MERGE_SCHEMA.tables["Parent"]
+    good = enc._pack([0, _uuid(7), ["p"]])
+    bad = enc._pack([3, version, ["q"]])
+    with pytest.raises(DecodeError):
+        enc._checked_marker(parent, _uuid(1), bad)
+    batch = [(_uuid(0), good), (_uuid(1), bad), (_uuid(2), good)]
+    _check_batch(parent, batch)
+    births: dict[str, int] = {}
+    rows, refused = enc.markers_reader(parent)([u for u, _ in batch], [p for _, p in batch],
+                                               births)
+    assert list(rows) == [_uuid(0), _uuid(2)] and refused == [_uuid(1)] and not births
+    col = parent.columns["_version"]
+    with pytest.raises(DecodeError):
+        enc.unpack_register(col, enc._pack([3, version]))
+    assert enc.unpack_register(col, enc._pack([3, _uuid(7)])) == (3, (_uuid(7),))

@@ -7,7 +7,7 @@ two replicas create the same one; see docs/consistency.md). Its keys:
 ``U``                                     the row's *marker*: ``[birth, version, d1, d2 ...]``
                                           with every user column's datum at insert time
 ``U<US>col``                              a later value of a *register* column: ``[birth, d]``
-``U<US>_version``                         a later ``_version``: ``[birth, uuid]``
+``U<US>_version``                         a later ``_version``: ``[birth, version]``
 ``U<US>col<US>+k``                        element ``k`` of a *set* or *map* column added (or a
                                           map value set) after insert: ``[birth]`` /
                                           ``[birth, value]``
@@ -16,11 +16,17 @@ two replicas create the same one; see docs/consistency.md). Its keys:
 
 ``U`` is the row uuid, ``<US>`` is U+001F and ``k`` the element's key string
 (:func:`atom_key`). Values are msgpack (:mod:`crdtdb.engine.binary`'s tagged form), so no
-number ever reaches pycrdt's float-only number type.
+number ever reaches pycrdt's float-only number type. A ``version`` is the ``_version`` uuid
+as the string readers see (36 characters, lowercase), not a uuid extension: a joining node
+decodes a version per row, and a string is what it needs (from the extension: a Python call
+of msgpack's hook and three ``hex()`` a row; 20 more bytes a marker). Documents written
+before (envelope format 4) hold extensions there, which are still read.
 
 A row is present when its marker is; every other key counts only while its ``birth`` equals
 the marker's, so keys left over from an earlier life of the same uuid (a delete that raced
-an update, a row re-inserted with an explicit uuid) never leak into a new one. An element is
+an update, a row re-inserted with an explicit uuid) never leak into a new one. A uuid drawn
+at random for the insert has no earlier life: such a row is born 0, as every row of an
+epoch's base is; any other insert takes its commit's random birth (never 0). An element is
 present if its ``+`` key is, or if the marker holds it and no ``-`` key removed it: an add
 always writes a fresh ``+`` item and a remove deletes only the items it saw, which is what
 makes concurrent add and remove come out as "add wins".
@@ -33,7 +39,8 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +170,7 @@ def marker_packer(table: TableSchema) -> Callable[[int, tuple], bytes]:
                            "UUID_EXT": binary.UUID_EXT, "packb": _PACKER.pack,
                            "flatten": itertools.chain.from_iterable}
     uuid = 'ExtType(UUID_EXT, fromhex({}.replace("-", "")))'
-    items = ["birth", uuid.format("row[1][0]")]
+    items = ["birth", "row[1][0]"]
     for col in table.ordered[2:]:
         i = col.index
         env[f"D{i}"] = col.default_datum
@@ -198,7 +205,7 @@ _MARKER_PACKERS: dict[int, tuple[TableSchema, Any]] = {}
 
 def _pack_marker_generic(table: TableSchema, birth: int, row: tuple) -> bytes:
     """:func:`pack_marker` as a loop over the columns (the reference for the tests)."""
-    out: list[Any] = [birth, binary.pack_uuid(row[1][0])]
+    out: list[Any] = [birth, row[1][0]]
     for col in table.ordered[2:]:
         d = row[col.index]
         out.append(None if d == col.default_datum else binary.datum_obj(col.type, d))
@@ -212,7 +219,41 @@ def pack_register(birth: int, col: ColumnSchema, datum: tuple) -> bytes:
 
 
 def pack_version(birth: int, version: str) -> bytes:
-    return _pack([birth, binary.pack_uuid(version)])
+    return _pack([birth, version])
+
+
+_STORED_UUID = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\Z")
+
+
+def is_stored_uuid(s: Any) -> bool:
+    """Whether ``s`` is a uuid string as stored: 8-4-4-4-12 lowercase hex digits."""
+    return type(s) is str and _STORED_UUID.match(s) is not None
+
+
+def all_stored_uuids(strs: list[str]) -> bool:
+    """:func:`is_stored_uuid` of every string of ``strs``, each known to be 36 characters
+    long, in a few passes over their concatenation instead of a match each (a join checks
+    a version per row)."""
+    n = len(strs)
+    try:
+        b = "".join(strs).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    if len(b) != 36 * n or b.translate(None, b"0123456789abcdef-"):
+        return False  # (only lowercase hex digits and dashes are left)
+    dashes = b"-" * n
+    return b.count(b"-") == 4 * n and all(b[i::36] == dashes for i in (8, 13, 18, 23))
+
+
+def version_atom(obj: Any) -> str:
+    """The ``_version`` of a marker or register as :func:`binary.unpack_fast` gives it: a
+    stored uuid string, or (as written before envelope format 5) a uuid extension;
+    ``binary.Refused`` for anything else."""
+    if type(obj) is str:
+        if is_stored_uuid(obj):
+            return obj
+        raise binary.Refused
+    return binary.uuid_from_slice(obj)
 
 
 def pack_element(birth: int, col: ColumnSchema, value: Any = None) -> bytes:
@@ -262,7 +303,6 @@ def marker_reader(table: TableSchema) -> Callable[[str, Any], tuple[int, list]]:
     n_cols = len(decoders)
     default = table.default_row
     unpack = binary.unpack_fast
-    uuid_from_slice = binary.uuid_from_slice
     refused = binary.Refused
 
     def read(uuid: str, payload: Any) -> tuple[int, list]:
@@ -276,7 +316,7 @@ def marker_reader(table: TableSchema) -> Callable[[str, Any], tuple[int, list]]:
             raise refused
         row = list(default)
         row[0] = (uuid,)
-        row[1] = (uuid_from_slice(obj[1]),)
+        row[1] = (version_atom(obj[1]),)
         for i in range(2, len(obj)):
             d = obj[i]
             if d is not None:
@@ -321,11 +361,11 @@ _SHARED_MAX_LEN = 64
 
 
 def markers_reader(table: TableSchema) -> Callable[
-        [Iterable[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
+        [Sequence[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
     """``read_all(uuids, payloads, births) -> (rows, refused)``: :func:`marker_reader` of
     many markers of ``table`` (a node joining from a full state decodes every marker of
-    every table). The rows (and, into ``births``, the births) by uuid of the markers it
-    reads; ``refused`` lists the uuids of the others, in order, to decode with
+    every table). The rows (and, into ``births``, the births other than 0) by uuid of the
+    markers it reads; ``refused`` lists the uuids of the others, in order, to decode with
     :func:`unpack_marker`.
 
     The same rows as :func:`marker_reader`, with fewer Python calls per row: markers unpack
@@ -363,30 +403,44 @@ def markers_reader(table: TableSchema) -> Callable[
         "SHARED_MAX_LEN": _SHARED_MAX_LEN,
         "PAD": [(None,) * (n_cols - k) for k in range(n_cols + 1)]}
     lines = [
-        "def read_all(uuids, payloads, births):",
+        "def read_all(uuids, payloads, births, versions):",
         "    rows = {}",
         "    refused = []",
+        "    check_version = versions.append",
         *[f"    M{i} = {{}}" for i in range(2, n_cols)],
         "    for uuid, payload in zip(uuids, payloads, strict=True):",
         "        try:",
-        "            if (type(payload) is not bytes and type(payload) is not bytearray) \\",
-        "                    or len(payload) > max_bytes:",
+        # Anything but bytes (a str, a number, a nested type from a peer) has no length
+        # or no buffer for msgpack: refused all the same, without two type checks a row.
+        "            if len(payload) > max_bytes:",
         "                raise refused_error",
         "            try:",
         "                obj = unpack(payload)",
         "            except Exception:",
         "                raise refused_error from None",
-        f"            if type(obj) is not tuple or not 2 <= len(obj) <= {n_cols}:",
+        "            n = len(obj) if type(obj) is tuple else 0",
+        f"            if not 2 <= n <= {n_cols}:",
         "                raise refused_error",
-        f"            if len(obj) < {n_cols}:",
-        "                obj += PAD[len(obj)]",
+        f"            if n < {n_cols}:",
+        "                obj += PAD[n]",
         f"            birth, version, {', '.join(f'd{i}' for i in range(2, n_cols))}, = obj"
         if n_cols > 2 else "            birth, version = obj",
-        "            if type(birth) is not int or type(version) is not slice \\",
-        "                    or version.start != uuid_ext or type(version.stop) is not bytes \\",
-        "                    or len(version.stop) != 16:",
+        "            if type(birth) is not int:",
         "                raise refused_error",
-        "            vbytes = version.stop",
+        # A version string (its caller checks them all at once), else a uuid extension,
+        # as written before envelope format 5.
+        "            if type(version) is str and len(version) == 36:",
+        "                version_datum = (version,)",
+        "                check_version(version)",
+        "            elif type(version) is slice and version.start == uuid_ext \\",
+        "                    and type(version.stop) is bytes and len(version.stop) == 16:",
+        # Its 16 bytes as 8-4-4-4-12 hex digits: three hex() (the middle one puts in two
+        # of the dashes), not five slices of one hex string (a quarter fewer instructions).
+        "                vbytes = version.stop",
+        "                version_datum = (f\"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-\"",
+        "                                 f\"{vbytes[10:].hex()}\",)",
+        "            else:",
+        "                raise refused_error",
     ]
     for i in range(2, n_cols):
         env[f"D{i}"] = default[i]
@@ -430,18 +484,29 @@ def markers_reader(table: TableSchema) -> Callable[
         "        except (refused_error, DecodeError, TypeError):",
         "            refused.append(uuid)",
         "            continue",
-        "        births[uuid] = birth",
-        # The version's 16 bytes as 8-4-4-4-12 hex digits: three hex() (the middle one
-        # puts in two of the dashes), not five slices of one hex string (a quarter fewer
-        # instructions, ~2% of a join).
-        "        version_datum = (f\"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-\"",
-        "                         f\"{vbytes[10:].hex()}\",)",
+        "        if birth:",
+        "            births[uuid] = birth",
         "        rows[uuid] = ((uuid,), version_datum, "
         + "".join(f"v{i}, " for i in range(2, n_cols)) + ")",
         "    return rows, refused",
     ]
     exec(compile("\n".join(lines), f"<markers_reader {table.name}>", "exec"), env)
-    read_all: Any = env["read_all"]
+    read_each: Any = env["read_all"]
+
+    def read_all(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int]
+                 ) -> tuple[dict[str, tuple], list[str]]:
+        versions: list[str] = []
+        rows, refused = read_each(uuids, payloads, births, versions)
+        if all_stored_uuids(versions):
+            return rows, refused
+        # A version string that is no uuid (from a peer): its row is refused too, in
+        # order, and its birth forgotten.
+        bad = {u for u, row in rows.items() if not is_stored_uuid(row[1][0])}
+        for u in bad:
+            del rows[u]
+            births.pop(u, None)
+        bad.update(refused)
+        return rows, [u for u in uuids if u in bad]
     _BATCH_READERS[id(table)] = (table, read_all)
     return read_all
 
@@ -457,7 +522,10 @@ def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
     row = list(table.default_row)
     row[0] = (uuid,)
     version = obj[1]
-    if type(version) is not binary.UuidAtom:
+    if type(version) is str:  # (a uuid extension decodes to a UuidAtom)
+        if not is_stored_uuid(version):
+            raise DecodeError(f"_version of {table.name} row {uuid} is not a uuid")
+    elif type(version) is not binary.UuidAtom:
         version = binary.check_atom_obj(cols[1].type.key, version)
     row[1] = (str(version),)
     decoders = _decoders(table)
@@ -498,10 +566,8 @@ def register_reader(col: ColumnSchema) -> Callable[[Any], tuple[int, tuple]]:
     unpack = binary.unpack_fast
     refused = binary.Refused
     if col.name == VERSION:
-        uuid_from_slice = binary.uuid_from_slice
-
         def decode(obj: Any) -> tuple:
-            return (uuid_from_slice(obj),)
+            return (version_atom(obj),)
     else:
         decode = binary.slice_datum_decoder(col.type)
 
@@ -524,7 +590,12 @@ def _checked_register(col: ColumnSchema, payload: Any) -> tuple[int, tuple]:
     if len(obj) != 2:
         raise DecodeError("register must be [birth, datum]")
     if col.name == VERSION:
-        return obj[0], (binary.check_atom_obj(col.type.key, obj[1]),)
+        version = obj[1]
+        if type(version) is str:  # (a uuid extension decodes to a UuidAtom)
+            if not is_stored_uuid(version):
+                raise DecodeError("_version is not a uuid")
+            return obj[0], (version,)
+        return obj[0], (binary.check_atom_obj(col.type.key, version),)
     return obj[0], binary.datum_decoder(col.type)(obj[1])
 
 

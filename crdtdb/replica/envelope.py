@@ -8,7 +8,7 @@ digest covers all of it: damage in transit or on disk, an update from another da
 from a history that compaction replaced are all refused before pycrdt sees a byte.
 (Authenticating peers is the transport's job: mutual TLS.)
 
-Wire form: msgpack array ``[4, schema_digest, epoch, base, client_id, body, digest16,
+Wire form: msgpack array ``[5, schema_digest, epoch, base, client_id, body, digest16,
 codec]``; ``codec`` is ``""`` (``body`` is the update) or ``"zstd"`` (updates over 4 KiB are
 compressed when that saves space: a full state shrinks several times). The digest covers the
 codec and the body as sent, so nothing is inflated before it checks, and hashing the body
@@ -34,7 +34,9 @@ import zstandard
 
 from crdtdb.errors import CrdtdbError
 
-FORMAT = 4
+#: 5: a marker's or register's ``_version`` is a uuid string, not an extension (see
+#: :mod:`crdtdb.replica.encoding`); a node of format 4 would not read those rows.
+FORMAT = 5
 DIGEST_BYTES = 16
 #: An update bigger than this is refused unopened (a full state of 100k rows is ~25 MB).
 DEFAULT_MAX_UPDATE_BYTES = 256 * 1024 * 1024

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -60,6 +60,9 @@ from crdtdb.storage.recordlog import RecordLog, StorageError, fsync_dir
 logger = logging.getLogger("crdtdb.replica")
 
 LOG_NAME = "replica.log"
+#: The log header's format: 2 since versions are stored as strings (envelope format 5; a log
+#: of format 1 still reads). A log of a later format is refused.
+LOG_FORMAT = 2
 #: The document's root map for the replica's own bookkeeping (not a table: OVSDB table names
 #: cannot hold a colon). Holds one entry per writer, moved by its delete-only commits.
 META_MAP = "crdtdb:meta"
@@ -240,6 +243,10 @@ class Replica:
         self.recommits: list[tuple[EpochId, int, EpochId]] = []
         self._stats = ReplicaStatistics(client_id, epoch, 0, 0)
         self._epoch_start = 0
+        #: During a commit: the uuids drawn for it, and its birth for other inserted rows
+        #: (0: not drawn yet). See _write_row.
+        self._fresh: Container[str] = ()
+        self._commit_birth = 0
         self._decoders = {name: enc.RowDecoder(t) for name, t in schema.tables.items()}
         self._reset_doc(Doc(client_id=client_id))
         self._pristine = True
@@ -257,7 +264,9 @@ class Replica:
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
         self._events: list[tuple[str, str, str, Any]] = []
-        #: table -> uuid -> the birth of the row's marker
+        #: table -> uuid -> the birth of the row's marker, for every row of the view's raw
+        #: state born to a birth other than 0 (most are born 0: see _write_row; a dict
+        #: entry and an int each cost 6.7 MiB per 100k rows)
         self._births: dict[str, dict[str, int]] = {t: {} for t in self.schema.tables}
         #: the updates of the transaction just made (the document observer's)
         self._captured: list[bytes] = []
@@ -399,7 +408,7 @@ class Replica:
         if header is None:
             client_id = new_client_id(rng)
             log.append(_pack([_HEADER, {"schema": schema_digest(schema),
-                                        "client_id": client_id, "format": 1}]))
+                                        "client_id": client_id, "format": LOG_FORMAT}]))
             epoch, base = 0, b""
         else:
             client_id = header["client_id"]
@@ -526,16 +535,24 @@ class Replica:
 
         The outcome's changeset is what readers saw change (normally the engine's own).
         """
+        drawn: list[str] = []
+        new_uuid, keep = self._new_uuid, drawn.append
+
+        def draw() -> str:  # the uuids the engine draws: see _write_row's births
+            u = new_uuid()
+            keep(u)
+            return u
         with collection_paused(len(operations)):
             outcome = execute(self.view.rows, operations, locks=locks,
-                              elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
+                              elapsed_ms=elapsed_ms, new_uuid=draw)
             if outcome.changeset:
                 if self.frozen:
                     # Held like a blocked wait: the server runs it again when the replica
                     # changes, which thawing counts as (see freeze).
                     return Outcome(None, read_set=outcome.read_set, blocked=True)
                 # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-                return Outcome(outcome.results, self.commit(outcome.changeset),
+                return Outcome(outcome.results,
+                               self.commit(outcome.changeset, fresh=set(drawn)),
                                outcome.read_set, outcome.blocked, outcome.timeout_ms)
         return outcome
 
@@ -544,11 +561,13 @@ class Replica:
         return self.execute(operations, locks=locks).results_nowait()
 
     def commit(self, changeset: Changeset, *, tell: bool = True,
-               engine_checked: bool = True) -> Changeset:
+               engine_checked: bool = True, fresh: Container[str] = ()) -> Changeset:
         """Write a changeset computed against the view; durable before this returns.
         ``tell=False``: listeners get the update but not the changes (the caller reports
         them with others, see adopt). ``engine_checked=False``: the engine did not run it
-        (writes made again after a move), so the view checks every constraint."""
+        (writes made again after a move), so the view checks every constraint. ``fresh``:
+        uuids drawn for this commit (by :meth:`execute`'s engine run, from ``new_uuid``):
+        rows it inserts under one of them are born 0 (see ``_write_row``)."""
         if self._failed:
             raise ReplicaFailedError(self._failed)
         if not changeset:
@@ -563,6 +582,7 @@ class Replica:
         # as it raises them), without its Python layers (~1.5 us of every commit; pycrdt
         # 0.14 internals, as in _apply_to_doc). Nothing here reads the origin pycrdt's
         # would carry.
+        self._fresh, self._commit_birth = fresh, 0
         doc = self.doc
         txn = doc._doc.create_transaction()
         try:
@@ -570,6 +590,7 @@ class Replica:
                 for uuid, change in changes.items():
                     self._write_row(tname, uuid, change.old, change.new, known, txn)
         finally:
+            self._fresh = ()
             try:
                 txn.commit()
             finally:
@@ -666,16 +687,26 @@ class Replica:
         if old is None:
             for k in extras:  # leftovers of an earlier life of this uuid
                 _remove(m, txn, k)
-            birth = self._rng.randrange(1, 2**32)
+            # A row's birth tells its lives apart (keys of an earlier life of its uuid never
+            # count in a later one). A uuid drawn for this commit never had a life before,
+            # and no other replica can insert it concurrently (122 random bits): born 0,
+            # as every row of an epoch's base is (its later lives are born to a random
+            # birth, never 0). Any other uuid (an explicit "uuid" of an insert, a row
+            # made again after a move) takes the commit's random birth: two commits
+            # never share one (one life per uuid in a commit), as two rows needed not.
+            birth = 0
+            if uuid not in self._fresh:
+                birth = self._commit_birth or self._rng.randrange(1, 2**32)
+                self._commit_birth = birth
             put(txn, uuid, enc.pack_marker(table, birth, new))
-            self._births[tname][uuid] = birth
+            if birth:
+                self._births[tname][uuid] = birth
+            else:
+                self._births[tname].pop(uuid, None)
             known[tname, uuid] = new
             return
-        birth = self._births[tname].get(uuid)
+        birth = self._births[tname].get(uuid, 0)
         marker: enc.Marker | None = None
-        if birth is None:
-            marker = enc.unpack_marker(table, uuid, _get(m, txn, uuid))
-            birth = marker.birth
         for col in table.ordered[1:]:
             i = col.index
             if old[i] == new[i]:
@@ -1148,7 +1179,7 @@ class Replica:
         table = self.schema.tables[tname]
         births = self._births[tname]
         raw = self.view.raw[tname].get(uuid)
-        birth = births.get(uuid)
+        birth = None if raw is None else births.get(uuid, 0)
         row: list | None = None
         for k, action, value in events:
             if isinstance(k, str):  # the marker
@@ -1159,7 +1190,11 @@ class Replica:
                 if self._extras[tname].get(uuid) or action != "add":
                     return _FULL_READ
                 m = enc.unpack_marker(table, uuid, value)
-                births[uuid] = birth = m.birth
+                birth = m.birth
+                if birth:
+                    births[uuid] = birth
+                else:
+                    births.pop(uuid, None)
                 row = m.row
                 continue
             if action == "delete" or birth is None:
@@ -1200,7 +1235,10 @@ class Replica:
         invalid: list[str] = []
         try:
             birth, row = self._decoders[tname].row(uuid, marker, extras, invalid)
-            self._births[tname][uuid] = birth
+            if birth:
+                self._births[tname][uuid] = birth
+            else:
+                self._births[tname].pop(uuid, None)
         except DecodeError as exc:
             invalid.append(f"marker: {exc}")
             self._births[tname].pop(uuid, None)
@@ -1404,7 +1442,7 @@ class Replica:
         assert self._log is not None
         self._write_held()  # (held commits first: see hold_commits)
         header = _pack([_HEADER, {"schema": self.schema_digest, "client_id": self.client_id,
-                                  "format": 1}])
+                                  "format": LOG_FORMAT}])
         own = None if self._own_writes is None else [
             [clock, t, u, what] for (t, u), writes in self._own_writes.items()
             for clock, what in writes]
@@ -1509,16 +1547,14 @@ def _return_free_memory() -> None:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None (another libc). Looked up once: ``find_library``
-    runs ``ldconfig``."""
+    """glibc's ``malloc_trim``, or None (another libc), looked up once among the symbols
+    the process already has (libc is one of them): not with ``ctypes.util.find_library``,
+    which runs ``ldconfig`` in a subprocess: a fork of the whole process, ~6 ms of wall
+    time inside a joining node's first trim at 200 MB (0.08 ms this way)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        return ctypes.CDLL(name).malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):  # AttributeError: not glibc
         return None
 
@@ -1631,6 +1667,10 @@ def _read_log(log: RecordLog, schema: DatabaseSchema
             header = rec[1]
             if header.get("schema") != digest:
                 raise StorageError(f"{log.path}: written for another schema of {schema.name}")
+            fmt = header.get("format", 1)
+            if type(fmt) is not int or fmt > LOG_FORMAT:
+                raise StorageError(f"{log.path}: written in format {fmt!r}, not {LOG_FORMAT} "
+                                   "or before")
         elif kind == _STATE:
             epoch = rec[1]
             updates = [rec[2]]
