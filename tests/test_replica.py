@@ -820,3 +820,46 @@ def test_plain_changes_leave_the_view_as_a_fresh_computation_does() -> None:
     fresh = View(MERGE_SCHEMA)
     fresh.update({**before, **changes})
     assert _view_state(v) == _view_state(fresh)
+
+
+def test_plain_changes_mixed_with_others_give_what_the_rules_alone_give() -> None:
+    """A batch with plain and other changes: the plain ones take View._update_plain, the
+    rest the rules; the changeset (in its order) and every derived structure must be what
+    the rules give for the whole batch, and what a fresh computation gives."""
+    from unittest import mock
+
+    from crdtdb.replica import View
+
+    u = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
+    ver = ("00000000-0000-4000-8000-999999999999",)
+
+    def parent(i: int, n: int, children: tuple = ()) -> tuple:
+        return ((u[i],), ver, (f"p{i}",), children, (u[1],), (), (), (n,), ())
+
+    def child(label: str) -> tuple:
+        return ((u[3],), ver, (u[0],), (label,))
+
+    before = {("Parent", u[0]): parent(0, 1, (u[3],)), ("Parent", u[1]): parent(1, 2),
+              ("Parent", u[2]): parent(2, 3), ("Child", u[3]): child("c")}
+    # Plain: u[1]'s and u[2]'s n, the child's label; not: u[0] drops its child (now an
+    # orphan, hidden), and a new row.
+    changes = {("Parent", u[1]): parent(1, 7), ("Child", u[3]): child("d"),
+               ("Parent", u[0]): parent(0, 1), ("Parent", u[4]): parent(4, 9),
+               ("Parent", u[2]): parent(2, 8)}
+    v = View(MERGE_SCHEMA)
+    v.update(before)
+    assert [k for k, row in changes.items() if v._plain(k, row)] == \
+        [("Parent", u[1]), ("Child", u[3]), ("Parent", u[2])]
+    out = v.update(changes)
+    rules = View(MERGE_SCHEMA)
+    rules.update(before)
+    with mock.patch.object(View, "_plain", return_value=False):
+        want = rules.update(changes)
+    assert [(t, list(rows.items())) for t, rows in out.tables.items()] == \
+        [(t, list(rows.items())) for t, rows in want.tables.items()]
+    assert out.tables["Child"][u[3]].new is None
+    assert _view_state(v) == _view_state(rules)
+    fresh = View(MERGE_SCHEMA)
+    fresh.update({**before, **changes})
+    assert _view_state(v) == _view_state(fresh)
+    assert sorted(map(str, v.conflicts.active())) == sorted(map(str, rules.conflicts.active()))
