@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset
 from crdtdb.errors import DecodeError
 from crdtdb.replica import (
     ConflictEvent,
@@ -32,6 +33,7 @@ from crdtdb.replica.envelope import (
     decode_state_vector,
     deleted_ranges,
     open_sealed,
+    seal,
     single_writer_span,
 )
 from tests.replica_support import (
@@ -860,3 +862,84 @@ def test_plain_changes_mixed_with_others_give_what_the_rules_alone_give() -> Non
     fresh.update({**before, **changes})
     assert _view_state(v) == _view_state(fresh)
     assert sorted(map(str, v.conflicts.active())) == sorted(map(str, rules.conflicts.active()))
+
+
+# --- remote changes held for a burst (a node's pump: see Replica.hold_changes) ---------------
+
+def _writers_updates() -> tuple[Replica, list[bytes]]:
+    """A writer's updates: rows made, changed (plainly and not), deleted."""
+    a = make_replica(1, 11)
+    updates: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and updates.append(ev.update))
+    p1, p2 = (ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": n}}))[0]["uuid"][1]
+              for n in ("p1", "p2"))
+    c = ok(txn(a, {"op": "insert", "table": "Child", "uuid-name": "c", "row": {"label": "x"}},
+               {"op": "update", "table": "Parent", "where": where_uuid(p1),
+                "row": {"children": ["named-uuid", "c"]}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p2), "row": {"n": 7}}))
+    ok(txn(a, {"op": "update", "table": "Child", "where": where_uuid(c),
+               "row": {"label": "y"}}))
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(p2)}))
+    return a, updates
+
+
+def test_held_changes_are_shown_once_as_one_by_one() -> None:
+    """Updates applied while holding go into the document at once; the view and listeners
+    catch up at the release, with one change: what applying them one by one shows, and
+    the changes of each, one after the other."""
+    a, updates = _writers_updates()
+    one, held = make_replica(2, 22), make_replica(2, 22)
+    heard: list[Any] = []
+    held.add_listener(heard.append)
+    for r in (one, held):  # (into an empty replica: read whole, never held)
+        r.apply_update(updates[0])
+    heard.clear()
+    want = Changeset()
+    for u in updates[1:]:
+        want = want.then(one.apply_update(u).changes)
+    held.hold_changes()
+    for u in updates[1:]:
+        r = held.apply_update(u)
+        assert r.new and not r.gap and not r.changes
+    assert not heard
+    assert held.state_vector() == one.state_vector()
+    held.release_changes()
+    assert [ev.local for ev in heard] == [False]
+    got = heard[0].changes
+    assert {t: rows for t, rows in got.tables.items() if rows} == \
+        {t: rows for t, rows in want.tables.items() if rows}
+    assert shown(held) == shown(one) == shown(a)
+    check_view(held)
+    held.release_changes()  # nothing more
+    assert len(heard) == 1
+
+
+def test_what_uses_the_view_shows_held_changes_first() -> None:
+    """A read, a local commit, a duplicate or a refused update while holding: the view is
+    never behind for a reader, and a duplicate or a refused update loses nothing held."""
+    a, updates = _writers_updates()
+    r = make_replica(2, 22)
+    heard: list[Any] = []
+    r.add_listener(lambda ev: heard.append(ev.local))
+    r.apply_update(updates[0])
+    r.hold_changes()
+    r.apply_update(updates[1])
+    assert r.apply_update(updates[1]).new is False  # a duplicate
+    with pytest.raises(CorruptUpdateError):
+        r.apply_update(updates[2][:-3])
+    with pytest.raises(CorruptUpdateError):  # (sealed well, refused by pycrdt)
+        r.apply_update(seal(r.schema_digest, r.epoch, 1, b"\x01\x07garbage"),
+                       self_contained=True)
+    assert heard == [False]
+    assert r.row_count("Parent") == 2  # a read: the held update is shown first
+    assert heard == [False, False]
+    assert r.statistics().duplicate_updates == 1
+    r.apply_update(updates[2])
+    ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p3"}}))
+    assert heard == [False, False, False, True]  # shown before the commit ran
+    for u in updates[3:]:
+        r.apply_update(u)
+    r.release_changes()
+    assert shown(r) == {t: {**rows, **{u: row for u, row in r.iter_rows(t)
+                                       if u not in rows}} for t, rows in shown(a).items()}
+    check_view(r)

@@ -216,6 +216,11 @@ class Replica:
         self._held: list[bytes] | None = None
         self._held_sync = False
         self._held_events: list[ChangeEvent] = []
+        #: Between hold_changes and release_changes; whether remote updates merged since
+        #: wait in _events to be shown, and whether showing them needs a full re-read.
+        self._holding_changes = False
+        self._changes_pending = False
+        self._pending_rescan = False
         self._max_parked = max_parked_updates
         self._max_parked_bytes = max_parked_bytes
         #: Bounds of the commits kept to answer pulls (see diff and RecentUpdates).
@@ -419,24 +424,38 @@ class Replica:
     # --- Snapshot ---------------------------------------------------------------------------
 
     def get_row(self, table: str, uuid: str) -> Row | None:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.get_row(table, uuid)
 
     def iter_rows(self, table: str) -> Iterator[tuple[str, Row]]:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.iter_rows(table)
 
     def row_count(self, table: str) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.row_count(table)
 
     def ref_count(self, table: str, uuid: str) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.ref_count(table, uuid)
 
     def weak_referrers(self, table: str, uuid: str) -> Any:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.weak_referrers(table, uuid)
 
     def index_find(self, table: str, index: int, key: tuple) -> str | None:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.index_find(table, index, key)
 
     def row_total(self) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return sum(self.view.rows.row_count(t) for t in self.schema.tables)
 
     # --- listeners --------------------------------------------------------------------------
@@ -484,6 +503,33 @@ class Replica:
         finally:
             self._held = None
 
+    def hold_changes(self) -> None:
+        """Until :meth:`release_changes`, peers' updates go into the document (and the log)
+        as they come, but the view catches up with them, and listeners hear of them, only
+        then: one refresh and one change event for a burst of updates (a hub merges a frame
+        per leaf and change), where each would cost them again. Reads, local commits and
+        whatever else uses the view show what is pending first."""
+        self._holding_changes = True
+
+    def release_changes(self) -> None:
+        """Stop holding; show what is pending (see :meth:`hold_changes`)."""
+        self._holding_changes = False
+        if self._changes_pending:
+            self._show_pending()
+
+    def _show_pending(self) -> None:
+        """The view catches up with the updates merged while holding; listeners hear it."""
+        self._changes_pending = False
+        dirty: set[RowKey] = set()
+        by_row = self._drain_events(dirty)
+        if self._pending_rescan:
+            self._pending_rescan = False
+            self._rescan(dirty)  # (see _apply_raw)
+            by_row = {}
+        diff = self._refresh(dirty, {}, by_row)
+        if diff:
+            self._emit(ChangeEvent(diff, None, False))
+
     def _write_held(self) -> None:
         records, events = self._held, self._held_events
         if not records and not events:
@@ -521,6 +567,8 @@ class Replica:
 
         The outcome's changeset is what readers saw change (normally the engine's own).
         """
+        if self._changes_pending:
+            self._show_pending()
         with collection_paused(len(operations)):
             outcome = execute(self.view.rows, operations, locks=locks,
                               elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
@@ -546,6 +594,8 @@ class Replica:
         (writes made again after a move), so the view checks every constraint."""
         if self._failed:
             raise ReplicaFailedError(self._failed)
+        if self._changes_pending:
+            self._show_pending()
         if not changeset:
             return Changeset()
         if self.frozen:
@@ -810,7 +860,8 @@ class Replica:
         self._captured.clear()
         # Into an empty document (a node joining from a peer's full state): no per-key
         # events, the document is read whole afterwards (_load_document).
-        loading = self._is_empty()
+        loading = not self._changes_pending and self._is_empty()
+        n_events = len(self._events)  # (those before: held, see hold_changes)
         pristine = self._pristine
         self._pristine = False
         if loading:
@@ -820,7 +871,7 @@ class Replica:
         try:
             self._apply_to_doc(update)
         except CorruptUpdateError:
-            self._events.clear()
+            del self._events[n_events:]
             self._stats.rejected_updates += 1
             raise
         finally:
@@ -833,7 +884,7 @@ class Replica:
         else:
             delta = _merge(self._captured)
         self._captured.clear()
-        if not delta and not self._events:
+        if not delta and len(self._events) == n_events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
             self._stats.duplicate_updates += 1
@@ -854,6 +905,10 @@ class Replica:
             diff = self._load_document()
             if len(update) >= TRIM_AFTER_LOAD_BYTES:
                 _return_free_memory()  # the apply's and the decoding's garbage
+        elif self._holding_changes:
+            self._changes_pending = True
+            self._pending_rescan = self._pending_rescan or self._gapped
+            diff = Changeset()
         else:
             dirty: set[RowKey] = set()
             by_row = self._drain_events(dirty)
@@ -1200,6 +1255,8 @@ class Replica:
         if self.frozen:
             self.frozen = False
             self._write_held()  # (held commits first: see hold_commits)
+            if self._changes_pending:
+                self._show_pending()
             self._emit(ChangeEvent(Changeset(), None, False))
 
     @property
@@ -1227,6 +1284,8 @@ class Replica:
         hands the freed heap back to the OS (``malloc_trim``; costs a walk of the heap).
         """
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         number = self.epoch + 1 if epoch is None else epoch
         if number <= self.epoch:
             raise ValueError(f"epoch {number} is not after the current epoch {self.epoch}")
@@ -1262,6 +1321,8 @@ class Replica:
         :class:`CorruptUpdateError` if it fails its checks.
         """
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         sealed = open_sealed(payload)
         if sealed.schema != self.schema_digest:
             raise CorruptUpdateError(f"state for another schema ({sealed.schema[:12]}...)")
@@ -1429,6 +1490,8 @@ class Replica:
 
     def close(self) -> None:
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         self._unsubscribe()
         if self._log is not None:
             self._log.close()
