@@ -23,6 +23,12 @@ Maintenance is incremental and exact: after a batch of raw changes, hidden rows 
 a changed row through references are put back, then violators are removed from a worklist
 seeded with the changed rows, the rows put back and their neighbours. A row outside that region
 keeps its status: its inputs either did not change or only gained shown rows.
+
+Shortcuts, while no row is hidden or in conflict (the usual state): a change of no reference,
+index value or existence (*plain*), and one that provably hides or changes no row (*direct*:
+see ``View._direct``), are made without the rules; the rest of the batch goes through them
+afterwards. Each step leaves what a fresh computation gives, so the result is the same
+(tests/test_view.py checks it against the rules alone).
 """
 
 from __future__ import annotations
