@@ -1051,14 +1051,20 @@ class Replica:
     def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]
                   ) -> enc.Key | str | None:
         """Book a key's add or delete; the parsed key (a marker's is its uuid), or None."""
-        try:
-            k = enc.parse_key(key)
-        except DecodeError as exc:
-            self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None, str(exc)))
-            return None
-        if isinstance(k, str):
-            dirty.add((tname, k))
-            return k
+        k = _PARSED_KEYS.get(key)
+        if k is None:
+            try:
+                k = enc.parse_key(key)
+            except DecodeError as exc:
+                self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None,
+                                               str(exc)))
+                return None
+            if isinstance(k, str):
+                dirty.add((tname, k))
+                return k
+            if len(_PARSED_KEYS) >= _MAX_PARSED_KEYS:
+                _PARSED_KEYS.clear()
+            _PARSED_KEYS[key] = k
         extras = self._extras[tname]
         if action == "delete":
             s = extras.get(k.uuid)
@@ -1524,6 +1530,10 @@ def build_base(schema: DatabaseSchema, rows: Any, number: int = 1,
 _FULL_READ = object()
 #: A map event of one row: the parsed key (a marker's is its uuid), action, new value.
 _KeyEvent = tuple[enc.Key | str, str, Any]
+#: Column and element keys parsed lately (a chassis's report changes the same two registers
+#: every time): key -> Key, emptied when full. Markers' keys (uuids) are not kept.
+_PARSED_KEYS: dict[str, enc.Key] = {}
+_MAX_PARSED_KEYS = 16384
 
 
 def _gc_paused() -> contextlib.AbstractContextManager[None]:
