@@ -71,16 +71,26 @@ class Node:
 
     async def _pump(self) -> None:
         events = self.transport.events
+        replicas = list(self.replicas.values())
         async for ev in events:
-            self._handle(ev)
-            # The events already there, without a scheduler pass each (a hub receives a
-            # frame per leaf and change); a bounded batch, so OVSDB clients get their turn.
-            for _ in range(PUMP_BATCH - 1):
-                try:
-                    ev = events.receive_nowait()
-                except trio.WouldBlock:
-                    break
+            # What a batch's updates change is shown (and sent to OVSDB clients) once, after
+            # the batch: see Replica.hold_changes.
+            for r in replicas:
+                r.hold_changes()
+            try:
                 self._handle(ev)
+                # The events already there, without a scheduler pass each (a hub receives a
+                # frame per leaf and change); a bounded batch, so OVSDB clients get their
+                # turn.
+                for _ in range(PUMP_BATCH - 1):
+                    try:
+                        ev = events.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(ev)
+            finally:
+                for r in replicas:
+                    r.release_changes()
 
     def _handle(self, ev: Any) -> None:
         now = trio.current_time()

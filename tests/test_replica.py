@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtdb.engine.schema import DatabaseSchema
+from crdtdb.engine.snapshot import Changeset
 from crdtdb.errors import DecodeError
 from crdtdb.replica import (
     ConflictEvent,
@@ -33,6 +34,7 @@ from crdtdb.replica.envelope import (
     decode_state_vector,
     deleted_ranges,
     open_sealed,
+    seal,
     single_writer_span,
 )
 from tests.replica_support import (
@@ -883,3 +885,124 @@ def test_plain_changes_leave_the_view_as_a_fresh_computation_does() -> None:
     fresh = View(MERGE_SCHEMA)
     fresh.update({**before, **changes})
     assert _view_state(v) == _view_state(fresh)
+
+
+def test_plain_changes_mixed_with_others_give_what_the_rules_alone_give() -> None:
+    """A batch with plain and other changes: the plain ones take View._update_plain, the
+    rest the rules; the changeset (in its order) and every derived structure must be what
+    the rules give for the whole batch, and what a fresh computation gives."""
+    from crdtdb.replica import View
+
+    u = [f"00000000-0000-4000-8000-{i:012d}" for i in range(6)]
+    ver = ("00000000-0000-4000-8000-999999999999",)
+
+    def parent(i: int, n: int, children: tuple = ()) -> tuple:
+        return ((u[i],), ver, (f"p{i}",), children, (u[1],), (), (), (n,), ())
+
+    def child(label: str) -> tuple:
+        return ((u[3],), ver, (u[0],), (label,))
+
+    before = {("Parent", u[0]): parent(0, 1, (u[3],)), ("Parent", u[1]): parent(1, 2),
+              ("Parent", u[2]): parent(2, 3), ("Child", u[3]): child("c")}
+    # Plain: u[1]'s and u[2]'s n, the child's label; not: u[0] drops its child (now an
+    # orphan, hidden), and a new row.
+    changes = {("Parent", u[1]): parent(1, 7), ("Child", u[3]): child("d"),
+               ("Parent", u[0]): parent(0, 1), ("Parent", u[4]): parent(4, 9),
+               ("Parent", u[2]): parent(2, 8)}
+    v = View(MERGE_SCHEMA)
+    v.update(before)
+    assert [k for k, row in changes.items() if v._plain(k, row)] == \
+        [("Parent", u[1]), ("Child", u[3]), ("Parent", u[2])]
+    out = v.update(changes)
+    rules = View(MERGE_SCHEMA)
+    rules.update(before)
+    want = rules._update_rules(changes, False)  # one pass of the rules
+    assert [(t, list(rows.items())) for t, rows in out.tables.items()] == \
+        [(t, list(rows.items())) for t, rows in want.tables.items()]
+    assert out.tables["Child"][u[3]].new is None
+    assert _view_state(v) == _view_state(rules)
+    fresh = View(MERGE_SCHEMA)
+    fresh.update({**before, **changes})
+    assert _view_state(v) == _view_state(fresh)
+    assert sorted(map(str, v.conflicts.active())) == sorted(map(str, rules.conflicts.active()))
+
+
+# --- remote changes held for a burst (a node's pump: see Replica.hold_changes) ---------------
+
+def _writers_updates() -> tuple[Replica, list[bytes]]:
+    """A writer's updates: rows made, changed (plainly and not), deleted."""
+    a = make_replica(1, 11)
+    updates: list[bytes] = []
+    a.add_listener(lambda ev: ev.update and updates.append(ev.update))
+    p1, p2 = (ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": n}}))[0]["uuid"][1]
+              for n in ("p1", "p2"))
+    c = ok(txn(a, {"op": "insert", "table": "Child", "uuid-name": "c", "row": {"label": "x"}},
+               {"op": "update", "table": "Parent", "where": where_uuid(p1),
+                "row": {"children": ["named-uuid", "c"]}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p2), "row": {"n": 7}}))
+    ok(txn(a, {"op": "update", "table": "Child", "where": where_uuid(c),
+               "row": {"label": "y"}}))
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(p2)}))
+    return a, updates
+
+
+def test_held_changes_are_shown_once_as_one_by_one() -> None:
+    """Updates applied while holding go into the document at once; the view and listeners
+    catch up at the release, with one change: what applying them one by one shows, and
+    the changes of each, one after the other."""
+    a, updates = _writers_updates()
+    one, held = make_replica(2, 22), make_replica(2, 22)
+    heard: list[Any] = []
+    held.add_listener(heard.append)
+    for r in (one, held):  # (into an empty replica: read whole, never held)
+        r.apply_update(updates[0])
+    heard.clear()
+    want = Changeset()
+    for u in updates[1:]:
+        want = want.then(one.apply_update(u).changes)
+    held.hold_changes()
+    for u in updates[1:]:
+        r = held.apply_update(u)
+        assert r.new and not r.gap and not r.changes
+    assert not heard
+    assert held.state_vector() == one.state_vector()
+    held.release_changes()
+    assert [ev.local for ev in heard] == [False]
+    got = heard[0].changes
+    assert {t: rows for t, rows in got.tables.items() if rows} == \
+        {t: rows for t, rows in want.tables.items() if rows}
+    assert shown(held) == shown(one) == shown(a)
+    check_view(held)
+    held.release_changes()  # nothing more
+    assert len(heard) == 1
+
+
+def test_what_uses_the_view_shows_held_changes_first() -> None:
+    """A read, a local commit, a duplicate or a refused update while holding: the view is
+    never behind for a reader, and a duplicate or a refused update loses nothing held."""
+    a, updates = _writers_updates()
+    r = make_replica(2, 22)
+    heard: list[Any] = []
+    r.add_listener(lambda ev: heard.append(ev.local))
+    r.apply_update(updates[0])
+    r.hold_changes()
+    r.apply_update(updates[1])
+    assert r.apply_update(updates[1]).new is False  # a duplicate
+    with pytest.raises(CorruptUpdateError):
+        r.apply_update(updates[2][:-3])
+    with pytest.raises(CorruptUpdateError):  # (sealed well, refused by pycrdt)
+        r.apply_update(seal(r.schema_digest, r.epoch, 1, b"\x01\x07garbage"),
+                       self_contained=True)
+    assert heard == [False]
+    assert r.row_count("Parent") == 2  # a read: the held update is shown first
+    assert heard == [False, False]
+    assert r.statistics().duplicate_updates == 1
+    r.apply_update(updates[2])
+    ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p3"}}))
+    assert heard == [False, False, False, True]  # shown before the commit ran
+    for u in updates[3:]:
+        r.apply_update(u)
+    r.release_changes()
+    assert shown(r) == {t: {**rows, **{u: row for u, row in r.iter_rows(t)
+                                       if u not in rows}} for t, rows in shown(a).items()}
+    check_view(r)

@@ -219,6 +219,11 @@ class Replica:
         self._held: list[bytes] | None = None
         self._held_sync = False
         self._held_events: list[ChangeEvent] = []
+        #: Between hold_changes and release_changes; whether remote updates merged since
+        #: wait in _events to be shown, and whether showing them needs a full re-read.
+        self._holding_changes = False
+        self._changes_pending = False
+        self._pending_rescan = False
         self._max_parked = max_parked_updates
         self._max_parked_bytes = max_parked_bytes
         #: Bounds of the commits kept to answer pulls (see diff and RecentUpdates).
@@ -433,24 +438,38 @@ class Replica:
     # --- Snapshot ---------------------------------------------------------------------------
 
     def get_row(self, table: str, uuid: str) -> Row | None:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.get_row(table, uuid)
 
     def iter_rows(self, table: str) -> Iterator[tuple[str, Row]]:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.iter_rows(table)
 
     def row_count(self, table: str) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.row_count(table)
 
     def ref_count(self, table: str, uuid: str) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.ref_count(table, uuid)
 
     def weak_referrers(self, table: str, uuid: str) -> Any:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.weak_referrers(table, uuid)
 
     def index_find(self, table: str, index: int, key: tuple) -> str | None:
+        if self._changes_pending:
+            self._show_pending()
         return self.view.rows.index_find(table, index, key)
 
     def row_total(self) -> int:
+        if self._changes_pending:
+            self._show_pending()
         return sum(self.view.rows.row_count(t) for t in self.schema.tables)
 
     # --- listeners --------------------------------------------------------------------------
@@ -498,6 +517,33 @@ class Replica:
         finally:
             self._held = None
 
+    def hold_changes(self) -> None:
+        """Until :meth:`release_changes`, peers' updates go into the document (and the log)
+        as they come, but the view catches up with them, and listeners hear of them, only
+        then: one refresh and one change event for a burst of updates (a hub merges a frame
+        per leaf and change), where each would cost them again. Reads, local commits and
+        whatever else uses the view show what is pending first."""
+        self._holding_changes = True
+
+    def release_changes(self) -> None:
+        """Stop holding; show what is pending (see :meth:`hold_changes`)."""
+        self._holding_changes = False
+        if self._changes_pending:
+            self._show_pending()
+
+    def _show_pending(self) -> None:
+        """The view catches up with the updates merged while holding; listeners hear it."""
+        self._changes_pending = False
+        dirty: set[RowKey] = set()
+        by_row = self._drain_events(dirty)
+        if self._pending_rescan:
+            self._pending_rescan = False
+            self._rescan(dirty)  # (see _apply_raw)
+            by_row = {}
+        diff = self._refresh(dirty, {}, by_row)
+        if diff:
+            self._emit(ChangeEvent(diff, None, False))
+
     def _write_held(self) -> None:
         records, events = self._held, self._held_events
         if not records and not events:
@@ -535,6 +581,8 @@ class Replica:
 
         The outcome's changeset is what readers saw change (normally the engine's own).
         """
+        if self._changes_pending:
+            self._show_pending()
         drawn: list[str] = []
         new_uuid, keep = self._new_uuid, drawn.append
 
@@ -570,6 +618,8 @@ class Replica:
         rows it inserts under one of them are born 0 (see ``_write_row``)."""
         if self._failed:
             raise ReplicaFailedError(self._failed)
+        if self._changes_pending:
+            self._show_pending()
         if not changeset:
             return Changeset()
         if self.frozen:
@@ -864,7 +914,8 @@ class Replica:
         self._captured.clear()
         # Into an empty document (a node joining from a peer's full state): no per-key
         # events, the document is read whole afterwards (_load_document).
-        loading = self._is_empty()
+        loading = not self._changes_pending and self._is_empty()
+        n_events = len(self._events)  # (those before: held, see hold_changes)
         pristine = self._pristine
         self._pristine = False
         if loading:
@@ -874,7 +925,7 @@ class Replica:
         try:
             self._apply_to_doc(update)
         except CorruptUpdateError:
-            self._events.clear()
+            del self._events[n_events:]
             self._stats.rejected_updates += 1
             raise
         finally:
@@ -887,7 +938,7 @@ class Replica:
         else:
             delta = _merge(self._captured)
         self._captured.clear()
-        if not delta and not self._events:
+        if not delta and len(self._events) == n_events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
             self._stats.duplicate_updates += 1
@@ -908,6 +959,10 @@ class Replica:
             diff = self._load_document()
             if len(update) >= TRIM_AFTER_LOAD_BYTES:
                 _return_free_memory()  # the apply's and the decoding's garbage
+        elif self._holding_changes:
+            self._changes_pending = True
+            self._pending_rescan = self._pending_rescan or self._gapped
+            diff = Changeset()
         else:
             dirty: set[RowKey] = set()
             by_row = self._drain_events(dirty)
@@ -1050,14 +1105,20 @@ class Replica:
     def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]
                   ) -> enc.Key | str | None:
         """Book a key's add or delete; the parsed key (a marker's is its uuid), or None."""
-        try:
-            k = enc.parse_key(key)
-        except DecodeError as exc:
-            self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None, str(exc)))
-            return None
-        if isinstance(k, str):
-            dirty.add((tname, k))
-            return k
+        k = _PARSED_KEYS.get(key)
+        if k is None:
+            try:
+                k = enc.parse_key(key)
+            except DecodeError as exc:
+                self.conflicts.report(Conflict(ConflictKind.INVALID, tname, "?", None,
+                                               str(exc)))
+                return None
+            if isinstance(k, str):
+                dirty.add((tname, k))
+                return k
+            if len(_PARSED_KEYS) >= _MAX_PARSED_KEYS:
+                _PARSED_KEYS.clear()
+            _PARSED_KEYS[key] = k
         extras = self._extras[tname]
         if action == "delete":
             s = extras.get(k.uuid)
@@ -1261,6 +1322,8 @@ class Replica:
         if self.frozen:
             self.frozen = False
             self._write_held()  # (held commits first: see hold_commits)
+            if self._changes_pending:
+                self._show_pending()
             self._emit(ChangeEvent(Changeset(), None, False))
 
     @property
@@ -1288,6 +1351,8 @@ class Replica:
         hands the freed heap back to the OS (``malloc_trim``; costs a walk of the heap).
         """
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         number = self.epoch + 1 if epoch is None else epoch
         if number <= self.epoch:
             raise ValueError(f"epoch {number} is not after the current epoch {self.epoch}")
@@ -1323,6 +1388,8 @@ class Replica:
         :class:`CorruptUpdateError` if it fails its checks.
         """
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         sealed = open_sealed(payload)
         if sealed.schema != self.schema_digest:
             raise CorruptUpdateError(f"state for another schema ({sealed.schema[:12]}...)")
@@ -1490,6 +1557,8 @@ class Replica:
 
     def close(self) -> None:
         self._write_held()  # (held commits first: see hold_commits)
+        if self._changes_pending:
+            self._show_pending()
         self._unsubscribe()
         if self._log is not None:
             self._log.close()
@@ -1522,6 +1591,10 @@ def build_base(schema: DatabaseSchema, rows: Any, number: int = 1,
 _FULL_READ = object()
 #: A map event of one row: the parsed key (a marker's is its uuid), action, new value.
 _KeyEvent = tuple[enc.Key | str, str, Any]
+#: Column and element keys parsed lately (a chassis's report changes the same two registers
+#: every time): key -> Key, emptied when full. Markers' keys (uuids) are not kept.
+_PARSED_KEYS: dict[str, enc.Key] = {}
+_MAX_PARSED_KEYS = 16384
 
 
 def _gc_paused() -> contextlib.AbstractContextManager[None]:

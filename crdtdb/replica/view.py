@@ -23,6 +23,12 @@ Maintenance is incremental and exact: after a batch of raw changes, hidden rows 
 a changed row through references are put back, then violators are removed from a worklist
 seeded with the changed rows, the rows put back and their neighbours. A row outside that region
 keeps its status: its inputs either did not change or only gained shown rows.
+
+Shortcuts, while no row is hidden or in conflict (the usual state): a change of no reference,
+index value or existence (*plain*), and one that provably hides or changes no row (*direct*:
+see ``View._direct``), are made without the rules; the rest of the batch goes through them
+afterwards. Each step leaves what a fresh computation gives, so the result is the same
+(tests/test_view.py checks it against the rules alone).
 """
 
 from __future__ import annotations
@@ -121,10 +127,40 @@ class View:
         is then the engine's valid result, so the rules are not re-evaluated.
         """
         quiet = not self._s1 and not self._hidden and not self.conflicts.any_active()
-        if quiet and not engine_checked and all(self._plain(k, new)
-                                                for k, new in changes.items()):
-            return self._update_plain(changes)
-        fast = quiet and engine_checked
+        if quiet and not engine_checked:
+            plain = [k for k, new in changes.items() if self._plain(k, new)]
+            if len(plain) == len(changes):
+                return self._update_plain(changes)
+            # The batch in three steps: the plain changes (no rule reacts to them), the
+            # direct ones (see _update_direct), then the rest through the rules. Each
+            # leaves the raw rows and what the rules keep of them (hidden rows, references,
+            # index groups) as a fresh computation would; the rows readers see move once,
+            # at the end, by the three changesets merged, in the order one pass of the
+            # rules would have moved them (rows and weak referrers keep that order). A
+            # pull's answer of 19 chassis reports and a port claim, or a push of a few new
+            # flows, mostly skips the rules.
+            rest = dict(changes)
+            for k in plain:
+                del rest[k]
+            parts = [self._update_plain({k: changes[k] for k in plain}, apply=False)]
+            parts.append(self._update_direct(rest))
+            ruled: set[RowKey] = set()
+            if rest:
+                # Its rules read the rows shown before the batch, as in one pass: a row the
+                # steps before changed is, to them, one more changed row of the batch, and
+                # where they look at a row, what they find is its change.
+                parts.append(self._update_rules(rest, False, apply=False, touched=ruled))
+            out = _in_order(parts, ruled)
+            if out:
+                self.rows.apply(out)
+            return out
+        return self._update_rules(changes, quiet and engine_checked)
+
+    def _update_rules(self, changes: Mapping[RowKey, Row | None], fast: bool, *,
+                      apply: bool = True, touched: set[RowKey] | None = None) -> Changeset:
+        """:meth:`update` through the rules (``fast``: see its ``engine_checked``);
+        ``apply=False``: the rows readers see are left to the caller; ``touched``: gets the
+        rows whose shown value was computed (changed or not). Neither with ``fast``."""
         olds: dict[RowKey, Row | None] = {}
         dirty: set[RowKey] = set()
         extra: set[RowKey] = set()  # rows the old raw values referenced
@@ -226,7 +262,8 @@ class View:
             if shown_before and not candidate and u in self.raw[t]:
                 # Hidden by stratum 1: the rows it references lost a shown referrer.
                 work.update(self._targets(self._info[t], self.raw[t][u]))
-        touched = set(work)
+        touched = set(work) if touched is None else touched
+        touched.update(work)
         clean = self._hide_violators(work, touched)
 
         # What readers see now, for every row whose shown value may have changed.
@@ -241,11 +278,12 @@ class View:
             self.conflicts.set_row(t, u, conflicts)
             if row != old_row:
                 out.tables.setdefault(t, {})[u] = RowChange(old_row, row)
-        if out:
+        if out and apply:
             self.rows.apply(out)
         return out
 
-    def _update_plain(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
+    def _update_plain(self, changes: Mapping[RowKey, Row | None], *,
+                      apply: bool = True) -> Changeset:
         """:meth:`update` for changes that all pass :meth:`_plain` while nothing is hidden or
         in conflict (most remote merges: a column that is no reference and in no index):
         references, index groups and the shown rows' keys stay, so the new raw rows are
@@ -259,9 +297,129 @@ class View:
                 continue
             raw[u] = new  # type: ignore[assignment]  (not None: _plain)
             out.tables.setdefault(t, {})[u] = RowChange(old, new)
-        if out:
+        if out and apply:
             self.rows.replace(out)
         return out
+
+    def _update_direct(self, rest: dict[RowKey, Row | None]) -> Changeset:
+        """Of a batch's changes while nothing is hidden or in conflict, make those whose
+        outcome is known without the rules (see :meth:`_direct`), one at a time, each
+        checked against the raw rows the ones before it left; they leave ``rest``. The
+        rows readers see are left to the caller.
+        Inserts first (an update may name a row inserted with it), deletes last (an update
+        may drop the last reference to a row deleted with it)."""
+        raw = self.raw
+        inserts: list[tuple[RowKey, Row]] = []
+        updates: list[tuple[RowKey, Row, Row]] = []
+        deletes: list[tuple[RowKey, Row]] = []
+        for key, new in rest.items():
+            old = raw[key[0]].get(key[1])
+            if old is None:
+                if new is not None:
+                    inserts.append((key, new))
+            elif new is None:
+                deletes.append((key, old))
+            else:
+                updates.append((key, old, new))
+        done: dict[RowKey, RowChange] = {}
+        for _ in range(3):  # again while an insert may name one inserted after it
+            left = []
+            for key, new in inserts:
+                if self._direct(key, None, new):
+                    done[key] = RowChange(None, new)
+                else:
+                    left.append((key, new))
+            if len(left) == len(inserts):
+                break
+            inserts = left
+        for key, old, new in updates:
+            if self._direct(key, old, new):
+                done[key] = RowChange(old, new)
+        for key, old in deletes:
+            if self._direct(key, old, None):
+                done[key] = RowChange(old, None)
+        out = Changeset()
+        for key in sorted(done):
+            del rest[key]
+            out.tables.setdefault(key[0], {})[key[1]] = done[key]
+        return out
+
+    def _direct(self, key: RowKey, old: Row | None, new: Row | None) -> bool:
+        """Make one raw change, while nothing is hidden or in conflict, if no rule can hide
+        or change any row because of it: then it is shown as stored, and nothing else
+        changes. Such a change is an insert into a root table of a row nothing references
+        yet, with targets that all exist (a target of any row is shown then) and unique
+        index values; an update that keeps its index values and whose new targets exist;
+        a delete of a row nothing references. It stops naming no row of a non-root table
+        (that row might lose its last strong referrer), keeps its sets within their
+        maximum, and its table has no maxRows. False (nothing done) otherwise."""
+        t, u = key
+        info = self._info[t]
+        if info.max_rows < UNLIMITED:
+            return False
+        groups = self._groups[t]
+        raw = self.raw
+        if old is None:
+            assert new is not None
+            if not info.is_root or key in self._in:
+                return False
+            for cols, g in zip(info.index_cols, groups, strict=True):
+                if tuple(new[c] for c in cols) in g:
+                    return False
+        elif new is None:
+            if key in self._in:
+                return False
+        else:
+            for cols in info.index_cols:
+                for c in cols:
+                    if old[c] != new[c]:
+                        return False
+        if new is not None:
+            for c in info.checked:
+                if len(new[c.col.index]) > c.n_max:
+                    return False
+        if info.refs:
+            old_targets = set(self._targets(info, old)) if old is not None else set()
+            new_targets = set(self._targets(info, new)) if new is not None else set()
+            gained = new_targets - old_targets
+            lost = old_targets - new_targets
+            for tt, tu in gained:
+                if tu not in raw[tt] or tu == u:
+                    return False
+            for tt, _ in lost:
+                if not self._info[tt].is_root:
+                    return False
+            for target in lost:
+                by_table = self._in[target]
+                srcs = by_table[t]
+                srcs.discard(u)
+                if not srcs:
+                    del by_table[t]
+                    if not by_table:
+                        del self._in[target]
+            for target in gained:
+                by_table = self._in.get(target)
+                if by_table is None:
+                    by_table = self._in[target] = {}
+                srcs = by_table.get(t)
+                if srcs is None:
+                    srcs = by_table[t] = set()
+                srcs.add(u)
+        if new is None:
+            del raw[t][u]
+        else:
+            raw[t][u] = new
+        if old is None or new is None:
+            for cols, g in zip(info.index_cols, groups, strict=True):
+                if new is None:
+                    k = tuple(old[c] for c in cols)  # type: ignore[index]
+                    members = g[k]
+                    members.discard(u)
+                    if not members:
+                        del g[k]
+                else:
+                    g[tuple(new[c] for c in cols)] = {u}
+        return True
 
     def _hide_violators(self, work: Iterable[RowKey], touched: set[RowKey]) -> set[RowKey]:
         """Stratum 2's worklist: hide each candidate in ``work`` that violates a rule, and
@@ -682,3 +840,26 @@ def _clear(d: tuple, self_uuid: str | None, is_set: bool, kraw: Container[str] |
                 vraw is not None and v != self_uuid and (v not in vraw or v in vbad)):
             return False
     return True
+
+
+def _in_order(parts: list[Changeset], ruled: set[RowKey]) -> Changeset:
+    """One changeset of the parts of :meth:`View.update`'s steps, in its order (tables,
+    then uuids, sorted), as one pass would have returned it. The parts change different
+    rows, except the last one's rules, which know the final word on each row in ``ruled``
+    (changed since before the batch, or not: then it is left out)."""
+    merged: dict[RowKey, RowChange] = {}
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1 and ruled
+        for t, rows in p.tables.items():
+            for u, ch in rows.items():
+                merged[t, u] = ch
+        if last:
+            for key in ruled:
+                if key[1] not in p.tables.get(key[0], ()):
+                    merged.pop(key, None)
+    out = Changeset()
+    for key in sorted(merged):
+        ch = merged[key]
+        if ch.old != ch.new:
+            out.tables.setdefault(key[0], {})[key[1]] = ch
+    return out
