@@ -2,12 +2,14 @@
 
 Local transactions run in the engine against the view; their changeset is written into the
 document as one pycrdt transaction, whose update is sealed, logged (fsync) and only then
-acknowledged and handed to listeners (the gossip layer ships it). Remote updates are checked,
-merged and logged. Either way the document's map events say which rows changed; those rows are
-re-read from the document and the view recomputes what readers see (a
-:class:`~crdtdb.engine.Changeset` that drives monitors). A replica with an empty document (a
-node joining from a peer's full state, or one reopened from its log) skips the events: it
-reads the document whole and builds its view in one go, with the same result.
+acknowledged and handed to listeners (the gossip layer ships it); a group of held commits
+(:meth:`Replica.hold_commits`) shares one. Remote updates are checked, merged and logged.
+The document's map events say which rows changed; those rows are re-read from the document
+and the view recomputes what readers see (a :class:`~crdtdb.engine.Changeset` that drives
+monitors). Held local commits skip the events: the view takes the engine's rows. A replica
+with an empty document (a node joining from a peer's full state, or one reopened from its
+log) skips them too: it reads the document whole and builds its view in one go, with the
+same result.
 
 The replica is synchronous and single-threaded (pycrdt never releases the GIL; there is
 nothing to gain from threads). The node's trio code calls it between awaits.
@@ -490,7 +492,8 @@ class Replica:
     def hold_commits(self) -> None:
         """Group commit: until :meth:`release_commits`, local commits are applied and shown
         at once, but their log records are written (one write, one fsync if any of them
-        asks for it) and their change events heard only then.
+        asks for it) and their change events heard only then. They share one pycrdt
+        transaction, so one update and one record (see ``_commit_in_burst``).
 
         For a server running a pipelined burst of transactions back to back: it must not
         acknowledge any of them (nor send their monitor updates) before the release, and
