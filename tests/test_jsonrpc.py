@@ -8,6 +8,7 @@ what ovsdb-server disconnects on, and must read every accepted value as ovsdb-se
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -817,6 +818,47 @@ def test_the_whole_message_shortcut_agrees_with_the_scan(
         conn.receive_data(b"")
         events, error = collect(conn)
         return events, None if error is None else (error.reason, error.kind)
+
+    assert run(True) == run(False)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.sampled_from(["a", "\u00e9", "\\"])),
+                min_size=1, max_size=30),
+       st.lists(st.integers(1, 20_000), max_size=8), st.data())
+def test_bursts_read_across_windows_and_receives_as_the_scan_reads_them(
+    sizes: list[tuple[int, str]], cuts: list[int], data: st.DataObject
+) -> None:
+    """Pipelined messages of every size around the shortcut's windows (see _parse_whole),
+    ASCII or not, received in pieces with the buffer drained in between (the decoded text
+    a burst leaves tells the next one's window): the same events, each when the byte scan
+    alone gives it."""
+    messages = [JsonRpcConnection().send(Request(i, "echo", [ch * n]))
+                for i, (n, ch) in enumerate(sizes)]
+    wire = bytearray(b"".join(messages))
+    ends = list(itertools.accumulate(map(len, messages)))  # (bursts received whole)
+    if data.draw(st.booleans()):
+        _mutate(wire, data)
+    bounds = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)}
+                    | data.draw(st.sets(st.sampled_from(ends))))
+
+    def run(shortcut: bool) -> list[Any]:
+        conn = JsonRpcConnection()
+        if not shortcut:
+            conn._parse_whole = lambda: None  # type: ignore[method-assign]
+        seen: list[Any] = []
+        for a, b in itertools.pairwise(bounds):
+            conn.receive_data(bytes(wire[a:b]))
+            events, error = collect(conn)
+            seen.append(events)
+            if error is not None:
+                seen.append((error.reason, error.kind))
+                return seen
+        conn.receive_data(b"")
+        events, error = collect(conn)
+        seen.append(events)
+        seen.append(None if error is None else (error.reason, error.kind))
+        return seen
 
     assert run(True) == run(False)
 

@@ -176,6 +176,30 @@ def test_rows_under_drawn_uuids_are_born_0_others_to_their_commits_birth() -> No
     check_view(b)
 
 
+def test_births_in_a_held_burst_are_as_in_commits_of_their_own() -> None:
+    """The commits of a held burst share a pycrdt transaction, not a birth: drawn uuids are
+    born 0 there too, and each commit's explicit uuids take a birth of that commit."""
+    pair = Pair()
+    a = pair.a
+    u1, u2 = "5a1d0c3e-0000-4000-8000-000000000011", "5a1d0c3e-0000-4000-8000-000000000012"
+    a.hold_commits()
+    drawn = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "d"}}))[0]["uuid"][1]
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": u1, "row": {"name": "e1"}}))
+    ok(txn(a, {"op": "insert", "table": "Parent", "uuid": u2, "row": {"name": "e2"}}))
+    assert a._burst is not None  # (the three went into one transaction)
+    a.release_commits()
+
+    def birth(u: str) -> int:
+        return enc.marker_birth(a._maps["Parent"][u])
+    assert birth(drawn) == 0
+    assert 0 != birth(u1) != birth(u2) != 0
+    pair.sync()
+    for r in (a, pair.b):
+        assert r._births["Parent"] == {u1: birth(u1), u2: birth(u2)}
+    check_view(a)
+    check_view(pair.b)
+
+
 def test_index_duplicates_show_one_row_and_report_the_other() -> None:
     pair = Pair()
     seen: list[Any] = []

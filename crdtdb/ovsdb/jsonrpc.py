@@ -724,7 +724,9 @@ class JsonRpcConnection:
             if whole is not None:
                 end, event = whole
             else:
-                self._text = ""  # the incremental path moves the buffer on its own
+                if self._buf:  # (empty: the text was all read, and tells the next burst's
+                    # window: see _parse_whole)
+                    self._text = ""  # the incremental path moves the buffer on its own
                 end = self._find_message_end()
                 if end is None:
                     self._check_unfinished()
@@ -779,9 +781,13 @@ class JsonRpcConnection:
                 obj = _MISSING
         if obj is _MISSING:
             # Only a window is decoded (a burst of small messages must not cost a decode of
-            # the whole buffer): the message must end within it.
+            # the whole buffer): the message must end within it. After ASCII text (kept,
+            # and this message ran past it or starts where it ends: a burst, or the next
+            # one), the larger window first: with the smaller, one message in every few
+            # of a burst would fail its scan at the window's end, then be decoded again.
+            windows = _WHOLE_PARSE_WINDOWS[1:] if text else _WHOLE_PARSE_WINDOWS
             self._text, pos = "", 0
-            for size in _WHOLE_PARSE_WINDOWS:
+            for size in windows:
                 window = buf if len(buf) <= size else buf[:size]
                 try:
                     text = window.decode("utf-8")

@@ -2,12 +2,14 @@
 
 Local transactions run in the engine against the view; their changeset is written into the
 document as one pycrdt transaction, whose update is sealed, logged (fsync) and only then
-acknowledged and handed to listeners (the gossip layer ships it). Remote updates are checked,
-merged and logged. Either way the document's map events say which rows changed; those rows are
-re-read from the document and the view recomputes what readers see (a
-:class:`~crdtdb.engine.Changeset` that drives monitors). A replica with an empty document (a
-node joining from a peer's full state, or one reopened from its log) skips the events: it
-reads the document whole and builds its view in one go, with the same result.
+acknowledged and handed to listeners (the gossip layer ships it); a group of held commits
+(:meth:`Replica.hold_commits`) shares one. Remote updates are checked, merged and logged.
+The document's map events say which rows changed; those rows are re-read from the document
+and the view recomputes what readers see (a :class:`~crdtdb.engine.Changeset` that drives
+monitors). Held local commits skip the events: the view takes the engine's rows. A replica
+with an empty document (a node joining from a peer's full state, or one reopened from its
+log) skips them too: it reads the document whole and builds its view in one go, with the
+same result.
 
 The replica is synchronous and single-threaded (pycrdt never releases the GIL; there is
 nothing to gain from threads). The node's trio code calls it between awaits.
@@ -156,6 +158,24 @@ class _Held:
     deletes: list[tuple[int, int, int]]
 
 
+class _Burst:
+    """Held local commits written into one transaction of pycrdt's underlying document,
+    still open (see ``Replica._commit_in_burst``)."""
+
+    __slots__ = ("event", "sync", "tables", "touched", "txn")
+
+    def __init__(self, txn: Any):
+        self.txn = txn
+        #: The tables written, whose map events are off until the transaction is committed.
+        self.tables: list[str] = []
+        #: The commits' ``_own_writes`` entries, their clock filled in at the end.
+        self.touched: list[list[Any]] = []
+        #: Whether one of the commits must be fsynced.
+        self.sync = False
+        #: The last commit's change event: it carries the burst's update.
+        self.event: ChangeEvent | None = None
+
+
 @dataclass(slots=True)
 class ReplicaStatistics:
     client_id: int
@@ -224,6 +244,8 @@ class Replica:
         self._holding_changes = False
         self._changes_pending = False
         self._pending_rescan = False
+        #: While holding: the local commits written into one still open pycrdt transaction.
+        self._burst: _Burst | None = None
         self._max_parked = max_parked_updates
         self._max_parked_bytes = max_parked_bytes
         #: Bounds of the commits kept to answer pulls (see diff and RecentUpdates).
@@ -265,7 +287,7 @@ class Replica:
         #: Python's GC cannot see, so a document is only freed once they are unobserved.
         self._subs: list[tuple[Any, Any]] = []
         #: The table maps' subscriptions (see _observe_maps).
-        self._map_subs: list[Any] = []
+        self._map_subs: dict[str, Any] = {}
         #: table -> uuid -> the row's non-marker keys present in the document
         self._extras: dict[str, dict[str, set[str]]] = {t: {} for t in self.schema.tables}
         self._events: list[tuple[str, str, str, Any]] = []
@@ -348,15 +370,15 @@ class Replica:
         walk of its keys), ~5 us of each remote update, for the ``keys`` read here alone.
         Internals of pycrdt 0.14, as in _decode_table; the events carry the same keys,
         actions and values (``test_raw_map_events_carry_what_pycrdts_public_events_do``)."""
-        self._map_subs = [m.integrated.observe(self._on_map_event(tname))
-                          for tname, m in self._maps.items()]
+        self._map_subs = {tname: m.integrated.observe(self._on_map_event(tname))
+                          for tname, m in self._maps.items()}
 
     def _unobserve_maps(self) -> None:
         """No map events until _observe_maps: pycrdt builds one Python object per changed
         key for them, which a replica that reads its whole document does not need."""
-        for sub in getattr(self, "_map_subs", ()):
+        for sub in getattr(self, "_map_subs", {}).values():
             sub.drop()
-        self._map_subs = []
+        self._map_subs = {}
 
     def _on_map_event(self, tname: str) -> Callable[[Any], None]:
         append = self._events.append
@@ -498,7 +520,8 @@ class Replica:
     def hold_commits(self) -> None:
         """Group commit: until :meth:`release_commits`, local commits are applied and shown
         at once, but their log records are written (one write, one fsync if any of them
-        asks for it) and their change events heard only then.
+        asks for it) and their change events heard only then. They share one pycrdt
+        transaction, so one update and one record (see ``_commit_in_burst``).
 
         For a server running a pipelined burst of transactions back to back: it must not
         acknowledge any of them (nor send their monitor updates) before the release, and
@@ -545,6 +568,8 @@ class Replica:
             self._emit(ChangeEvent(diff, None, False))
 
     def _write_held(self) -> None:
+        if self._burst is not None:
+            self._close_burst()
         records, events = self._held, self._held_events
         if not records and not events:
             return
@@ -624,6 +649,12 @@ class Replica:
             return Changeset()
         if self.frozen:
             raise ReplicaFrozenError(f"{self.name}: a compaction round holds local writes")
+        if self._held is not None and engine_checked:
+            diff = self._commit_in_burst(changeset, tell, fresh)
+            if diff is not None:
+                return diff
+        if self._burst is not None:
+            self._close_burst()  # (what the burst wrote comes first)
         known: dict[RowKey, Row | None] = {}
         self._captured.clear()
         self._pristine = False
@@ -667,7 +698,8 @@ class Replica:
                 self._recent.add(span, update)
         elif update:
             self._clocks = decode_state_vector(self.doc.get_state())
-        touched = self._touched(changeset) if self._own_writes is not None else None
+        touched = self._touched(changeset, self.own_clock()) \
+            if self._own_writes is not None else None
         record = b""
         held = self._held
         if update and self._log is not None:
@@ -701,10 +733,145 @@ class Replica:
         self._maybe_compact_log(len(record))
         return diff
 
-    def _touched(self, changeset: Changeset) -> list[list[Any]]:
+    def _commit_in_burst(self, changeset: Changeset, tell: bool,
+                         fresh: Container[str]) -> Changeset | None:
+        """:meth:`commit` while holding: the changeset goes into one pycrdt transaction
+        that the held commits share, committed when they are written (``_close_burst``);
+        None (nothing done) where a commit of its own is needed.
+
+        pycrdt's transaction commit and its observers (the update's encoding, the map
+        events and their Python wrapping), the update's checks and its log record are
+        then paid once a burst, not once a commit. The view is updated from the changeset
+        alone: it is the engine's (run against the view), so the rows' new raw values are
+        the engine's new rows, and the keys written are booked as the map events would
+        have booked them. Not for an update of a row shown otherwise than stored (a
+        conflict): its new raw value would need a read of the document.
+
+        One update (a single writer's span) and one log record then hold the whole burst:
+        listeners hear every commit's changes as before, the last one's event carrying the
+        burst's update and span (the others' have none: nothing to ship). Every commit's
+        ``_own_writes`` entries get the clock after the burst, which no cut can fall
+        within: nothing sees the document before the burst's transaction is committed
+        (whatever reads it, or the clocks, closes the burst first)."""
+        raw = self.view.raw
+        for tname, changes in changeset.tables.items():
+            traw = raw[tname]
+            for uuid, ch in changes.items():
+                if ch.old is not None and ch.new is not None and traw.get(uuid) is not ch.old:
+                    return None
+        burst = self._burst
+        if burst is None:
+            burst = self._burst = _Burst(self.doc._doc.create_transaction())
+        self._pristine = False
+        known: dict[RowKey, Row | None] = {}
+        booked: list[tuple[str, str, str, bool]] = []
+        self._fresh, self._commit_birth = fresh, 0  # (births as in commit: see _write_row)
+        try:
+            for tname, changes in changeset.tables.items():
+                if tname not in burst.tables:
+                    # No map events for what the burst writes (see above).
+                    sub = self._map_subs.pop(tname, None)
+                    if sub is not None:
+                        sub.drop()
+                    burst.tables.append(tname)
+                for uuid, change in changes.items():
+                    self._write_row(tname, uuid, change.old, change.new, known, burst.txn,
+                                    booked)
+        except BaseException:
+            self._close_burst()  # (what was written, as a commit of its own would)
+            raise
+        finally:
+            self._fresh = ()
+            self._book(booked)
+        diff = self.view.update(known, engine_checked=True)
+        self._stats.local_commits += 1
+        if self._own_writes is not None:
+            burst.touched += self._touched(changeset, 0)
+        burst.sync = burst.sync or self._fsync or changeset.durable
+        ev = burst.event = ChangeEvent(diff if tell else Changeset(), None, True)
+        self._held_events.append(ev)
+        return diff
+
+    def _book(self, booked: list[tuple[str, str, str, bool]]) -> None:
+        """Book the non-marker keys a burst's commit added (True) or removed, as their map
+        events would have (``_note_key``)."""
+        for tname, uuid, key, added in booked:
+            extras = self._extras[tname]
+            if added:
+                extras.setdefault(uuid, set()).add(key)
+                continue
+            keys = extras.get(uuid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del extras[uuid]
+
+    def _close_burst(self) -> None:
+        """Commit the burst's transaction: its update is logged (held, see hold_commits) and
+        goes with the last commit's event, as :meth:`commit` does with a commit's own."""
+        burst, self._burst = self._burst, None
+        if burst is None:
+            return
+        self._captured.clear()
+        doc = self.doc
+        try:
+            try:
+                burst.txn.commit()
+            finally:
+                burst.txn.drop()
+        finally:
+            for tname in burst.tables:
+                self._map_subs[tname] = self._maps[tname].integrated.observe(
+                    self._on_map_event(tname))
+        if doc._exceptions:
+            exceptions = tuple(doc._exceptions)
+            doc._exceptions.clear()
+            raise ExceptionGroup("Observer callback error", exceptions)
+        update = _merge(self._captured)
+        span = single_writer_span(update) if update else None
+        if update and span is None:
+            # Only deletions: see commit.
+            with self.doc.transaction(origin="local"):
+                self._meta[str(self.client_id)] = b""
+            update = _merge(self._captured)
+            span = single_writer_span(update)
+        self._captured.clear()
+        if span is not None:
+            self._advance_clocks(span)
+            if self.keep_recent:
+                self._recent.add(span, update)
+        elif update:
+            self._clocks = decode_state_vector(self.doc.get_state())
+        touched = None
+        if self._own_writes is not None:
+            touched = burst.touched
+            clock = self.own_clock()
+            for entry in touched:
+                entry[0] = clock
+        if update and self._log is not None:
+            record = _pack([_UPDATE, self.epoch, update, touched])
+            sync = burst.sync
+            if self._held is not None:
+                self._held.append(record)
+                self._held_sync = self._held_sync or sync
+            else:
+                try:
+                    self._log.append(record, sync=sync)
+                except (OSError, StorageError) as exc:
+                    self._failed = self._unlogged = (
+                        f"{self.name}: commits could not be logged ({exc}); reopen")
+                    raise ReplicaFailedError(self._failed) from exc
+                self._maybe_compact_log(len(record))
+        if touched is not None and self._own_writes is not None:
+            self._own_writes = _tracked(touched, self._own_writes)
+        if update and burst.event is not None:
+            burst.event.span = span
+            burst.event._seal = functools.partial(seal, self.schema_digest, self.epoch,
+                                                  self.client_id, update, base=self.base)
+
+    def _touched(self, changeset: Changeset, clock: int) -> list[list[Any]]:
         """The rows a local commit changed, as kept in ``_own_writes`` and in its log
         record: [own clock after it, table, uuid, "insert" | "delete" | changed columns]."""
-        clock = self.own_clock()
         out: list[list[Any]] = []
         for tname, changes in changeset.tables.items():
             for uuid, ch in changes.items():
@@ -717,11 +884,14 @@ class Replica:
         return out
 
     def _write_row(self, tname: str, uuid: str, old: Row | None, new: Row | None,
-                   known: dict[RowKey, Row | None], txn: Any) -> None:
+                   known: dict[RowKey, Row | None], txn: Any,
+                   booked: list[tuple[str, str, str, bool]] | None = None) -> None:
         """Write one row's change into the document in transaction ``txn`` (the underlying
         document's, see commit). Values (bytes) are set, read and removed on the underlying
         map directly, as pycrdt's ``Map`` would after its transaction wrappers and type
-        checks (half the cost of a set); a missing key is a KeyError, as there."""
+        checks (half the cost of a set); a missing key is a KeyError, as there.
+        ``booked``: where to note the non-marker keys added (True) and removed (see
+        _commit_in_burst)."""
         m = self._maps[tname]
         put = m.integrated.insert
         table = self.schema.tables[tname]
@@ -731,12 +901,16 @@ class Replica:
             _remove(m, txn, uuid)
             for k in extras:
                 _remove(m, txn, k)
+            if booked is not None:
+                booked.extend((tname, uuid, k, False) for k in extras)
             self._births[tname].pop(uuid, None)
             known[tname, uuid] = None
             return
         if old is None:
             for k in extras:  # leftovers of an earlier life of this uuid
                 _remove(m, txn, k)
+            if booked is not None and extras:
+                booked.extend((tname, uuid, k, False) for k in extras)
             # A row's birth tells its lives apart (keys of an earlier life of its uuid never
             # count in a later one). A uuid drawn for this commit never had a life before,
             # and no other replica can insert it concurrently (122 random bits): born 0,
@@ -762,20 +936,26 @@ class Replica:
             if old[i] == new[i]:
                 continue
             if i == 1:
-                put(txn, enc.register_key(uuid, enc.VERSION), enc.pack_version(birth, new[1][0]))
+                key = enc.register_key(uuid, enc.VERSION)
+                put(txn, key, enc.pack_version(birth, new[1][0]))
             elif not enc.is_element_column(col.type):
-                put(txn, enc.register_key(uuid, col.name), enc.pack_register(birth, col, new[i]))
+                key = enc.register_key(uuid, col.name)
+                put(txn, key, enc.pack_register(birth, col, new[i]))
             else:
                 if marker is None:  # which elements the marker holds
                     marker = enc.unpack_marker(table, uuid, _get(m, txn, uuid))
-                self._write_elements(m, uuid, col, birth, marker.row[i], old[i], new[i],
-                                     extras, txn)
+                self._write_elements(m, tname, uuid, col, birth, marker.row[i], old[i],
+                                     new[i], extras, txn, booked)
+                continue
+            if booked is not None:
+                booked.append((tname, uuid, key, True))
         # The shown row was the raw row: the new raw row is exactly the engine's.
         if raw is old:
             known[tname, uuid] = new
 
-    def _write_elements(self, m: Map, uuid: str, col: Any, birth: int, in_marker: tuple,
-                        old: tuple, new: tuple, extras: Any, txn: Any) -> None:
+    def _write_elements(self, m: Map, tname: str, uuid: str, col: Any, birth: int,
+                        in_marker: tuple, old: tuple, new: tuple, extras: Any, txn: Any,
+                        booked: list[tuple[str, str, str, bool]] | None) -> None:
         ktype = col.type.key.type
         if col.type.value is None:
             old_d = dict.fromkeys(old)
@@ -787,9 +967,10 @@ class Replica:
             marker_keys = {k for k, _ in in_marker}
         for k, v in new_d.items():
             if k not in old_d or old_d[k] != v:
-                m.integrated.insert(
-                    txn, enc.element_key(uuid, col.name, enc.ADD, enc.atom_key(ktype, k)),
-                    enc.pack_element(birth, col, v))
+                key = enc.element_key(uuid, col.name, enc.ADD, enc.atom_key(ktype, k))
+                m.integrated.insert(txn, key, enc.pack_element(birth, col, v))
+                if booked is not None:
+                    booked.append((tname, uuid, key, True))
         for k in old_d:
             if k in new_d:
                 continue
@@ -797,9 +978,13 @@ class Replica:
             add = enc.element_key(uuid, col.name, enc.ADD, ks)
             if add in extras:
                 _remove(m, txn, add)
+                if booked is not None:
+                    booked.append((tname, uuid, add, False))
             rem = enc.element_key(uuid, col.name, enc.REMOVE, ks)
             if k in marker_keys and rem not in extras:
                 m.integrated.insert(txn, rem, enc.pack_element(birth, col))
+                if booked is not None:
+                    booked.append((tname, uuid, rem, True))
 
     # --- remote updates ---------------------------------------------------------------------
 
@@ -1337,6 +1522,8 @@ class Replica:
 
     def own_clock(self) -> int:
         """How far this replica's own writes in the current epoch reach (0: none)."""
+        if self._burst is not None:
+            self._close_burst()
         return self._clocks.get(self.client_id, 0)
 
     def rebuild(self, epoch: int | None = None, *, release_memory: bool = True) -> EpochId:
