@@ -288,6 +288,28 @@ def test_the_batch_marker_decoder_refuses_garbage(payloads: list[bytes]) -> None
         _check_batch(table, [(_uuid(i), p) for i, p in enumerate(payloads)])
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 8))
+def test_the_batch_marker_decoder_reads_markers_of_any_length(seed: int, size: int) -> None:
+    """Markers with every column, all but the last, fewer, or more members than columns
+    (the batch decoder unpacks the first two shapes as they are, pads the others): each
+    read, or refused, as the checked decoder does."""
+    rng = random.Random(seed)
+    table = rng.choice(MARKERS)[0]
+    mine = [p for t, _, p in MARKERS if t is table]
+    n_cols = len(table.ordered)
+    batch = []
+    for i in range(size):
+        obj = list(msgpack.unpackb(rng.choice(mine)))
+        n = rng.choice([n_cols, n_cols - 1, n_cols + 1, rng.randint(0, n_cols)])
+        del obj[n:]
+        while len(obj) < n:  # absent, or a value another column of a marker has
+            other = list(msgpack.unpackb(rng.choice(mine)))
+            obj.append(rng.choice([None, *other[2:]]))
+        batch.append((_uuid(i), enc._pack(obj)))
+    _check_batch(table, batch)
+
+
 def _raw_marker(table: Any, **columns: Any) -> bytes:
     """A marker with the given raw (msgpack-ready) column objects."""
     obj: list[Any] = [7, binary.pack_uuid(_uuid(99))]

@@ -404,6 +404,8 @@ def markers_reader(table: TableSchema) -> Callable[
         "uuid_ext": uuid_ext, "max_bytes": max_bytes, "uuid_from_slice": uuid_from_slice,
         "SHARED_MAX_LEN": _SHARED_MAX_LEN,
         "PAD": [(None,) * (n_cols - k) for k in range(n_cols + 1)]}
+    d_names = "".join(f"d{i}, " for i in range(2, n_cols))
+    d_names_1 = "".join(f"d{i}, " for i in range(2, n_cols - 1))
     lines = [
         "def read_all(uuids, payloads, births, versions):",
         "    rows = {}",
@@ -420,13 +422,20 @@ def markers_reader(table: TableSchema) -> Callable[
         "                obj = unpack(payload)",
         "            except Exception:",
         "                raise refused_error from None",
-        "            n = len(obj) if type(obj) is tuple else 0",
-        f"            if not 2 <= n <= {n_cols}:",
+        "            if type(obj) is not tuple:",
         "                raise refused_error",
-        f"            if n < {n_cols}:",
-        "                obj += PAD[n]",
-        f"            birth, version, {', '.join(f'd{i}' for i in range(2, n_cols))}, = obj"
-        if n_cols > 2 else "            birth, version = obj",
+        "            n = len(obj)",
+        # Every column, or all but the last (often absent, as a Logical_Flow's
+        # controller_meter): unpacked as is; any other length padded first.
+        f"            if n == {n_cols}:",
+        f"                birth, version, {d_names}= obj",
+        *([f"            elif n == {n_cols - 1}:",
+           f"                birth, version, {d_names_1}= obj",
+           f"                d{n_cols - 1} = None"] if n_cols > 2 else []),
+        f"            elif 2 <= n < {n_cols}:",
+        f"                birth, version, {d_names}= obj + PAD[n]",
+        "            else:",
+        "                raise refused_error",
         "            if type(birth) is not int:",
         "                raise refused_error",
         # A version string (its caller checks them all at once), else a uuid extension,
@@ -448,15 +457,15 @@ def markers_reader(table: TableSchema) -> Callable[
         env[f"D{i}"] = default[i]
         env[f"dec{i}"] = decoders[i]
         env[f"share{i}"] = sharers[i]
-        d, v, m = f"d{i}", f"v{i}", f"M{i}"
+        d, v, m, x = f"d{i}", f"v{i}", f"M{i}", f"x{i}"
         other = f"{v} = dec{i}(list({d}) if type({d}) is tuple else {d})"
         lines += [f"            if {d} is None:", f"                {v} = D{i}"]
         kind = kinds[i]
         one = f"type({d}) is tuple and len({d}) == 1"
         if kind == _STR:
             lines += [
-                f"            elif {one} and type({d}[0]) is str:",
-                f"                {v} = {d} if len({d}[0]) > SHARED_MAX_LEN "
+                f"            elif {one} and type({x} := {d}[0]) is str:",
+                f"                {v} = {d} if len({x}) > SHARED_MAX_LEN "
                 f"else {m}.setdefault({d}, {d})"]
         elif kind == _MEMO:
             lines += [
@@ -471,16 +480,28 @@ def markers_reader(table: TableSchema) -> Callable[
             continue
         elif kind == _INT:
             env[f"LO{i}"], env[f"HI{i}"] = bounds[i]
+            # Looked up first (most rows repeat a value): a hit is a tuple equal to a valid
+            # one, of one integer in range, or of a bool or a float equal to it (checked).
             lines += [
-                f"            elif {one} and type({d}[0]) is int and LO{i} <= {d}[0] <= HI{i}:",
-                f"                {v} = {m}.setdefault({d}, {d})"]
+                "            else:",
+                "                try:",
+                f"                    {v} = {m}.get({d})",
+                "                except TypeError:",
+                f"                    {v} = None",
+                f"                if {v} is None or type({d}[0]) is not int:",
+                f"                    if {one} and type({x} := {d}[0]) is int "
+                f"and LO{i} <= {x} <= HI{i}:",
+                f"                        {v} = {m}[{d}] = {d}",
+                "                    else:",
+                f"                        {other}"]
+            continue
         elif kind == _UUID:
             lines += [
-                f"            elif {one} and type({d}[0]) is slice "
-                f"and {d}[0].start == uuid_ext:",
-                f"                {v} = {m}.get({d}[0].stop)",
+                f"            elif {one} and type({x} := {d}[0]) is slice "
+                f"and {x}.start == uuid_ext:",
+                f"                {v} = {m}.get({x}.stop)",
                 f"                if {v} is None:",
-                f"                    {v} = {m}[{d}[0].stop] = share{i}(uuid_from_slice({d}[0]))"]
+                f"                    {v} = {m}[{x}.stop] = share{i}(uuid_from_slice({x}))"]
         lines += ["            else:", f"                {other}"]
     lines += [
         "        except (refused_error, DecodeError, TypeError):",
