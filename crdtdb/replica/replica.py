@@ -792,7 +792,8 @@ class Replica:
             raise
         finally:
             self._fresh = ()
-            self._book(booked)
+            if booked:
+                self._book(booked)
         diff = self.view.update(known, engine_checked=True)
         self._stats.local_commits += 1
         if self._own_writes is not None:
@@ -906,7 +907,6 @@ class Replica:
         put = m.integrated.insert
         table = self.schema.tables[tname]
         extras = self._extras[tname].get(uuid, ())
-        raw = self.view.raw[tname].get(uuid)
         if new is None:
             _remove(m, txn, uuid)
             for k in extras:
@@ -939,6 +939,7 @@ class Replica:
                 self._births[tname].pop(uuid, None)
             known[tname, uuid] = new
             return
+        raw = self.view.raw[tname].get(uuid)
         birth = self._births[tname].get(uuid, 0)
         marker: enc.Marker | None = None
         for col in table.ordered[1:]:
