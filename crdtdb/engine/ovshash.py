@@ -133,8 +133,12 @@ class OvsHmap:
         self._mask = 0
         self._buckets: list[list[tuple[int, object]]] = [[]]
         self._n = 0
+        #: The keys in order, kept until the next insert or remove (a server iterates a
+        #: session's monitors at every commit).
+        self._order: tuple[object, ...] | None = ()
 
     def insert(self, h: int, key: object) -> None:
+        self._order = None
         self._buckets[h & self._mask].insert(0, (h, key))
         self._n += 1
         if self._n // 2 > self._mask:
@@ -147,6 +151,7 @@ class OvsHmap:
                 self._buckets, self._mask = new, new_mask
 
     def remove(self, h: int, key: object) -> None:
+        self._order = None
         bucket = self._buckets[h & self._mask]
         for i, (_, k) in enumerate(bucket):
             if k == key:
@@ -156,7 +161,10 @@ class OvsHmap:
         raise KeyError(key)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return (k for bucket in self._buckets for _, k in list(bucket))
+        order = self._order
+        if order is None:
+            order = self._order = tuple(k for bucket in self._buckets for _, k in bucket)
+        return iter(order)
 
     def __len__(self) -> int:
         return self._n

@@ -374,11 +374,13 @@ class ServerCore:
             self.commits.append(pending)
             t.committing = True
             return False
-        if outcome.changeset:
-            self._committed(t.db_name, outcome.changeset)
-        s.outbox.append(Reply(t.request.id, outcome.results))
-        if outcome.changeset:
+        changeset = outcome.changeset
+        if changeset:
+            self._committed(t.db_name, changeset)
+            s.outbox.append(Reply(t.request.id, outcome.results))
             self._retry_waits(t.db_name)
+        else:
+            s.outbox.append(Reply(t.request.id, outcome.results))
         return True
 
     def commit_finished(self, pending: PendingCommit, result: CommitOutcome) -> None:
@@ -443,6 +445,11 @@ class ServerCore:
         return [mon.id, updates]
 
     def _retry_waits(self, db_name: str) -> None:
+        for s in self.sessions.values():
+            if s.triggers:
+                break
+        else:
+            return  # nothing waits (the usual case: every commit asks)
         progress = True
         while progress:
             progress = False

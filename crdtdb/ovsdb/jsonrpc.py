@@ -209,6 +209,8 @@ class ErrorReply:
 
 
 Event = Request | Notification | Reply | ErrorReply
+#: (a tuple made once: ``Reply | ErrorReply`` in isinstance makes a union at every call)
+_REPLIES = (Reply, ErrorReply)
 
 
 class Sentinel(enum.Enum):
@@ -370,6 +372,8 @@ _DECODER = json.JSONDecoder(
 #: The C scanner: (value, end) for the JSON value at an index (a message starts with "{",
 #: so no whitespace to skip).
 _SCAN = _DECODER.scan_once
+#: isinstance's classes as tuples made once (``A | B`` makes a union at every call).
+_SEQUENCES = (list, tuple)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -745,7 +749,7 @@ class JsonRpcConnection:
         if isinstance(event, Request):
             key = _id_key(event.id)  # (get: Counter's __missing__ is Python code)
             self._pending_in[key] = self._pending_in.get(key, 0) + 1
-        elif isinstance(event, Reply | ErrorReply):
+        elif isinstance(event, _REPLIES):
             key = _id_key(event.id)
             if self._pending_out[key] > 0:
                 self._pending_out[key] -= 1
@@ -1011,7 +1015,7 @@ class JsonRpcConnection:
         elif isinstance(event, Notification):
             self._check_call(event.method, event.params)
             message = {"id": None, "method": event.method, "params": event.params}
-        elif isinstance(event, Reply | ErrorReply):
+        elif isinstance(event, _REPLIES):
             key = self._pending_key(event.id)
             if isinstance(event, Reply):
                 if event.result is None:
@@ -1049,7 +1053,7 @@ class JsonRpcConnection:
     def _check_call(method: Any, params: Any) -> None:
         if not isinstance(method, str):
             raise LocalProtocolError(f"method must be a str, not {type(method).__name__}")
-        if not isinstance(params, list | tuple):
+        if not isinstance(params, _SEQUENCES):
             raise LocalProtocolError(f"params must be a list, not {type(params).__name__}")
 
     def _pending_key(self, request_id: Any) -> Hashable:

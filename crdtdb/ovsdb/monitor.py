@@ -350,7 +350,6 @@ class Monitor:
         cond = mt.condition
         match = cond.matches_any if cond is not None and cond.clauses else None
         kinds = mt.kinds()
-        tracked = mt.tracked_indexes()
         rows: dict[str, Any] = {}
         for uuid, change in changes.items():
             old, new = change.old, change.new
@@ -374,9 +373,16 @@ class Monitor:
                 continue
             changed: set[int] = set()
             if kind_ is Select.MODIFY:
-                changed = {i for i in tracked if old[i] != new[i]}  # type: ignore[index]
+                changed = {i for i in mt.tracked_indexes()
+                           if old[i] != new[i]}  # type: ignore[index]
                 if not changed:
                     continue
+            elif kind_ is Select.INSERT:  # (_compose_v2's, inline: every inserted row)
+                rows[uuid] = {"insert": {
+                    name: fn(new[i])  # type: ignore[index]
+                    for i, name, fn, default in mt.send_json(kind_, by_name)
+                    if new[i] != default}}  # type: ignore[index]
+                continue
             rows[uuid] = _compose_v2(mt, old, new, kind_, changed, by_name)
         return rows
 

@@ -35,7 +35,11 @@ import msgpack
 import pycrdt
 from pycrdt import Doc, Map
 
-from crdtdb.engine.collection import collection_paused, collector_paused
+from crdtdb.engine.collection import (
+    LARGE_TRANSACTION_OPS,
+    collection_paused,
+    collector_paused,
+)
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
@@ -608,6 +612,13 @@ class Replica:
         """
         if self._changes_pending:
             self._show_pending()
+        if len(operations) < LARGE_TRANSACTION_OPS:
+            return self._execute(operations, locks, elapsed_ms)  # (no context to enter)
+        with collection_paused(len(operations)):
+            return self._execute(operations, locks, elapsed_ms)
+
+    def _execute(self, operations: Sequence[Any], locks: LockOwnership | None,
+                 elapsed_ms: int) -> Outcome:
         drawn: list[str] = []
         new_uuid, keep = self._new_uuid, drawn.append
 
@@ -615,18 +626,17 @@ class Replica:
             u = new_uuid()
             keep(u)
             return u
-        with collection_paused(len(operations)):
-            outcome = execute(self.view.rows, operations, locks=locks,
-                              elapsed_ms=elapsed_ms, new_uuid=draw)
-            if outcome.changeset:
-                if self.frozen:
-                    # Held like a blocked wait: the server runs it again when the replica
-                    # changes, which thawing counts as (see freeze).
-                    return Outcome(None, read_set=outcome.read_set, blocked=True)
-                # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-                return Outcome(outcome.results,
-                               self.commit(outcome.changeset, fresh=set(drawn)),
-                               outcome.read_set, outcome.blocked, outcome.timeout_ms)
+        outcome = execute(self.view.rows, operations, locks=locks,
+                          elapsed_ms=elapsed_ms, new_uuid=draw)
+        if outcome.changeset:
+            if self.frozen:
+                # Held like a blocked wait: the server runs it again when the replica
+                # changes, which thawing counts as (see freeze).
+                return Outcome(None, read_set=outcome.read_set, blocked=True)
+            # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
+            return Outcome(outcome.results,
+                           self.commit(outcome.changeset, fresh=set(drawn)),
+                           outcome.read_set, outcome.blocked, outcome.timeout_ms)
         return outcome
 
     def transact(self, operations: Sequence[Any], *,
@@ -782,7 +792,8 @@ class Replica:
             raise
         finally:
             self._fresh = ()
-            self._book(booked)
+            if booked:
+                self._book(booked)
         diff = self.view.update(known, engine_checked=True)
         self._stats.local_commits += 1
         if self._own_writes is not None:
@@ -896,7 +907,6 @@ class Replica:
         put = m.integrated.insert
         table = self.schema.tables[tname]
         extras = self._extras[tname].get(uuid, ())
-        raw = self.view.raw[tname].get(uuid)
         if new is None:
             _remove(m, txn, uuid)
             for k in extras:
@@ -929,6 +939,7 @@ class Replica:
                 self._births[tname].pop(uuid, None)
             known[tname, uuid] = new
             return
+        raw = self.view.raw[tname].get(uuid)
         birth = self._births[tname].get(uuid, 0)
         marker: enc.Marker | None = None
         for col in table.ordered[1:]:

@@ -154,7 +154,88 @@ class View:
             if out:
                 self.rows.apply(out)
             return out
-        return self._update_rules(changes, quiet and engine_checked)
+        if quiet and engine_checked:
+            return self._update_checked(changes)
+        return self._update_rules(changes, False)
+
+    def _update_checked(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
+        """:meth:`_update_rules` with ``fast`` (no rule re-evaluated), for a commit's few
+        rows: the raw rows, the reversed references and the index groups kept as there,
+        without what only the rules read (the rows that gained or lost a referrer, the
+        touched groups and maxRows tables)."""
+        olds: dict[RowKey, Row | None] = {}
+        raws = self.raw
+        infos = self._info
+        rin = self._in
+        for key, new in changes.items():
+            t, u = key
+            raw = raws[t]
+            old = raw.get(u)
+            if old is new or (old is not None and new is not None and old == new):
+                continue
+            olds[key] = old
+            info = infos[t]
+            if info.refs:
+                if old is None:
+                    # An insert: every target gains this referrer (twice is once).
+                    for target in self._targets(info, new):  # type: ignore[arg-type]
+                        by_table = rin.get(target)
+                        if by_table is None:
+                            by_table = rin[target] = {}
+                        srcs = by_table.get(t)
+                        if srcs is None:
+                            srcs = by_table[t] = set()
+                        srcs.add(u)
+                else:
+                    old_targets = set(self._targets(info, old))
+                    new_targets = set(self._targets(info, new)) if new is not None else set()
+                    for target in old_targets - new_targets:
+                        by_table = rin.get(target, {})
+                        srcs = by_table.get(t)
+                        if srcs is None:
+                            continue
+                        srcs.discard(u)
+                        if not srcs:
+                            del by_table[t]
+                            if not by_table:
+                                del rin[target]
+                    for target in new_targets - old_targets:
+                        by_table = rin.get(target)
+                        if by_table is None:
+                            by_table = rin[target] = {}
+                        srcs = by_table.get(t)
+                        if srcs is None:
+                            srcs = by_table[t] = set()
+                        srcs.add(u)
+            if new is not None:
+                raw[u] = new
+            else:
+                del raw[u]
+                self._hidden.pop(key, None)
+            if info.index_cols:
+                groups = self._groups[t]
+                for i, cols in enumerate(info.index_cols):
+                    if old is not None:
+                        k = tuple(old[c] for c in cols)
+                        g = groups[i].get(k)
+                        if g is not None:
+                            g.discard(u)
+                            if not g:
+                                del groups[i][k]
+                    if new is not None:
+                        groups[i].setdefault(tuple(new[c] for c in cols), set()).add(u)
+        if not olds:
+            return Changeset()
+        out = Changeset()
+        tables = out.tables
+        for key in (sorted(olds) if len(olds) > 1 else olds):
+            t, u = key
+            rows = tables.get(t)
+            if rows is None:
+                rows = tables[t] = {}
+            rows[u] = RowChange(olds[key], raws[t].get(u))
+        self.rows.apply(out)
+        return out
 
     def _update_rules(self, changes: Mapping[RowKey, Row | None], fast: bool, *,
                       apply: bool = True, touched: set[RowKey] | None = None) -> Changeset:
