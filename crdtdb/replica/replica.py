@@ -686,28 +686,7 @@ class Replica:
                 txn.commit()
             finally:
                 txn.drop()
-        if doc._exceptions:
-            exceptions = tuple(doc._exceptions)
-            doc._exceptions.clear()
-            raise ExceptionGroup("Observer callback error", exceptions)
-        update = _merge(self._captured)
-        span = single_writer_span(update) if update else None
-        if update and span is None:
-            # Only deletions: no item of this writer, so its clock would not move and a peer
-            # at the same state vector could still lack them. One entry in the (unobserved)
-            # meta map moves it: equal state vectors then mean equal documents, which is
-            # what lets gossip answer an in-sync pull with nothing.
-            with self.doc.transaction(origin="local"):
-                self._meta[str(self.client_id)] = b""
-            update = _merge(self._captured)
-            span = single_writer_span(update)
-        self._captured.clear()
-        if span is not None:
-            self._advance_clocks(span)
-            if self.keep_recent:
-                self._recent.add(span, update)
-        elif update:
-            self._clocks = decode_state_vector(self.doc.get_state())
+        update, span = self._local_update()
         touched = self._touched(changeset, self.own_clock()) \
             if self._own_writes is not None else None
         record = b""
@@ -742,6 +721,35 @@ class Replica:
         self._emit(ev)
         self._maybe_compact_log(len(record))
         return diff
+
+    def _local_update(self) -> tuple[bytes, tuple[int, int, int] | None]:
+        """After a local pycrdt transaction (a commit's, a burst's): raise its observers'
+        errors as pycrdt would, and take its update and span, the clocks moved and the
+        update kept for pulls."""
+        doc = self.doc
+        if doc._exceptions:
+            exceptions = tuple(doc._exceptions)
+            doc._exceptions.clear()
+            raise ExceptionGroup("Observer callback error", exceptions)
+        update = _merge(self._captured)
+        span = single_writer_span(update) if update else None
+        if update and span is None:
+            # Only deletions: no item of this writer, so its clock would not move and a peer
+            # at the same state vector could still lack them. One entry in the (unobserved)
+            # meta map moves it: equal state vectors then mean equal documents, which is
+            # what lets gossip answer an in-sync pull with nothing.
+            with doc.transaction(origin="local"):
+                self._meta[str(self.client_id)] = b""
+            update = _merge(self._captured)
+            span = single_writer_span(update)
+        self._captured.clear()
+        if span is not None:
+            self._advance_clocks(span)
+            if self.keep_recent:
+                self._recent.add(span, update)
+        elif update:
+            self._clocks = decode_state_vector(doc.get_state())
+        return update, span
 
     def _commit_in_burst(self, changeset: Changeset, tell: bool,
                          fresh: Container[str]) -> Changeset | None:
@@ -824,7 +832,6 @@ class Replica:
         if burst is None:
             return
         self._captured.clear()
-        doc = self.doc
         try:
             try:
                 burst.txn.commit()
@@ -834,25 +841,7 @@ class Replica:
             for tname in burst.tables:
                 self._map_subs[tname] = self._maps[tname].integrated.observe(
                     self._on_map_event(tname))
-        if doc._exceptions:
-            exceptions = tuple(doc._exceptions)
-            doc._exceptions.clear()
-            raise ExceptionGroup("Observer callback error", exceptions)
-        update = _merge(self._captured)
-        span = single_writer_span(update) if update else None
-        if update and span is None:
-            # Only deletions: see commit.
-            with self.doc.transaction(origin="local"):
-                self._meta[str(self.client_id)] = b""
-            update = _merge(self._captured)
-            span = single_writer_span(update)
-        self._captured.clear()
-        if span is not None:
-            self._advance_clocks(span)
-            if self.keep_recent:
-                self._recent.add(span, update)
-        elif update:
-            self._clocks = decode_state_vector(self.doc.get_state())
+        update, span = self._local_update()
         touched = None
         if self._own_writes is not None:
             touched = burst.touched
