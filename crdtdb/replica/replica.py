@@ -689,21 +689,7 @@ class Replica:
         update, span = self._local_update()
         touched = self._touched(changeset, self.own_clock()) \
             if self._own_writes is not None else None
-        record = b""
-        held = self._held
-        if update and self._log is not None:
-            record = _pack([_UPDATE, self.epoch, update, touched])
-            if held is not None:
-                held.append(record)
-                self._held_sync = self._held_sync or self._fsync or changeset.durable
-            else:
-                try:
-                    self._log.append(record, sync=self._fsync or changeset.durable)
-                except (OSError, StorageError) as exc:
-                    self._failed = self._unlogged = (
-                        f"{self.name}: a commit could not be logged ({exc}); reopen")
-                    self._events.clear()
-                    raise ReplicaFailedError(self._failed) from exc
+        written = self._log_update(update, touched, self._fsync or changeset.durable)
         dirty: set[RowKey] = set()
         by_row = self._drain_events(dirty)
         diff = self._refresh(dirty, known, by_row,
@@ -715,11 +701,11 @@ class Replica:
                          seal=functools.partial(seal, self.schema_digest, self.epoch,
                                                 self.client_id, update, base=self.base)
                          if update else None)
-        if held is not None:
+        if self._held is not None:
             self._held_events.append(ev)
             return diff
         self._emit(ev)
-        self._maybe_compact_log(len(record))
+        self._maybe_compact_log(written)
         return diff
 
     def _local_update(self) -> tuple[bytes, tuple[int, int, int] | None]:
@@ -750,6 +736,27 @@ class Replica:
         elif update:
             self._clocks = decode_state_vector(doc.get_state())
         return update, span
+
+    def _log_update(self, update: bytes, touched: list[list[Any]] | None, sync: bool
+                    ) -> int:
+        """Log a local transaction's update: held (see hold_commits) or written now, when
+        the size written is returned (else 0). A failed write fails the replica: the
+        commit is not durable, so it must not be acknowledged."""
+        if not update or self._log is None:
+            return 0
+        record = _pack([_UPDATE, self.epoch, update, touched])
+        if self._held is not None:
+            self._held.append(record)
+            self._held_sync = self._held_sync or sync
+            return 0
+        try:
+            self._log.append(record, sync=sync)
+        except (OSError, StorageError) as exc:
+            self._failed = self._unlogged = (
+                f"{self.name}: a commit could not be logged ({exc}); reopen")
+            self._events.clear()
+            raise ReplicaFailedError(self._failed) from exc
+        return len(record)
 
     def _commit_in_burst(self, changeset: Changeset, tell: bool,
                          fresh: Container[str]) -> Changeset | None:
@@ -848,20 +855,9 @@ class Replica:
             clock = self.own_clock()
             for entry in touched:
                 entry[0] = clock
-        if update and self._log is not None:
-            record = _pack([_UPDATE, self.epoch, update, touched])
-            sync = burst.sync
-            if self._held is not None:
-                self._held.append(record)
-                self._held_sync = self._held_sync or sync
-            else:
-                try:
-                    self._log.append(record, sync=sync)
-                except (OSError, StorageError) as exc:
-                    self._failed = self._unlogged = (
-                        f"{self.name}: commits could not be logged ({exc}); reopen")
-                    raise ReplicaFailedError(self._failed) from exc
-                self._maybe_compact_log(len(record))
+        written = self._log_update(update, touched, burst.sync)
+        if written:
+            self._maybe_compact_log(written)
         if touched is not None and self._own_writes is not None:
             self._own_writes = _tracked(touched, self._own_writes)
         if update and burst.event is not None:
