@@ -166,7 +166,6 @@ class View:
         olds: dict[RowKey, Row | None] = {}
         raws = self.raw
         infos = self._info
-        rin = self._in
         for key, new in changes.items():
             t, u = key
             raw = raws[t]
@@ -179,51 +178,21 @@ class View:
                 if old is None:
                     # An insert: every target gains this referrer (twice is once).
                     for target in self._targets(info, new):  # type: ignore[arg-type]
-                        by_table = rin.get(target)
-                        if by_table is None:
-                            by_table = rin[target] = {}
-                        srcs = by_table.get(t)
-                        if srcs is None:
-                            srcs = by_table[t] = set()
-                        srcs.add(u)
+                        self._link(target, t, u)
                 else:
                     old_targets = set(self._targets(info, old))
                     new_targets = set(self._targets(info, new)) if new is not None else set()
                     for target in old_targets - new_targets:
-                        by_table = rin.get(target, {})
-                        srcs = by_table.get(t)
-                        if srcs is None:
-                            continue
-                        srcs.discard(u)
-                        if not srcs:
-                            del by_table[t]
-                            if not by_table:
-                                del rin[target]
+                        self._unlink(target, t, u)
                     for target in new_targets - old_targets:
-                        by_table = rin.get(target)
-                        if by_table is None:
-                            by_table = rin[target] = {}
-                        srcs = by_table.get(t)
-                        if srcs is None:
-                            srcs = by_table[t] = set()
-                        srcs.add(u)
+                        self._link(target, t, u)
             if new is not None:
                 raw[u] = new
             else:
                 del raw[u]
                 self._hidden.pop(key, None)
             if info.index_cols:
-                groups = self._groups[t]
-                for i, cols in enumerate(info.index_cols):
-                    if old is not None:
-                        k = tuple(old[c] for c in cols)
-                        g = groups[i].get(k)
-                        if g is not None:
-                            g.discard(u)
-                            if not g:
-                                del groups[i][k]
-                    if new is not None:
-                        groups[i].setdefault(tuple(new[c] for c in cols), set()).add(u)
+                self._regroup(t, info, u, old, new)
         if not olds:
             return Changeset()
         out = Changeset()
@@ -259,23 +228,9 @@ class View:
                 old_targets = set(self._targets(info, old)) if old is not None else set()
                 new_targets = set(self._targets(info, new)) if new is not None else set()
                 for target in old_targets - new_targets:
-                    by_table = self._in.get(target, {})
-                    srcs = by_table.get(t)
-                    if srcs is None:
-                        continue
-                    srcs.discard(u)
-                    if not srcs:
-                        del by_table[t]
-                        if not by_table:
-                            del self._in[target]
+                    self._unlink(target, t, u)
                 for target in new_targets - old_targets:
-                    by_table = self._in.get(target)
-                    if by_table is None:
-                        by_table = self._in[target] = {}
-                    srcs = by_table.get(t)
-                    if srcs is None:
-                        srcs = by_table[t] = set()
-                    srcs.add(u)
+                    self._link(target, t, u)
                 # Rows that gained or lost this referrer (GC may hide or show them).
                 extra.update(old_targets ^ new_targets)
             if new is not None:
@@ -283,20 +238,7 @@ class View:
             else:
                 del raw[u]
                 self._hidden.pop(key, None)
-            groups = self._groups[t]
-            for i, cols in enumerate(info.index_cols):
-                if old is not None:
-                    k = tuple(old[c] for c in cols)
-                    g = groups[i].get(k)
-                    if g is not None:
-                        g.discard(u)
-                        if not g:
-                            del groups[i][k]
-                    touched_groups.add((t, i, k))
-                if new is not None:
-                    k = tuple(new[c] for c in cols)
-                    groups[i].setdefault(k, set()).add(u)
-                    touched_groups.add((t, i, k))
+            self._regroup(t, info, u, old, new, touched_groups)
             if (old is None) != (new is None) and info.max_rows < UNLIMITED:
                 max_rows_tables.add(t)
             dirty.add(key)
@@ -471,36 +413,59 @@ class View:
                 if not self._info[tt].is_root:
                     return False
             for target in lost:
-                by_table = self._in[target]
-                srcs = by_table[t]
-                srcs.discard(u)
-                if not srcs:
-                    del by_table[t]
-                    if not by_table:
-                        del self._in[target]
+                self._unlink(target, t, u)
             for target in gained:
-                by_table = self._in.get(target)
-                if by_table is None:
-                    by_table = self._in[target] = {}
-                srcs = by_table.get(t)
-                if srcs is None:
-                    srcs = by_table[t] = set()
-                srcs.add(u)
+                self._link(target, t, u)
         if new is None:
             del raw[t][u]
         else:
             raw[t][u] = new
-        if old is None or new is None:
-            for cols, g in zip(info.index_cols, groups, strict=True):
-                if new is None:
-                    k = tuple(old[c] for c in cols)  # type: ignore[index]
-                    members = g[k]
-                    members.discard(u)
-                    if not members:
-                        del g[k]
-                else:
-                    g[tuple(new[c] for c in cols)] = {u}
+        if old is None or new is None:  # (an update keeps its index values, see above)
+            self._regroup(t, info, u, old, new)
         return True
+
+    def _link(self, target: RowKey, t: str, u: str) -> None:
+        """Reverse references: row ``u`` of table ``t`` now refers to ``target``."""
+        by_table = self._in.get(target)
+        if by_table is None:
+            by_table = self._in[target] = {}
+        srcs = by_table.get(t)
+        if srcs is None:
+            srcs = by_table[t] = set()
+        srcs.add(u)
+
+    def _unlink(self, target: RowKey, t: str, u: str) -> None:
+        """Reverse references: row ``u`` of table ``t`` no longer refers to ``target``."""
+        by_table = self._in.get(target)
+        srcs = by_table.get(t) if by_table is not None else None
+        if srcs is None:
+            return
+        srcs.discard(u)
+        if not srcs:
+            del by_table[t]  # type: ignore[union-attr]
+            if not by_table:
+                del self._in[target]
+
+    def _regroup(self, t: str, info: _TableInfo, u: str, old: Row | None, new: Row | None,
+                 touched: set[tuple[str, int, tuple]] | None = None) -> None:
+        """Index groups: row ``u`` of table ``t`` moves from ``old``'s index values to
+        ``new``'s (``touched`` gets each group key it left or joined)."""
+        groups = self._groups[t]
+        for i, cols in enumerate(info.index_cols):
+            if old is not None:
+                k = tuple(old[c] for c in cols)
+                g = groups[i].get(k)
+                if g is not None:
+                    g.discard(u)
+                    if not g:
+                        del groups[i][k]
+                if touched is not None:
+                    touched.add((t, i, k))
+            if new is not None:
+                k = tuple(new[c] for c in cols)
+                groups[i].setdefault(k, set()).add(u)
+                if touched is not None:
+                    touched.add((t, i, k))
 
     def _hide_violators(self, work: Iterable[RowKey], touched: set[RowKey]) -> set[RowKey]:
         """Stratum 2's worklist: hide each candidate in ``work`` that violates a rule, and
