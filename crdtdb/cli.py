@@ -137,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     fully = {s.name for s in linearizable if config.linearizable_tables(s) == set(s.tables)}
     databases: dict[str, Any] = {}
     fsync = args.fsync == "always"
+    gossiping = bool(args.listen or args.peer or args.discover)
     if not args.data_dir:
         log.warning("no --data-dir: databases are in memory only and lost on exit")
     for schema in schemas:
@@ -150,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             db = (Replica.open(where, schema, fsync=fsync) if where is not None
                   else Replica.in_memory(schema))
+            db.keep_recent = gossiping  # (else no peer will pull from it: see Replica.diff)
         elif where is not None:
             from crdtdb.storage.durable import DurableDatabase
 
@@ -169,11 +171,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_backlog_bytes=args.max_backlog_bytes,
                     txn_history=args.txn_history)
 
-    gossiping = bool(args.listen or args.peer or args.discover)
-    if not gossiping:
-        for db in databases.values():
-            if hasattr(db, "keep_recent"):
-                db.keep_recent = False  # no peer will pull from it (see Replica.diff)
     if gossiping and args.store != "replica":
         log.error("--listen/--peer need --store=replica")
         return 2
