@@ -50,12 +50,12 @@ import trio
 
 from crdtdb.ovsdb.client import open_ovsdb_client
 from crdtdb.sandbox import Chassis, Sandbox, SandboxError, find_tools
+from sims.procstat import cpu_seconds, rss_bytes
 from sims.report import DOC, run_header, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("ovsdb", "crdtdb")
 LABEL = {"ovsdb": "ovsdb-server", "crdtdb": "crdtdb"}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 2**20
 #: A crdtdb process "grows with N" if its value at the largest N exceeds the smallest N's by
 #: this factor (and by more than the absolute slack below): the machine's noise is up to 2x
@@ -65,26 +65,6 @@ SLACK = {"work": 0.5, "idle": 0.5}  # ms of CPU per change; % of a core
 
 
 # --- measuring processes -------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of the process itself (not its children)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
 
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     out = {}

@@ -34,8 +34,8 @@ def test_bench_serve_quick(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert bench_serve.main(["--quick", "--no-write"]) == 0
     out = capsys.readouterr().out
-    for line in ("transactions (pipelined single-row inserts)", "commit-to-update latency p50",
-                 "initial monitor dump, 2,000 flows"):
+    for line in ("transactions (pipelined single-row inserts)", "server CPU per transaction",
+                 "commit-to-update latency p50", "initial monitor dump, 2,000 flows"):
         assert line in out
 
 
