@@ -59,6 +59,7 @@ SERVER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "_serv
 _MONITOR_METHODS = {"monitor": Version.V1, "monitor_cond": Version.V2,
                     "monitor_cond_since": Version.V3}
 _UPDATE_METHOD = {Version.V1: "update", Version.V2: "update2", Version.V3: "update3"}
+_V3 = Version.V3  # (read per commit: see crdtdb/ovsdb/monitor.py's _V1)
 
 Event = Request | Notification | Reply | ErrorReply
 
@@ -440,7 +441,7 @@ class ServerCore:
 
     def _update_params(self, mon: Monitor, updates: Any, txn_id: str = ZERO_UUID
                        ) -> list[Any]:
-        if mon.version is Version.V3:
+        if mon.version is _V3:
             return [mon.id, txn_id, updates]
         return [mon.id, updates]
 

@@ -51,6 +51,15 @@ class Select(enum.IntFlag):
     ALL = 15
 
 
+# Members read per commit, as module globals: on Python 3.11 reading one off its enum class
+# (``Select.INSERT``) goes through EnumType's __getattr__ hook, ~1k instructions each
+# (five a served commit: 1.1% of its cost, sims/serve_harness.py under callgrind).
+_V1 = Version.V1
+_V3 = Version.V3
+_INSERT = Select.INSERT
+_DELETE = Select.DELETE
+_MODIFY = Select.MODIFY
+
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
@@ -330,7 +339,7 @@ class Monitor:
             mt = self.tables.get(tname)
             if mt is None or not changes:
                 continue
-            if self.version is Version.V1:
+            if self.version is _V1:
                 rows = {}
                 for uuid, change in changes.items():
                     upd = self._row_update(mt, change.old, change.new, False, None, None)
@@ -356,28 +365,28 @@ class Monitor:
             if old is None:
                 if new is None or (match is not None and not match(new)):
                     continue
-                kind_ = Select.INSERT
+                kind_ = _INSERT
             elif new is None:
                 if match is not None and not match(old):
                     continue
-                kind_ = Select.DELETE
+                kind_ = _DELETE
             elif match is None:
-                kind_ = Select.MODIFY
+                kind_ = _MODIFY
             elif match(old):
-                kind_ = Select.MODIFY if match(new) else Select.DELETE
+                kind_ = _MODIFY if match(new) else _DELETE
             elif match(new):
-                kind_ = Select.INSERT
+                kind_ = _INSERT
             else:
                 continue
             if kind_ not in kinds:
                 continue
             changed: set[int] = set()
-            if kind_ is Select.MODIFY:
+            if kind_ is _MODIFY:
                 changed = {i for i in mt.tracked_indexes()
                            if old[i] != new[i]}  # type: ignore[index]
                 if not changed:
                     continue
-            elif kind_ is Select.INSERT:  # (_compose_v2's, inline: every inserted row)
+            elif kind_ is _INSERT:  # (_compose_v2's, inline: every inserted row)
                 rows[uuid] = {"insert": {
                     name: fn(new[i])  # type: ignore[index]
                     for i, name, fn, default in mt.send_json(kind_, by_name)
