@@ -200,6 +200,19 @@ class ReplicaStatistics:
     conflicts: dict[str, int] = field(default_factory=dict)
 
 
+class _EveryUuid:
+    """The container of every uuid: ``fresh`` for a commit all of whose inserted rows are
+    under uuids its engine run drew (see ``Replica._execute``)."""
+
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+EVERY_UUID: Container[str] = _EveryUuid()
+
+
 def new_client_id(rng: random.Random) -> int:
     """A random 32-bit client id (never :data:`BASE_CLIENT_ID`)."""
     return rng.randrange(1, 2**32)
@@ -619,15 +632,17 @@ class Replica:
 
     def _execute(self, operations: Sequence[Any], locks: LockOwnership | None,
                  elapsed_ms: int) -> Outcome:
-        drawn: list[str] = []
-        new_uuid, keep = self._new_uuid, drawn.append
-
-        def draw() -> str:  # the uuids the engine draws: see _write_row's births
-            u = new_uuid()
-            keep(u)
-            return u
-        outcome = execute(self.view.rows, operations, locks=locks,
-                          elapsed_ms=elapsed_ms, new_uuid=draw)
+        fresh: Container[str]
+        for op in operations:
+            if type(op) is dict and "uuid" in op:
+                outcome, fresh = self._execute_noting_draws(operations, locks, elapsed_ms)
+                break
+        else:
+            # No operation names a uuid: every row it inserts is under one the engine drew
+            # (fresh, see _write_row's births), known without a closure call per uuid drawn.
+            outcome = execute(self.view.rows, operations, locks=locks,
+                              elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
+            fresh = EVERY_UUID
         if outcome.changeset:
             if self.frozen:
                 # Held like a blocked wait: the server runs it again when the replica
@@ -635,9 +650,23 @@ class Replica:
                 return Outcome(None, read_set=outcome.read_set, blocked=True)
             # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
             return Outcome(outcome.results,
-                           self.commit(outcome.changeset, fresh=set(drawn)),
+                           self.commit(outcome.changeset, fresh=fresh),
                            outcome.read_set, outcome.blocked, outcome.timeout_ms)
         return outcome
+
+    def _execute_noting_draws(self, operations: Sequence[Any], locks: LockOwnership | None,
+                              elapsed_ms: int) -> tuple[Outcome, set[str]]:
+        """The engine's run, and the uuids it drew (see _write_row's births)."""
+        drawn: list[str] = []
+        new_uuid, keep = self._new_uuid, drawn.append
+
+        def draw() -> str:
+            u = new_uuid()
+            keep(u)
+            return u
+        outcome = execute(self.view.rows, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=draw)
+        return outcome, set(drawn)
 
     def transact(self, operations: Sequence[Any], *,
                  locks: LockOwnership | None = None) -> list[Any]:
@@ -914,7 +943,8 @@ class Replica:
             # made again after a move) takes the commit's random birth: two commits
             # never share one (one life per uuid in a commit), as two rows needed not.
             birth = 0
-            if uuid not in self._fresh:
+            fresh = self._fresh
+            if fresh is not EVERY_UUID and uuid not in fresh:
                 birth = self._commit_birth or self._rng.randrange(1, 2**32)
                 self._commit_birth = birth
             put(txn, uuid, enc.pack_marker(table, birth, new))
