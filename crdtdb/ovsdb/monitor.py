@@ -89,8 +89,8 @@ class MonitorTable:
     condition: Condition | None = None
     #: Cached per kind of change: the monitored columns that kind sends (see ``send``).
     _send: dict[tuple[Select, bool], tuple[ColumnSchema, ...]] = field(default_factory=dict)
-    #: See ``composer``: (the columns it was made for, the function).
-    _composers: dict[tuple[Select, bool], tuple[tuple[ColumnSchema, ...], Any]] = field(
+    #: See ``composer`` (emptied with ``_send``).
+    _composers: dict[tuple[Select, bool], Callable[[Row], dict[str, Any]]] = field(
         default_factory=dict)
     _all_indexes: tuple[int, ...] = ()
     _kinds: frozenset[Select] = frozenset()
@@ -127,11 +127,10 @@ class MonitorTable:
         """What an update2 "insert" or "initial" holds for a row, by code made for the
         columns this kind of change sends (see :func:`_make_composer`), remade when they
         change."""
-        cols = self.send(kind_, by_name)
-        made = self._composers.get((kind_, by_name))
-        if made is None or made[0] is not cols:
-            made = self._composers[(kind_, by_name)] = (cols, _make_composer(cols))
-        return made[1]
+        fn = self._composers.get((kind_, by_name))
+        if fn is None:
+            fn = self._composers[(kind_, by_name)] = _make_composer(self.send(kind_, by_name))
+        return fn
 
     def tracked_indexes(self) -> tuple[int, ...]:
         """Row positions of every tracked column (a change to any of them is a modify)."""
@@ -149,9 +148,11 @@ class MonitorTable:
                 c.select |= select
                 c.monitored = c.monitored or monitored
                 self._send.clear()
+                self._composers.clear()
                 return
         self.columns.append(_Column(column, select, monitored))
         self._send.clear()
+        self._composers.clear()
 
     def track_condition_columns(self) -> None:
         if self.condition is None:
@@ -328,7 +329,9 @@ class Monitor:
     def changes(self, changeset: Changeset) -> dict[str, Any]:
         """Table updates for one committed transaction (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
-        by_name = self._sorted()
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._sorted()
         # (the changed tables, not the monitored ones: a commit touches few of the many
         # tables a client such as ovn-controller monitors; _finish orders the tables)
         for tname, changes in changeset.tables.items():
@@ -345,6 +348,8 @@ class Monitor:
                 rows = self._changes_v2(mt, changes, by_name)
             if rows:
                 out[tname] = rows
+        if len(out) <= 1 and (not out or len(next(iter(out.values()))) == 1):
+            return out  # (_finish's first case, without its call: a single-row commit)
         return self._finish(out, by_name)
 
     def _changes_v2(self, mt: MonitorTable, changes: Mapping[str, RowChange],
@@ -354,7 +359,7 @@ class Monitor:
         rows of a commit, and the per-row calls were most of that cost."""
         cond = mt.condition
         match = cond.matches_any if cond is not None and cond.clauses else None
-        kinds = mt.kinds()
+        kinds = mt._kinds if mt._kinds_of == mt.select else mt.kinds()
         rows: dict[str, Any] = {}
         compose = None
         for uuid, change in changes.items():
@@ -385,7 +390,8 @@ class Monitor:
                     continue
             elif kind_ is _INSERT:  # (_compose_v2's: every inserted row)
                 if compose is None:
-                    compose = mt.composer(kind_, by_name)
+                    compose = (mt._composers.get((kind_, by_name))
+                               or mt.composer(kind_, by_name))
                 rows[uuid] = {"insert": compose(new)}  # type: ignore[arg-type]
                 continue
             rows[uuid] = _compose_v2(mt, old, new, kind_, changed, by_name)
