@@ -648,10 +648,15 @@ class Replica:
                 # Held like a blocked wait: the server runs it again when the replica
                 # changes, which thawing counts as (see freeze).
                 return Outcome(None, read_set=outcome.read_set, blocked=True)
+            diff = None
+            if self._held is not None and not self._failed:
+                # (commit's path for it, straight: its other checks are passed here)
+                diff = self._commit_in_burst(outcome.changeset, True, fresh)
+            if diff is None:
+                diff = self.commit(outcome.changeset, fresh=fresh)
             # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-            return Outcome(outcome.results,
-                           self.commit(outcome.changeset, fresh=fresh),
-                           outcome.read_set, outcome.blocked, outcome.timeout_ms)
+            return Outcome(outcome.results, diff, outcome.read_set, outcome.blocked,
+                           outcome.timeout_ms)
         return outcome
 
     def _execute_noting_draws(self, operations: Sequence[Any], locks: LockOwnership | None,
