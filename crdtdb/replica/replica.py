@@ -923,7 +923,7 @@ class Replica:
         ``booked``: where to note the non-marker keys added (True) and removed (see
         _commit_in_burst)."""
         m = self._maps[tname]
-        put = m.integrated.insert
+        put = m._integrated.insert  # (the map is integrated: the property's test, skipped)
         table = self.schema.tables[tname]
         extras = self._extras[tname].get(uuid, ())
         if new is None:
