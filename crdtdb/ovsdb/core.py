@@ -321,16 +321,18 @@ class ServerCore:
     # --- transactions and waits -----------------------------------------------------------
 
     def _transact(self, s: Session, req: Request, db: Database) -> None:
-        key = monitor_key(req.id)
-        if key in s.triggers:
+        triggers = s.triggers
+        if triggers and monitor_key(req.id) in triggers:  # (none pending: the usual case)
             s.outbox.append(_syntax_error_reply(req, "duplicate request ID"))
             return
         now = self.now_ms()
         t = _Trigger(req, req.params[0], now)
-        if not self._try(s, t, now):  # (its first run is when it came: 0 ms elapsed)
-            # (_try has flagged waits_changed if it now waits with a deadline; queued and
+        # Its first run is when it came (0 ms elapsed), and not through _try: nothing can
+        # find it running, as it is in no session's triggers yet.
+        if not self._run(s, t, now):
+            # (_run has flagged waits_changed if it now waits with a deadline; queued and
             # committing transactions have none, so the timer task need not wake for them)
-            s.triggers[key] = t
+            triggers[monitor_key(req.id)] = t
 
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is still pending (blocked on a ``wait``, queued
