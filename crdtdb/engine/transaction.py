@@ -309,7 +309,16 @@ class _Executor:
         self.locks = locks
         self.elapsed_ms = elapsed_ms
         self.timeout_ms: int | None = None
-        self.symtab = data.SymbolTable(txn.new_uuid)
+        self._symtab: data.SymbolTable | None = None
+
+    @property
+    def symtab(self) -> data.SymbolTable:
+        """The transaction's named uuids, made when first needed: a transaction of plain
+        inserts (a served one) never needs it."""
+        symtab = self._symtab
+        if symtab is None:
+            symtab = self._symtab = data.SymbolTable(self.txn.new_uuid)
+        return symtab
 
     def parse_table(self, p: ObjectParser, member: str = "table") -> TableSchema | None:
         name = p.member(member, P.ID)
