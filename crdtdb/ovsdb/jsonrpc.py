@@ -1011,6 +1011,14 @@ class JsonRpcConnection:
             raise LocalProtocolError("send() after close()")
         if type(event) is Reply:
             return self._send_reply(event)
+        if type(event) is Notification:  # (an update: the other usual message)
+            method, params = event.method, event.params
+            if type(method) is not str or type(params) is not list:
+                self._check_call(method, params)
+            data = self._encode({"id": None, "method": method, "params": params})
+            self._bytes_sent += len(data)
+            self._messages_sent += 1
+            return data
         key: Hashable | None = None
         if isinstance(event, Request):
             self._check_call(event.method, event.params)

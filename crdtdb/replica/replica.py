@@ -609,7 +609,8 @@ class Replica:
                     raise ReplicaFailedError(self._failed) from exc
         for ev in events:
             try:
-                self._emit(ev)
+                for fn in list(self._listeners):  # (_emit, inline: once a held commit)
+                    fn(ev)
             except Exception:  # the commits are durable: they must not look failed
                 logger.exception("%s: a listener failed on a held commit", self.name)
         if records:
