@@ -383,10 +383,15 @@ class ServerCore:
             t.committing = True
             return False
         changeset = outcome.changeset
-        if changeset:
+        # (bool(changeset), and _retry_waits' test for a waiting transaction, inline: two
+        # Python calls a commit)
+        if changeset is not None and any(changeset.tables.values()):
             self._committed(t.db_name, changeset)
             s.outbox.append(Reply(t.request.id, outcome.results))
-            self._retry_waits(t.db_name)
+            for other in self.sessions.values():
+                if other.triggers:
+                    self._retry_waits(t.db_name)
+                    break
         else:
             s.outbox.append(Reply(t.request.id, outcome.results))
         return True

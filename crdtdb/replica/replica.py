@@ -644,7 +644,8 @@ class Replica:
             outcome = execute(self.view.rows, operations, locks=locks,
                               elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
             fresh = EVERY_UUID
-        if outcome.changeset:
+        changeset = outcome.changeset
+        if changeset is not None and any(changeset.tables.values()):  # (its bool, inline)
             if self.frozen:
                 # Held like a blocked wait: the server runs it again when the replica
                 # changes, which thawing counts as (see freeze).
@@ -652,13 +653,12 @@ class Replica:
             diff = None
             if self._held is not None and not self._failed:
                 # (commit's path for it, straight: its other checks are passed here)
-                diff = self._commit_in_burst(outcome.changeset, True, fresh)
+                diff = self._commit_in_burst(changeset, True, fresh)
             if diff is None:
-                diff = self.commit(outcome.changeset, fresh=fresh)
+                diff = self.commit(changeset, fresh=fresh)
             # (the engine's own Outcome, which nothing else holds: a new one, or
             # dataclasses.replace, cost ~1 us a commit)
             outcome.changeset = diff
-            return outcome
         return outcome
 
     def _execute_noting_draws(self, operations: Sequence[Any], locks: LockOwnership | None,
