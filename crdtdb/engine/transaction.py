@@ -722,7 +722,9 @@ def execute(snapshot: Snapshot, operations: Sequence[Any], *,
     except OvsdbError as exc:
         results.append(exc.to_json())
         return Outcome(results, None, _read_set(txn))
-    return Outcome(results, changeset, _read_set(txn))
+    # (_read_set, inline: a transaction of inserts reads nothing)
+    return Outcome(results, changeset, _read_set(txn) if txn.read_tables or txn.read_rows
+                   else _NOTHING_READ)
 
 
 def _read_set(txn: _Transaction) -> ReadSet:
@@ -1073,7 +1075,8 @@ _NEW = attrgetter("new")
 
 
 def _changeset(txn: _Transaction) -> Changeset:
-    cs = Changeset(comment=_comment(txn), durable=txn.durable)
+    cs = Changeset(comment="\n".join(txn.comments) if txn.comments else None,  # (_comment)
+                   durable=txn.durable)
     with_committed: set[str] | None = None
     for tname, trows in txn.tables.items():
         if len(trows) <= 8:

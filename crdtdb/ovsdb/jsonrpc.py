@@ -1015,7 +1015,9 @@ class JsonRpcConnection:
             method, params = event.method, event.params
             if type(method) is not str or type(params) is not list:
                 self._check_call(method, params)
-            data = self._encode({"id": None, "method": method, "params": params})
+            message = {"id": None, "method": method, "params": params}
+            data = (_fast_encode(message) if self.strict_unicode else None) \
+                or self._encode(message)  # (_encode's first step, inline)
             self._bytes_sent += len(data)
             self._messages_sent += 1
             return data
@@ -1073,7 +1075,9 @@ class JsonRpcConnection:
         if event.result is None:
             raise LocalProtocolError(
                 "Reply.result is None: on the wire that is a request without a method")
-        data = self._encode({"id": request_id, "result": event.result, "error": None})
+        message = {"id": request_id, "result": event.result, "error": None}
+        data = (_fast_encode(message) if self.strict_unicode else None) \
+            or self._encode(message)  # (_encode's first step, inline)
         if n == 1:
             pending.pop(key)  # (Counter.__delitem__ is Python code)
         else:
