@@ -549,7 +549,10 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
     disconnected). ``lock_gate`` makes OVSDB locks cluster-wide (it must call
     :meth:`OvsdbServer.lock_changed`)."""
     limits = limits or Limits()
-    core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000),
+    # (the run's clock, looked up once: trio.current_time() finds it at every call, and
+    # the core asks for the time once a transaction)
+    clock_time = trio.lowlevel.current_clock().current_time
+    core = ServerCore(databases, now_ms=lambda: int(clock_time() * 1000),
                       lock_gate=lock_gate, txn_history=limits.txn_history)
     server = OvsdbServer(core, limits)
     if lock_gate is not None:
