@@ -226,6 +226,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              ", ".join(addresses))
                     await until_signal(signals)
 
+    from crdtdb.engine.collection import settle_for_serving
+
+    settle_for_serving()
     try:
         trio.run(run)
     except ConfigError as exc:

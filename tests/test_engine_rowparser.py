@@ -182,4 +182,5 @@ def test_column_names_never_become_code() -> None:
 
 
 _VOCABULARY = {"value", "row_uuid", "new_uuid", "get", "n", "v", "s", "e", "a", "b", "type",
-               "len", "list", "str", "int", "tuple", "SLOW", "LONG", "REMEMBER", "TypeError"}
+               "len", "list", "str", "int", "tuple", "SLOW", "LONG", "REMEMBER", "TypeError",
+               "pa", "pb", "k", "x", "intern"}

@@ -18,6 +18,7 @@ objects in its namespace, never as text.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,7 @@ def _build(table: TableSchema) -> RowParser:
     bad_default = {c.index for c, _ in table.bad_defaults}
     env: dict[str, Any] = {"SLOW": data.SLOW, "list": list, "str": str, "int": int,
                            "type": type, "len": len, "LONG": data._INTERN_MAX_LEN,
-                           "REMEMBER": data._remember}
+                           "REMEMBER": data._remember, "intern": sys.intern}
     lines = ["def parse(value, row_uuid, new_uuid):",
              "    get = value.get",
              f"    n = len(value) - {len(cols)}"]
@@ -136,7 +137,8 @@ def _build(table: TableSchema) -> RowParser:
         elif kind == _SMAP:
             # data._string_map_parser's usual case inline: two pairs, both in the cache of
             # pairs of short strings (so each is a valid pair), keys distinct.
-            env[f"C{i}"] = data._tuple_cache((AtomicType.STRING, AtomicType.STRING)).get
+            pairs = data._tuple_cache((AtomicType.STRING, AtomicType.STRING))
+            env[f"C{i}"], env[f"PM{i}"] = pairs.get, pairs
             # The map itself shared too, as its pairs are: rows repeat whole maps (every
             # flow of a stage has the same external_ids), and a 2-tuple each costs 64
             # bytes (100k Logical_Flow rows of sims.workload: 5.5 MiB).
@@ -150,10 +152,25 @@ def _build(table: TableSchema) -> RowParser:
                 "                a, b = e",
                 "                if type(a) is list and type(b) is list:",
                 "                    try:",
-                f"                        a = C{i}(tuple(a))",
-                f"                        b = C{i}(tuple(b))",
+                f"                        pa = C{i}(tuple(a))",
+                f"                        pb = C{i}(tuple(b))",
                 "                    except TypeError:",
-                "                        a = None",
+                "                        pa = pb = a = b = None",
+                # A pair not seen yet (a flow's "source" => "northd.c:NNNN"): string_map's
+                # way with a pair of short strings, inline, not a call of it for the map.
+                "                    if pa is None and a is not None and len(a) == 2:",
+                "                        k, x = a",
+                "                        if (type(k) is str and type(x) is str",
+                "                                and len(k) <= LONG and len(x) <= LONG):",
+                "                            pa = (intern(k), intern(x))",
+                f"                            pa = REMEMBER(PM{i}, pa, pa)",
+                "                    if pb is None and b is not None and len(b) == 2:",
+                "                        k, x = b",
+                "                        if (type(k) is str and type(x) is str",
+                "                                and len(k) <= LONG and len(x) <= LONG):",
+                "                            pb = (intern(k), intern(x))",
+                f"                            pb = REMEMBER(PM{i}, pb, pb)",
+                "                    a, b = pa, pb",
                 "                    if a is not None and b is not None:",
                 "                        if a[0] < b[0]:",
                 f"                            {d} = (a, b)",

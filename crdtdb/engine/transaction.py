@@ -309,7 +309,16 @@ class _Executor:
         self.locks = locks
         self.elapsed_ms = elapsed_ms
         self.timeout_ms: int | None = None
-        self.symtab = data.SymbolTable(txn.new_uuid)
+        self._symtab: data.SymbolTable | None = None
+
+    @property
+    def symtab(self) -> data.SymbolTable:
+        """The transaction's named uuids, made when first needed: a transaction of plain
+        inserts (a served one) never needs it."""
+        symtab = self._symtab
+        if symtab is None:
+            symtab = self._symtab = data.SymbolTable(self.txn.new_uuid)
+        return symtab
 
     def parse_table(self, p: ObjectParser, member: str = "table") -> TableSchema | None:
         name = p.member(member, P.ID)
@@ -713,7 +722,9 @@ def execute(snapshot: Snapshot, operations: Sequence[Any], *,
     except OvsdbError as exc:
         results.append(exc.to_json())
         return Outcome(results, None, _read_set(txn))
-    return Outcome(results, changeset, _read_set(txn))
+    # (_read_set, inline: a transaction of inserts reads nothing)
+    return Outcome(results, changeset, _read_set(txn) if txn.read_tables or txn.read_rows
+                   else _NOTHING_READ)
 
 
 def _read_set(txn: _Transaction) -> ReadSet:
@@ -1064,7 +1075,8 @@ _NEW = attrgetter("new")
 
 
 def _changeset(txn: _Transaction) -> Changeset:
-    cs = Changeset(comment=_comment(txn), durable=txn.durable)
+    cs = Changeset(comment="\n".join(txn.comments) if txn.comments else None,  # (_comment)
+                   durable=txn.durable)
     with_committed: set[str] | None = None
     for tname, trows in txn.tables.items():
         if len(trows) <= 8:

@@ -59,6 +59,7 @@ SERVER_SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "_serv
 _MONITOR_METHODS = {"monitor": Version.V1, "monitor_cond": Version.V2,
                     "monitor_cond_since": Version.V3}
 _UPDATE_METHOD = {Version.V1: "update", Version.V2: "update2", Version.V3: "update3"}
+_V3 = Version.V3  # (read per commit: see crdtdb/ovsdb/monitor.py's _V1)
 
 Event = Request | Notification | Reply | ErrorReply
 
@@ -97,7 +98,7 @@ class LockGate(Protocol):
 MAX_COMMIT_RETRIES = 100
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Trigger:
     request: Request
     db_name: str
@@ -142,6 +143,8 @@ class Session:
     #: Ids of requests dropped without an answer (a cancelled transaction): the I/O layer
     #: tells its codec to stop expecting a reply.
     abandoned: list[Any] = field(default_factory=list)
+    #: The locks view a transaction of this session runs with (see ServerCore._run).
+    run_locks: Any = field(default=None, repr=False)
 
     def drain(self) -> list[Event]:
         out, self.outbox = self.outbox, []
@@ -243,14 +246,15 @@ class ServerCore:
         """
         if s.closed:
             return None
-        if isinstance(event, Notification):
-            if event.method == "cancel":
-                self._cancel(s, event.params)
-            return None
-        if isinstance(event, Reply):
-            return None if event.id == "echo" else "received unexpected reply message"
-        if isinstance(event, ErrorReply):
-            return "received unexpected error message"
+        if type(event) is not Request:  # (a request, mostly: one test, not three)
+            if isinstance(event, Notification):
+                if event.method == "cancel":
+                    self._cancel(s, event.params)
+                return None
+            if isinstance(event, Reply):
+                return None if event.id == "echo" else "received unexpected reply message"
+            if isinstance(event, ErrorReply):
+                return "received unexpected error message"
         s.n_requests += 1
         req = event
         method = req.method
@@ -317,16 +321,18 @@ class ServerCore:
     # --- transactions and waits -----------------------------------------------------------
 
     def _transact(self, s: Session, req: Request, db: Database) -> None:
-        key = monitor_key(req.id)
-        if key in s.triggers:
+        triggers = s.triggers
+        if triggers and monitor_key(req.id) in triggers:  # (none pending: the usual case)
             s.outbox.append(_syntax_error_reply(req, "duplicate request ID"))
             return
         now = self.now_ms()
         t = _Trigger(req, req.params[0], now)
-        if not self._try(s, t, now):  # (its first run is when it came: 0 ms elapsed)
-            # (_try has flagged waits_changed if it now waits with a deadline; queued and
+        # Its first run is when it came (0 ms elapsed), and not through _try: nothing can
+        # find it running, as it is in no session's triggers yet.
+        if not self._run(s, t, now):
+            # (_run has flagged waits_changed if it now waits with a deadline; queued and
             # committing transactions have none, so the timer task need not wake for them)
-            s.triggers[key] = t
+            triggers[monitor_key(req.id)] = t
 
     def _try(self, s: Session, t: _Trigger, now: int | None = None) -> bool:
         """Run a transaction; False if it is still pending (blocked on a ``wait``, queued
@@ -358,8 +364,10 @@ class ServerCore:
             return False
         t.queued = False
         now = self.now_ms() if now is None else now
-        outcome = db.execute(ops, locks=_SessionLocks(self, s),
-                             elapsed_ms=now - t.created_ms)
+        locks = s.run_locks
+        if locks is None:  # (made once a session, not once a transaction)
+            locks = s.run_locks = _SessionLocks(self, s)
+        outcome = db.execute(ops, locks=locks, elapsed_ms=now - t.created_ms)
         if outcome.blocked:
             t.deadline_ms = (None if outcome.timeout_ms is None
                              else t.created_ms + outcome.timeout_ms)
@@ -375,10 +383,15 @@ class ServerCore:
             t.committing = True
             return False
         changeset = outcome.changeset
-        if changeset:
+        # (bool(changeset), and _retry_waits' test for a waiting transaction, inline: two
+        # Python calls a commit)
+        if changeset is not None and any(changeset.tables.values()):
             self._committed(t.db_name, changeset)
             s.outbox.append(Reply(t.request.id, outcome.results))
-            self._retry_waits(t.db_name)
+            for other in self.sessions.values():
+                if other.triggers:
+                    self._retry_waits(t.db_name)
+                    break
         else:
             s.outbox.append(Reply(t.request.id, outcome.results))
         return True
@@ -417,7 +430,7 @@ class ServerCore:
         if history is not None:
             txn_id = f"{self._txn_prefix}{next(self._txn_ids) & 0xffffffffffff:012x}"
             history.record(txn_id, changeset)
-        for other in list(self.sessions.values()):
+        for other in self.sessions.values():  # (monitors only queue: no session goes)
             if not other.monitors:
                 continue
             for key in other.monitor_order:
@@ -426,8 +439,11 @@ class ServerCore:
                     continue
                 updates = mon.changes(changeset)
                 if updates:
+                    # (_update_params, inline)
                     other.outbox.append(Notification(
-                        _UPDATE_METHOD[mon.version], self._update_params(mon, updates, txn_id)))
+                        _UPDATE_METHOD[mon.version],
+                        [mon.id, txn_id, updates] if mon.version is _V3
+                        else [mon.id, updates]))
 
     def publish(self, db_name: str, changeset: Changeset) -> None:
         """Tell monitors and pending waits about a change that did not come from a session
@@ -440,7 +456,7 @@ class ServerCore:
 
     def _update_params(self, mon: Monitor, updates: Any, txn_id: str = ZERO_UUID
                        ) -> list[Any]:
-        if mon.version is Version.V3:
+        if mon.version is _V3:
             return [mon.id, txn_id, updates]
         return [mon.id, updates]
 

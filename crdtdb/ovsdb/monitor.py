@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +30,8 @@ from crdtdb.engine.ovshash import ovs_object, shash_order
 from crdtdb.engine.ovsjson import Kind, kind
 from crdtdb.engine.parser import ARRAY, OBJECT, ObjectParser
 from crdtdb.engine.schema import ColumnSchema, DatabaseSchema, TableSchema
-from crdtdb.engine.snapshot import Changeset, RowChange, Snapshot
-from crdtdb.engine.types import Type
+from crdtdb.engine.snapshot import Changeset, Row, RowChange, Snapshot
+from crdtdb.engine.types import AtomicType, Type
 from crdtdb.errors import OvsdbError
 
 
@@ -51,6 +51,15 @@ class Select(enum.IntFlag):
     MODIFY = 8
     ALL = 15
 
+
+# Members read per commit, as module globals: on Python 3.11 reading one off its enum class
+# (``Select.INSERT``) goes through EnumType's __getattr__ hook, ~1k instructions each
+# (five a served commit: 1.1% of its cost, sims/serve_harness.py under callgrind).
+_V1 = Version.V1
+_V3 = Version.V3
+_INSERT = Select.INSERT
+_DELETE = Select.DELETE
+_MODIFY = Select.MODIFY
 
 _KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
@@ -81,8 +90,8 @@ class MonitorTable:
     condition: Condition | None = None
     #: Cached per kind of change: the monitored columns that kind sends (see ``send``).
     _send: dict[tuple[Select, bool], tuple[ColumnSchema, ...]] = field(default_factory=dict)
-    #: The same, as (row index, name, JSON converter, default datum) (see ``send_json``).
-    _send_json: dict[tuple[Select, bool], tuple[tuple[int, str, Any, Any], ...]] = field(
+    #: See ``composer`` (emptied with ``_send``).
+    _composers: dict[tuple[Select, bool], Callable[[Row], dict[str, Any]]] = field(
         default_factory=dict)
     _all_indexes: tuple[int, ...] = ()
     _kinds: frozenset[Select] = frozenset()
@@ -113,19 +122,16 @@ class MonitorTable:
             if by_name:
                 cols = tuple(sorted(cols, key=lambda c: c.name))
             self._send[(kind_, by_name)] = cols
-            self._send_json.pop((kind_, by_name), None)
         return cols
 
-    def send_json(self, kind_: Select, by_name: bool = False
-                  ) -> tuple[tuple[int, str, Any, Any], ...]:
-        """``send`` with what composing a row's JSON needs of each column, looked up once
-        per monitor rather than once per column of every row it sends."""
-        cols = self._send_json.get((kind_, by_name))
-        if cols is None or (kind_, by_name) not in self._send:
-            cols = tuple((c.index, c.name, data.to_json_fn(c.type), c.default_datum)
-                         for c in self.send(kind_, by_name))
-            self._send_json[(kind_, by_name)] = cols
-        return cols
+    def composer(self, kind_: Select, by_name: bool) -> Callable[[Row], dict[str, Any]]:
+        """What an update2 "insert" or "initial" holds for a row, by code made for the
+        columns this kind of change sends (see :func:`_make_composer`), remade when they
+        change."""
+        fn = self._composers.get((kind_, by_name))
+        if fn is None:
+            fn = self._composers[(kind_, by_name)] = _make_composer(self.send(kind_, by_name))
+        return fn
 
     def tracked_indexes(self) -> tuple[int, ...]:
         """Row positions of every tracked column (a change to any of them is a modify)."""
@@ -143,9 +149,11 @@ class MonitorTable:
                 c.select |= select
                 c.monitored = c.monitored or monitored
                 self._send.clear()
+                self._composers.clear()
                 return
         self.columns.append(_Column(column, select, monitored))
         self._send.clear()
+        self._composers.clear()
 
     def track_condition_columns(self) -> None:
         if self.condition is None:
@@ -321,15 +329,13 @@ class Monitor:
                         rows[uuid] = upd
             else:
                 # The hot loop of a full dump (100k rows): _compose_v2's "initial", inlined.
-                cols = [(c.index, c.name, data.to_json_fn(c.type), c.default_datum)
-                        for c in mt.send(Select.INITIAL, by_name)]
+                compose = mt.composer(Select.INITIAL, by_name)
                 cond = mt.condition if mt.condition is not None and mt.condition.clauses \
                     else None
                 for uuid, row in snapshot.iter_rows(tname):
                     if cond is not None and not cond.matches_any(row):
                         continue
-                    rows[uuid] = {"initial": {name: fn(row[i]) for i, name, fn, default in cols
-                                              if row[i] != default}}
+                    rows[uuid] = {"initial": compose(row)}
             if rows:
                 out[tname] = rows
         return self._finish(out, by_name)
@@ -337,14 +343,16 @@ class Monitor:
     def changes(self, changeset: Changeset) -> dict[str, Any]:
         """Table updates for one committed transaction (empty dict: nothing to send)."""
         out: dict[str, Any] = {}
-        by_name = self._sorted()
+        by_name = self._by_name
+        if by_name is None:
+            by_name = self._sorted()
         # (the changed tables, not the monitored ones: a commit touches few of the many
         # tables a client such as ovn-controller monitors; _finish orders the tables)
         for tname, changes in changeset.tables.items():
             mt = self.tables.get(tname)
             if mt is None or not changes:
                 continue
-            if self.version is Version.V1:
+            if self.version is _V1:
                 rows = {}
                 for uuid, change in changes.items():
                     upd = self._row_update(mt, change.old, change.new, False, None, None)
@@ -354,6 +362,8 @@ class Monitor:
                 rows = self._changes_v2(mt, changes, by_name)
             if rows:
                 out[tname] = rows
+        if len(out) <= 1 and (not out or len(next(iter(out.values()))) == 1):
+            return out  # (_finish's first case, without its call: a single-row commit)
         return self._finish(out, by_name)
 
     def _changes_v2(self, mt: MonitorTable, changes: Mapping[str, RowChange],
@@ -363,39 +373,40 @@ class Monitor:
         rows of a commit, and the per-row calls were most of that cost."""
         cond = mt.condition
         match = cond.matches_any if cond is not None and cond.clauses else None
-        kinds = mt.kinds()
+        kinds = mt._kinds if mt._kinds_of == mt.select else mt.kinds()
         rows: dict[str, Any] = {}
+        compose = None
         for uuid, change in changes.items():
             old, new = change.old, change.new
             if old is None:
                 if new is None or (match is not None and not match(new)):
                     continue
-                kind_ = Select.INSERT
+                kind_ = _INSERT
             elif new is None:
                 if match is not None and not match(old):
                     continue
-                kind_ = Select.DELETE
+                kind_ = _DELETE
             elif match is None:
-                kind_ = Select.MODIFY
+                kind_ = _MODIFY
             elif match(old):
-                kind_ = Select.MODIFY if match(new) else Select.DELETE
+                kind_ = _MODIFY if match(new) else _DELETE
             elif match(new):
-                kind_ = Select.INSERT
+                kind_ = _INSERT
             else:
                 continue
             if kind_ not in kinds:
                 continue
             changed: set[int] = set()
-            if kind_ is Select.MODIFY:
+            if kind_ is _MODIFY:
                 changed = {i for i in mt.tracked_indexes()
                            if old[i] != new[i]}  # type: ignore[index]
                 if not changed:
                     continue
-            elif kind_ is Select.INSERT:  # (_compose_v2's, inline: every inserted row)
-                rows[uuid] = {"insert": {
-                    name: fn(new[i])  # type: ignore[index]
-                    for i, name, fn, default in mt.send_json(kind_, by_name)
-                    if new[i] != default}}  # type: ignore[index]
+            elif kind_ is _INSERT:  # (_compose_v2's: every inserted row)
+                if compose is None:
+                    compose = (mt._composers.get((kind_, by_name))
+                               or mt.composer(kind_, by_name))
+                rows[uuid] = {"insert": compose(new)}  # type: ignore[arg-type]
                 continue
             rows[uuid] = _compose_v2(mt, old, new, kind_, changed, by_name)
         return rows
@@ -446,6 +457,35 @@ class Monitor:
         return ovs_object(out.items())
 
 
+def _make_composer(cols: tuple[ColumnSchema, ...]) -> Callable[[Row], dict[str, Any]]:
+    """``{name: datum_to_json(new[i]) for each column if new[i] != its default}`` as
+    straight-line code, the converters of the usual types written inline: a served insert
+    (a Logical_Flow) made its update2 with a converter call and a comprehension step per
+    column. Same keys in the same order, same values."""
+    env: dict[str, Any] = {}
+    lines = ["def compose(new):", "    out = {}"]
+    for n, col in enumerate(cols):
+        t = col.type
+        env[f"D{n}"] = col.default_datum
+        key_uuid = t.key.type is AtomicType.UUID
+        if t.value is None and key_uuid:
+            value = '["uuid", v[0]] if len(v) == 1 else ["set", [["uuid", a] for a in v]]'
+        elif t.is_scalar:
+            value = "v[0]"
+        elif (t.value is not None and not key_uuid
+              and t.value.type is not AtomicType.UUID):
+            value = '["map", [[k, x] for k, x in v]]'
+        else:
+            env[f"F{n}"] = data.to_json_fn(t)
+            value = f"F{n}(v)"
+        lines += [f"    v = new[{col.index}]", f"    if v != D{n}:",
+                  f"        out[{col.name!r}] = {value}"]
+    lines.append("    return out")
+    exec("\n".join(lines), env)
+    fn: Callable[[Row], dict[str, Any]] = env["compose"]
+    return fn
+
+
 def _compose_v1(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: Select,
                 changed: set[int]) -> dict[str, Any]:
     row: dict[str, Any] = {}
@@ -471,9 +511,8 @@ def _compose_v2(mt: MonitorTable, old: tuple | None, new: tuple | None, kind_: S
         return {"delete": None}
     assert new is not None
     if kind_ is not Select.MODIFY:
-        diff = {name: fn(new[i]) for i, name, fn, default in mt.send_json(kind_, by_name)
-                if new[i] != default}
-        return {"initial" if kind_ is Select.INITIAL else "insert": diff}
+        return {"initial" if kind_ is Select.INITIAL else "insert":
+                mt.composer(kind_, by_name)(new)}
     diff = {}
     for col in mt.send(kind_, by_name):
         if col.index not in changed:

@@ -244,9 +244,15 @@ class OvsdbServer:
                 return
             conn.last_input = trio.current_time()
             conn.codec.receive_data(data)
+            session = conn.session
+            pause_bytes = self.limits.pause_reading_bytes
+            no_pending_allowed = self.limits.max_pending_commits <= 0
             while True:
                 # What is already buffered waits too (a pipelined burst arrives at once).
-                if self._must_pause(conn):
+                # (_must_pause asked only where it can say yes: its first test inline, its
+                # second while transactions are pending; two calls less a request)
+                if (len(conn.out) >= pause_bytes or session.triggers or no_pending_allowed) \
+                        and self._must_pause(conn):
                     self._flush()
                     batch = 0
                     await self._paused(conn)
@@ -269,9 +275,10 @@ class OvsdbServer:
                     log.exception("%s: internal error handling %r", conn.peer, event)
                     conn.closing_reason = "internal error (logged)"
                     return
-                for request_id in conn.session.abandoned:
-                    conn.codec.abandon(request_id)
-                conn.session.abandoned.clear()
+                if session.abandoned:
+                    for request_id in session.abandoned:
+                        conn.codec.abandon(request_id)
+                    session.abandoned.clear()
                 batch += 1
                 if reason is not None:
                     conn.closing_reason = reason
@@ -542,7 +549,10 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
     disconnected). ``lock_gate`` makes OVSDB locks cluster-wide (it must call
     :meth:`OvsdbServer.lock_changed`)."""
     limits = limits or Limits()
-    core = ServerCore(databases, now_ms=lambda: int(trio.current_time() * 1000),
+    # (the run's clock, looked up once: trio.current_time() finds it at every call, and
+    # the core asks for the time once a transaction)
+    clock_time = trio.lowlevel.current_clock().current_time
+    core = ServerCore(databases, now_ms=lambda: int(clock_time() * 1000),
                       lock_gate=lock_gate, txn_history=limits.txn_history)
     server = OvsdbServer(core, limits)
     if lock_gate is not None:

@@ -200,6 +200,19 @@ class ReplicaStatistics:
     conflicts: dict[str, int] = field(default_factory=dict)
 
 
+class _EveryUuid:
+    """The container of every uuid: ``fresh`` for a commit all of whose inserted rows are
+    under uuids its engine run drew (see ``Replica._execute``)."""
+
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+EVERY_UUID: Container[str] = _EveryUuid()
+
+
 def new_client_id(rng: random.Random) -> int:
     """A random 32-bit client id (never :data:`BASE_CLIENT_ID`)."""
     return rng.randrange(1, 2**32)
@@ -596,7 +609,8 @@ class Replica:
                     raise ReplicaFailedError(self._failed) from exc
         for ev in events:
             try:
-                self._emit(ev)
+                for fn in list(self._listeners):  # (_emit, inline: once a held commit)
+                    fn(ev)
             except Exception:  # the commits are durable: they must not look failed
                 logger.exception("%s: a listener failed on a held commit", self.name)
         if records:
@@ -619,25 +633,47 @@ class Replica:
 
     def _execute(self, operations: Sequence[Any], locks: LockOwnership | None,
                  elapsed_ms: int) -> Outcome:
-        drawn: list[str] = []
-        new_uuid, keep = self._new_uuid, drawn.append
-
-        def draw() -> str:  # the uuids the engine draws: see _write_row's births
-            u = new_uuid()
-            keep(u)
-            return u
-        outcome = execute(self.view.rows, operations, locks=locks,
-                          elapsed_ms=elapsed_ms, new_uuid=draw)
-        if outcome.changeset:
+        fresh: Container[str]
+        for op in operations:
+            if type(op) is dict and "uuid" in op:
+                outcome, fresh = self._execute_noting_draws(operations, locks, elapsed_ms)
+                break
+        else:
+            # No operation names a uuid: every row it inserts is under one the engine drew
+            # (fresh, see _write_row's births), known without a closure call per uuid drawn.
+            outcome = execute(self.view.rows, operations, locks=locks,
+                              elapsed_ms=elapsed_ms, new_uuid=self._new_uuid)
+            fresh = EVERY_UUID
+        changeset = outcome.changeset
+        if changeset is not None and any(changeset.tables.values()):  # (its bool, inline)
             if self.frozen:
                 # Held like a blocked wait: the server runs it again when the replica
                 # changes, which thawing counts as (see freeze).
                 return Outcome(None, read_set=outcome.read_set, blocked=True)
-            # (an Outcome of its own, not dataclasses.replace: that is ~1 us a commit)
-            return Outcome(outcome.results,
-                           self.commit(outcome.changeset, fresh=set(drawn)),
-                           outcome.read_set, outcome.blocked, outcome.timeout_ms)
+            diff = None
+            if self._held is not None and not self._failed:
+                # (commit's path for it, straight: its other checks are passed here)
+                diff = self._commit_in_burst(changeset, True, fresh)
+            if diff is None:
+                diff = self.commit(changeset, fresh=fresh)
+            # (the engine's own Outcome, which nothing else holds: a new one, or
+            # dataclasses.replace, cost ~1 us a commit)
+            outcome.changeset = diff
         return outcome
+
+    def _execute_noting_draws(self, operations: Sequence[Any], locks: LockOwnership | None,
+                              elapsed_ms: int) -> tuple[Outcome, set[str]]:
+        """The engine's run, and the uuids it drew (see _write_row's births)."""
+        drawn: list[str] = []
+        new_uuid, keep = self._new_uuid, drawn.append
+
+        def draw() -> str:
+            u = new_uuid()
+            keep(u)
+            return u
+        outcome = execute(self.view.rows, operations, locks=locks, elapsed_ms=elapsed_ms,
+                          new_uuid=draw)
+        return outcome, set(drawn)
 
     def transact(self, operations: Sequence[Any], *,
                  locks: LockOwnership | None = None) -> list[Any]:
@@ -889,7 +925,7 @@ class Replica:
         ``booked``: where to note the non-marker keys added (True) and removed (see
         _commit_in_burst)."""
         m = self._maps[tname]
-        put = m.integrated.insert
+        put = m._integrated.insert  # (the map is integrated: the property's test, skipped)
         table = self.schema.tables[tname]
         extras = self._extras[tname].get(uuid, ())
         if new is None:
@@ -914,7 +950,8 @@ class Replica:
             # made again after a move) takes the commit's random birth: two commits
             # never share one (one life per uuid in a commit), as two rows needed not.
             birth = 0
-            if uuid not in self._fresh:
+            fresh = self._fresh
+            if fresh is not EVERY_UUID and uuid not in fresh:
                 birth = self._commit_birth or self._rng.randrange(1, 2**32)
                 self._commit_birth = birth
             put(txn, uuid, enc.pack_marker(table, birth, new))
