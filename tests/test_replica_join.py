@@ -4,6 +4,7 @@ the general path (events, the checked decoder, View.update) does, conflicts incl
 
 from __future__ import annotations
 
+import array
 import random
 import sys
 from pathlib import Path
@@ -305,6 +306,8 @@ def test_a_payload_that_is_not_exactly_one_value_shifts_nothing() -> None:
         [b"\xc6" + (binary.MAX_ELEMENTS + 1).to_bytes(4, "big")
          + bytes(binary.MAX_ELEMENTS + 1), a],  # longer than a marker may be
         [b"\x91" * 1024 + b"\xc0", a],  # as deep as msgpack goes: one level too many in an array
+        [memoryview(array.array("i", [0x01020393])), a],  # 4 bytes an item: refused alone
+        [memoryview(a)[::2], a],  # not contiguous
     ]
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(10_000)  # (for the repr of the deep one)

@@ -370,17 +370,16 @@ def _unpacked_batches(payloads: Iterable[Any]) -> Iterator[Sequence[Any]]:
         n = len(ps)
         try:
             body = sep.join(ps)
-        except TypeError:  # something not bytes-like
-            yield list(map(_unpack_one, ps))
-            continue
-        if len(body) > binary.MAX_ELEMENTS and max(map(len, ps)) > binary.MAX_ELEMENTS:
-            yield list(map(_unpack_one, ps))
-            continue
-        try:
+            # Each a buffer of single bytes (the length of a memoryview counts its items),
+            # none longer than a marker may be.
+            if len(body) != sum(map(len, ps)) + len(sep) * (n - 1) or (
+                    len(body) > binary.MAX_ELEMENTS
+                    and max(map(len, ps)) > binary.MAX_ELEMENTS):
+                raise ValueError
             objs = _unpack_tuples(b"".join((b"\xdd", (2 * n).to_bytes(4, "big"), body, sep)))
-        except Exception:
-            objs = None
-        if objs is None or objs[1::2].count(nonce) != n:
+            if objs[1::2].count(nonce) != n:
+                raise ValueError
+        except Exception:  # (not bytes-like, not framed as it should be: one by one)
             yield list(map(_unpack_one, ps))
             continue
         yield objs[0::2]
