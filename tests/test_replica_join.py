@@ -4,7 +4,9 @@ the general path (events, the checked decoder, View.update) does, conflicts incl
 
 from __future__ import annotations
 
+import array
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +257,66 @@ def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
             assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
                        for a, b in zip(x, y, strict=True))
     assert 0 not in births.values()
+
+
+# --- many payloads per msgpack call (unpack_each) ---------------------------------------------
+
+def _each_alone(payloads: list[Any]) -> str:
+    return repr([enc._unpack_one(p) for p in payloads])  # (repr: True, 1 and 1.0 apart)
+
+
+def _framed(payloads: list[Any], per_call: int) -> str:
+    from unittest import mock
+
+    with mock.patch.object(enc, "_FRAMED", per_call):
+        return repr(list(enc.unpack_each(payloads)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(0, 30),
+       per_call=st.sampled_from([1, 2, 5, 1024]))
+def test_payloads_unpacked_together_come_out_as_each_alone(seed: int, size: int,
+                                                          per_call: int) -> None:
+    rng = random.Random(seed)
+    mine = [p for _, _, p in MARKERS]
+    payloads: list[Any] = []
+    for _ in range(size):
+        p = _mutated(rng.choice(mine), rng)
+        how = rng.random()
+        if how < 0.1:  # two values in one payload
+            p += _mutated(rng.choice(mine), rng)
+        elif how < 0.15:
+            p = bytearray(p)
+        payloads.append(p)
+    assert _framed(payloads, per_call) == _each_alone(payloads)
+
+
+def test_a_payload_that_is_not_exactly_one_value_shifts_nothing() -> None:
+    """Payloads that would shift a parse of their concatenation (a value cut short takes
+    the next payload's bytes in, two values in one give one back): each comes out as it
+    does alone, and so do its neighbours."""
+    a, b = enc._pack([0, _uuid(1), ["p"]]), enc._pack([1, _uuid(2), ["q"]])
+    cut = a[:-2]
+    sep_like = b"\xc4\x10" + bytes(16)  # a separator's shape, not its random bytes
+    cases: list[list[Any]] = [
+        [cut, b"\xc0" + b, a], [cut, b"\xc0\xc0", b], [a + b, b], [a, b + a, b],
+        [b"\x93", b"\x01", b"\x02\x03"], [sep_like, a, sep_like + a], [b"", a],
+        [a + sep_like, b], ["a str", a, 5, None, memoryview(b), bytearray(a)],
+        [b"\xc5\xff\xff", a],  # bin 16 claiming 65535 bytes
+        [b"\xc6" + (binary.MAX_ELEMENTS + 1).to_bytes(4, "big")
+         + bytes(binary.MAX_ELEMENTS + 1), a],  # longer than a marker may be
+        [b"\x91" * 1024 + b"\xc0", a],  # as deep as msgpack goes: one level too many in an array
+        [memoryview(array.array("i", [0x01020393])), a],  # 4 bytes an item: refused alone
+        [memoryview(a)[::2], a],  # not contiguous
+    ]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # (for the repr of the deep one)
+    try:
+        for payloads in cases:
+            for per_call in (1, 2, 1024):
+                assert _framed(payloads, per_call) == _each_alone(payloads), payloads[:2]
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def _uuid(i: int) -> str:

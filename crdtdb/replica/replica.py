@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import itertools
 import logging
 import os
 import random
@@ -1391,8 +1392,11 @@ class Replica:
         integrated = m.integrated
         keys = integrated.keys(txn)
         sep = enc.SEP
-        markers = [key for key in keys if sep not in key]
-        extra_keys = [key for key in keys if sep in key] if len(markers) < len(keys) else []
+        if sep in "".join(keys):  # (a scan of their concatenation: a full state has none)
+            markers = [key for key in keys if sep not in key]
+            extra_keys = [key for key in keys if sep in key]
+        else:
+            markers, extra_keys = keys, []
         if not markers:
             return {}, (extra_keys, [])
         # In uuid order, the order the view's rows take: View.load then copies them as is.
@@ -1404,7 +1408,7 @@ class Replica:
                 with_extras.add(k if isinstance(k, str) else k.uuid)
         plain = [u for u in markers if u not in with_extras] if with_extras else markers
         read_all = enc.markers_reader(self.schema.tables[tname])
-        rows, refused = read_all(plain, map(functools.partial(integrated.get, txn), plain),
+        rows, refused = read_all(plain, map(integrated.get, itertools.repeat(txn), plain),
                                  self._births[tname])
         # Not plainly valid (_read_row decodes them again, checked), in uuid order.
         again = with_extras.union(refused) if refused else with_extras
