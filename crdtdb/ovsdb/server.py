@@ -125,8 +125,12 @@ class Limits:
     #: Of requests already buffered (a pipelining client), handle at most this many before
     #: sending what they queued (and logging their commits: see the module docstring):
     #: fewer socket and log writes, each socket write waking a peer. 1 sends after every
-    #: request. 64 (the window of sims/bench_serve.py's pipelining client) did best there.
-    flush_every: int = 64
+    #: request. Well under a pipelining client's window: at the window itself (64, that of
+    #: sims/bench_serve.py's client) the server ran the whole window before any reply left,
+    #: so client and server took turns instead of overlapping. Single runs of that bench
+    #: (quiet machine, after serve13): 64: 4.4-5.3k txn/s; 32: 5.6-7.8k; 24: 6.7-7.6k;
+    #: 16: 6.2-7.2k; 8: 5.6-6.0k; three rounds each of 16 and 24: medians 6.4k and 6.2k.
+    flush_every: int = 16
     #: tcp/ssl only: after this long without input, send an echo probe; disconnect after
     #: twice this long. 0 disables probes (ovsdb-server's default is 5 s on tcp).
     probe_interval_s: float = 5.0
