@@ -111,7 +111,9 @@ class View:
         return {**self._s1, **self._hidden}
 
     def is_empty(self) -> bool:
-        return not (any(self.raw.values()) or self._s1 or self._hidden or self._in)
+        # The raw tables last: asked on every merged update (Replica._apply_raw), where the
+        # walk to the first non-empty one of a Southbound's ~30 was ~1% of its instructions.
+        return not (self._in or self._s1 or self._hidden or any(self.raw.values()))
 
     def is_shown(self, table: str, uuid: str) -> bool:
         return self.rows.get_row(table, uuid) is not None
