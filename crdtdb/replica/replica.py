@@ -1220,7 +1220,7 @@ class Replica:
             self._stats.duplicate_updates += 1
         if gap:
             self._stats.gaps += 1
-        if diff:
+        if self._listeners and diff:  # (no event to build for no listener)
             self._emit(ChangeEvent(diff, None, False))
         if self._log is not None:
             self._maybe_compact_log()

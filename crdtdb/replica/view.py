@@ -314,7 +314,9 @@ class View:
         references, index groups and the shown rows' keys stay, so the new raw rows are
         what readers see, swapped in without re-deriving any of it."""
         out = Changeset()
-        for key in sorted(changes):
+        changed = False  # (what bool(out) would say, without its call and walk)
+        # (Most merged updates change one row: no list of it to sort.)
+        for key in sorted(changes) if len(changes) > 1 else changes:
             t, u = key
             raw = self.raw[t]
             old, new = raw[u], changes[key]
@@ -322,7 +324,8 @@ class View:
                 continue
             raw[u] = new  # type: ignore[assignment]  (not None: _plain)
             out.tables.setdefault(t, {})[u] = RowChange(old, new)
-        if out and apply:
+            changed = True
+        if changed and apply:
             self.rows.replace(out)
         return out
 
