@@ -255,7 +255,7 @@ def version_atom(obj: Any) -> str:
     stored uuid string, or (as written before envelope format 5) a uuid extension;
     ``binary.Refused`` for anything else."""
     if type(obj) is str:
-        if is_stored_uuid(obj):
+        if _STORED_UUID.match(obj) is not None:  # (is_stored_uuid, a call less per merge)
             return obj
         raise binary.Refused
     return binary.uuid_from_slice(obj)

@@ -1359,7 +1359,11 @@ class Replica:
                 if not s:
                     del extras[k.uuid]
         else:
-            extras.setdefault(k.uuid, set()).add(key)
+            s = extras.get(k.uuid)  # (not setdefault: no set made for a row that has one)
+            if s is None:
+                extras[k.uuid] = {key}
+            else:
+                s.add(key)
         dirty.add((tname, k.uuid))
         return k
 
@@ -1441,11 +1445,17 @@ class Replica:
         """Book the queued map events; return them by row, in order."""
         events, self._events[:] = list(self._events), []
         by_row: dict[RowKey, list[_KeyEvent]] = {}
+        note_key = self._note_key
         for tname, key, action, value in events:
-            k = self._note_key(tname, key, action, dirty)
+            k = note_key(tname, key, action, dirty)
             if k is not None:
-                uuid = k if isinstance(k, str) else k.uuid
-                by_row.setdefault((tname, uuid), []).append((k, action, value))
+                row_key = (tname, k if isinstance(k, str) else k.uuid)
+                # (not setdefault: no list made for a row's second and later events)
+                found = by_row.get(row_key)
+                if found is None:
+                    by_row[row_key] = [(k, action, value)]
+                else:
+                    found.append((k, action, value))
         return by_row
 
     def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],

@@ -130,9 +130,15 @@ class View:
         """
         quiet = not self._s1 and not self._hidden and not self.conflicts.any_active()
         if quiet and not engine_checked:
-            plain = [k for k, new in changes.items() if self._plain(k, new)]
-            if len(plain) == len(changes):
-                return self._update_plain(changes)
+            if len(changes) == 1:  # (most merged updates: no comprehension for one row)
+                [(k, new)] = changes.items()
+                if self._plain(k, new):
+                    return self._update_plain(changes)
+                plain = []
+            else:
+                plain = [k for k, new in changes.items() if self._plain(k, new)]
+                if len(plain) == len(changes):
+                    return self._update_plain(changes)
             # The batch in three steps: the plain changes (no rule reacts to them), the
             # direct ones (see _update_direct), then the rest through the rules. Each
             # leaves the raw rows and what the rules keep of them (hidden rows, references,
