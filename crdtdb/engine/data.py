@@ -298,7 +298,8 @@ def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple]:
     """The one-atom datum for a valid atom ``a``, as stored (see :func:`atom_storer`), one
     object per equal value (see above), except for reals (nothing worth it) and long
     strings. Normalising happens on a miss only: a hit is one dict lookup."""
-    stored = atom_storer(base.type) or _as_is
+    storer = atom_storer(base.type)
+    stored = storer or _as_is
     if base.type not in _SHAREABLE:
         return lambda a: (stored(a),)
     cache = _tuple_cache(base.type)
@@ -310,6 +311,12 @@ def one_atom_sharer(base: BaseType) -> Callable[[Any], tuple]:
             a = stored(a)
             t = _remember(cache, a, (a,))
         return t
+
+    def one_as_is(a: Any) -> tuple:  # one() for atoms stored as they are: a call less
+        t = get(a)
+        return _remember(cache, a, (a,)) if t is None else t
+    if storer is None:
+        return one_as_is
     if base.type is not AtomicType.STRING:
         return one
 

@@ -29,7 +29,10 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from crdtdb.engine.frozen import fast_init
 
+
+@fast_init  # (dataclass's own frozen __init__ was ~3% of a merged update's instructions)
 @dataclass(frozen=True, slots=True)
 class _Kept:
     client: int

@@ -41,6 +41,7 @@ from crdtdb.engine.collection import (
     collection_paused,
     collector_paused,
 )
+from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, LockOwnership, Row, RowChange
 from crdtdb.engine.transaction import Outcome, execute, random_uuid
@@ -141,6 +142,7 @@ class ChangeEvent:
                 f"span={self.span!r})")
 
 
+@fast_init  # (built for every merged update)
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     changes: Changeset
@@ -1037,7 +1039,8 @@ class Replica:
         Raises :class:`CorruptUpdateError` (reject the peer) or :class:`EpochMismatchError`
         (resync by full state); either way the document is untouched.
         """
-        self._write_held()  # (held commits first: see hold_commits)
+        if self._burst is not None or self._held or self._held_events:
+            self._write_held()  # (held commits first: see hold_commits)
         if self._unlogged:
             raise ReplicaFailedError(self._unlogged)
         try:
@@ -1082,8 +1085,8 @@ class Replica:
         vector without it (found by the long gossip convergence property).
         """
         clock = self._clocks.get
-        return clock(span[0], 0) >= span[1] and all(
-            clock(owner, 0) >= start + length for owner, start, length in deletes)
+        return clock(span[0], 0) >= span[1] and (not deletes or all(
+            clock(owner, 0) >= start + length for owner, start, length in deletes))
 
     def _advance_clocks(self, span: tuple[int, int, int]) -> None:
         """Account for a single writer's contiguous update (a local commit, or a remote one
@@ -1152,11 +1155,14 @@ class Replica:
                 self._observe_maps()
             if pristine:
                 self._subscribe_doc()
+        captured = self._captured
         if pristine:
             delta = update if self.doc.get_state() != b"\x00" else b""
+        elif len(captured) == 1:  # (_merge's common case, inline)
+            delta = captured[0]
         else:
-            delta = _merge(self._captured)
-        self._captured.clear()
+            delta = _merge(captured)
+        captured.clear()
         if not delta and len(self._events) == n_events:
             # Nothing new: a duplicate, or a diff repeating what this replica has (most
             # anti-entropy rounds). Clocks, gaps and the view are as they were.
@@ -1195,14 +1201,17 @@ class Replica:
             if clock > self._wanted.get(client, 0):
                 self._wanted[client] = clock
         if span is not None:
-            self._advance_clocks(span)
+            client, start, n = span  # (_advance_clocks, inline: every merged update)
+            if start + n > self._clocks.get(client, 0):
+                self._clocks[client] = start + n
             if delta and self.keep_recent:
                 self._recent.add(span, update)
         else:
             self._clocks = decode_state_vector(self.doc.get_state())
         # Clocks only grow: a client neither behind before nor in this update still is not.
-        self._behind = {c for c in (*self._behind, *wanted)
-                        if self._clocks.get(c, 0) < self._wanted[c]}
+        if self._behind or wanted:
+            self._behind = {c for c in (*self._behind, *wanted)
+                            if self._clocks.get(c, 0) < self._wanted[c]}
         gap = bool(self._behind)
         self._gapped = gap
         if delta:
@@ -1211,9 +1220,10 @@ class Replica:
             self._stats.duplicate_updates += 1
         if gap:
             self._stats.gaps += 1
-        if diff:
+        if self._listeners and diff:  # (no event to build for no listener)
             self._emit(ChangeEvent(diff, None, False))
-        self._maybe_compact_log()
+        if self._log is not None:
+            self._maybe_compact_log()
         return ApplyResult(diff, gap, bool(delta), span)
 
     def _apply_to_doc(self, update: bytes) -> None:
@@ -1224,7 +1234,7 @@ class Replica:
         own ``Transaction`` does; observer errors are raised as it raises them."""
         doc = self.doc
         raw = doc._doc
-        with pycrdt_errors("update does not apply", "update"):
+        try:  # (pycrdt_errors' own work, without a with block's three calls per update)
             txn = raw.create_transaction()
             try:
                 raw.apply_update(txn, update)
@@ -1233,6 +1243,9 @@ class Replica:
                     txn.commit()
                 finally:
                     txn.drop()
+        except BaseException as exc:
+            _APPLY_ERRORS.__exit__(type(exc), exc, None)
+            raise
         if doc._exceptions:
             exceptions = tuple(doc._exceptions)
             doc._exceptions.clear()
@@ -1346,7 +1359,11 @@ class Replica:
                 if not s:
                     del extras[k.uuid]
         else:
-            extras.setdefault(k.uuid, set()).add(key)
+            s = extras.get(k.uuid)  # (not setdefault: no set made for a row that has one)
+            if s is None:
+                extras[k.uuid] = {key}
+            else:
+                s.add(key)
         dirty.add((tname, k.uuid))
         return k
 
@@ -1428,11 +1445,17 @@ class Replica:
         """Book the queued map events; return them by row, in order."""
         events, self._events[:] = list(self._events), []
         by_row: dict[RowKey, list[_KeyEvent]] = {}
+        note_key = self._note_key
         for tname, key, action, value in events:
-            k = self._note_key(tname, key, action, dirty)
+            k = note_key(tname, key, action, dirty)
             if k is not None:
-                uuid = k if isinstance(k, str) else k.uuid
-                by_row.setdefault((tname, uuid), []).append((k, action, value))
+                row_key = (tname, k if isinstance(k, str) else k.uuid)
+                # (not setdefault: no list made for a row's second and later events)
+                found = by_row.get(row_key)
+                if found is None:
+                    by_row[row_key] = [(k, action, value)]
+                else:
+                    found.append((k, action, value))
         return by_row
 
     def _refresh(self, dirty: set[RowKey], known: dict[RowKey, Row | None],
@@ -1442,7 +1465,7 @@ class Replica:
         # view keeps its keys (reverse-reference sets), and pycrdt's copy of each uuid would
         # be a second string per row (~8 MB per 100k rows).
         changes: dict[RowKey, Row | None] = {
-            key: row for key, row in known.items() if key in dirty}
+            key: row for key, row in known.items() if key in dirty} if known else {}
         for key in dirty:
             if key in known:
                 continue
@@ -1854,6 +1877,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):  # AttributeError: not glibc
         return None
+
+
+_APPLY_ERRORS = pycrdt_errors("update does not apply", "update")
 
 
 def _merge(updates: list[bytes]) -> bytes:

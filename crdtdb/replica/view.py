@@ -111,7 +111,9 @@ class View:
         return {**self._s1, **self._hidden}
 
     def is_empty(self) -> bool:
-        return not (any(self.raw.values()) or self._s1 or self._hidden or self._in)
+        # The raw tables last: asked on every merged update (Replica._apply_raw), where the
+        # walk to the first non-empty one of a Southbound's ~30 was ~1% of its instructions.
+        return not (self._in or self._s1 or self._hidden or any(self.raw.values()))
 
     def is_shown(self, table: str, uuid: str) -> bool:
         return self.rows.get_row(table, uuid) is not None
@@ -128,9 +130,15 @@ class View:
         """
         quiet = not self._s1 and not self._hidden and not self.conflicts.any_active()
         if quiet and not engine_checked:
-            plain = [k for k, new in changes.items() if self._plain(k, new)]
-            if len(plain) == len(changes):
-                return self._update_plain(changes)
+            if len(changes) == 1:  # (most merged updates: no comprehension for one row)
+                [(k, new)] = changes.items()
+                if self._plain(k, new):
+                    return self._update_plain(changes)
+                plain = []
+            else:
+                plain = [k for k, new in changes.items() if self._plain(k, new)]
+                if len(plain) == len(changes):
+                    return self._update_plain(changes)
             # The batch in three steps: the plain changes (no rule reacts to them), the
             # direct ones (see _update_direct), then the rest through the rules. Each
             # leaves the raw rows and what the rules keep of them (hidden rows, references,
@@ -312,7 +320,9 @@ class View:
         references, index groups and the shown rows' keys stay, so the new raw rows are
         what readers see, swapped in without re-deriving any of it."""
         out = Changeset()
-        for key in sorted(changes):
+        changed = False  # (what bool(out) would say, without its call and walk)
+        # (Most merged updates change one row: no list of it to sort.)
+        for key in sorted(changes) if len(changes) > 1 else changes:
             t, u = key
             raw = self.raw[t]
             old, new = raw[u], changes[key]
@@ -320,7 +330,8 @@ class View:
                 continue
             raw[u] = new  # type: ignore[assignment]  (not None: _plain)
             out.tables.setdefault(t, {})[u] = RowChange(old, new)
-        if out and apply:
+            changed = True
+        if changed and apply:
             self.rows.replace(out)
         return out
 
