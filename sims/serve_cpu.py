@@ -13,7 +13,6 @@ other load moves far less than throughput does. Alternate runs of two trees to c
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import socket
@@ -26,15 +25,16 @@ from pathlib import Path
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from sims.bench_serve import MONITOR, WINDOW
 from sims.pipeline import Receiver, run_pipelined
+from sims.procstat import cpu_seconds
 from sims.workload import DB, datapath_txn, insert_flow_txn
-
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    """User + system CPU seconds of process ``pid`` (which must still run)."""
+    cpu = cpu_seconds(pid)
+    if cpu is None:
+        raise RuntimeError(f"process {pid} is gone")
+    return cpu
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
