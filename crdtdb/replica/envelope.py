@@ -270,13 +270,18 @@ class pycrdt_errors:  # lowercase: used like the function (a @contextmanager) it
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> bool:
-        if exc is None:
-            return False
+        if exc is not None:
+            self.convert(exc)
+        return False
+
+    def convert(self, exc: BaseException) -> None:
+        """Raise ``exc`` as a :class:`CorruptUpdateError` if pycrdt raised it on bad input
+        (else return): for an ``except`` clause on a path where a ``with`` block's three
+        calls per update show."""
         if isinstance(exc, ValueError | RuntimeError | TypeError):
             raise CorruptUpdateError(f"{self.failed}: {exc}") from None
         if type(exc).__name__ == "PanicException":
             raise CorruptUpdateError(f"{self.subject} made pycrdt panic: {exc}") from None
-        return False
 
 
 _DELETE_SET_ERRORS = pycrdt_errors("delete set does not decode", "delete set")
@@ -327,7 +332,7 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
     try:  # (pycrdt_errors' own work, without a with block's three calls per update)
         tail = _get_update(update, _beyond(client))
     except BaseException as exc:
-        _DELETE_SET_ERRORS.__exit__(type(exc), exc, None)
+        _DELETE_SET_ERRORS.convert(exc)
         raise
     if tail == b"\x00\x00":  # no structs, no deletes (a first write of every key)
         return []

@@ -1244,7 +1244,7 @@ class Replica:
                 finally:
                     txn.drop()
         except BaseException as exc:
-            _APPLY_ERRORS.__exit__(type(exc), exc, None)
+            _APPLY_ERRORS.convert(exc)
             raise
         if doc._exceptions:
             exceptions = tuple(doc._exceptions)
