@@ -1012,15 +1012,7 @@ class JsonRpcConnection:
         if type(event) is Reply:
             return self._send_reply(event)
         if type(event) is Notification:  # (an update: the other usual message)
-            method, params = event.method, event.params
-            if type(method) is not str or type(params) is not list:
-                self._check_call(method, params)
-            message = {"id": None, "method": method, "params": params}
-            data = (_fast_encode(message) if self.strict_unicode else None) \
-                or self._encode(message)  # (_encode's first step, inline)
-            self._bytes_sent += len(data)
-            self._messages_sent += 1
-            return data
+            return self._send_notification(event)
         key: Hashable | None = None
         if isinstance(event, Request):
             self._check_call(event.method, event.params)
@@ -1031,21 +1023,15 @@ class JsonRpcConnection:
                 "method": event.method,
                 "params": event.params,
             }
-        elif isinstance(event, Notification):
-            self._check_call(event.method, event.params)
-            message = {"id": None, "method": event.method, "params": event.params}
-        elif isinstance(event, _REPLIES):
+        elif isinstance(event, Notification):  # (a subclass: the exact type went above)
+            return self._send_notification(event)
+        elif isinstance(event, Reply):
+            return self._send_reply(event)
+        elif isinstance(event, ErrorReply):
             key = self._pending_key(event.id)
-            if isinstance(event, Reply):
-                if event.result is None:
-                    raise LocalProtocolError(
-                        "Reply.result is None: on the wire that is a request without a method"
-                    )
-                message = {"id": event.id, "result": event.result, "error": None}
-            else:
-                if event.error is None:
-                    raise LocalProtocolError("ErrorReply.error is None")
-                message = {"id": event.id, "error": event.error}
+            if event.error is None:
+                raise LocalProtocolError("ErrorReply.error is None")
+            message = {"id": event.id, "error": event.error}
         else:
             raise LocalProtocolError(f"not an event: {event!r}")
         data = self._encode(message)
@@ -1056,6 +1042,19 @@ class JsonRpcConnection:
         elif isinstance(event, Request):
             key = _id_key(event.id)  # encodable: _encode() succeeded
             self._pending_out[key] = self._pending_out.get(key, 0) + 1
+        self._bytes_sent += len(data)
+        self._messages_sent += 1
+        return data
+
+    def _send_notification(self, event: Notification) -> bytes:
+        """:meth:`send` for a :class:`Notification` (a monitor's update: the other usual
+        message); the call's checks only for a method or params of another type."""
+        method, params = event.method, event.params
+        if type(method) is not str or type(params) is not list:
+            self._check_call(method, params)
+        message = {"id": None, "method": method, "params": params}
+        data = (_fast_encode(message) if self.strict_unicode else None) \
+            or self._encode(message)  # (_encode's first step, inline)
         self._bytes_sent += len(data)
         self._messages_sent += 1
         return data
