@@ -45,6 +45,8 @@ LOCK = "jepsen"
 ETCD_ARGS = ("--max-txn-ops=65536", "--max-request-bytes=33554432")
 #: A client gives up on an operation after this long (recorded as unknown).
 OP_TIMEOUT_S = 3.0
+#: A run goes on past its duration, at most this long, until the lock has changed hands.
+EXTRA_S_MAX = 20.0
 
 
 def config_text(plugin: str, cluster: Any) -> str:
@@ -95,14 +97,23 @@ class Run:
         self.fenced: list[tuple[int, str]] = []  # (nb_cfg after the commit, holding period)
         self.lock_periods = 0
         self.errors: list[str] = []
+        self.stop_at = self.hard_stop_at = 0.0
 
-    async def register_client(self, cid: int, node: CrdtdbServer, stop_at: float) -> None:
+    def going(self) -> bool:
+        """Until ``duration_s``, and on (up to ``EXTRA_S_MAX`` more) until the lock has changed
+        hands at least once: the run must show a hand-over to check the fence, and under load
+        with the nemesis at work a short run sometimes had a single holding period."""
+        now = trio.current_time()
+        return now < self.stop_at or (now < self.hard_stop_at
+                                      and len({tag for _, tag in self.fenced}) < 2)
+
+    async def register_client(self, cid: int, node: CrdtdbServer) -> None:
         rng = random.Random(self.rng.random())
         seq = 0
-        while trio.current_time() < stop_at:
+        while self.going():
             try:
                 async with open_ovsdb_client(node.remote) as client:
-                    while trio.current_time() < stop_at:
+                    while self.going():
                         await self._one_op(client, cid, rng, seq)
                         seq += 1
             except (ConnectionLost, OSError, ConnectionError):
@@ -164,21 +175,21 @@ class Run:
             self.history.ok(h, out)
             self.counts["ok"] += 1
 
-    async def lock_client(self, cid: int, node: CrdtdbServer, stop_at: float) -> None:
+    async def lock_client(self, cid: int, node: CrdtdbServer) -> None:
         period = 0
-        while trio.current_time() < stop_at:
+        while self.going():
             try:
                 async with open_ovsdb_client(node.remote) as client:
-                    while trio.current_time() < stop_at:
+                    while self.going():
                         period += 1
-                        await self._hold_once(client, f"c{cid}-p{period}", stop_at)
+                        await self._hold_once(client, f"c{cid}-p{period}")
             except (ConnectionLost, OSError, ConnectionError, RpcError):
                 await trio.sleep(0.1)
 
-    async def _hold_once(self, client: Any, tag: str, stop_at: float) -> None:
+    async def _hold_once(self, client: Any, tag: str) -> None:
         held = await client.lock(LOCK)
         while not held:
-            if trio.current_time() > stop_at:
+            if not self.going():
                 await client.unlock(LOCK)
                 return
             with trio.move_on_after(0.5):
@@ -201,12 +212,13 @@ class Run:
         await client.unlock(LOCK)
 
     async def main(self) -> None:
-        stop_at = trio.current_time() + self.duration_s
+        self.stop_at = trio.current_time() + self.duration_s
+        self.hard_stop_at = self.stop_at + EXTRA_S_MAX
         async with trio.open_nursery() as nursery:
             for cid in range(4):
-                nursery.start_soon(self.register_client, cid, self.nodes[cid % 2], stop_at)
+                nursery.start_soon(self.register_client, cid, self.nodes[cid % 2])
             for cid in range(2):
-                nursery.start_soon(self.lock_client, 10 + cid, self.nodes[cid], stop_at)
+                nursery.start_soon(self.lock_client, 10 + cid, self.nodes[cid])
 
     async def final_reads(self) -> None:
         for i, node in enumerate(self.nodes):
@@ -329,10 +341,11 @@ def test_the_checker_catches_a_store_that_is_not_linearizable(tmp_path: Path) ->
         run = Run(nodes, seed=7, duration_s=3.0)
 
         async def registers_only() -> None:
-            stop_at = trio.current_time() + run.duration_s
+            # (no lock clients: nothing to wait for past the duration)
+            run.stop_at = run.hard_stop_at = trio.current_time() + run.duration_s
             async with trio.open_nursery() as nursery:
                 for cid in range(4):
-                    nursery.start_soon(run.register_client, cid, nodes[cid % 2], stop_at)
+                    nursery.start_soon(run.register_client, cid, nodes[cid % 2])
 
         trio.run(registers_only)
     result = check(run.history.history(), KeyValueModel(None), timeout_s=60)
