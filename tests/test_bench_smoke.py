@@ -102,3 +102,14 @@ def test_bench_sandbox_quick(capsys: pytest.CaptureFixture[str]) -> None:
                  "database RSS, total", "no slower than with ovsdb-server at N = 2",
                  "has reached the last chassis node"):
         assert line in out
+
+
+def test_pull_cost_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    if find_sb_schema() is None:
+        pytest.skip("ovn-common not installed")
+    from sims import pull_cost
+
+    assert pull_cost.main(["--rounds", "8,16", "--writers", "3", "--pull-every", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8")
+            or line.startswith("| 16")]
+    assert len(rows) == 2  # (pull_cost raises if the leaf did not converge)
