@@ -137,3 +137,14 @@ def test_what_covering_returns_covers_exactly(
         assert got[0][0] <= have and got[-1][1] == clock
         for (_, end), (start, _) in itertools.pairwise(got):
             assert start <= end
+
+
+def test_a_longer_history_allows_longer_answers() -> None:
+    """pycrdt's diff costs more the more items the document has; a merged answer does not."""
+    r = RecentUpdates(max_covering=2, history_items_per_part=10)
+    for c in range(5):
+        r.add((7, c, 1), upd(7, c, c + 1))
+    assert r.covering({7: 0}, {7: 5}) is None  # 5 updates > 2 + 5 // 10
+    # The same 5 updates in a document of 35 items: 2 + 35 // 10 = 5 allowed.
+    assert ranges(r.covering({7: 0, 8: 30}, {7: 5, 8: 30})) == [(7, c, c + 1) for c in range(5)]
+    assert r.covering({7: 0, 8: 24}, {7: 5, 8: 24}) is None  # 29 items: 2 + 2 < 5

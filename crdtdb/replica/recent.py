@@ -50,15 +50,28 @@ class RecentUpdates:
     """
 
     def __init__(self, *, max_updates: int = 4096, max_bytes: int = 8 * 1024 * 1024,
-                 max_update_bytes: int = 64 * 1024, max_covering: int = 32):
+                 max_update_bytes: int = 64 * 1024, max_covering: int = 32,
+                 history_items_per_part: int = 256):
         self.max_updates = max_updates
         self.max_bytes = max_bytes
         self.max_update_bytes = max_update_bytes
-        #: An answer of more updates than this is left to pycrdt: merging costs ~10-17 us
-        #: an update, pycrdt's diff of a Southbound ~0.4-0.9 ms whatever the peer lacks
-        #: (measured on the nodes of a 20-chassis sandbox), so past a few dozen it is not
-        #: cheaper (its bytes neither: the delete set compresses into ranges).
+        #: An answer of more updates than this (plus the history's share, below) is left
+        #: to pycrdt: merging costs ~10-17 us an update, pycrdt's diff of a short-lived
+        #: Southbound ~0.4-0.9 ms whatever the peer lacks (measured on the nodes of a
+        #: 20-chassis sandbox), so past a few dozen it is not cheaper (its bytes neither:
+        #: the delete set compresses into ranges).
         self.max_covering = max_covering
+        #: ...but pycrdt's diff walks every item of the document, deleted ones included, and
+        #: carries the whole delete set, which the peer walks again to apply it: its cost
+        #: grows with the history, a merged answer's with its updates only. So one more
+        #: update is allowed per this many items the replica has (the sum of its clocks).
+        #: sims/pull_cost.py (20 writers, a leaf pulling 57 updates' worth): a pycrdt
+        #: answer cost the hub ~47 ns and the leaf ~25 ns more per item of history (0.47 ms
+        #: and 0.90 ms after 6k items, 5.9 and 3.8 ms after 120k); a merged one ~24 us per
+        #: update for both together, whatever the history (0.52 + 0.85 ms for 57 at 6k
+        #: items, 0.57 + 1.29 ms at 120k): even at ~42 + items / 330 updates; 32 + items /
+        #: 256 leans to merged answers, whose cost stays flat.
+        self.history_items_per_part = history_items_per_part
         self._by_client: dict[int, deque[_Kept]] = {}
         #: (writer, seq) of every kept update in the order kept, with those already dropped
         #: (skipped when met): keys only, so a dropped update's bytes go at once.
@@ -106,7 +119,9 @@ class RecentUpdates:
                  ) -> list[bytes] | None:
         """The kept updates that hold everything of ``mine`` (this replica's clocks) past
         ``theirs`` (a peer's), oldest first per writer; ``None`` if they do not (or would be
-        more than ``max_covering``), and for a peer that lacks nothing."""
+        more than ``max_covering`` and the history's share, see ``history_items_per_part``),
+        and for a peer that lacks nothing."""
+        limit = self.max_covering + sum(mine.values()) // self.history_items_per_part
         out: list[bytes] = []
         for client, clock in mine.items():
             have = theirs.get(client, 0)
@@ -120,11 +135,11 @@ class RecentUpdates:
                 picked.append(kept.update)
                 if kept.start <= have:
                     break
-                if len(out) + len(picked) >= self.max_covering:
+                if len(out) + len(picked) > limit:
                     return None  # too many: pycrdt's diff is as cheap
             else:
                 return None  # the run starts past the peer's clock: a hole
-            if len(out) + len(picked) > self.max_covering:
+            if len(out) + len(picked) > limit:
                 return None
             out.extend(reversed(picked))
         return out or None
