@@ -113,3 +113,12 @@ def test_pull_cost_quick(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 8")
             or line.startswith("| 16")]
     assert len(rows) == 2  # (pull_cost raises if the leaf did not converge)
+
+
+@pytest.mark.ovsdb_server
+def test_chassis_cpu_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    _need()
+    from sims import chassis_cpu
+
+    assert chassis_cpu.main(["--changes", "5"]) == 0
+    assert "chassis node CPU" in capsys.readouterr().out
