@@ -30,8 +30,9 @@ from transport.tcp import TcpLimits, TcpTransport, TlsConfig, open_tcp_transport
 log = logging.getLogger("crdtdb.node")
 
 STATUS_INTERVAL_S = 1.0
-#: The gossip timers run at most this often. Every frame a node handles may move a deadline,
-#: so it wakes the timer task; a hub handles thousands a second, and each tick walks every
+#: The gossip timers run at most this often. A frame that moves a deadline earlier wakes the
+#: timer task (Gossip.deadline_moved_earlier: a peer up, pulls picking up again, any frame
+#: during a compaction round); a hub handles thousands a second, and each tick walks every
 #: peer. Gossip's deadlines (pulls every 0.125-0.375 s, pings, round timers) need no finer
 #: precision.
 MIN_TICK_INTERVAL_S = 0.02
@@ -61,7 +62,8 @@ class Node:
                 self.transport.send_nowait(out.peer, out.frame)
             elif isinstance(out, Disconnect):
                 self.transport.disconnect(out.peer, out.reason)
-        self._wakeup.set()  # deadlines may have moved
+        if self.gossip.deadline_moved_earlier():
+            self._wakeup.set()
 
     def _on_commit(self, db: str) -> Any:
         def on_change(ev: ChangeEvent) -> None:
