@@ -79,3 +79,23 @@ def test_monitors_of_the_same_columns_share_one_composer() -> None:
     row = _row(random.Random(1), "00000000-0000-4000-8000-000000000001")
     assert set(a.composer(Select.INSERT, False)(row)) <= {"name", "n"}
     assert set(c.composer(Select.INSERT, False)(row)) <= {"name"}
+
+
+def test_small_initial_dumps_leave_cyclic_garbage_to_the_collector() -> None:
+    """A large dump promotes the process's young objects to the oldest generation (see
+    Monitor.initial); a small one must not, or every short-lived client's monitor would
+    carry cyclic garbage past the young collections, out of reach until a full one."""
+    import gc
+
+    from crdtdb.engine import MemoryDatabase
+
+    db = MemoryDatabase(MERGE_SCHEMA)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(2000):
+        for _ in range(100):
+            cycle: list[Any] = []
+            cycle.append(cycle)
+        Monitor(MERGE_SCHEMA, i, {"Parent": [{}]}, Version.V2).initial(db)
+    grown = len(gc.get_objects()) - before
+    assert grown < 50_000, f"{grown} objects left behind by 2000 small dumps"

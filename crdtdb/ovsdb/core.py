@@ -143,8 +143,9 @@ class Session:
     #: Ids of requests dropped without an answer (a cancelled transaction): the I/O layer
     #: tells its codec to stop expecting a reply.
     abandoned: list[Any] = field(default_factory=list)
-    #: The locks view a transaction of this session runs with (see ServerCore._run).
-    run_locks: Any = field(default=None, repr=False)
+    #: The locks view a transaction of this session runs with (see ServerCore._run); it
+    #: refers back to the session, so close_session drops it (no cycle left to the collector).
+    run_locks: _SessionLocks | None = field(default=None, repr=False)
 
     def drain(self) -> list[Event]:
         out, self.outbox = self.outbox, []
@@ -231,6 +232,7 @@ class ServerCore:
         s.monitors.clear()
         s.monitor_order = OvsHmap()
         s.outbox.clear()
+        s.run_locks = None
 
     def _notify(self, s: Any, method: str, params: list[Any]) -> None:
         if isinstance(s, Session) and not s.closed:

@@ -304,14 +304,19 @@ class Monitor:
     def initial(self, snapshot: Snapshot) -> dict[str, Any]:
         """Table updates for the rows present now (empty dict: nothing to send).
 
-        Built with the cyclic collector paused, its objects then left to the oldest
-        generation: a dump is a tree of fresh lists and dicts (no cycles) that reference
-        counting frees once it is sent, but the ~1M containers of a 100k-row dump trigger
-        ~1000 young and ~7 full collections on the way, each full one walking the process
-        (and, unpromoted, the young collection after the pause walks them all once). The
-        100k-flow dump of sims/bench_serve.py, built, encoded and freed: 2.08-2.11 s of CPU
-        -> 1.13-1.22 s (three alternating runs; paused without promoting: 1.46-1.51 s).
-        """
+        A large dump is built with the cyclic collector paused, its objects then left to
+        the oldest generation: a dump is a tree of fresh lists and dicts (no cycles) that
+        reference counting frees once it is sent, but the ~1M containers of a 100k-row dump
+        trigger ~1000 young and ~7 full collections on the way, each full one walking the
+        process (and, unpromoted, the young collection after the pause walks them all
+        once). The 100k-flow dump of sims/bench_serve.py, built, encoded and freed: 2.08-2.11
+        s of CPU -> 1.13-1.22 s (three alternating runs; paused without promoting: 1.46-1.51
+        s). Not a small one: promoting moves the process's young cyclic garbage too, which
+        then waits for a full collection that promotions do not bring nearer (CPython 3.11
+        counts them in no generation's budget), so a monitor per short-lived connection
+        (ovn-nbctl's) would keep it growing."""
+        if sum(snapshot.row_count(t) for t in self.tables) < LARGE_DUMP_ROWS:
+            return self._initial(snapshot)
         with collector_paused(promote=True):
             return self._initial(snapshot)
 
@@ -456,6 +461,10 @@ class Monitor:
                 out[tname] = rows
         return ovs_object(out.items())
 
+
+#: An initial dump of at least this many rows is built with the collector paused and its
+#: objects promoted (see Monitor.initial).
+LARGE_DUMP_ROWS = 10_000
 
 #: Composers made, by the identities of their columns (each entry holds its columns, so no
 #: identity is reused while it is here); cleared whole when full.
