@@ -509,3 +509,24 @@ def test_a_version_string_that_is_no_uuid_is_refused_by_both_marker_decoders(
     with pytest.raises(DecodeError):
         enc.unpack_register(col, enc._pack([3, version]))
     assert enc.unpack_register(col, enc._pack([3, _uuid(7)])) == (3, (_uuid(7),))
+
+
+def test_a_payload_claiming_a_huge_array_costs_no_more_than_alone() -> None:
+    """msgpack makes room for what an array header claims before reading it, up to its
+    limits: unpacked with 127 others, a payload claiming the batch's length in elements
+    must not make the batch allocate 8 bytes for each (a peer's markers would otherwise
+    cost the node ~1 GiB per batch of 128 large ones)."""
+    import tracemalloc
+
+    size = 100_000
+    claim = 128 * (size + 18)  # about as many elements as the batch has bytes
+    evil = b"\xdd" + claim.to_bytes(4, "big") + bytes(size - 5)  # (zeros: valid elements)
+    payloads = [evil] + [bytes(size)] * 127
+    tracemalloc.start()
+    try:
+        out = list(enc.unpack_each(payloads))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == [None] * 128  # (none is one msgpack value of its own)
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"

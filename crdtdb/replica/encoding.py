@@ -372,13 +372,21 @@ def _unpacked_batches(payloads: Iterable[Any]) -> Iterator[Sequence[Any]]:
         n = len(ps)
         try:
             body = sep.join(ps)
+            longest = max(map(len, ps))
             # Each a buffer of single bytes (the length of a memoryview counts its items),
             # none longer than a marker may be.
             if len(body) != sum(map(len, ps)) + len(sep) * (n - 1) or (
-                    len(body) > binary.MAX_ELEMENTS
-                    and max(map(len, ps)) > binary.MAX_ELEMENTS):
+                    longest > binary.MAX_ELEMENTS):
                 raise ValueError
-            objs = _unpack_tuples(b"".join((b"\xdd", (2 * n).to_bytes(4, "big"), body, sep)))
+            # msgpack makes room for the elements an array or map header claims before it
+            # reads them, up to the limits (the whole buffer's length by default): bounded by
+            # the longest payload, as one call per payload bounds each by its own, one
+            # payload cannot make the batch allocate 8 bytes x the batch's length.
+            objs = msgpack.unpackb(
+                b"".join((b"\xdd", (2 * n).to_bytes(4, "big"), body, sep)),
+                ext_hook=slice, use_list=False, max_array_len=max(2 * n, longest),
+                max_map_len=longest, max_str_len=longest, max_bin_len=max(16, longest),
+                max_ext_len=longest)
             if objs[1::2].count(nonce) != n:
                 raise ValueError
         except Exception:  # (not bytes-like, not framed as it should be: one by one)
