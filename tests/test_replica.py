@@ -141,6 +141,19 @@ def test_row_delete_wins_over_concurrent_update() -> None:
     assert pair.col(pair.b, "Parent", p, "n") == (0,)
 
 
+def test_an_explicit_uuid_in_a_dict_subclass_is_not_taken_for_a_drawn_one() -> None:
+    """The engine parses a dict subclass as an operation object too; one that names a uuid
+    must get its commit's birth, as a dict does, never the drawn uuids' 0."""
+    from collections import OrderedDict
+
+    for i, make in enumerate((dict, OrderedDict)):
+        r = make_replica(7, 1)
+        u = f"5a1d0c3e-0000-4000-8000-00000000010{i}"
+        op = make({"op": "insert", "table": "Parent", "uuid": u, "row": {"name": "a"}})
+        ok(r.transact([op]))
+        assert enc.marker_birth(r._maps["Parent"][u]) != 0, make.__name__
+
+
 def test_rows_under_drawn_uuids_are_born_0_others_to_their_commits_birth() -> None:
     """A uuid the engine drew for an insert had no earlier life: its row is born 0, and no
     replica keeps its birth in memory. Explicit uuids take their commit's random birth, and

@@ -638,7 +638,9 @@ class Replica:
                  elapsed_ms: int) -> Outcome:
         fresh: Container[str]
         for op in operations:
-            if type(op) is dict and "uuid" in op:
+            # (a dict subclass or another mapping is parsed as an object too, so it may name
+            # a uuid: noted the slow way, never taken for a drawn one)
+            if type(op) is not dict or "uuid" in op:
                 outcome, fresh = self._execute_noting_draws(operations, locks, elapsed_ms)
                 break
         else:
