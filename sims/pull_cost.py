@@ -78,12 +78,13 @@ def measure(schema: DatabaseSchema, n_writers: int, n_rounds: int, pull_every: i
             leaf.apply_update(answer, self_contained=True)
             apply_s.append(time.process_time() - t)
             sizes.append(len(answer))
+    full = hub.statistics().full_diffs - full_before
     leaf.apply_update(hub.diff(leaf.state_vector()), self_contained=True)  # (a last pull)
     if leaf.get_row("Chassis_Private", uuids[-1]) != hub.get_row("Chassis_Private", uuids[-1]):
         raise RuntimeError("the leaf did not converge with the hub")
     half = len(apply_s) // 2
     return {"rounds": n_rounds, "pulls": len(apply_s),
-            "full": hub.statistics().full_diffs - full_before,
+            "full": full,
             "diff_ms": statistics.mean(diff_s[half:]) * 1e3,
             "apply_ms": statistics.mean(apply_s[half:]) * 1e3,
             "bytes": statistics.mean(sizes[half:])}

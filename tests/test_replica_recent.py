@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -148,3 +149,5 @@ def test_a_longer_history_allows_longer_answers() -> None:
     # The same 5 updates in a document of 35 items: 2 + 35 // 10 = 5 allowed.
     assert ranges(r.covering({7: 0, 8: 30}, {7: 5, 8: 30})) == [(7, c, c + 1) for c in range(5)]
     assert r.covering({7: 0, 8: 24}, {7: 5, 8: 24}) is None  # 29 items: 2 + 2 < 5
+    with pytest.raises(ValueError):
+        RecentUpdates(history_items_per_part=0)

@@ -52,6 +52,8 @@ class RecentUpdates:
     def __init__(self, *, max_updates: int = 4096, max_bytes: int = 8 * 1024 * 1024,
                  max_update_bytes: int = 64 * 1024, max_covering: int = 32,
                  history_items_per_part: int = 256):
+        if history_items_per_part < 1:
+            raise ValueError(f"history_items_per_part must be >= 1, not {history_items_per_part}")
         self.max_updates = max_updates
         self.max_bytes = max_bytes
         self.max_update_bytes = max_update_bytes
