@@ -99,3 +99,55 @@ def test_small_initial_dumps_leave_cyclic_garbage_to_the_collector() -> None:
         Monitor(MERGE_SCHEMA, i, {"Parent": [{}]}, Version.V2).initial(db)
     grown = len(gc.get_objects()) - before
     assert grown < 50_000, f"{grown} objects left behind by 2000 small dumps"
+
+
+def _atom(rng: random.Random, type_: Any) -> Any:
+    from crdtdb.engine.types import AtomicType
+
+    kind_ = type_.type
+    if kind_ is AtomicType.INTEGER:
+        return rng.randrange(-5, 5)
+    if kind_ is AtomicType.REAL:
+        return rng.choice([0.5, -2.25, 1e300])
+    if kind_ is AtomicType.BOOLEAN:
+        return rng.random() < 0.5
+    if kind_ is AtomicType.UUID:
+        return f"00000000-0000-4000-8000-{rng.randrange(16**12):012x}"
+    return rng.choice(["", "a", 'q"uote', "\u00e9", "x" * 70])
+
+
+def _datum(rng: random.Random, type_: Any) -> tuple:
+    n = rng.randint(type_.n_min, min(type_.n_max, 3))
+    keys = sorted({_atom(rng, type_.key) for _ in range(n)})
+    if type_.value is None:
+        return tuple(keys)
+    return tuple((k, _atom(rng, type_.value)) for k in keys)
+
+
+@pytest.mark.parametrize("schema_name", ["ovn-nb", "ovn-sb"])
+def test_composers_write_what_datum_to_json_writes(schema_name: str) -> None:
+    """Every column type of the OVN schemas (scalars, optionals, sets and maps of every
+    atomic type, references): a composer's keys, their order and values are those of
+    data.datum_to_json for the columns that differ from their default, by name or not."""
+    from pathlib import Path
+
+    from crdtdb.engine import DatabaseSchema, data
+
+    path = Path(f"/usr/share/ovn/{schema_name}.ovsschema")
+    if not path.exists():
+        pytest.skip("ovn-common not installed")
+    schema = DatabaseSchema.from_file(path)
+    rng = random.Random(schema_name)
+    for tname, table in schema.tables.items():
+        mt = Monitor(schema, 1, {tname: [{}]}, Version.V2).tables[tname]
+        for by_name in (False, True):
+            cols = mt.send(Select.INSERT, by_name)
+            compose = mt.composer(Select.INSERT, by_name)
+            for _ in range(20):
+                row = list(table.default_row)
+                for c in cols:
+                    if rng.random() < 0.8:
+                        row[c.index] = _datum(rng, c.type)
+                want = [(c.name, data.datum_to_json(c.type, row[c.index])) for c in cols
+                        if row[c.index] != c.default_datum]
+                assert list(compose(tuple(row)).items()) == want, (tname, by_name)
