@@ -39,7 +39,7 @@ from typing import Any
 from crdtdb.testing.crdtdb_server import CrdtdbServer
 from crdtdb.testing.ovsdb_server import OvsdbServer, find_sb_schema
 from sims.pipeline import Receiver, run_pipelined
-from sims.procstat import cpu_seconds
+from sims.procstat import running_cpu_seconds
 from sims.report import DOC, run_header, write_section
 from sims.workload import DB, bulk_txns, datapath_txn, insert_flow_txn
 
@@ -63,13 +63,6 @@ class DumpResult:
     cpu_s: float
     dump_mib: float
     dump_rows: int
-
-
-def _server_cpu_s(pid: int | None) -> float:
-    cpu = cpu_seconds(pid) if pid is not None else None
-    if cpu is None:
-        raise RuntimeError("the server process is gone")
-    return cpu
 
 
 def measure_txns(sock_path: Path, pid: int | None, n_txns: int) -> TxnResult:
@@ -108,7 +101,7 @@ def measure_txns(sock_path: Path, pid: int | None, n_txns: int) -> TxnResult:
         drain_updates()
 
     txns = [insert_flow_txn(1_000_000 + i, dp) for i in range(n_txns)]
-    cpu0 = _server_cpu_s(pid)
+    cpu0 = running_cpu_seconds(pid)
     t0 = time.perf_counter()
     run_pipelined(sock_path, txns, window=WINDOW, on_send=on_send, on_reply=on_reply)
     elapsed = time.perf_counter() - t0
@@ -116,7 +109,7 @@ def measure_txns(sock_path: Path, pid: int | None, n_txns: int) -> TxnResult:
     while len(latencies) < n_txns and time.monotonic() < deadline:
         drain_updates()
         time.sleep(0.001)
-    cpu_s = _server_cpu_s(pid) - cpu0  # replies and every update sent: the server's work
+    cpu_s = running_cpu_seconds(pid) - cpu0  # replies and every update sent: the server's work
     watcher.close()
     if len(latencies) < n_txns:
         raise RuntimeError(f"only {len(latencies)} of {n_txns} updates arrived")
@@ -134,9 +127,9 @@ def measure_dump(sock_path: Path, pid: int | None, n_rows: int, batch: int) -> D
     setup.close()
     run_pipelined(sock_path, list(bulk_txns(n_rows, batch, dp)), window=4)
     dumper = Receiver(sock_path)
-    cpu0 = _server_cpu_s(pid)
+    cpu0 = running_cpu_seconds(pid)
     reply, dump_s = dumper.request("monitor_cond", [DB, "dump", MONITOR])
-    cpu_s = _server_cpu_s(pid) - cpu0
+    cpu_s = running_cpu_seconds(pid) - cpu0
     dump_bytes = dumper.bytes_received
     dumper.close()
     return DumpResult(dump_s, cpu_s, dump_bytes / 2**20,

@@ -39,15 +39,17 @@ import trio
 from crdtdb.ovsdb.client import open_ovsdb_client
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from crdtdb.testing.ports import free_tcp_ports
-from sims.procstat import cpu_seconds
+from sims.procstat import running_cpu_seconds
 
 SB = "OVN_Southbound"
 CHASSIS = "hv1"
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+    # (a fixed hash seed: runs under callgrind compare instruction counts)
+    env = {**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
     with open(log, "wb") as stderr:  # (the child keeps its own descriptor)
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
 
 
 async def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -99,7 +101,7 @@ async def northd(remote: str, n_changes: int, chassis_pid: int, timeout_s: float
         await c.monitor_cond(SB, "northd", {"Chassis_Private": [{"columns": ["nb_cfg"]}]})
         sb_global = (await c.transact(SB, [{"op": "insert", "table": "SB_Global",
                                             "row": {"nb_cfg": 0}}]))[0]["uuid"]
-        cpu0 = cpu_seconds(chassis_pid) or 0.0
+        cpu0 = running_cpu_seconds(chassis_pid)
         t0 = time.perf_counter()
         for cfg in range(1, n_changes + 1):
             await c.transact(SB, [{"op": "update", "table": "SB_Global",
@@ -114,7 +116,7 @@ async def northd(remote: str, n_changes: int, chassis_pid: int, timeout_s: float
                         if isinstance(body.get("nb_cfg"), int):
                             seen = max(seen, body["nb_cfg"])
         elapsed = time.perf_counter() - t0
-        cpu1 = cpu_seconds(chassis_pid) or 0.0
+        cpu1 = running_cpu_seconds(chassis_pid)
         return cpu1 - cpu0, elapsed
 
 
@@ -166,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     if schema is None:
         print("OVN_Southbound schema not found (install ovn-common)", file=sys.stderr)
         return 2
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     for _ in range(args.runs):
         cpu, wall = trio.run(run_once, schema, args.changes, shlex.split(args.wrapper),
                              args.timeout)

@@ -18,6 +18,15 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def running_cpu_seconds(pid: int | None) -> float:
+    """:func:`cpu_seconds` of a process that must still run (a measurement of one that died
+    would be silently wrong)."""
+    cpu = cpu_seconds(pid) if pid is not None else None
+    if cpu is None:
+        raise RuntimeError(f"process {pid} is gone")
+    return cpu
+
+
 def rss_bytes(pid: int) -> int | None:
     """VmRSS of the process; None once gone."""
     try:

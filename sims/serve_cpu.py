@@ -25,16 +25,8 @@ from pathlib import Path
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from sims.bench_serve import MONITOR, WINDOW
 from sims.pipeline import Receiver, run_pipelined
-from sims.procstat import cpu_seconds
+from sims.procstat import running_cpu_seconds
 from sims.workload import DB, datapath_txn, insert_flow_txn
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (which must still run)."""
-    cpu = cpu_seconds(pid)
-    if cpu is None:
-        raise RuntimeError(f"process {pid} is gone")
-    return cpu
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -61,8 +53,8 @@ def run_once(schema: Path, n_txns: int, wrapper: list[str], first: int = 1_000_0
         sock = Path(tmp) / "db.sock"
         cmd = [*wrapper, sys.executable, "-m", "crdtdb.cli", "serve", f"--remote=punix:{sock}",
                f"--data-dir={tmp}/data", str(schema)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                stderr=open(Path(tmp) / "log", "wb"))  # noqa: SIM115
+        with open(Path(tmp) / "log", "wb") as log:  # (the child keeps its own descriptor)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait_for(sock, proc, timeout)
             setup = Receiver(sock)
@@ -80,10 +72,10 @@ def run_once(schema: Path, n_txns: int, wrapper: list[str], first: int = 1_000_0
                 except BlockingIOError:
                     pass
             txns = [insert_flow_txn(first + i, dp) for i in range(n_txns)]
-            c0, t0 = cpu_s(proc.pid), time.perf_counter()
+            c0, t0 = running_cpu_seconds(proc.pid), time.perf_counter()
             run_pipelined(sock, txns, window=WINDOW, timeout_s=timeout, on_reply=drain)
             elapsed = time.perf_counter() - t0
-            c1 = cpu_s(proc.pid)
+            c1 = running_cpu_seconds(proc.pid)
             watcher.close()
             return (c1 - c0) / n_txns, n_txns / elapsed
         finally:

@@ -28,7 +28,6 @@ import gc
 import hashlib
 import json
 import os
-import pickle
 import random
 import sys
 import tempfile
@@ -147,17 +146,35 @@ def request(method: str, params: list[Any], rid: Any) -> bytes:
 
 def _bursts(dp: str, n: int, window: int) -> list[bytes]:
     """The pipelined inserts' bytes, ``window`` requests a burst. Kept in a file between
-    runs: encoding them here cost as much as a tenth of what the server does with them."""
-    cache = Path(tempfile.gettempdir(), f"serve-harness-{dp}-{n}-{window}.pickle")
+    runs (the user's cache directory, named after the workload's first request, so a
+    changed workload is encoded anew): encoding them here cost as much as a tenth of what
+    the server does with them."""
+    first_request = request("transact", [DB, *insert_flow_txn(1_000_000, dp)], 0)
+    key = hashlib.sha256(first_request).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "crdtdb-sims")
+    cache = cache_dir / f"serve-harness-{key}-{n}-{window}.bin"
     try:
-        return pickle.loads(cache.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError):
+        return _split_bursts(cache.read_bytes())
+    except (OSError, ValueError):
         pass
     bursts = [b"".join(request("transact", [DB, *insert_flow_txn(1_000_000 + i, dp)], i)
                        for i in range(first, min(first + window, n)))
               for first in range(0, n, window)]
-    cache.write_bytes(pickle.dumps(bursts))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"".join(len(b).to_bytes(4, "big") + b for b in bursts))
     return bursts
+
+
+def _split_bursts(blob: bytes) -> list[bytes]:
+    """The bursts of a cache file (each after its 4-byte length)."""
+    out, at = [], 0
+    while at < len(blob):
+        size = int.from_bytes(blob[at:at + 4], "big")
+        if at + 4 + size > len(blob):
+            raise ValueError("truncated cache file")
+        out.append(blob[at + 4:at + 4 + size])
+        at += 4 + size
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dump", metavar="DIR", help="write what each session was sent here")
     args = ap.parse_args(argv)
     seeded = random.Random(0)
-    os.urandom = seeded.randbytes  # uuids, server id, births: the same every run
+    urandom, os.urandom = os.urandom, seeded.randbytes  # uuids, server id, births: the same
+    try:                                                 # every run
+        return _main(args)
+    finally:
+        os.urandom = urandom
+
+
+def _main(args: argparse.Namespace) -> int:
     path = find_sb_schema()
     if path is None:
         print("OVN_Southbound schema not found (install ovn-common)", file=sys.stderr)

@@ -6,9 +6,12 @@ recomputed table) allocates tens of thousands of containers (parsed rows, datums
 that reference counting frees on its own; the collections those allocations trigger only
 walk them again. Paused for the transaction and restored after (the next young collection
 examines what it left, once): 100k Logical_Flow rows in 1000-row transactions took
-0.92-1.01 s instead of 1.13-1.18 s in the engine (three alternating runs). Nothing else
-changes for the process: the collector is only off while the transaction runs, and only if
-it was on.
+0.92-1.01 s instead of 1.13-1.18 s in the engine (three alternating runs). The collector
+is only off while the transaction runs, and only if it was on.
+
+Two uses change more than that, on purpose: ``collector_paused(promote=True)`` (a whole
+document read, a large monitor dump) leaves the process's young objects in the oldest
+generation, and :func:`settle_for_serving` sets a server's young threshold.
 """
 
 from __future__ import annotations
