@@ -166,6 +166,22 @@ class View:
             return self._update_checked(changes)
         return self._update_rules(changes, False)
 
+    def update_row(self, key: RowKey, new: Row | None) -> Changeset:
+        """``update({key: new})``: one row's change (most merged updates), the plain case
+        (see :meth:`_update_plain`) without the mapping and the calls around it."""
+        if self._s1 or self._hidden or self.conflicts.any_active() or \
+                not self._plain(key, new):
+            return self.update({key: new})
+        t, u = key
+        raw = self.raw[t]
+        old = raw[u]
+        out = Changeset()
+        if old is not new and old != new:
+            raw[u] = new  # type: ignore[assignment]  (not None: _plain)
+            out.tables[t] = {u: RowChange(old, new)}
+            self.rows.replace_row(t, u, new)  # type: ignore[arg-type]
+        return out
+
     def _update_checked(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
         """:meth:`_update_rules` with ``fast`` (no rule re-evaluated), for a commit's few
         rows: the raw rows, the reversed references and the index groups kept as there,
