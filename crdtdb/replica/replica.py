@@ -596,13 +596,15 @@ class Replica:
     def _show_pending(self) -> None:
         """The view catches up with the updates merged while holding; listeners hear it."""
         self._changes_pending = False
-        dirty: set[RowKey] = set()
-        by_row = self._drain_events(dirty)
-        if self._pending_rescan:
-            self._pending_rescan = False
-            self._rescan(dirty)  # (see _apply_raw)
-            by_row = {}
-        diff = self._refresh(dirty, {}, by_row)
+        diff = None if self._pending_rescan else self._merge_registers()
+        if diff is None:
+            dirty: set[RowKey] = set()
+            by_row = self._drain_events(dirty)
+            if self._pending_rescan:
+                self._pending_rescan = False
+                self._rescan(dirty)  # (see _apply_raw)
+                by_row = {}
+            diff = self._refresh(dirty, {}, by_row)
         if diff:
             self._emit(ChangeEvent(diff, None, False))
 
@@ -1360,13 +1362,17 @@ class Replica:
         return self._refresh(dirty, {}, by_row)
 
     def _merge_registers(self) -> Changeset | None:
-        """:meth:`_merge_events` for the queued events of most merged updates: new values of
-        registers (no marker, element or delete) of one row the view has. The same
-        bookkeeping, row and view change as _drain_events, _note_key, _refresh and
-        _delta_row make of them, in one pass without their calls, per-event tuples and
-        parsed keys (a single-column update of a Logical_Flow row: 206k -> 179k
-        instructions, sims/merge_harness.py); ``None`` (nothing done) for any other
-        events. tests/test_replica.py checks it against that path."""
+        """:meth:`_merge_events` for the queued events of most merged updates (and of most
+        bursts held by hold_changes): new values of registers (no marker, element or
+        delete) of rows the view has. The same bookkeeping, rows and view change as
+        _drain_events, _note_key, _refresh and _delta_row make of them, in one pass without
+        their calls, per-event tuples and parsed keys (a single-column update of a
+        Logical_Flow row: 206k -> 179k instructions, sims/merge_harness.py); ``None``
+        (nothing done) for any other events. tests/test_replica.py checks it against
+        that path.
+
+        Events of one row (most merged updates) take the shortest way; of several rows,
+        _merge_rows (a general loop here cost the one row 3k instructions)."""
         events = self._events
         if not events:
             return None
@@ -1376,13 +1382,12 @@ class Replica:
         cols = []
         for t, key, action, _ in events:
             parts = key.split(enc.SEP)
-            if t != tname or action == "delete" or len(parts) != 2:
+            if action == "delete" or len(parts) != 2:
                 return None
             u, cname = parts
-            if uuid is None:
-                uuid = u
-            elif u != uuid:
-                return None
+            if t != tname or (uuid is not None and u != uuid):
+                return self._merge_rows()
+            uuid = u
             found = registers.get(cname)
             if found is None:
                 col = self.schema.tables[tname].columns.get(cname)
@@ -1390,10 +1395,81 @@ class Replica:
                     return None
                 found = registers[cname] = (col, enc.register_reader(col))
             cols.append(found)
+        assert uuid is not None
         raw = self.view.raw[tname].get(uuid)
         if raw is None:
             return None
-        # Taken: what _note_key books (the row's other keys), then _delta_row's new row.
+        return self.view.update_row((tname, uuid), self._merge_row(tname, uuid, raw, cols))
+
+    def _merge_rows(self) -> Changeset | None:
+        """:meth:`_merge_registers` for events of several rows (of any tables)."""
+        events = self._events
+        raws = self.view.raw
+        registers = self._registers
+        #: (table, uuid) -> its raw row, then its new row as a list (None: read it whole)
+        rows: dict[RowKey, Any] = {}
+        row_keys: list[RowKey] = []  # each event's
+        cols: list[tuple[Any, Callable[[Any], Any]]] = []  # each event's (column, reader)
+        rk: Any = None
+        for t, key, action, _ in events:
+            parts = key.split(enc.SEP)
+            if action == "delete" or len(parts) != 2:
+                return None
+            u, cname = parts
+            if rk is None or rk[1] != u or rk[0] != t:  # (most events: the row before's)
+                rk = (t, u)
+                if rk not in rows:
+                    raw = raws[t].get(u)
+                    if raw is None:
+                        return None
+                    rows[rk] = raw
+            found = registers[t].get(cname)
+            if found is None:
+                col = self.schema.tables[t].columns.get(cname)
+                if col is None or col.index == 0:
+                    return None
+                found = registers[t][cname] = (col, enc.register_reader(col))
+            row_keys.append(rk)
+            cols.append(found)
+        # Taken: what _note_key books (the row's other keys), then _delta_row's new rows.
+        extras = self._extras
+        births = self._births
+        current: Any = None
+        keys: set[str] = set()
+        row: list | None = None
+        birth = 0
+        for rk, (col, read), (t, key, _, value) in zip(row_keys, cols, events, strict=True):
+            if rk is not current:
+                current = rk
+                u = rk[1]
+                table_extras = extras[t]
+                found_keys = table_extras.get(u)
+                keys = table_extras[u] = set() if found_keys is None else found_keys
+                row = rows[rk]
+                if type(row) is tuple:  # (its raw row: the row's first event)
+                    row = rows[rk] = list(row)
+                birth = births[t].get(u, 0)
+            keys.add(key)
+            if row is not None:
+                try:
+                    try:
+                        b, d = read(value)
+                    except (Refused, DecodeError):  # (as enc.unpack_register)
+                        b, d = enc.unpack_register(col, value)
+                except DecodeError:
+                    row = rows[rk] = None  # (read whole below, once every key is booked)
+                    continue
+                if b == birth:
+                    row[col.index] = d
+        events.clear()
+        return self.view.update({rk: self._read_row(*rk) if row is None else tuple(row)
+                                 for rk, row in rows.items()})
+
+    def _merge_row(self, tname: str, uuid: str, raw: Row,
+                   cols: list[tuple[Any, Callable[[Any], Any]]]) -> Row | None:
+        """_merge_registers' work for queued events (of registers ``cols``) all of one row,
+        the raw row ``raw``: the row's keys booked, the events taken; the new row."""
+        events = self._events
         extras = self._extras[tname]
         keys = extras.get(uuid)
         if keys is None:
@@ -1414,8 +1490,7 @@ class Replica:
                 if b == birth:
                     row[col.index] = d
         events.clear()
-        new = self._read_row(tname, uuid) if row is None else tuple(row)
-        return self.view.update_row((tname, uuid), new)
+        return self._read_row(tname, uuid) if row is None else tuple(row)
 
     def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]
                   ) -> enc.Key | str | None:
