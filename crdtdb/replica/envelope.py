@@ -339,7 +339,8 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
     of one-byte varints (small clocks and counts: most of them).
     """
     try:  # (pycrdt_errors' own work, without a with block's three calls per update)
-        tail = _get_update(update, _beyond(client))
+        sv = _beyond_cache.get(client)  # (_beyond's lookup, inline: one call less)
+        tail = _get_update(update, _beyond(client) if sv is None else sv)
     except BaseException as exc:
         _DELETE_SET_ERRORS.convert(exc)
         raise
