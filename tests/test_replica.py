@@ -1043,3 +1043,86 @@ def test_what_uses_the_view_shows_held_changes_first() -> None:
     assert shown(r) == {t: {**rows, **{u: row for u, row in r.iter_rows(t)
                                        if u not in rows}} for t, rows in shown(a).items()}
     check_view(r)
+
+
+def test_merged_registers_end_where_the_general_event_path_does() -> None:
+    """Replica._merge_registers (one row's register values, most merged updates) against
+    _drain_events/_refresh/_delta_row, on a copy that never takes it: the same result,
+    view, conflicts and bookkeeping after every update, hostile values included."""
+    from unittest import mock
+
+    from tests.replica_support import _in_order, replica_state
+
+    a = make_replica(1, 1)
+    fast, general = make_replica(2, 2), make_replica(2, 2)
+    taken: list[bool] = []
+    real = Replica._merge_registers
+
+    def spy(self: Replica) -> Any:
+        out = real(self)
+        taken.append(out is not None)
+        return out
+
+    def sync(held: bool = False) -> None:
+        update = a.diff(fast.state_vector())
+        with mock.patch.object(Replica, "_merge_registers", spy):
+            got = fast.apply_update(update)
+        with mock.patch.object(Replica, "_merge_registers", lambda self: None):
+            want = general.apply_update(update)
+        assert (got.gap, got.new, got.span) == (want.gap, want.new, want.span)
+        assert _in_order(got.changes) == _in_order(want.changes)
+        if not held:  # (reading them would show what they hold)
+            assert replica_state(fast) == replica_state(general)
+
+    r = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p", "n": 1}},
+               {"op": "insert", "table": "Parent", "row": {"name": "q",
+                                                          "tags": ["set", ["x"]]}}))
+    p, q = r[0]["uuid"][1], r[1]["uuid"][1]
+    sync()
+    for row in ({"n": 2}, {"name": "p2", "n": 3}, {"n": 3}):  # (the last: no new value)
+        ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(p), "row": row}))
+        sync()
+    ok(txn(a, {"op": "update", "table": "Parent", "where": [], "row": {"n": 7}}))  # 2 rows
+    sync()
+    m = a._maps["Parent"]
+    for key, value in ((f"{q}\x1fname", b"\x01"),  # a register that does not decode
+                       (f"{q}\x1fn", enc._pack([12345, [9]])),  # another life's birth
+                       (f"{q}\x1fnope", enc._pack([1, ["x"]])),  # no such column
+                       (f"{q}\x1f_uuid", enc._pack([0, ["x"]])),
+                       (f"{q}\x1fn", "not bytes"),
+                       ("0f000000-0000-4000-8000-000000000005\x1fn", enc._pack([1, [1]]))):
+        with a.doc.transaction():
+            m[key] = value
+        sync()
+    ok(txn(a, {"op": "mutate", "table": "Parent", "where": where_uuid(q),
+               "mutations": [["tags", "insert", ["set", ["y"]]]]}))
+    sync()
+    for bad in (False, True):  # bursts held by hold_changes, shown by release_changes
+        fast.hold_changes()
+        general.hold_changes()
+        for row, where in (({"n": 8}, p), ({"n": 9, "name": "q2"}, q), ({"n": 10}, p)):
+            ok(txn(a, {"op": "update", "table": "Parent", "where": where_uuid(where),
+                       "row": row}))
+            sync(held=True)
+        if bad:
+            with a.doc.transaction():
+                m[f"{p}\x1fname"] = b"\x01"
+                m[f"{q}\x1fn"] = enc._pack([12345, [99]])
+            sync(held=True)
+        seen: list[Any] = []
+        fast.add_listener(seen.append)
+        general.add_listener(seen.append)
+        with mock.patch.object(Replica, "_merge_registers", spy):
+            fast.release_changes()
+        with mock.patch.object(Replica, "_merge_registers", lambda self: None):
+            general.release_changes()
+        fast.remove_listener(seen.append)
+        general.remove_listener(seen.append)
+        assert [_in_order(ev.changes) for ev in seen[:1]] == \
+            [_in_order(ev.changes) for ev in seen[1:]]
+        assert replica_state(fast) == replica_state(general)
+    ok(txn(a, {"op": "delete", "table": "Parent", "where": where_uuid(p)}))
+    sync()
+    check_view(fast)
+    assert taken.count(True) >= 7 and taken.count(False) >= 3, taken
+    assert taken[-3:-1] == [True, True], taken  # (the held bursts)

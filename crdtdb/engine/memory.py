@@ -137,6 +137,12 @@ class MemoryDatabase:
                 rows[uuid] = change.new  # type: ignore[assignment]
         self.n_commits += 1
 
+    def replace_row(self, tname: str, uuid: str, new: Row) -> None:
+        """:meth:`replace` of a changeset of this one row's change (a replica merging a
+        plain column of one row: most of its merged updates)."""
+        self._rows[tname][uuid] = new
+        self.n_commits += 1
+
     def load(self, changeset: Changeset) -> None:
         """:meth:`apply` for a changeset that only inserts rows into empty tables (see
         :meth:`load_rows`); any other changeset goes through :meth:`apply`."""

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from crdtdb.engine.frozen import fast_init
+from typing import NamedTuple
 
 
-@fast_init  # (dataclass's own frozen __init__ was ~3% of a merged update's instructions)
-@dataclass(frozen=True, slots=True)
-class _Kept:
+class _Kept(NamedTuple):
+    """(A named tuple: made for every merged update, where a frozen dataclass, even with
+    fast_init's ``__init__``, cost ~0.5% more of its instructions.)"""
+
     client: int
     start: int
     end: int
@@ -106,14 +105,23 @@ class RecentUpdates:
             return
         if run is None:
             run = self._by_client[client] = deque()
-        self._seq += 1
-        kept = _Kept(client, start, end, bytes(update), self._seq)
+        self._seq = seq = self._seq + 1
+        kept = _Kept(client, start, end, bytes(update), seq)
         run.append(kept)
-        self._order.append((client, self._seq))
+        self._order.append((client, seq))
         self._count += 1
         self._bytes += len(kept.update)
-        while self._count > self.max_updates or self._bytes > self.max_bytes:
-            self._evict_oldest()
+        # _evict_oldest's loop, inline: once the bounds are reached, every update kept
+        # drops one (a call less per merged update).
+        order = self._order
+        while (self._count > self.max_updates or self._bytes > self.max_bytes) and order:
+            oldest, oldest_seq = order.popleft()
+            oldest_run = self._by_client.get(oldest)
+            if oldest_run and oldest_run[0].seq == oldest_seq:
+                self._count -= 1
+                self._bytes -= len(oldest_run.popleft().update)
+                if not oldest_run:
+                    del self._by_client[oldest]
         if len(self._order) > 2 * self.max_updates:
             self._order = deque(k for k in self._order if self._is_kept(*k))
 
@@ -161,15 +169,3 @@ class RecentUpdates:
         if run:
             self._count -= len(run)
             self._bytes -= sum(len(k.update) for k in run)
-
-    def _evict_oldest(self) -> None:
-        while self._order:
-            client, seq = self._order.popleft()
-            run = self._by_client.get(client)
-            if run and run[0].seq == seq:
-                kept = run.popleft()
-                self._count -= 1
-                self._bytes -= len(kept.update)
-                if not run:
-                    del self._by_client[client]
-                return
