@@ -953,7 +953,7 @@ def test_plain_changes_mixed_with_others_give_what_the_rules_alone_give() -> Non
     out = v.update(changes)
     rules = View(MERGE_SCHEMA)
     rules.update(before)
-    want = rules._update_rules(changes, False)  # one pass of the rules
+    want = rules._update_rules(changes)  # one pass of the rules
     assert [(t, list(rows.items())) for t, rows in out.tables.items()] == \
         [(t, list(rows.items())) for t, rows in want.tables.items()]
     assert out.tables["Child"][u[3]].new is None

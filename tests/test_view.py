@@ -105,7 +105,7 @@ def _in_order(c: Changeset) -> list[Any]:
 
 def _rules_only(v: View, changes: dict[RowKey, tuple | None]) -> Changeset:
     """What :meth:`View.update` returned before it had shortcuts: one pass of the rules."""
-    return v._update_rules(changes, False)
+    return v._update_rules(changes)
 
 
 @settings(max_examples=400, deadline=None)

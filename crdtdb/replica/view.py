@@ -157,14 +157,14 @@ class View:
                 # Its rules read the rows shown before the batch, as in one pass: a row the
                 # steps before changed is, to them, one more changed row of the batch, and
                 # where they look at a row, what they find is its change.
-                parts.append(self._update_rules(rest, False, apply=False, touched=ruled))
+                parts.append(self._update_rules(rest, apply=False, touched=ruled))
             out = _in_order(parts, ruled)
             if out:
                 self.rows.apply(out)
             return out
         if quiet and engine_checked:
             return self._update_checked(changes)
-        return self._update_rules(changes, False)
+        return self._update_rules(changes)
 
     def update_row(self, key: RowKey, new: Row | None) -> Changeset:
         """``update({key: new})``: one row's change (most merged updates), the plain case
@@ -194,10 +194,11 @@ class View:
         return out
 
     def _update_checked(self, changes: Mapping[RowKey, Row | None]) -> Changeset:
-        """:meth:`_update_rules` with ``fast`` (no rule re-evaluated), for a commit's few
-        rows: the raw rows, the reversed references and the index groups kept as there,
-        without what only the rules read (the rows that gained or lost a referrer, the
-        touched groups and maxRows tables)."""
+        """:meth:`_update_rules`'s first pass alone (no rule re-evaluated: see
+        :meth:`update`'s ``engine_checked``), for a commit's few rows: the raw rows, the
+        reversed references and the index groups kept as there, without what only the rules
+        read (the rows that gained or lost a referrer, the touched groups and maxRows
+        tables)."""
         olds: dict[RowKey, Row | None] = {}
         raws = self.raw
         infos = self._info
@@ -241,11 +242,11 @@ class View:
         self.rows.apply(out)
         return out
 
-    def _update_rules(self, changes: Mapping[RowKey, Row | None], fast: bool, *,
+    def _update_rules(self, changes: Mapping[RowKey, Row | None], *,
                       apply: bool = True, touched: set[RowKey] | None = None) -> Changeset:
-        """:meth:`update` through the rules (``fast``: see its ``engine_checked``);
-        ``apply=False``: the rows readers see are left to the caller; ``touched``: gets the
-        rows whose shown value was computed (changed or not). Neither with ``fast``."""
+        """:meth:`update` through the rules; ``apply=False``: the rows readers see are left
+        to the caller; ``touched``: gets the rows whose shown value was computed (changed
+        or not)."""
         olds: dict[RowKey, Row | None] = {}
         dirty: set[RowKey] = set()
         extra: set[RowKey] = set()  # rows the old raw values referenced
@@ -279,13 +280,6 @@ class View:
             dirty.add(key)
         if not dirty:
             return Changeset()
-        if fast:
-            out = Changeset()
-            for key in sorted(dirty):
-                t, u = key
-                out.tables.setdefault(t, {})[u] = RowChange(olds[key], self.raw[t].get(u))
-            self.rows.apply(out)
-            return out
 
         # Stratum 1: index duplicates and maxRows, from raw values.
         candidates = set(dirty)
