@@ -57,7 +57,7 @@ def test_bench_replica_quick(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for line in ("RSS holding 2,000 flows", "full state vs initial monitor dump",
                  "join: apply the full state", "RSS after an epoch rebuild",
-                 "remote single-column updates merged"):
+                 "remote single-column updates merged", "merged as a node merges pushes"):
         assert line in out
 
 
