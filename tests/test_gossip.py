@@ -268,6 +268,34 @@ def test_idle_pulls_back_off_and_new_data_brings_them_back() -> None:
     assert ga._ae_interval_s <= 2 * cfg.anti_entropy_interval_s
 
 
+def test_the_driver_is_told_when_a_deadline_may_have_moved_earlier() -> None:
+    """The node re-arms its timer only on this answer (crdtdb/node.py): a peer coming up and
+    pulls picking up after a quiet spell move deadlines earlier; ordinary traffic does not
+    (it moves pings and timeouts later), but while rounds are configured anything may."""
+    ga, gb, ra, _ = _pair()
+    assert ga.deadline_moved_earlier()  # (nothing armed yet)
+    assert not ga.deadline_moved_earlier()  # cleared by asking
+    nodes = {"a": ga, "b": gb}
+    _deliver(nodes, [("a", o) for o in ga.connected("b", 0.0)]
+             + [("b", o) for o in gb.connected("a", 0.0)], 0.0)
+    assert ga.deadline_moved_earlier()
+    _pulls_between(ga, gb, 0.0, 20.0)  # quiet: pulls back off
+    assert ga._ae_interval_s > ga.config.anti_entropy_interval_s
+    ga.deadline_moved_earlier()
+    _pulls_between(ga, gb, 20.0, 20.5)  # more quiet ticks, pings answered
+    assert not ga.deadline_moved_earlier()
+    events: list[Any] = []
+    ra.add_listener(lambda ev: ev.local and events.append(ev))
+    ok(txn(ra, {"op": "insert", "table": "Parent", "row": {"name": "x"}}))
+    _deliver(nodes, [("a", o) for o in ga.local_update("Merge", events[0].update,
+                                                       events[0].span)], 20.5)
+    assert gb.deadline_moved_earlier()  # b's pulls pick up again: its deadline is now
+    assert gb._next_anti_entropy is None
+    rounds = Gossip("c", {"Merge": make_replica(3, 3)}, rng=random.Random(3),
+                    config=GossipConfig(compact_after_updates=10))
+    assert rounds.deadline_moved_earlier() and rounds.deadline_moved_earlier()
+
+
 def _run_links(nodes: dict[str, Gossip], t0: float, t1: float, *, silent: str | None = None,
                step: float = 0.05) -> dict[str, list[Any]]:
     """Tick every node from t0 to t1 on a perfect network (frames from ``silent`` are lost);
