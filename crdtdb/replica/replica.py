@@ -36,7 +36,6 @@ import msgpack
 import pycrdt
 from pycrdt import Doc, Map
 
-from crdtdb.engine.binary import Refused
 from crdtdb.engine.collection import (
     LARGE_TRANSACTION_OPS,
     collection_paused,
@@ -238,10 +237,9 @@ class Replica:
             raise ValueError(f"client_id must be in 1..2**53-1, not {client_id}")
         self.schema = schema
         self.name = schema.name
-        #: table -> column name -> (column, its register reader), for the columns but _uuid
-        #: (see _merge_registers; filled as merged updates name them)
-        self._registers: dict[str, dict[str, tuple[Any, Callable[[Any], Any]]]] = {
-            t: {} for t in schema.tables}
+        #: table -> column name -> column, for the columns but _uuid (see _merge_registers;
+        #: filled as merged updates name them)
+        self._registers: dict[str, dict[str, Any]] = {t: {} for t in schema.tables}
         self.client_id = client_id
         self.epoch = epoch
         #: The digest of the epoch's base document (empty for epoch 0): see EpochId.
@@ -1390,18 +1388,24 @@ class Replica:
             if t != tname or (uuid is not None and u != uuid):
                 return self._merge_rows()
             uuid = u
-            found = registers.get(cname)
-            if found is None:
-                col = self.schema.tables[tname].columns.get(cname)
-                if col is None or col.index == 0:
-                    return None
-                found = registers[cname] = (col, enc.register_reader(col))
-            cols.append(found)
+            col = registers.get(cname) or self._register_column(tname, cname)
+            if col is None:
+                return None
+            cols.append(col)
         assert uuid is not None
         raw = self.view.raw[tname].get(uuid)
         if raw is None:
             return None
         return self.view.update_row((tname, uuid), self._merge_row(tname, uuid, raw, cols))
+
+    def _register_column(self, tname: str, cname: str) -> Any:
+        """A column that a key ``uuid|cname`` of ``tname`` is the register of (kept for the
+        next merge), or None (no such column, or _uuid: not a register)."""
+        col = self.schema.tables[tname].columns.get(cname)
+        if col is None or col.index == 0:
+            return None
+        self._registers[tname][cname] = col
+        return col
 
     def _merge_rows(self) -> Changeset | None:
         """:meth:`_merge_registers` for events of several rows (of any tables)."""
@@ -1411,7 +1415,7 @@ class Replica:
         #: (table, uuid) -> its raw row, then its new row as a list (None: read it whole)
         rows: dict[RowKey, Any] = {}
         row_keys: list[RowKey] = []  # each event's
-        cols: list[tuple[Any, Callable[[Any], Any]]] = []  # each event's (column, reader)
+        cols: list[Any] = []  # each event's column
         rk: Any = None
         for t, key, action, _ in events:
             parts = key.split(enc.SEP)
@@ -1425,14 +1429,11 @@ class Replica:
                     if raw is None:
                         return None
                     rows[rk] = raw
-            found = registers[t].get(cname)
-            if found is None:
-                col = self.schema.tables[t].columns.get(cname)
-                if col is None or col.index == 0:
-                    return None
-                found = registers[t][cname] = (col, enc.register_reader(col))
+            col = registers[t].get(cname) or self._register_column(t, cname)
+            if col is None:
+                return None
             row_keys.append(rk)
-            cols.append(found)
+            cols.append(col)
         # Taken: what _note_key books (the row's other keys), then _delta_row's new rows.
         extras = self._extras
         births = self._births
@@ -1440,7 +1441,7 @@ class Replica:
         keys: set[str] = set()
         row: list | None = None
         birth = 0
-        for rk, (col, read), (t, key, _, value) in zip(row_keys, cols, events, strict=True):
+        for rk, col, (t, key, _, value) in zip(row_keys, cols, events, strict=True):
             if rk is not current:
                 current = rk
                 u = rk[1]
@@ -1454,10 +1455,7 @@ class Replica:
             keys.add(key)
             if row is not None:
                 try:
-                    try:
-                        b, d = read(value)
-                    except (Refused, DecodeError):  # (as enc.unpack_register)
-                        b, d = enc.unpack_register(col, value)
+                    b, d = enc.unpack_register(col, value)
                 except DecodeError:
                     row = rows[rk] = None  # (read whole below, once every key is booked)
                     continue
@@ -1467,9 +1465,8 @@ class Replica:
         return self.view.update({rk: self._read_row(*rk) if row is None else tuple(row)
                                  for rk, row in rows.items()})
 
-    def _merge_row(self, tname: str, uuid: str, raw: Row,
-                   cols: list[tuple[Any, Callable[[Any], Any]]]) -> Row | None:
-        """_merge_registers' work for queued events (of registers ``cols``) all of one row,
+    def _merge_row(self, tname: str, uuid: str, raw: Row, cols: list[Any]) -> Row | None:
+        """_merge_registers' work for queued events (of registers of ``cols``) all of one row,
         the raw row ``raw``: the row's keys booked, the events taken; the new row."""
         events = self._events
         extras = self._extras[tname]
@@ -1478,14 +1475,11 @@ class Replica:
             keys = extras[uuid] = set()
         birth = self._births[tname].get(uuid, 0)
         row: list | None = list(raw)
-        for (col, read), (_, key, _, value) in zip(cols, events, strict=True):
+        for col, (_, key, _, value) in zip(cols, events, strict=True):
             keys.add(key)
             if row is not None:
                 try:
-                    try:
-                        b, d = read(value)
-                    except (Refused, DecodeError):  # (as enc.unpack_register)
-                        b, d = enc.unpack_register(col, value)
+                    b, d = enc.unpack_register(col, value)
                 except DecodeError:
                     row = None  # (read whole below, once every key is booked)
                     continue
