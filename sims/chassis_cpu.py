@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import trio
 from crdtdb.ovsdb.client import open_ovsdb_client
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from crdtdb.testing.ports import free_tcp_ports
-from sims.procstat import running_cpu_seconds
+from sims.procstat import running_cpu_seconds, stop_processes
 
 SB = "OVN_Southbound"
 CHASSIS = "hv1"
@@ -146,14 +145,7 @@ async def run_once(schema: Path, n_changes: int, wrapper: list[str], timeout_s: 
                 nursery.cancel_scope.cancel()
             return cpu_s / n_changes, wall_s / n_changes
         finally:
-            for p in (chassis, central):
-                p.send_signal(signal.SIGTERM)
-            for p in (chassis, central):
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_processes(chassis, central, timeout_s=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,11 @@
-"""A process's CPU time and resident memory, read from /proc (Linux)."""
+"""A process's CPU time and resident memory, read from /proc (Linux); stopping the
+servers a measurement started."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -36,3 +39,17 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def stop_processes(*procs: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM to each (they shut down together), then wait; SIGKILL whichever is still
+    running after ``timeout_s`` (a server under callgrind writes its profile on the way
+    out, which takes a while)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from sims.bench_serve import MONITOR, WINDOW
 from sims.pipeline import Receiver, run_pipelined
-from sims.procstat import running_cpu_seconds
+from sims.procstat import running_cpu_seconds, stop_processes
 from sims.workload import DB, datapath_txn, insert_flow_txn
 
 
@@ -79,12 +78,7 @@ def run_once(schema: Path, n_txns: int, wrapper: list[str], first: int = 1_000_0
             watcher.close()
             return (c1 - c0) / n_txns, n_txns / elapsed
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_processes(proc, timeout_s=60)
 
 
 def main(argv: list[str] | None = None) -> int:
