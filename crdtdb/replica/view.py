@@ -173,19 +173,8 @@ class View:
         raw = self.raw[t]
         old = raw.get(u)
         if self._s1 or self._hidden or self.conflicts.any_active() or old is None or \
-                new is None:
+                new is None or not self._plain_change(self._info[t], old, new):
             return self.update({key: new})
-        # _plain's test, inline (a call and a lookup less)
-        info = self._info[t]
-        for c in info.checked:
-            i = c.col.index
-            if ((c.key_table or c.value_table or c.in_index) and old[i] != new[i]) or \
-                    len(new[i]) > c.n_max:
-                return self.update({key: new})
-        for cols in info.index_cols:
-            for i in cols:
-                if old[i] != new[i]:
-                    return self.update({key: new})
         out = Changeset()
         if old is not new and old != new:
             raw[u] = new  # type: ignore[assignment]  (not None: _plain)
@@ -704,7 +693,11 @@ class View:
         old = self.raw[t].get(u)
         if old is None or new is None:
             return False
-        info = self._info[t]
+        return self._plain_change(self._info[t], old, new)
+
+    @staticmethod
+    def _plain_change(info: _TableInfo, old: Row, new: Row) -> bool:
+        """:meth:`_plain` of a row that stays, from ``old`` to ``new``."""
         for c in info.checked:
             i = c.col.index
             if (c.key_table or c.value_table or c.in_index) and old[i] != new[i]:
