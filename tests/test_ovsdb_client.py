@@ -409,10 +409,13 @@ async def test_lock_steal_unlock(nb_server: OvsdbServer) -> None:
             assert await a.lock("L") is True
             assert await b.lock("L") is False  # queued behind a
             assert await c.steal("L") is True
-            note = await a.next_notification()
-            assert (note.method, note.params) == ("stolen", ["L"])
             with pytest.raises(TransactionFailed, match="not owner"):
                 await a.transact(DB, [{"op": "assert", "lock": "L"}], check=True)
+            # The server told a before answering its transaction: queued by now.
+            note = a.next_notification_nowait()
+            assert (note.method, note.params) == ("stolen", ["L"])
+            with pytest.raises(trio.WouldBlock):
+                a.next_notification_nowait()
             # a's request stays queued (first): when c lets go, a gets the lock back...
             await c.unlock("L")
             note = await a.next_notification()

@@ -447,6 +447,16 @@ class OvsdbClient:
             self._check_usable()
             raise AssertionError("notification channel closed on a live connection") from None
 
+    def next_notification_nowait(self) -> Notification:
+        """The next queued notification, or ``trio.WouldBlock`` if none is queued. Every
+        notification the server sent before a reply is queued by the time the reply's call
+        returns, so a caller can read exactly what came before it."""
+        try:
+            return self._notes_recv.receive_nowait()
+        except trio.EndOfChannel:
+            self._check_usable()
+            raise AssertionError("notification channel closed on a live connection") from None
+
     def notifications(self) -> AsyncIterator[Notification]:
         """``async for note in client.notifications()``: ends after :meth:`aclose`, raises
         :class:`ConnectionLost` after a drop. Several iterators share one queue. (With an
