@@ -1045,6 +1045,75 @@ def test_what_uses_the_view_shows_held_changes_first() -> None:
     check_view(r)
 
 
+def test_a_held_burst_out_of_order_ends_where_one_by_one_does() -> None:
+    """While holding, updates that follow their writer's clock wait to go into the document
+    together (Replica._queue_update); one that follows a gap is held back, and the one that
+    fills it goes in after the waiting ones: the document, the clocks and the view end as
+    when each is applied alone, in order."""
+    a, updates = _writers_updates()
+    one, held = make_replica(2, 22), make_replica(2, 22)
+    for r in (one, held):
+        r.apply_update(updates[0])
+    for u in updates[1:]:
+        one.apply_update(u)
+    held.hold_changes()
+    u1, u2, u3, *rest = updates[1:]
+    assert held.apply_update(u1).new and held._queued  # waits for the document
+    r3 = held.apply_update(u3)  # follows u2, missing: held back (and u1 goes in)
+    assert r3.gap and not r3.new and not held._queued
+    assert held.apply_update(u1).new is False  # a duplicate of what went in
+    r2 = held.apply_update(u2)
+    assert r2.new and not r2.gap  # u3 came in behind it
+    for u in rest:
+        assert held.apply_update(u).new
+    assert held._queued
+    assert held.state_vector() == one.state_vector() == a.state_vector()
+    assert not held._queued
+    held.release_changes()
+    assert shown(held) == shown(one) == shown(a)
+    assert held.doc.get_update() == one.doc.get_update()
+    check_view(held)
+
+
+def test_queued_updates_pycrdt_refuses_together_go_in_one_at_a_time() -> None:
+    """If pycrdt refuses a held burst's queued updates merged (each passed the checks a
+    single update gets), they go in one at a time: those it takes are shown, the one it
+    refuses is counted and dropped, and the clocks come from the document, so that update
+    comes again (a pull) and everything ends as one by one."""
+    from unittest import mock
+
+    a, updates = _writers_updates()
+    held = make_replica(2, 22)
+    held.apply_update(updates[0])
+    first, bad, *rest = updates[1:]
+    bad_raw = open_sealed(bad).update
+    singles = {open_sealed(u).update for u in updates}
+    real = Replica._apply_to_doc
+
+    def refuse(self: Replica, update: bytes) -> None:
+        if update == bad_raw or update not in singles:  # the bad one, and any merge
+            raise CorruptUpdateError("refused (test)")
+        real(self, update)
+
+    with mock.patch.object(Replica, "_apply_to_doc", refuse):
+        held.hold_changes()
+        assert held.apply_update(first).new and held.apply_update(bad).new
+        assert len(held._queued) == 2
+        held.release_changes()
+    stats = held.statistics()
+    assert stats.rejected_updates == 1
+    one = make_replica(2, 22)
+    for u in updates[:2]:
+        one.apply_update(u)
+    assert shown(held) == shown(one)  # the first went in, the refused one did not
+    check_view(held)
+    assert held.state_vector() == one.state_vector()  # so the refused one is pulled again
+    for u in [bad, *rest]:
+        assert held.apply_update(u).new
+    assert shown(held) == shown(a)
+    check_view(held)
+
+
 def test_merged_registers_end_where_the_general_event_path_does() -> None:
     """Replica._merge_registers (one row's register values, most merged updates) against
     _drain_events/_refresh/_delta_row, on a copy that never takes it: the same result,

@@ -205,6 +205,33 @@ class Replicas(RuleBasedStateMachine):
         self.replicas[dest].apply_update(update)
 
     @precondition(lambda self: self.network)
+    @rule(data=st.data(), i=st.integers(0, 3))
+    def deliver_burst(self, data: Any, i: int) -> None:
+        """As a node's pump: a burst of updates under hold_changes, those that follow their
+        writer's clock queued and merged into the document together; with duplicates, a
+        local transaction or a pull answered by the receiver in the middle."""
+        dest = i % len(self.replicas)
+        r = self.replicas[dest]
+        r.hold_changes()
+        try:
+            for _ in range(data.draw(st.integers(1, 8))):
+                mine = [n for n, (d, _) in enumerate(self.network) if d == dest]
+                what = data.draw(st.sampled_from(["deliver", "duplicate", "transact", "pull"]))
+                if what in ("deliver", "duplicate") and mine:
+                    n = data.draw(st.sampled_from(mine))
+                    _, update = self.network[n] if what == "duplicate" else self.network.pop(n)
+                    r.apply_update(update)
+                    if r._queued:
+                        event("burst: updates queued")
+                elif what == "transact":
+                    r.transact(Transactions(data, r).draw())
+                elif what == "pull":
+                    other = self.replicas[(dest + 1) % len(self.replicas)]
+                    other.apply_update(r.diff(other.state_vector()), self_contained=True)
+        finally:
+            r.release_changes()
+
+    @precondition(lambda self: self.network)
     @rule(data=st.data())
     def drop(self, data: Any) -> None:
         self.network.pop(data.draw(st.integers(0, len(self.network) - 1)))
