@@ -1195,3 +1195,21 @@ def test_merged_registers_end_where_the_general_event_path_does() -> None:
     check_view(fast)
     assert taken.count(True) >= 7 and taken.count(False) >= 3, taken
     assert taken[-3:-1] == [True, True], taken  # (the held bursts)
+
+
+def test_a_replica_dropped_without_close_is_freed() -> None:
+    """pycrdt holds the document observer's callback where Python's collector cannot see:
+    a callback reaching back to the replica or its document kept both alive for good (a
+    simulation's crashed nodes, never closed, piled up: 77 replicas after 12 runs)."""
+    import gc
+    import weakref
+
+    _, updates = _writers_updates()
+    r = make_replica(2, 22)
+    for u in updates:
+        r.apply_update(u)
+    ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "mine"}}))
+    refs = [weakref.ref(r), weakref.ref(r.doc)]
+    del r
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -388,12 +388,16 @@ class Replica:
         update (~1% of its instructions). An error is kept as observe_callback keeps it,
         for whoever ends the transaction to raise (_apply_to_doc, pycrdt's Transaction)."""
         doc = self.doc
+        # Neither the replica nor the document in the closure: pycrdt holds it where
+        # Python's collector cannot see, so a reference back would keep both alive for
+        # good once the replica is dropped without close().
+        captured, exceptions = self._captured, doc._exceptions
 
         def on_transaction(ev: Any) -> None:
             try:
-                self._captured.append(ev.update)
+                captured.append(ev.update)
             except Exception as exc:  # (as pycrdt's observe_callback)
-                doc._exceptions.append(exc)
+                exceptions.append(exc)
         sub = doc._doc.observe(on_transaction)
         doc._subscriptions.append(sub)  # (as Doc.observe: Doc.unobserve removes it)
         self._subs.append((doc, sub))
