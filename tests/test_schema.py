@@ -158,3 +158,26 @@ def test_schema_to_json_round_trips(name: str) -> None:
         return {t: {c.name: (c.type, c.mutable, c.ephemeral) for c in ts.ordered}
                 for t, ts in schema.tables.items()}
     assert columns(again) == columns(s)
+
+
+def test_a_schema_keeps_nothing_of_its_caller_alive() -> None:
+    """A column whose default breaks its own constraints is remembered with its error
+    (ovsdb-server reports it on insert); kept with its traceback, the error held the frames
+    that parsed the schema and so their callers' locals for as long as the schema lived (a
+    simulation's whole cloud, run after run)."""
+    import gc
+    import weakref
+
+    class Caller:
+        pass
+
+    def parse() -> tuple[DatabaseSchema, weakref.ref[Caller]]:
+        local = Caller()
+        schema = DatabaseSchema.from_json({"name": "D", "tables": {"T": {"columns": {
+            "n": {"type": {"key": {"type": "integer", "minInteger": 1}}}}}}})
+        return schema, weakref.ref(local)
+
+    schema, ref = parse()
+    assert schema.tables["T"].bad_defaults  # (0 is below minInteger)
+    gc.collect()
+    assert ref() is None

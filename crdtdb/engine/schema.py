@@ -102,7 +102,9 @@ class TableSchema:
                 try:
                     check_datum(c.type, default)
                 except OvsdbError as exc:
-                    bad.append((c, exc))
+                    # (without its traceback: its frames' callers, and their locals, would
+                    # live as long as the schema)
+                    bad.append((c, exc.with_traceback(None)))
         self.bad_defaults = tuple(bad)
         self.weak_ref_columns = tuple(
             c for c in self.ref_columns
