@@ -1102,6 +1102,7 @@ def test_queued_updates_pycrdt_refuses_together_go_in_one_at_a_time() -> None:
         held.release_changes()
     stats = held.statistics()
     assert stats.rejected_updates == 1
+    assert len(held._recent) == 0  # no pull is answered with the refused one
     one = make_replica(2, 22)
     for u in updates[:2]:
         one.apply_update(u)

@@ -1164,6 +1164,7 @@ class Replica:
                                  self.name, one)
             self._clocks = decode_state_vector(self.doc.get_state())
             self._pending_rescan = True
+            self._recent.clear()  # (it kept them all: no pull is answered with a refused one)
         captured = self._captured
         delta = captured[0] if len(captured) == 1 else _merge(captured)
         captured.clear()
