@@ -67,3 +67,33 @@ def test_the_shared_packer_is_left_empty_by_a_value_it_refuses() -> None:
     with pytest.raises(TypeError):
         enc._pack([1, object()])
     assert enc._pack([1, "x"]) == msgpack.packb([1, "x"], use_bin_type=True)
+
+
+def test_generated_code_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Code generated per table or column is cached with its owner; schema after schema (a
+    simulation's runs) must not keep every one: past the bound a cache starts over, and
+    what it drops is generated again, the same."""
+    from crdtdb.engine import DatabaseSchema
+
+    monkeypatch.setattr(enc, "MAX_CACHED_CODE", 3)
+    caches = (enc._MARKER_PACKERS, enc._READERS, enc._REGISTER_READERS)
+    saved = [dict(c) for c in caches]
+    try:
+        for c in caches:
+            c.clear()
+        for i in range(10):
+            schema = DatabaseSchema.from_json({"name": "D", "tables": {"T": {"columns": {
+                "n": {"type": "integer"}, "s": {"type": "string"}}}}})
+            table = schema.tables["T"]
+            row = list(table.default_row)
+            row[table.columns["n"].index] = (i,)
+            payload = enc.pack_marker(table, 7, tuple(row))
+            birth, got = enc.marker_reader(table)(ROW_UUID, payload)
+            assert birth == 7 and got[2:] == row[2:]  # (0, 1: _uuid and _version)
+            col = table.columns["n"]
+            assert enc.unpack_register(col, enc.pack_register(5, col, (i,))) == (5, (i,))
+            assert all(len(c) <= 3 for c in caches)
+    finally:
+        for c, was in zip(caches, saved, strict=True):
+            c.clear()
+            c.update(was)

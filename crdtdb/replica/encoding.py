@@ -201,11 +201,23 @@ def marker_packer(table: TableSchema) -> Callable[[int, tuple], bytes]:
     ]
     exec(compile("\n".join(lines), f"<marker_packer {table.name}>", "exec"), env)
     pack: Any = env["pack"]
-    _MARKER_PACKERS[id(table)] = (table, pack)
+    _remember(_MARKER_PACKERS, table, pack)
     return pack  # type: ignore[no-any-return]
 
 
 _MARKER_PACKERS: dict[int, tuple[TableSchema, Any]] = {}
+
+#: Code generated per table or column is kept in caches keyed by the object's id, with the
+#: object (so the id stays its own); a process that parses schema after schema (a
+#: simulation's runs, tests) would keep every one: past this many entries a cache starts
+#: over (what it held is generated again when asked for).
+MAX_CACHED_CODE = 4096
+
+
+def _remember(cache: dict[int, tuple[Any, Any]], owner: Any, code: Any) -> None:
+    if len(cache) >= MAX_CACHED_CODE:
+        cache.clear()
+    cache[id(owner)] = (owner, code)
 
 
 def _pack_marker_generic(table: TableSchema, birth: int, row: tuple) -> bytes:
@@ -327,7 +339,7 @@ def marker_reader(table: TableSchema) -> Callable[[str, Any], tuple[int, list]]:
             if d is not None:
                 row[i] = decoders[i](d)
         return birth, row
-    _READERS[id(table)] = (table, read)
+    _remember(_READERS, table, read)
     return read
 
 
@@ -600,7 +612,7 @@ def markers_reader(table: TableSchema) -> Callable[
             births.pop(u, None)
         bad.update(refused)
         return rows, [u for u in uuids if u in bad]
-    _BATCH_READERS[id(table)] = (table, read_all)
+    _remember(_BATCH_READERS, table, read_all)
     return read_all
 
 
@@ -631,8 +643,8 @@ def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
 def _decoders(table: TableSchema) -> list[Any]:
     found = _DECODERS.get(id(table))
     if found is None or found[0] is not table:
-        found = _DECODERS[id(table)] = (
-            table, [binary.datum_decoder(c.type) for c in table.ordered])
+        found = (table, [binary.datum_decoder(c.type) for c in table.ordered])
+        _remember(_DECODERS, table, found[1])
     return found[1]
 
 
@@ -680,7 +692,7 @@ def register_reader(col: ColumnSchema) -> Callable[[Any], tuple[int, tuple]]:
         if type(obj) is not list or len(obj) != 2 or type(obj[0]) is not int:
             raise refused
         return obj[0], decode(obj[1])
-    _REGISTER_READERS[id(col)] = (col, read)
+    _remember(_REGISTER_READERS, col, read)
     return read
 
 
