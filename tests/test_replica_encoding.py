@@ -76,24 +76,20 @@ def test_generated_code_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     from crdtdb.engine import DatabaseSchema
 
     monkeypatch.setattr(enc, "MAX_CACHED_CODE", 3)
-    caches = (enc._MARKER_PACKERS, enc._READERS, enc._REGISTER_READERS)
-    saved = [dict(c) for c in caches]
-    try:
-        for c in caches:
-            c.clear()
-        for i in range(10):
-            schema = DatabaseSchema.from_json({"name": "D", "tables": {"T": {"columns": {
-                "n": {"type": "integer"}, "s": {"type": "string"}}}}})
-            table = schema.tables["T"]
-            row = list(table.default_row)
-            row[table.columns["n"].index] = (i,)
-            payload = enc.pack_marker(table, 7, tuple(row))
-            birth, got = enc.marker_reader(table)(ROW_UUID, payload)
-            assert birth == 7 and got[2:] == row[2:]  # (0, 1: _uuid and _version)
-            col = table.columns["n"]
-            assert enc.unpack_register(col, enc.pack_register(5, col, (i,))) == (5, (i,))
-            assert all(len(c) <= 3 for c in caches)
-    finally:
-        for c, was in zip(caches, saved, strict=True):
-            c.clear()
-            c.update(was)
+    names = ("_MARKER_PACKERS", "_READERS", "_REGISTER_READERS")
+    for name in names:  # (empty ones for the test; the module's are put back after it)
+        monkeypatch.setattr(enc, name, {})
+    caches = [getattr(enc, name) for name in names]
+    for i in range(10):
+        schema = DatabaseSchema.from_json({"name": "D", "tables": {"T": {"columns": {
+            "n": {"type": "integer"}, "s": {"type": "string"}}}}})
+        table = schema.tables["T"]
+        row = list(table.default_row)
+        row[table.columns["n"].index] = (i,)
+        payload = enc.pack_marker(table, 7, tuple(row))
+        birth, got = enc.marker_reader(table)(ROW_UUID, payload)
+        assert birth == 7 and got[2:] == row[2:]  # (0, 1: _uuid and _version)
+        col = table.columns["n"]
+        assert enc.unpack_register(col, enc.pack_register(5, col, (i,))) == (5, (i,))
+        assert all(len(c) <= 3 for c in caches)
+    assert all(caches)

@@ -642,10 +642,11 @@ def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:
 
 def _decoders(table: TableSchema) -> list[Any]:
     found = _DECODERS.get(id(table))
-    if found is None or found[0] is not table:
-        found = (table, [binary.datum_decoder(c.type) for c in table.ordered])
-        _remember(_DECODERS, table, found[1])
-    return found[1]
+    if found is not None and found[0] is table:
+        return found[1]
+    decoders = [binary.datum_decoder(c.type) for c in table.ordered]
+    _remember(_DECODERS, table, decoders)
+    return decoders
 
 
 _DECODERS: dict[int, tuple[TableSchema, list[Any]]] = {}

@@ -1165,9 +1165,8 @@ class Replica:
             self._clocks = decode_state_vector(self.doc.get_state())
             self._pending_rescan = True
             self._recent.clear()  # (it kept them all: no pull is answered with a refused one)
-        captured = self._captured
-        delta = captured[0] if len(captured) == 1 else _merge(captured)
-        captured.clear()
+        delta = _merge(self._captured)
+        self._captured.clear()
         if delta and self._log is not None:
             self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)  # (_apply_raw)
             self._maybe_compact_log()
