@@ -5,6 +5,8 @@ the general path (events, the checked decoder, View.update) does, conflicts incl
 from __future__ import annotations
 
 import array
+import functools
+import os
 import random
 import sys
 from pathlib import Path
@@ -242,21 +244,30 @@ def _mutated(payload: bytes, rng: random.Random) -> bytes:
     return bytes(damaged(payload, rng, how))
 
 
+#: The batch decoder's two loops: generated Python and, where it is built, compiled.
+READERS = [False, True] if enc._compiled is not None else [False]
+
+
 def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
     """Every marker the batch decoder reads decodes so with the checked decoder (atom types
-    included); the others it lists, in order."""
-    births: dict[str, int] = {}
-    rows, refused = enc.markers_reader(table)([u for u, _ in batch], [p for _, p in batch],
-                                              births)
-    assert list(rows) == [u for u, _ in batch if u in rows]
-    assert refused == [u for u, _ in batch if u not in rows]
-    for uuid, payload in batch:
-        if uuid in rows:
-            m = enc._checked_marker(table, uuid, payload)
-            assert (births.get(uuid, 0), rows[uuid]) == (m.birth, tuple(m.row))
-            assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
-                       for a, b in zip(x, y, strict=True))
-    assert 0 not in births.values()
+    included); the others it lists, in order. Both loops give the same rows, refusals and
+    births."""
+    results = []
+    for compiled in READERS:
+        births: dict[str, int] = {}
+        rows, refused = enc.markers_reader(table, compiled=compiled)(
+            [u for u, _ in batch], [p for _, p in batch], births)
+        assert list(rows) == [u for u, _ in batch if u in rows]
+        assert refused == [u for u, _ in batch if u not in rows]
+        for uuid, payload in batch:
+            if uuid in rows:
+                m = enc._checked_marker(table, uuid, payload)
+                assert (births.get(uuid, 0), rows[uuid]) == (m.birth, tuple(m.row))
+                assert all(type(a) is type(b) for x, y in zip(rows[uuid], m.row, strict=True)
+                           for a, b in zip(x, y, strict=True))
+        assert 0 not in births.values()
+        results.append(repr((rows, refused, births)))  # (repr: True, 1 and 1.0 apart)
+    assert len(set(results)) == 1, results
 
 
 # --- many payloads per msgpack call (unpack_each) ---------------------------------------------
@@ -370,6 +381,145 @@ def test_the_batch_marker_decoder_reads_markers_of_any_length(seed: int, size: i
             obj.append(rng.choice([None, *other[2:]]))
         batch.append((_uuid(i), enc._pack(obj)))
     _check_batch(table, batch)
+
+
+# --- the compiled loop, which reads markers from their bytes ------------------------------------
+
+def test_the_compiled_marker_loop_is_built() -> None:
+    """scripts/bootstrap installs a C compiler, so the compiled loop is there wherever the
+    tests run, unless CRDTDB_PURE_PYTHON=1 says to compare without it."""
+    if os.environ.get("CRDTDB_PURE_PYTHON") == "1":
+        pytest.skip("CRDTDB_PURE_PYTHON=1")
+    assert enc._compiled is not None, \
+        "crdtdb/replica/_markers.pyx is not built: run scripts/bootstrap (it needs gcc)"
+    assert enc.COMPILED
+
+
+needs_compiled = pytest.mark.skipif(enc._compiled is None, reason="not built")
+
+
+def _no_object_path(payload: Any) -> Any:
+    raise AssertionError(f"left to the object path: {bytes(payload).hex()}")
+
+
+@needs_compiled
+def test_valid_markers_are_read_from_their_bytes(sb_schema_path: Path) -> None:
+    """What replicas write (the merge schema's every column type, and Southbound flows
+    with long matches) never takes the compiled loop's object path, as bytes or as the
+    bytearray pycrdt gives."""
+    sb = DatabaseSchema.from_file(sb_schema_path).stored()
+    flows = sb.tables["Logical_Flow"]
+    row = list(flows.default_row)
+    row[0], row[1] = (_uuid(1),), (_uuid(2),)
+    # (strings of every header's size: 5, 17, 40 bytes, 300 bytes; a map of 20 pairs)
+    ids = {"stage-name": "ls_in_port_sec_ip", "source": "northd.c:1136",
+           **{f"k{i:02}": "x" * 40 for i in range(18)}}
+    for name, value in (("match", ("ip4.src == 10.0.0.1 && " * 12,)), ("priority", (70,)),
+                        ("actions", ("next;",)), ("pipeline", ("ingress",)),
+                        ("external_ids", tuple(sorted(ids.items())))):
+        row[flows.columns[name].index] = value
+    cases = [(table, u, p) for table, u, p in MARKERS]
+    cases.append((flows, _uuid(1), enc.pack_marker(flows, 3, tuple(row))))
+    for table, uuid, payload in cases:
+        read = enc._compiled_reader(table, unpack_one=_no_object_path).read
+        for p in (payload, bytearray(payload)):
+            rows, refused = read([uuid], [p], {}, [])
+            assert not refused and list(rows) == [uuid]
+            assert rows[uuid] == tuple(enc._checked_marker(table, uuid, payload).row)
+
+
+def _encode(obj: Any, rng: random.Random) -> bytes:
+    """``obj`` as msgpack, each header in a random one of the encodings that fit it (the
+    smallest is what the packer writes); strings as bytes stay raw ``str`` bytes (not
+    UTF-8, perhaps)."""
+    def header(small: int | None, forms: list[tuple[int, int]], n: int) -> bytes:
+        choices = [bytes([small | n])] if small is not None else []
+        choices += [bytes([code]) + n.to_bytes(width, "big") for code, width in forms
+                    if n < 256 ** width]
+        return rng.choice(choices)
+    if obj is None:
+        return b"\xc0"
+    if obj is True or obj is False:
+        return b"\xc3" if obj else b"\xc2"
+    if isinstance(obj, int):
+        forms = [(0xd0 + k, 1 << k) for k in range(4)
+                 if -(2 ** (8 * (1 << k) - 1)) <= obj < 2 ** (8 * (1 << k) - 1)]
+        forms += [(0xcc + k, 1 << k) for k in range(4) if 0 <= obj < 2 ** (8 * (1 << k))]
+        out = [bytes([code]) + obj.to_bytes(width, "big", signed=code >= 0xd0)
+               for code, width in forms]
+        if 0 <= obj < 128 or -32 <= obj < 0:
+            out.append(obj.to_bytes(1, "big", signed=True))
+        return rng.choice(out)
+    if isinstance(obj, str | bytes) and not isinstance(obj, msgpack.ExtType):
+        raw = obj.encode() if isinstance(obj, str) else obj
+        return header(0xa0 if len(raw) < 32 else None,
+                      [(0xd9, 1), (0xda, 2), (0xdb, 4)], len(raw)) + raw
+    if isinstance(obj, msgpack.ExtType):
+        return msgpack.packb(obj)
+    if isinstance(obj, list | tuple):
+        return header(0x90 if len(obj) < 16 else None, [(0xdc, 2), (0xdd, 4)], len(obj)) \
+            + b"".join(_encode(x, rng) for x in obj)
+    return msgpack.packb(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 8))
+def test_every_encoding_of_a_marker_reads_as_the_smallest_does(seed: int, size: int) -> None:
+    """Markers written with other (longer) msgpack headers, and with strings long, short,
+    not ASCII or not UTF-8 where a column holds one string: both loops read, or refuse,
+    each as the checked decoder does (the compiled one reads the bytes itself)."""
+    rng = random.Random(seed)
+    table = rng.choice(MARKERS)[0]
+    mine = [p for t, _, p in MARKERS if t is table]
+    strings = [i for i, c in enumerate(table.ordered)
+               if enc._column_kind(c.type) == enc._STR]
+    batch = []
+    for i in range(size):
+        obj = list(msgpack.unpackb(rng.choice(mine), use_list=True))
+        for j in strings:
+            if j < len(obj) and rng.random() < 0.5:
+                text = "".join(rng.choice("ab\u00e9\u20ac") for _ in range(rng.randint(0, 90)))
+                raw = text.encode()
+                if rng.random() < 0.2:  # cut inside a character, or a lone continuation
+                    raw = raw[:rng.randint(0, len(raw))] + rng.choice([b"\x80", b"\xe2\x82"])
+                obj[j] = [raw]
+        if rng.random() < 0.3:
+            obj[0] = rng.choice([0, 1, 2**32 - 1, 2**63, 2**64 - 1, -1, -(2**63), True, 1.0])
+        batch.append((_uuid(i), _encode(obj, rng)))
+    _check_batch(table, batch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 8))
+def test_flows_with_integers_anywhere_read_as_the_checked_decoder_does(
+        seed: int, size: int) -> None:
+    """Logical_Flow's priority (0-65535) and table_id (0-32) at, inside and past their
+    bounds, in any msgpack encoding of an integer (or as a bool or float): both loops
+    read, or refuse, each as the checked decoder does."""
+    from tests.conftest import find_sb_schema
+
+    path = find_sb_schema()
+    if path is None:
+        pytest.skip("no OVN_Southbound schema")
+    flows = _sb_flows(path)
+    rng = random.Random(seed)
+    batch = []
+    for i in range(size):
+        obj: list[Any] = [rng.choice([0, 5]), _uuid(50 + i)]
+        obj += [None] * (len(flows.ordered) - 2)
+        for name in ("priority", "table_id"):
+            col = flows.columns[name]
+            lo, hi = col.type.key.min_integer, col.type.key.max_integer
+            value = rng.choice([lo, hi, lo - 1, hi + 1, (lo + hi) // 2, -(2**63), 2**63,
+                                2**64 - 1, True, 1.0])
+            obj[col.index] = [value]
+        batch.append((_uuid(i), _encode(obj, rng)))
+    _check_batch(flows, batch)
+
+
+@functools.cache
+def _sb_flows(path: Path) -> Any:
+    return DatabaseSchema.from_file(path).stored().tables["Logical_Flow"]
 
 
 def _raw_marker(table: Any, **columns: Any) -> bytes:

@@ -53,6 +53,17 @@ from crdtdb.engine.schema import ColumnSchema, TableSchema
 from crdtdb.engine.types import AtomicType, BaseType, Type
 from crdtdb.errors import DecodeError, OvsdbError
 
+try:  # the compiled marker loop (setup.py); optional: without it the same loop runs in Python
+    from crdtdb.replica import _markers as _compiled
+except ImportError:
+    _compiled = None  # type: ignore[assignment]
+if _compiled is not None and getattr(_compiled, "ABI", None) != 2:
+    _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
+
+#: Whether a joining node reads markers with the compiled loop: it was built and the
+#: environment does not say ``CRDTDB_PURE_PYTHON=1`` (for comparisons; nothing else changes).
+COMPILED = _compiled is not None and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
+
 SEP = "\x1f"
 ADD = "+"
 REMOVE = "-"
@@ -446,7 +457,7 @@ def _unconstrained_string(base: BaseType) -> bool:
 _SHARED_MAX_LEN = 64
 
 
-def markers_reader(table: TableSchema) -> Callable[
+def markers_reader(table: TableSchema, *, compiled: bool | None = None) -> Callable[
         [Sequence[str], Iterable[Any], dict[str, int]], tuple[dict[str, tuple], list[str]]]:
     """``read_all(uuids, payloads, births) -> (rows, refused)``: :func:`marker_reader` of
     many markers of ``table`` (a node joining from a full state decodes every marker of
@@ -462,15 +473,74 @@ def markers_reader(table: TableSchema) -> Callable[
     decoders. Equal values in a batch share one tuple (as :mod:`crdtdb.engine.data`'s
     sharers would have them), except strings longer than it interns.
 
-    The loop is generated for the table (once; the source is the same for every table, one
-    block per column as its kind says): each column's check inline, without a dispatch on
-    its kind, a walk over the columns or a list per row. 100k Logical_Flow markers: 478-516
-    ms of CPU instead of 573-593 ms with one loop for all tables (whose dispatch is most of
-    the difference; a zip over per-column tuples was slower still, 601-622 ms).
+    The loop runs compiled (:mod:`crdtdb.replica._markers`) where that module was built and
+    ``compiled`` is not False, else as Python generated for the table
+    (:func:`_generated_loop`): the same results either way.
     """
-    found = _BATCH_READERS.get(id(table))
+    use = COMPILED if compiled is None else compiled
+    if use and _compiled is None:
+        raise RuntimeError("crdtdb.replica._markers is not built (see COMPILED)")
+    cache = _BATCH_READERS[use]
+    found = cache.get(id(table))
     if found is not None and found[0] is table:
-        return found[1]
+        return found[1]  # type: ignore[no-any-return]
+    if use:  # (it reads the payloads' bytes itself)
+        read_each = _compiled_reader(table).read
+    else:
+        loop = _generated_loop(table)
+
+        def read_each(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int],
+                      versions: list[str]) -> tuple[dict[str, tuple], list[str]]:
+            return loop(uuids, unpack_each(payloads), births, versions)  # type: ignore
+
+    def read_all(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int]
+                 ) -> tuple[dict[str, tuple], list[str]]:
+        versions: list[str] = []
+        rows, refused = read_each(uuids, payloads, births, versions)
+        if all_stored_uuids(versions):
+            return rows, refused
+        # A version string that is no uuid (from a peer): its row is refused too, in
+        # order, and its birth forgotten.
+        bad = {u for u, row in rows.items() if not is_stored_uuid(row[1][0])}
+        for u in bad:
+            del rows[u]
+            births.pop(u, None)
+        bad.update(refused)
+        return rows, [u for u in uuids if u in bad]
+    _remember(cache, table, read_all)
+    return read_all
+
+
+_BATCH_READERS: dict[bool, dict[int, tuple[TableSchema, Any]]] = {True: {}, False: {}}
+
+
+def _compiled_reader(table: TableSchema, *,
+                     unpack_one: Callable[[Any], Any] | None = None) -> Any:
+    """The loop of :func:`markers_reader` for ``table``, compiled (crdtdb/replica/
+    _markers.pyx, which says how it reads markers from their bytes); its object path
+    unpacks with ``unpack_one`` (:func:`_unpack_one`; tests pass one that fails)."""
+    if _compiled is None:
+        raise RuntimeError("crdtdb.replica._markers is not built")
+    cols = table.ordered
+    return _compiled.MarkersReader(
+        [_column_kind(c.type) for c in cols], table.default_row,
+        [binary.slice_datum_decoder(c.type) for c in cols],
+        [c.type.key.min_integer for c in cols], [c.type.key.max_integer for c in cols],
+        [data.one_atom_sharer(c.type.key) for c in cols], uuid_ext=binary.UUID_EXT,
+        refused_error=binary.Refused, decode_error=DecodeError,
+        uuid_from_slice=binary.uuid_from_slice, unpack_one=unpack_one or _unpack_one,
+        unpack_span=_unpack_tuples, max_bytes=binary.MAX_ELEMENTS)
+
+
+def _generated_loop(table: TableSchema) -> Any:
+    """``read_each(uuids, objs, births, versions) -> (rows, refused)``, the loop of
+    :func:`markers_reader`, as Python generated for the table (once; the source is the same
+    for every table, one block per column as its kind says): each column's check inline,
+    without a dispatch on its kind, a walk over the columns or a list per row. 100k
+    Logical_Flow markers: 478-516 ms of CPU instead of 573-593 ms with one loop for all
+    tables (whose dispatch is most of the difference; a zip over per-column tuples was
+    slower still, 601-622 ms).
+    """
     cols = table.ordered
     n_cols = len(cols)
     kinds = [_column_kind(c.type) for c in cols]
@@ -596,27 +666,7 @@ def markers_reader(table: TableSchema) -> Callable[
         "    return rows, refused",
     ]
     exec(compile("\n".join(lines), f"<markers_reader {table.name}>", "exec"), env)
-    read_each: Any = env["read_all"]
-
-    def read_all(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int]
-                 ) -> tuple[dict[str, tuple], list[str]]:
-        versions: list[str] = []
-        rows, refused = read_each(uuids, unpack_each(payloads), births, versions)
-        if all_stored_uuids(versions):
-            return rows, refused
-        # A version string that is no uuid (from a peer): its row is refused too, in
-        # order, and its birth forgotten.
-        bad = {u for u, row in rows.items() if not is_stored_uuid(row[1][0])}
-        for u in bad:
-            del rows[u]
-            births.pop(u, None)
-        bad.update(refused)
-        return rows, [u for u in uuids if u in bad]
-    _remember(_BATCH_READERS, table, read_all)
-    return read_all
-
-
-_BATCH_READERS: dict[int, tuple[TableSchema, Any]] = {}
+    return env["read_all"]
 
 
 def _checked_marker(table: TableSchema, uuid: str, payload: Any) -> Marker:

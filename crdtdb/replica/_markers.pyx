@@ -1,0 +1,515 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The compiled loop of :func:`crdtdb.replica.encoding.markers_reader`.
+
+A node joining from a full state reads every marker of every table. In Python the loop over
+the unpacked markers is ~0.4-0.6 s of a 100k-flow join however it is written, and msgpack's
+unpacking of them another ~0.3 s: most of it making objects (a fresh string, tuple or bytes
+per column of every row) that are then looked up and thrown away, as most columns repeat a
+value seen in an earlier row. So this reads a marker's bytes directly: it finds each
+column's msgpack value in the payload and looks its *bytes* up in a per-column memo of
+what they decoded to. Only a miss (a value not seen yet in this table) is unpacked, by
+msgpack with the options encoding.py uses, and checked as the Python loop checks it; single
+integers and long strings (priorities, matches: rarely repeated) are made directly.
+
+Exactness, for *any* input: a marker's result here is used only when everything about it
+was understood. Anything else (neither ``bytes`` nor ``bytearray``, an encoding of the array
+or of its first two members that encoding.py does not write, a value that does not unpack,
+a column that does not check, nesting deeper than :data:`MAX_DEPTH`, trailing bytes) goes
+to the object path: the Python loop's logic over ``unpack_one(payload)``. Equal bytes
+unpack to equal values (msgpack is a prefix code), so a memo hit gives what unpacking again
+would. tests/test_replica_join.py runs both loops on damaged and re-encoded markers;
+tests/test_replica_encoding.py checks that no valid marker takes the object path.
+
+``ABI`` changes whenever this module's interface does; encoding.py uses the module only when
+it finds the ABI it was written for (a stale build left in a tree then falls back to Python).
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+
+ABI = 2
+
+# As encoding.py's _STR, _MEMO, _INT, _UUID, _OTHER.
+cdef enum Kind:
+    STR = 0
+    MEMO = 1
+    INT = 2
+    UUID = 3
+    OTHER = 4
+
+#: Single strings longer than this are not shared (encoding._SHARED_MAX_LEN); here, in
+#: bytes (a string of more bytes but no more characters is not shared either: an equal
+#: value, another object).
+cdef Py_ssize_t SHARED_MAX_LEN = 64
+
+#: A column value nested deeper than this is left to the object path (msgpack has a depth
+#: limit of its own; an OVSDB datum is at most an array of pairs).
+MAX_DEPTH = 32
+cdef int C_MAX_DEPTH = MAX_DEPTH
+
+cdef Py_ssize_t BAD = -1
+
+
+cdef inline unsigned long long _be(const unsigned char *p, int n) noexcept nogil:
+    cdef unsigned long long v = 0
+    cdef int k
+    for k in range(n):
+        v = (v << 8) | p[k]
+    return v
+
+
+cdef Py_ssize_t _skip(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                      int depth) noexcept nogil:
+    """The end of the msgpack value at ``pos``, or BAD: truncated, too deep, or of a kind
+    encoding.py never writes (maps, bin, extensions but uuids'), left to the object path."""
+    cdef unsigned char b
+    cdef unsigned long long n, k
+    cdef Py_ssize_t size
+    if pos >= end or depth > C_MAX_DEPTH:
+        return BAD
+    b = p[pos]
+    pos += 1
+    if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3:
+        return pos  # fixint, nil, bool
+    if 0xa0 <= b <= 0xbf:  # fixstr
+        size = b & 0x1f
+    elif 0x90 <= b <= 0x9f or b == 0xdc or b == 0xdd:  # arrays
+        if b <= 0x9f:
+            n = b & 0x0f
+        elif b == 0xdc:
+            if end - pos < 2:
+                return BAD
+            n = _be(p + pos, 2)
+            pos += 2
+        else:
+            if end - pos < 4:
+                return BAD
+            n = _be(p + pos, 4)
+            pos += 4
+        if <unsigned long long>(end - pos) < n:
+            return BAD  # (every value is at least a byte)
+        for k in range(n):
+            pos = _skip(p, pos, end, depth + 1)
+            if pos == BAD:
+                return BAD
+        return pos
+    elif b == 0xd9:  # str 8, 16, 32
+        if end - pos < 1:
+            return BAD
+        size = p[pos] + 1
+    elif b == 0xda:
+        if end - pos < 2:
+            return BAD
+        size = <Py_ssize_t>_be(p + pos, 2) + 2
+    elif b == 0xdb:
+        if end - pos < 4:
+            return BAD
+        size = <Py_ssize_t>_be(p + pos, 4) + 4
+    elif b == 0xca or b == 0xcb:  # float 32, 64
+        size = 4 if b == 0xca else 8
+    elif 0xcc <= b <= 0xcf:  # uint 8-64
+        size = 1 << (b - 0xcc)
+    elif 0xd0 <= b <= 0xd3:  # int 8-64
+        size = 1 << (b - 0xd0)
+    elif b == 0xd8:  # fixext 16: a uuid's (whatever its type byte says)
+        size = 17
+    else:
+        return BAD
+    if end - pos < size:
+        return BAD
+    return pos + size
+
+
+cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                    long long *out) noexcept nogil:
+    """Whether [pos, end) is exactly one msgpack integer that fits an int64, put in ``out``."""
+    cdef unsigned char b
+    cdef Py_ssize_t size
+    cdef unsigned long long u
+    if pos >= end:
+        return False
+    b = p[pos]
+    if b <= 0x7f or b >= 0xe0:
+        out[0] = <signed char>b
+        return end - pos == 1
+    if 0xcc <= b <= 0xcf:
+        size = 1 << (b - 0xcc)
+        if end - pos - 1 != size:
+            return False
+        u = _be(p + pos + 1, <int>size)
+        if u >> 63:  # (past an int64)
+            return False
+        out[0] = <long long>u
+        return True
+    if 0xd0 <= b <= 0xd3:
+        size = 1 << (b - 0xd0)
+        if end - pos - 1 != size:
+            return False
+        u = _be(p + pos + 1, <int>size)
+        if size == 1:
+            out[0] = <signed char>u
+        elif size == 2:
+            out[0] = <short>u
+        elif size == 4:
+            out[0] = <int>u
+        else:
+            out[0] = <long long>u
+        return True
+    return False
+
+
+cdef class MarkersReader:
+    """``read(uuids, payloads, births, versions) -> (rows, refused)`` for one table's
+    markers; ``read_objs`` does the same for markers already unpacked (a tuple, or None)."""
+
+    cdef Py_ssize_t n_cols
+    cdef int *kinds
+    cdef tuple defaults
+    cdef tuple decoders
+    cdef tuple lows
+    cdef tuple highs
+    cdef long long *c_lows  # (the same bounds, for INT columns read from bytes)
+    cdef long long *c_highs
+    cdef tuple sharers
+    cdef object uuid_ext
+    cdef object refused_error
+    cdef tuple caught
+    cdef object uuid_from_slice
+    cdef object unpack_one
+    cdef object unpack_span
+    cdef Py_ssize_t max_bytes
+
+    def __cinit__(self, kinds, defaults, decoders, lows, highs, sharers, *, uuid_ext,
+                  refused_error, decode_error, uuid_from_slice, unpack_one, unpack_span,
+                  max_bytes):
+        cdef Py_ssize_t i
+        self.kinds = NULL
+        self.c_lows = NULL
+        self.c_highs = NULL
+        self.n_cols = len(kinds)
+        self.defaults = tuple(defaults)
+        self.decoders = tuple(decoders)
+        self.lows = tuple(lows)
+        self.highs = tuple(highs)
+        self.sharers = tuple(sharers)
+        for name, seq in (("defaults", self.defaults), ("decoders", self.decoders),
+                          ("lows", self.lows), ("highs", self.highs),
+                          ("sharers", self.sharers)):
+            if len(seq) != self.n_cols:
+                raise ValueError(f"{name} has {len(seq)} entries for {self.n_cols} columns")
+        if self.n_cols < 2:
+            raise ValueError("a table has at least _uuid and _version")
+        self.kinds = <int *>PyMem_Malloc(self.n_cols * sizeof(int))
+        self.c_lows = <long long *>PyMem_Malloc(self.n_cols * sizeof(long long))
+        self.c_highs = <long long *>PyMem_Malloc(self.n_cols * sizeof(long long))
+        if self.kinds == NULL or self.c_lows == NULL or self.c_highs == NULL:
+            raise MemoryError
+        for i in range(self.n_cols):
+            k = kinds[i]
+            if not STR <= k <= OTHER:
+                raise ValueError(f"unknown column kind {k!r}")
+            self.kinds[i] = k
+            # (an int64 read from bytes is in range exactly when it is within these)
+            self.c_lows[i] = max(-2**63, self.lows[i]) if k == INT else 0
+            self.c_highs[i] = min(2**63 - 1, self.highs[i]) if k == INT else -1
+        self.uuid_ext = uuid_ext
+        self.refused_error = refused_error
+        self.caught = (refused_error, decode_error, TypeError)
+        self.uuid_from_slice = uuid_from_slice
+        self.unpack_one = unpack_one
+        self.unpack_span = unpack_span
+        self.max_bytes = max_bytes
+
+    def __dealloc__(self):
+        PyMem_Free(self.kinds)
+        PyMem_Free(self.c_lows)
+        PyMem_Free(self.c_highs)
+
+    cdef list _memos(self):
+        cdef list memos = []
+        cdef Py_ssize_t i
+        for i in range(self.n_cols):
+            # (a MEMO column's memo maps None, an absent value, to the default)
+            memos.append({None: self.defaults[i]} if self.kinds[i] == MEMO else {})
+        return memos
+
+    cdef object _column(self, Py_ssize_t i, object d, dict memo):
+        """Column ``i``'s datum for its unpacked value ``d`` (None: absent), as the
+        generated Python loop's block for the column's kind makes it; raises what that
+        block raises."""
+        cdef int kind = self.kinds[i]
+        cdef object v, x
+        if kind == MEMO:
+            try:
+                v = memo.get(d)
+            except TypeError:
+                v = None
+            if v is None:
+                v = self.decoders[i](list(d) if type(d) is tuple else d)
+                memo[d] = v
+            return v
+        if d is None:
+            return self.defaults[i]
+        if kind == STR:
+            if type(d) is tuple and len(<tuple>d) == 1 and type((<tuple>d)[0]) is str:
+                if len(<str>(<tuple>d)[0]) > SHARED_MAX_LEN:
+                    return d
+                return memo.setdefault(d, d)
+        elif kind == INT:
+            # Looked up first (most rows repeat a value): a hit is a tuple equal to a valid
+            # one, of one integer in range, or of a bool or a float equal to it (checked).
+            try:
+                v = memo.get(d)
+            except TypeError:
+                v = None
+            if v is not None and type(d[0]) is int:
+                return v
+            if (type(d) is tuple and len(<tuple>d) == 1 and type(x := (<tuple>d)[0]) is int
+                    and self.lows[i] <= x <= self.highs[i]):
+                memo[d] = d
+                return d
+        elif kind == UUID:
+            if (type(d) is tuple and len(<tuple>d) == 1 and type(x := (<tuple>d)[0]) is slice
+                    and (<slice>x).start == self.uuid_ext):
+                v = memo.get((<slice>x).stop)
+                if v is None:
+                    v = self.sharers[i](self.uuid_from_slice(x))
+                    memo[(<slice>x).stop] = v
+                return v
+        return self.decoders[i](list(d) if type(d) is tuple else d)
+
+    cdef bint _read_obj(self, object uuid, object obj, list memos, dict births,
+                        list versions, dict rows) except -1:
+        """One unpacked marker, as the generated Python loop reads it: True if its row
+        went into ``rows``, False if it is refused."""
+        cdef Py_ssize_t n_cols = self.n_cols, n, i
+        cdef tuple t, row, version_datum
+        cdef object birth, version, vbytes, v
+        try:
+            if type(obj) is not tuple:
+                return False
+            t = <tuple>obj
+            n = len(t)
+            if n < 2 or n > n_cols:
+                return False
+            birth = t[0]
+            if type(birth) is not int:
+                return False
+            version = t[1]
+            if type(version) is str and len(<str>version) == 36:
+                version_datum = (version,)
+                versions.append(version)
+            elif (type(version) is slice and (<slice>version).start == self.uuid_ext
+                    and type((<slice>version).stop) is bytes
+                    and len(<bytes>(<slice>version).stop) == 16):
+                vbytes = (<slice>version).stop
+                version_datum = (f"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-"
+                                 f"{vbytes[10:].hex()}",)
+            else:
+                return False
+            row = PyTuple_New(n_cols)
+            v = (uuid,)
+            Py_INCREF(v)
+            PyTuple_SET_ITEM(row, 0, v)
+            Py_INCREF(version_datum)
+            PyTuple_SET_ITEM(row, 1, version_datum)
+            for i in range(2, n_cols):
+                v = self._column(i, t[i] if i < n else None, <dict>memos[i])
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+        except self.caught:
+            return False
+        if birth:
+            births[uuid] = birth
+        rows[uuid] = row
+        return True
+
+    cdef bint _read_bytes(self, object uuid, const unsigned char *p, Py_ssize_t end,
+                          list memos, list spans, list ints, dict births, list versions,
+                          dict rows) except -1:
+        """One marker read from its ``end`` bytes at ``p`` (a bytes or bytearray that
+        nothing changes meanwhile): True if its row went into ``rows``; False if anything
+        about it is left to the object path (nothing was written then)."""
+        cdef Py_ssize_t pos, start, n, i, slen
+        cdef Py_ssize_t n_cols = self.n_cols
+        cdef unsigned char b
+        cdef unsigned long long u
+        cdef long long s
+        cdef object birth, version, key, v, d
+        cdef tuple row, version_datum
+        cdef dict span_memo
+        cdef int kind
+        if end < 1 or end > self.max_bytes:
+            return False
+        b = p[0]
+        if 0x90 <= b <= 0x9f:
+            n = b & 0x0f
+            pos = 1
+        elif b == 0xdc and end >= 3:
+            n = <Py_ssize_t>_be(p + 1, 2)
+            pos = 3
+        else:
+            return False
+        if n < 2 or n > n_cols or pos >= end:
+            return False
+        # birth: any msgpack integer
+        b = p[pos]
+        if b <= 0x7f:
+            birth = <long>b
+            pos += 1
+        elif b >= 0xe0:
+            birth = <long>(<signed char>b)
+            pos += 1
+        elif 0xcc <= b <= 0xcf:
+            slen = 1 << (b - 0xcc)
+            if end - pos - 1 < slen:
+                return False
+            u = _be(p + pos + 1, <int>slen)
+            birth = u
+            pos += 1 + slen
+        elif 0xd0 <= b <= 0xd3:
+            slen = 1 << (b - 0xd0)
+            if end - pos - 1 < slen:
+                return False
+            u = _be(p + pos + 1, <int>slen)
+            if slen == 1:
+                s = <signed char>u
+            elif slen == 2:
+                s = <short>u
+            elif slen == 4:
+                s = <int>u
+            else:
+                s = <long long>u
+            birth = s
+            pos += 1 + slen
+        else:
+            return False
+        # version: a 36-character ASCII string (str 8), or a uuid extension (fixext 16)
+        if end - pos >= 38 and p[pos] == 0xd9 and p[pos + 1] == 36:
+            for i in range(pos + 2, pos + 38):
+                if p[i] >= 0x80:
+                    return False
+            version = PyUnicode_DecodeASCII(<const char *>p + pos + 2, 36, NULL)
+            version_datum = (version,)
+            pos += 38
+        elif end - pos >= 18 and p[pos] == 0xd8 and p[pos + 1] == 1:
+            vbytes = PyBytes_FromStringAndSize(<const char *>p + pos + 2, 16)
+            version_datum = (f"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-"
+                             f"{vbytes[10:].hex()}",)
+            version = None
+            pos += 18
+        else:
+            return False
+        row = PyTuple_New(n_cols)
+        v = (uuid,)
+        Py_INCREF(v)
+        PyTuple_SET_ITEM(row, 0, v)
+        Py_INCREF(version_datum)
+        PyTuple_SET_ITEM(row, 1, version_datum)
+        for i in range(2, n_cols):
+            kind = self.kinds[i]
+            if i < n and pos >= end:
+                return False
+            if i >= n or p[pos] == 0xc0:  # absent or nil: the column's default
+                if i < n:
+                    pos += 1
+                v = self.defaults[i]
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+                continue
+            start = pos
+            pos = _skip(p, pos, end, 1)
+            if pos == BAD:
+                return False
+            # A single integer in range (a priority: most of a table's are distinct): made
+            # here, one tuple per value.
+            if (kind == INT and p[start] == 0x91 and _int_span(p, start + 1, pos, &s)
+                    and self.c_lows[i] <= s <= self.c_highs[i]):
+                key = s
+                v = (<dict>ints[i]).get(key)
+                if v is None:
+                    v = (key,)
+                    (<dict>ints[i])[key] = v
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+                continue
+            # A long single string (a match, an action): decoded here, not looked up.
+            if kind == STR and p[start] == 0x91 and pos - start > SHARED_MAX_LEN + 1:
+                b = p[start + 1]
+                if 0xa0 <= b <= 0xbf:
+                    slen = 2
+                elif b == 0xd9:
+                    slen = 3
+                elif b == 0xda:
+                    slen = 4
+                elif b == 0xdb:
+                    slen = 6
+                else:
+                    slen = 0
+                if slen and pos - start - slen > SHARED_MAX_LEN:
+                    try:
+                        d = PyUnicode_DecodeUTF8(<const char *>p + start + slen,
+                                                 pos - start - slen, NULL)
+                    except UnicodeDecodeError:
+                        return False
+                    v = (d,)
+                    Py_INCREF(v)
+                    PyTuple_SET_ITEM(row, i, v)
+                    continue
+            key = PyBytes_FromStringAndSize(<const char *>p + start, pos - start)
+            span_memo = <dict>spans[i]
+            v = span_memo.get(key)
+            if v is None:
+                try:
+                    d = self.unpack_span(key)
+                    v = self._column(i, d, <dict>memos[i])
+                except Exception:
+                    return False
+                span_memo[key] = v
+            Py_INCREF(v)
+            PyTuple_SET_ITEM(row, i, v)
+        if pos != end:
+            return False
+        if version is not None:
+            versions.append(version)
+        if birth:
+            births[uuid] = birth
+        rows[uuid] = row
+        return True
+
+    def read(self, uuids, payloads, dict births, list versions):
+        cdef dict rows = {}
+        cdef list refused = []
+        cdef list memos = self._memos()
+        cdef list spans = [{} for _ in range(self.n_cols)]  # by a value's bytes
+        cdef list ints = [{} for _ in range(self.n_cols)]  # INT columns': by the integer
+        for uuid, payload in zip(uuids, payloads, strict=True):
+            # (pycrdt gives a bytearray; the bytes of either are read in place)
+            if type(payload) is bytearray:
+                if self._read_bytes(
+                        uuid, <const unsigned char *>PyByteArray_AS_STRING(payload),
+                        PyByteArray_GET_SIZE(payload), memos, spans, ints, births, versions,
+                        rows):
+                    continue
+            elif type(payload) is bytes:
+                if self._read_bytes(
+                        uuid, <const unsigned char *>PyBytes_AS_STRING(payload),
+                        PyBytes_GET_SIZE(payload), memos, spans, ints, births, versions, rows):
+                    continue
+            if not self._read_obj(uuid, self.unpack_one(payload), memos, births, versions,
+                                  rows):
+                refused.append(uuid)
+        return rows, refused
+
+    def read_objs(self, uuids, objs, dict births, list versions):
+        cdef dict rows = {}
+        cdef list refused = []
+        cdef list memos = self._memos()
+        for uuid, obj in zip(uuids, objs, strict=True):
+            if not self._read_obj(uuid, obj, memos, births, versions, rows):
+                refused.append(uuid)
+        return rows, refused
