@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def child_load(schema: DatabaseSchema, n_rows: int, batch: int, state_file: Path
 
 
 def child_join(schema: DatabaseSchema, state_file: Path) -> dict:
-    from crdtdb.replica import Replica
+    from crdtdb.replica import Replica, encoding
 
     full = state_file.read_bytes()
     gc.collect()
@@ -91,7 +92,7 @@ def child_join(schema: DatabaseSchema, state_file: Path) -> dict:
     del full
     gc.collect()
     out = {"join_s": join_s, "rss_kib": _rss_kib(), "grown_kib": _rss_kib() - base,
-           "rows": r.row_count("Logical_Flow")}
+           "rows": r.row_count("Logical_Flow"), "compiled": encoding.COMPILED}
     # What every other node does at the end of a round: move to the coordinator's epoch.
     epoch1 = state_file.with_suffix(".epoch1").read_bytes()
     t0 = time.perf_counter()
@@ -198,9 +199,10 @@ def child_merge(schema: DatabaseSchema, n_rows: int, n_updates: int) -> dict:
             "update_bytes": sum(map(len, updates)) / len(updates)}
 
 
-def _child(what: str, args: list[str]) -> dict:
+def _child(what: str, args: list[str], env: dict[str, str] | None = None) -> dict:
     out = subprocess.run([sys.executable, "-m", "sims.bench_replica", "--child", what, *args],
-                         cwd=ROOT, check=True, capture_output=True, text=True)
+                         cwd=ROOT, check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -330,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         load = _child("load", [str(n), str(state)])
         print("join: apply the full state to a fresh replica", file=sys.stderr)
         join = _child("join", [str(state)])
+        print("join again, with the Python marker reader", file=sys.stderr)
+        join_py = _child("join", [str(state)], {"CRDTDB_PURE_PYTHON": "1"})
         print("restart a durable replica", file=sys.stderr)
         restart = _child("restart", [str(n), str(tmp / "durable")])
         print(f"churn: {args.overwrites} overwrites on {args.churn_rows} rows", file=sys.stderr)
@@ -346,9 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{server['dump_bytes'] / MIB:.1f} MB",
             f"{load['full_state_bytes'] / server['dump_bytes']:.2f}x", "<= 0.5x",
             _yes(load["full_state_bytes"] <= 0.5 * server["dump_bytes"])),
-        Row("join: apply the full state", f"{join['join_s']:.2f} s "
-            f"(RSS {_mib(join['rss_kib'])})", f"{server['read_s']:.2f} s (reads its file)",
+        Row("join: apply the full state ("
+            + ("compiled marker reader)" if join["compiled"] else "Python reader: not built)"),
+            f"{join['join_s']:.2f} s (RSS {_mib(join['rss_kib'])})",
+            f"{server['read_s']:.2f} s (reads its file)",
             f"{join['join_s'] / server['read_s']:.2f}x", "<= 1 s", _yes(join["join_s"] <= 1)),
+        Row("... the same join with the Python marker reader (CRDTDB_PURE_PYTHON=1)",
+            f"{join_py['join_s']:.2f} s", "-", f"{join_py['join_s'] / server['read_s']:.2f}x",
+            "-", "-"),
         Row("restart from the log", f"{restart['restart_s']:.2f} s",
             f"{server['read_s']:.2f} s (reads its file)",
             f"{restart['restart_s'] / server['read_s']:.2f}x", "-", "-"),
