@@ -31,7 +31,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
-ABI = 2
+ABI = 3
 
 # As encoding.py's _STR, _MEMO, _INT, _UUID, _OTHER.
 cdef enum Kind:
@@ -182,12 +182,20 @@ cdef class MarkersReader:
     cdef object unpack_one
     cdef object unpack_span
     cdef Py_ssize_t max_bytes
+    # Columns of plain strings (a set: 1, a map: 2, else 0), read on a miss without
+    # unpacking (see _plain_strings), with their size bounds, string and pair sharers.
+    cdef int *plain
+    cdef tuple n_mins
+    cdef tuple n_maxs
+    cdef object store_str
+    cdef tuple pair_sharers
 
     def __cinit__(self, kinds, defaults, decoders, lows, highs, sharers, *, uuid_ext,
                   refused_error, decode_error, uuid_from_slice, unpack_one, unpack_span,
-                  max_bytes):
+                  max_bytes, plain, n_mins, n_maxs, store_str, pair_sharers):
         cdef Py_ssize_t i
         self.kinds = NULL
+        self.plain = NULL
         self.c_lows = NULL
         self.c_highs = NULL
         self.n_cols = len(kinds)
@@ -196,9 +204,15 @@ cdef class MarkersReader:
         self.lows = tuple(lows)
         self.highs = tuple(highs)
         self.sharers = tuple(sharers)
+        self.n_mins = tuple(n_mins)
+        self.n_maxs = tuple(n_maxs)
+        self.pair_sharers = tuple(pair_sharers)
+        self.store_str = store_str
         for name, seq in (("defaults", self.defaults), ("decoders", self.decoders),
                           ("lows", self.lows), ("highs", self.highs),
-                          ("sharers", self.sharers)):
+                          ("sharers", self.sharers), ("plain", plain),
+                          ("n_mins", self.n_mins), ("n_maxs", self.n_maxs),
+                          ("pair_sharers", self.pair_sharers)):
             if len(seq) != self.n_cols:
                 raise ValueError(f"{name} has {len(seq)} entries for {self.n_cols} columns")
         if self.n_cols < 2:
@@ -206,13 +220,18 @@ cdef class MarkersReader:
         self.kinds = <int *>PyMem_Malloc(self.n_cols * sizeof(int))
         self.c_lows = <long long *>PyMem_Malloc(self.n_cols * sizeof(long long))
         self.c_highs = <long long *>PyMem_Malloc(self.n_cols * sizeof(long long))
-        if self.kinds == NULL or self.c_lows == NULL or self.c_highs == NULL:
+        self.plain = <int *>PyMem_Malloc(self.n_cols * sizeof(int))
+        if (self.kinds == NULL or self.c_lows == NULL or self.c_highs == NULL
+                or self.plain == NULL):
             raise MemoryError
         for i in range(self.n_cols):
             k = kinds[i]
             if not STR <= k <= OTHER:
                 raise ValueError(f"unknown column kind {k!r}")
             self.kinds[i] = k
+            self.plain[i] = plain[i] if k == MEMO else 0
+            if not 0 <= self.plain[i] <= 2:
+                raise ValueError(f"plain must be 0, 1 or 2, not {plain[i]!r}")
             # (an int64 read from bytes is in range exactly when it is within these)
             self.c_lows[i] = max(-2**63, self.lows[i]) if k == INT else 0
             self.c_highs[i] = min(2**63 - 1, self.highs[i]) if k == INT else -1
@@ -226,6 +245,7 @@ cdef class MarkersReader:
 
     def __dealloc__(self):
         PyMem_Free(self.kinds)
+        PyMem_Free(self.plain)
         PyMem_Free(self.c_lows)
         PyMem_Free(self.c_highs)
 
@@ -327,6 +347,70 @@ cdef class MarkersReader:
             births[uuid] = birth
         rows[uuid] = row
         return True
+
+    cdef object _plain_strings(self, Py_ssize_t i, const unsigned char *p, Py_ssize_t pos,
+                               Py_ssize_t end):
+        """Column ``i``'s datum for the array of strings at [pos, end) of a set or map of
+        plain strings, as its decoder makes it from valid input (one sharer's tuple for a
+        set of one; shared strings; shared pairs, keys strictly increasing), or None for
+        anything else (unpacked and decoded then): a miss of a column such as a flow's
+        external_ids, most of them distinct across rows, without msgpack's call and the
+        Python decoder's loop."""
+        cdef Py_ssize_t m, k, slen
+        cdef unsigned char b
+        cdef list atoms = []
+        cdef object a, prev = None
+        b = p[pos]
+        if 0x90 <= b <= 0x9f:
+            m = b & 0x0f
+            pos += 1
+        elif b == 0xdc and end - pos >= 3:
+            m = <Py_ssize_t>_be(p + pos + 1, 2)
+            pos += 3
+        else:
+            return None
+        for k in range(m):
+            if pos >= end:
+                return None
+            b = p[pos]
+            if 0xa0 <= b <= 0xbf:
+                slen = b & 0x1f
+                pos += 1
+            elif b == 0xd9 and end - pos >= 2:
+                slen = p[pos + 1]
+                pos += 2
+            elif b == 0xda and end - pos >= 3:
+                slen = <Py_ssize_t>_be(p + pos + 1, 2)
+                pos += 3
+            else:
+                return None
+            if end - pos < slen:
+                return None
+            try:
+                a = PyUnicode_DecodeUTF8(<const char *>p + pos, slen, NULL)
+            except UnicodeDecodeError:
+                return None
+            pos += slen
+            atoms.append(a)
+        if pos != end:
+            return None
+        if self.plain[i] == 2:
+            if m % 2 or not self.n_mins[i] <= m // 2 <= self.n_maxs[i]:
+                return None
+            for k in range(2, m, 2):  # (keys strictly increasing)
+                if not atoms[k - 2] < atoms[k]:
+                    return None
+            share = self.pair_sharers[i]
+            return tuple([share(atoms[k], atoms[k + 1]) for k in range(0, m, 2)])
+        if not self.n_mins[i] <= m <= self.n_maxs[i]:
+            return None
+        if m == 1:
+            return self.sharers[i](atoms[0])
+        for k in range(1, m):
+            if not atoms[k - 1] < atoms[k]:
+                return None
+        store = self.store_str
+        return tuple([store(a) for a in atoms])
 
     cdef bint _read_bytes(self, object uuid, const unsigned char *p, Py_ssize_t end,
                           list memos, list spans, list ints, dict births, list versions,
@@ -465,8 +549,11 @@ cdef class MarkersReader:
             v = span_memo.get(key)
             if v is None:
                 try:
-                    d = self.unpack_span(key)
-                    v = self._column(i, d, <dict>memos[i])
+                    if self.plain[i]:
+                        v = self._plain_strings(i, p, start, pos)
+                    if v is None:
+                        d = self.unpack_span(key)
+                        v = self._column(i, d, <dict>memos[i])
                 except Exception:
                     return False
                 span_memo[key] = v

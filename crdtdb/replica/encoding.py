@@ -57,7 +57,7 @@ try:  # the compiled marker loop (setup.py); optional: without it the same loop 
     from crdtdb.replica import _markers as _compiled
 except ImportError:
     _compiled = None  # type: ignore[assignment]
-if _compiled is not None and getattr(_compiled, "ABI", None) != 2:
+if _compiled is not None and getattr(_compiled, "ABI", None) != 3:
     _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
 
 #: Whether a joining node reads markers with the compiled loop: it was built and the
@@ -529,7 +529,22 @@ def _compiled_reader(table: TableSchema, *,
         [data.one_atom_sharer(c.type.key) for c in cols], uuid_ext=binary.UUID_EXT,
         refused_error=binary.Refused, decode_error=DecodeError,
         uuid_from_slice=binary.uuid_from_slice, unpack_one=unpack_one or _unpack_one,
-        unpack_span=_unpack_tuples, max_bytes=binary.MAX_ELEMENTS)
+        unpack_span=_unpack_tuples, max_bytes=binary.MAX_ELEMENTS,
+        plain=[_plain_strings(c.type) for c in cols],
+        n_mins=[c.type.n_min for c in cols], n_maxs=[c.type.n_max for c in cols],
+        store_str=data.atom_storer(AtomicType.STRING),
+        pair_sharers=[data.pair_sharer(c.type.key, c.type.value) if c.type.value else None
+                      for c in cols])
+
+
+def _plain_strings(type_: Type) -> int:
+    """1 for a set of strings, 2 for a map of strings to strings, of any string, else 0:
+    what the compiled loop decodes itself where a value is new (whose datum decoder's fast
+    path takes any list of such strings of the right size, keys strictly increasing)."""
+    if type_.value is None:
+        return 1 if type_.n_max > 1 and _unconstrained_string(type_.key) else 0
+    return 2 if _unconstrained_string(type_.key) and _unconstrained_string(type_.value) \
+        else 0
 
 
 def _generated_loop(table: TableSchema) -> Any:
