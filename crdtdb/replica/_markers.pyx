@@ -24,7 +24,7 @@ tests/test_replica_encoding.py checks that no valid marker takes the object path
 it finds the ABI it was written for (a stale build left in a tree then falls back to Python).
 """
 
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_INCREF
@@ -164,7 +164,7 @@ cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
 
 cdef class MarkersReader:
     """``read(uuids, payloads, births, versions) -> (rows, refused)`` for one table's
-    markers; ``read_objs`` does the same for markers already unpacked (a tuple, or None)."""
+    markers (see encoding.markers_reader)."""
 
     cdef Py_ssize_t n_cols
     cdef int *kinds
@@ -574,29 +574,27 @@ cdef class MarkersReader:
         cdef list memos = self._memos()
         cdef list spans = [{} for _ in range(self.n_cols)]  # by a value's bytes
         cdef list ints = [{} for _ in range(self.n_cols)]  # INT columns': by the integer
+        cdef Py_buffer view
+        cdef bint done
         for uuid, payload in zip(uuids, payloads, strict=True):
-            # (pycrdt gives a bytearray; the bytes of either are read in place)
-            if type(payload) is bytearray:
-                if self._read_bytes(
-                        uuid, <const unsigned char *>PyByteArray_AS_STRING(payload),
-                        PyByteArray_GET_SIZE(payload), memos, spans, ints, births, versions,
-                        rows):
-                    continue
-            elif type(payload) is bytes:
+            if type(payload) is bytes:
                 if self._read_bytes(
                         uuid, <const unsigned char *>PyBytes_AS_STRING(payload),
                         PyBytes_GET_SIZE(payload), memos, spans, ints, births, versions, rows):
                     continue
+            elif type(payload) is bytearray:  # (what pycrdt gives)
+                # Exported while it is read: Python code runs meanwhile (decoders), and a
+                # bytearray with an export cannot be resized under the pointer.
+                PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+                try:
+                    done = self._read_bytes(
+                        uuid, <const unsigned char *>view.buf, view.len, memos, spans, ints,
+                        births, versions, rows)
+                finally:
+                    PyBuffer_Release(&view)
+                if done:
+                    continue
             if not self._read_obj(uuid, self.unpack_one(payload), memos, births, versions,
                                   rows):
-                refused.append(uuid)
-        return rows, refused
-
-    def read_objs(self, uuids, objs, dict births, list versions):
-        cdef dict rows = {}
-        cdef list refused = []
-        cdef list memos = self._memos()
-        for uuid, obj in zip(uuids, objs, strict=True):
-            if not self._read_obj(uuid, obj, memos, births, versions, rows):
                 refused.append(uuid)
         return rows, refused
