@@ -491,7 +491,9 @@ def markers_reader(table: TableSchema, *, compiled: bool | None = None) -> Calla
 
         def read_each(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int],
                       versions: list[str]) -> tuple[dict[str, tuple], list[str]]:
-            return loop(uuids, unpack_each(payloads), births, versions)  # type: ignore
+            out: tuple[dict[str, tuple], list[str]] = loop(uuids, unpack_each(payloads),
+                                                           births, versions)
+            return out
 
     def read_all(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int]
                  ) -> tuple[dict[str, tuple], list[str]]:
