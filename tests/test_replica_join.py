@@ -537,6 +537,45 @@ def test_flows_with_integers_anywhere_read_as_the_checked_decoder_does(
     _check_batch(flows, batch)
 
 
+@needs_compiled
+@pytest.mark.slow
+def test_the_compiled_loop_on_many_damaged_markers(sb_schema_path: Path) -> None:
+    """Fuzz (``--slow``): 300k damaged or re-encoded markers of every table the tests
+    know, Southbound flows with long matches included, in batches of up to 64 (the memos
+    are per batch): the compiled loop, which parses untrusted bytes itself, reads or
+    refuses each as the generated Python loop does. Reproduce with the seed it prints."""
+    flows = _sb_flows(sb_schema_path)
+    row = list(flows.default_row)
+    row[1] = (_uuid(2),)
+    pool = [(t, p) for t, _, p in MARKERS]
+    for k in range(40):
+        row[0] = (_uuid(k),)
+        for name, value in (("match", (f"ip4.src == 10.0.0.{k} && " * (k % 9),)),
+                            ("priority", (k * 1000,)), ("table_id", (k % 40,)),
+                            ("external_ids", (("source", f"northd.c:{k}"),
+                                              ("stage-name", f"ls_in_{k % 3}")))):
+            row[flows.columns[name].index] = value
+        pool.append((flows, enc.pack_marker(flows, k % 3, tuple(row))))
+    seed = random.randrange(2**32)
+    print(f"reproduce with seed={seed}")
+    rng = random.Random(seed)
+    done = 0
+    while done < 300_000:
+        table = rng.choice(pool)[0]
+        mine = [p for t, p in pool if t is table]
+        batch = []
+        for i in range(rng.randint(1, 64)):
+            p = rng.choice(mine)
+            how = rng.random()
+            if how < 0.6:
+                p = _mutated(p, rng)
+            elif how < 0.8:
+                p = _encode(msgpack.unpackb(p, use_list=True), rng)
+            batch.append((_uuid(i), p if rng.random() < 0.5 else bytearray(p)))
+        _check_batch(table, batch)
+        done += len(batch)
+
+
 _BOUNDED = DatabaseSchema.from_json({"name": "B", "tables": {"T": {"columns": {
     "few": {"type": {"key": "string", "min": 1, "max": 2}},
     "opts": {"type": {"key": "string", "value": "string", "min": 0, "max": 2}}}}}}
