@@ -377,6 +377,37 @@ def _non_negative(text: str) -> int:
     return n
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from crdtdb.replica import encoding
+
+    try:
+        number = version("crdtdb")
+    except PackageNotFoundError:  # (run from a source tree that was never installed)
+        number = "unknown"
+    if encoding.COMPILED:
+        reader = "compiled"
+    elif encoding.BUILT:
+        reader = "Python (CRDTDB_PURE_PYTHON=1)"
+    else:
+        reader = "Python (crdtdb/replica/_markers.pyx is not built)"
+    return f"crdtdb {number} (marker reader: {reader})"
+
+
+class _ShowVersion(argparse.Action):
+    """argparse's "version" action, its text made only when asked for (it imports the
+    replica, which other commands' parsing does not need)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(_version())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crdtdb.ovsdb.server import Limits
 
@@ -385,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer replication for OVSDB databases.")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more (-v: debug)")
+    parser.add_argument("--version", action=_ShowVersion,
+                        help="show the version and whether the compiled module is in use")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from crdtdb.cli import main
+from crdtdb.replica import encoding as enc
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -46,6 +48,16 @@ def test_schema_command_reports_bad_schema(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=False)
     assert out.returncode == 1
     assert "table T, column c" in out.stderr and "atomic-type" in out.stderr
+
+
+def test_version_says_which_marker_reader_runs() -> None:
+    for env, reader in (({}, "compiled"), ({"CRDTDB_PURE_PYTHON": "1"}, "Python")):
+        out = subprocess.run([sys.executable, "-m", "crdtdb.cli", "--version"],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, **env})
+        assert out.stdout.startswith("crdtdb "), out.stdout
+        if enc.BUILT:  # (test_replica_join checks that it is)
+            assert f"(marker reader: {reader}" in out.stdout, out.stdout
 
 
 def test_help_lists_commands() -> None:

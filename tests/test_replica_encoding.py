@@ -54,7 +54,7 @@ def test_the_generated_marker_packer_writes_the_generic_bytes(
     assert tuple(marker.row) == row
 
 
-@pytest.mark.skipif(enc._compiled is None, reason="crdtdb/replica/_markers.pyx not built")
+@pytest.mark.skipif(not enc.BUILT, reason="crdtdb/replica/_markers.pyx not built")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(table_row=valid_rows(), birth=st.integers(0, 2**32 - 1), as_bytearray=st.booleans())
 def test_the_compiled_loop_reads_every_valid_marker_from_its_bytes(

@@ -245,7 +245,7 @@ def _mutated(payload: bytes, rng: random.Random) -> bytes:
 
 
 #: The batch decoder's two loops: generated Python and, where it is built, compiled.
-READERS = [False, True] if enc._compiled is not None else [False]
+READERS = [False, True] if enc.BUILT else [False]
 
 
 def _check_batch(table: Any, batch: list[tuple[str, Any]]) -> None:
@@ -390,12 +390,12 @@ def test_the_compiled_marker_loop_is_built() -> None:
     tests run, unless CRDTDB_PURE_PYTHON=1 says to compare without it."""
     if os.environ.get("CRDTDB_PURE_PYTHON") == "1":
         pytest.skip("CRDTDB_PURE_PYTHON=1")
-    assert enc._compiled is not None, \
+    assert enc.BUILT, \
         "crdtdb/replica/_markers.pyx is not built: run scripts/bootstrap (it needs gcc)"
     assert enc.COMPILED
 
 
-needs_compiled = pytest.mark.skipif(enc._compiled is None, reason="not built")
+needs_compiled = pytest.mark.skipif(not enc.BUILT, reason="not built")
 
 
 def _no_object_path(payload: Any) -> Any:

@@ -60,9 +60,11 @@ except ImportError:
 if _compiled is not None and getattr(_compiled, "ABI", None) != 3:
     _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
 
+#: Whether the compiled loop was built (and is of this version).
+BUILT = _compiled is not None
 #: Whether a joining node reads markers with the compiled loop: it was built and the
 #: environment does not say ``CRDTDB_PURE_PYTHON=1`` (for comparisons; nothing else changes).
-COMPILED = _compiled is not None and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
+COMPILED = BUILT and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
 
 SEP = "\x1f"
 ADD = "+"
