@@ -25,7 +25,7 @@ more than merging them): run the largest ``--warm`` + ``--updates`` once outside
 first, or the run that needs more updates makes them under it. ``--profile`` prints
 cProfile's view of the measured updates; ``--gc-stats`` the collector's passes over them.
 
-Session 14 (issue 4), instructions per merged update: 206.0k at the start, 157.5k after
+Session 12 (issue 4), instructions per merged update: 206.0k at the start, 157.5k after
 (held: 192.2k -> 154.4k).
 """
 
