@@ -94,11 +94,26 @@ def child_join(schema: DatabaseSchema, state_file: Path) -> dict:
     out = {"join_s": join_s, "rss_kib": _rss_kib(), "grown_kib": _rss_kib() - base,
            "rows": r.row_count("Logical_Flow"), "compiled": encoding.COMPILED}
     # What every other node does at the end of a round: move to the coordinator's epoch.
-    epoch1 = state_file.with_suffix(".epoch1").read_bytes()
-    t0 = time.perf_counter()
-    r.adopt(epoch1)
-    out["adopt_s"] = time.perf_counter() - t0
+    if state_file.with_suffix(".epoch1").exists():
+        epoch1 = state_file.with_suffix(".epoch1").read_bytes()
+        t0 = time.perf_counter()
+        r.adopt(epoch1)
+        out["adopt_s"] = time.perf_counter() - t0
     return out
+
+
+def child_churned_state(schema: DatabaseSchema, n_rows: int, n_overwrites: int,
+                        state_file: Path) -> dict:
+    """The full state of ``n_rows`` flows after ``n_overwrites`` of them had a column
+    overwritten (100 a commit) and no compaction since: each such row has a key besides
+    its marker, as a live Southbound's rows have between compaction rounds."""
+    r = _load(schema, n_rows, 1000)
+    uuids = sorted(u for u, _ in r.iter_rows("Logical_Flow"))
+    col = schema.tables["Logical_Flow"].columns["priority"].index
+    _overwrite(r, uuids, n_overwrites, 100, col)
+    full = r.full_state()
+    state_file.write_bytes(full)
+    return {"full_state_bytes": len(full)}
 
 
 def child_restart(schema: DatabaseSchema, n_rows: int, batch: int, data_dir: Path) -> dict:
@@ -317,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         a = args.child_args
         fn = {"load": lambda: child_load(schema, int(a[0]), 1000, Path(a[1])),
               "join": lambda: child_join(schema, Path(a[0])),
+              "churned_state": lambda: child_churned_state(schema, int(a[0]), int(a[1]),
+                                                           Path(a[2])),
               "restart": lambda: child_restart(schema, int(a[0]), 1000, Path(a[1])),
               "churn": lambda: child_churn(schema, int(a[0]), int(a[1])),
               "merge": lambda: child_merge(schema, int(a[0]), int(a[1]))}[args.child]
@@ -334,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         join = _child("join", [str(state)])
         print("join again, with the Python marker reader", file=sys.stderr)
         join_py = _child("join", [str(state)], {"CRDTDB_PURE_PYTHON": "1"})
+        n_churned = n // 5
+        print(f"join a state with {n_churned} rows overwritten since its load",
+              file=sys.stderr)
+        churned_state = tmp / "churned.state"
+        _child("churned_state", [str(n), str(n_churned), str(churned_state)])
+        join_churned = _child("join", [str(churned_state)])
         print("restart a durable replica", file=sys.stderr)
         restart = _child("restart", [str(n), str(tmp / "durable")])
         print(f"churn: {args.overwrites} overwrites on {args.churn_rows} rows", file=sys.stderr)
@@ -358,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         Row("... the same join with the Python marker reader (CRDTDB_PURE_PYTHON=1)",
             f"{join_py['join_s']:.2f} s", "-", f"{join_py['join_s'] / server['read_s']:.2f}x",
             "-", "-"),
+        Row(f"... a join after {n_churned:,} single-column overwrites, not compacted yet",
+            f"{join_churned['join_s']:.2f} s", "-",
+            f"{join_churned['join_s'] / server['read_s']:.2f}x", "-", "-"),
         Row("restart from the log", f"{restart['restart_s']:.2f} s",
             f"{server['read_s']:.2f} s (reads its file)",
             f"{restart['restart_s'] / server['read_s']:.2f}x", "-", "-"),

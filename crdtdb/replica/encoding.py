@@ -811,12 +811,21 @@ class RowDecoder:
         undecodable ones are listed in ``invalid``. A marker that does not decode raises.
         """
         m = unpack_marker(self.table, uuid, marker)
-        birth, row = m.birth, m.row
+        return m.birth, self.with_extras(uuid, m.birth, m.row, extras, invalid)
+
+    def with_extras(self, uuid: str, birth: int, row: list, extras: Mapping[str, Any],
+                    invalid: list[str] | None = None,
+                    parsed: Mapping[str, Key] | None = None) -> tuple:
+        """The row :meth:`row` makes, from its marker's ``birth`` and row (a list, which
+        this fills in) and ``{key: payload}`` of its other keys (``parsed``: those already
+        parsed, by key)."""
         adds: dict[ColumnSchema, dict[Any, Any]] = {}
         removes: dict[ColumnSchema, set[Any]] = {}
         for key in sorted(extras):
             try:
-                k = parse_key(key)
+                k = parsed.get(key) if parsed else None
+                if k is None:
+                    k = parse_key(key)
                 if isinstance(k, str) or k.uuid != uuid:
                     raise DecodeError(f"key {key!r} does not belong to row {uuid}")
                 col = self.columns.get(k.column)
@@ -846,7 +855,7 @@ class RowDecoder:
         for col in {*adds, *removes}:
             row[col.index] = merge_elements(col.type, row[col.index], adds.get(col, {}),
                                             removes.get(col, ()))
-        return birth, tuple(row)
+        return tuple(row)
 
 
 def merge_elements(type_: Type, base: tuple, adds: Mapping[Any, Any],

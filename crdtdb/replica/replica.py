@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import itertools
 import logging
 import os
 import random
@@ -1568,10 +1567,11 @@ class Replica:
         events.clear()
         return self._read_row(tname, uuid) if row is None else tuple(row)
 
-    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey]
-                  ) -> enc.Key | str | None:
-        """Book a key's add or delete; the parsed key (a marker's is its uuid), or None."""
-        k = _PARSED_KEYS.get(key)
+    def _note_key(self, tname: str, key: str, action: str, dirty: set[RowKey],
+                  parsed: enc.Key | None = None) -> enc.Key | str | None:
+        """Book a key's add or delete; the parsed key (a marker's is its uuid), or None.
+        ``parsed``: the key parsed already (a whole document's read)."""
+        k = _PARSED_KEYS.get(key) if parsed is None else parsed
         if k is None:
             try:
                 k = enc.parse_key(key)
@@ -1620,31 +1620,40 @@ class Replica:
 
     def _load_document_now(self) -> Changeset:
         rows: dict[str, dict[str, Row]] = {}
-        later: dict[str, tuple[list[str], list[str]]] = {}
+        later: dict[str, tuple[list[str], list[str], dict[str, Any], dict[str, enc.Key]]] = {}
         with self.doc.transaction() as txn:
             for tname, m in self._maps.items():
                 rows[tname], later[tname] = self._decode_table(tname, m, txn._txn)
         # Outside the transaction, as on the event path: whatever reports a conflict.
         dirty: set[RowKey] = set()
-        for tname, (extra_keys, unplain) in later.items():
+        for tname, (extra_keys, unplain, payloads, parsed) in later.items():
             for key in extra_keys:
-                self._note_key(tname, key, "add", dirty)
+                self._note_key(tname, key, "add", dirty, parsed.get(key))
+            trows, extras_of = rows[tname], self._extras[tname]
             for uuid in unplain:
-                row = self._read_row(tname, uuid)
+                extras = {k: payloads[k] for k in extras_of.get(uuid, ())}
+                decoded = trows.get(uuid)
+                if decoded is not None:  # (its marker read with the others: the rest on top)
+                    row: Row | None = self._with_extras(tname, uuid, decoded, extras, parsed)
+                else:
+                    row = self._decode_row(tname, uuid, payloads[uuid], extras)
                 if row is not None:
-                    rows[tname][uuid] = row
+                    trows[uuid] = row
         return self.view.load(rows)
 
-    def _decode_table(self, tname: str, m: Map, txn: Any
-                      ) -> tuple[dict[str, Row], tuple[list[str], list[str]]]:
-        """The rows of one table whose marker is plainly valid and that have no other key
-        (what _delta_row makes of a marker's event), and for the rest: the other keys and
-        the rows to read with _read_row.
+    def _decode_table(self, tname: str, m: Map, txn: Any) -> tuple[
+            dict[str, Row], tuple[list[str], list[str], dict[str, Any], dict[str, enc.Key]]]:
+        """The rows of one table whose marker is plainly valid (what _delta_row makes of a
+        marker's event, before any other key of the row), and for the rest: the other keys,
+        the rows to finish outside the transaction (those with other keys, those whose
+        marker the batch reader refused: decoded again, checked), in uuid order, the
+        payloads both need and the other keys parsed.
 
         Reads through pycrdt's underlying map (``Map.integrated`` with the raw transaction),
-        skipping the public accessors' per-read Python wrapping. Both are pycrdt internals,
-        hence the pin to pycrdt 0.14 (pyproject.toml); tests/test_replica_join.py checks
-        this path against the event path.
+        skipping the public accessors' per-read Python wrapping and transaction (a row with
+        other keys, read by _read_row, was ~0.1 ms). Both are pycrdt internals, hence the
+        pin to pycrdt 0.14 (pyproject.toml); tests/test_replica_join.py checks this path
+        against the event path.
         """
         integrated = m.integrated
         keys = integrated.keys(txn)
@@ -1654,23 +1663,26 @@ class Replica:
             extra_keys = [key for key in keys if sep in key]
         else:
             markers, extra_keys = keys, []
-        if not markers:
-            return {}, (extra_keys, [])
-        # In uuid order, the order the view's rows take: View.load then copies them as is.
-        markers.sort()
-        with_extras = set()
+        get = functools.partial(integrated.get, txn)
+        payloads = {key: get(key) for key in extra_keys}
+        parsed: dict[str, enc.Key] = {}
         for key in extra_keys:
             with contextlib.suppress(DecodeError):  # reported by _note_key
                 k = enc.parse_key(key)
-                with_extras.add(k if isinstance(k, str) else k.uuid)
-        plain = [u for u in markers if u not in with_extras] if with_extras else markers
+                if not isinstance(k, str):  # (a key with a separator: never a marker's)
+                    parsed[key] = k
+        if not markers:
+            return {}, (extra_keys, [], payloads, parsed)
+        # In uuid order, the order the view's rows take: View.load then copies them as is.
+        markers.sort()
         read_all = enc.markers_reader(self.schema.tables[tname])
-        rows, refused = read_all(plain, map(integrated.get, itertools.repeat(txn), plain),
-                                 self._births[tname])
-        # Not plainly valid (_read_row decodes them again, checked), in uuid order.
+        rows, refused = read_all(markers, map(get, markers), self._births[tname])
+        with_extras = {k.uuid for k in parsed.values()}
+        for uuid in refused:
+            payloads[uuid] = get(uuid)
         again = with_extras.union(refused) if refused else with_extras
         unplain = [u for u in markers if u in again] if again else []
-        return rows, (extra_keys, unplain)
+        return rows, (extra_keys, unplain, payloads, parsed)
 
     def _rescan(self, dirty: set[RowKey]) -> None:
         """Rebuild the key bookkeeping from the document; every row becomes dirty."""
@@ -1778,6 +1790,12 @@ class Replica:
             self._births[tname].pop(uuid, None)
             return None
         extras = {k: m.get(k) for k in self._extras[tname].get(uuid, ())}
+        return self._decode_row(tname, uuid, marker, extras)
+
+    def _decode_row(self, tname: str, uuid: str, marker: Any, extras: dict[str, Any]
+                    ) -> Row | None:
+        """A row from its marker's and other keys' payloads (None: the marker does not
+        decode); its birth booked, what does not decode reported."""
         invalid: list[str] = []
         try:
             birth, row = self._decoders[tname].row(uuid, marker, extras, invalid)
@@ -1789,9 +1807,22 @@ class Replica:
             invalid.append(f"marker: {exc}")
             self._births[tname].pop(uuid, None)
             row = None
+        self._report_invalid(tname, uuid, invalid)
+        return row
+
+    def _with_extras(self, tname: str, uuid: str, marker_row: Row, extras: dict[str, Any],
+                     parsed: Mapping[str, enc.Key]) -> Row:
+        """_decode_row's row for a marker already decoded (its birth booked) into
+        ``marker_row``; ``parsed``: other keys parsed already."""
+        invalid: list[str] = []
+        row = self._decoders[tname].with_extras(uuid, self._births[tname].get(uuid, 0),
+                                                list(marker_row), extras, invalid, parsed)
+        self._report_invalid(tname, uuid, invalid)
+        return row
+
+    def _report_invalid(self, tname: str, uuid: str, invalid: list[str]) -> None:
         for problem in invalid:
             self.conflicts.report(Conflict(ConflictKind.INVALID, tname, uuid, None, problem))
-        return row
 
     # --- compaction -------------------------------------------------------------------------
 
