@@ -162,6 +162,23 @@ cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
     return False
 
 
+cdef inline str _uuid_text(bytes b):
+    """The 16 bytes of a uuid extension as its 8-4-4-4-12 hex string (three hex(), the
+    middle one putting in two of the dashes, as the Python loop makes it)."""
+    return f"{b[:4].hex()}-{b[4:10].hex('-', 2)}-{b[10:].hex()}"
+
+
+cdef inline tuple _new_row(Py_ssize_t n_cols, object uuid, tuple version_datum):
+    """A row tuple with its _uuid and _version; the caller fills in every other slot."""
+    cdef tuple row = PyTuple_New(n_cols)
+    cdef object first = (uuid,)
+    Py_INCREF(first)
+    PyTuple_SET_ITEM(row, 0, first)
+    Py_INCREF(version_datum)
+    PyTuple_SET_ITEM(row, 1, version_datum)
+    return row
+
+
 cdef class MarkersReader:
     """``read(uuids, payloads, births, versions) -> (rows, refused)`` for one table's
     markers (see encoding.markers_reader)."""
@@ -308,7 +325,7 @@ cdef class MarkersReader:
         went into ``rows``, False if it is refused."""
         cdef Py_ssize_t n_cols = self.n_cols, n, i
         cdef tuple t, row, version_datum
-        cdef object birth, version, vbytes, v
+        cdef object birth, version, v
         try:
             if type(obj) is not tuple:
                 return False
@@ -326,17 +343,10 @@ cdef class MarkersReader:
             elif (type(version) is slice and (<slice>version).start == self.uuid_ext
                     and type((<slice>version).stop) is bytes
                     and len(<bytes>(<slice>version).stop) == 16):
-                vbytes = (<slice>version).stop
-                version_datum = (f"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-"
-                                 f"{vbytes[10:].hex()}",)
+                version_datum = (_uuid_text((<slice>version).stop),)
             else:
                 return False
-            row = PyTuple_New(n_cols)
-            v = (uuid,)
-            Py_INCREF(v)
-            PyTuple_SET_ITEM(row, 0, v)
-            Py_INCREF(version_datum)
-            PyTuple_SET_ITEM(row, 1, version_datum)
+            row = _new_row(n_cols, uuid, version_datum)
             for i in range(2, n_cols):
                 v = self._column(i, t[i] if i < n else None, <dict>memos[i])
                 Py_INCREF(v)
@@ -421,7 +431,6 @@ cdef class MarkersReader:
         cdef Py_ssize_t pos, start, n, i, slen
         cdef Py_ssize_t n_cols = self.n_cols
         cdef unsigned char b
-        cdef unsigned long long u
         cdef long long s
         cdef object birth, version, key, v, d
         cdef tuple row, version_datum
@@ -440,38 +449,20 @@ cdef class MarkersReader:
             return False
         if n < 2 or n > n_cols or pos >= end:
             return False
-        # birth: any msgpack integer
+        # birth: any msgpack integer that fits an int64 (the rest: the object path)
         b = p[pos]
-        if b <= 0x7f:
-            birth = <long>b
-            pos += 1
-        elif b >= 0xe0:
-            birth = <long>(<signed char>b)
-            pos += 1
+        if b <= 0x7f or b >= 0xe0:
+            slen = 1
         elif 0xcc <= b <= 0xcf:
-            slen = 1 << (b - 0xcc)
-            if end - pos - 1 < slen:
-                return False
-            u = _be(p + pos + 1, <int>slen)
-            birth = u
-            pos += 1 + slen
+            slen = 1 + (1 << (b - 0xcc))
         elif 0xd0 <= b <= 0xd3:
-            slen = 1 << (b - 0xd0)
-            if end - pos - 1 < slen:
-                return False
-            u = _be(p + pos + 1, <int>slen)
-            if slen == 1:
-                s = <signed char>u
-            elif slen == 2:
-                s = <short>u
-            elif slen == 4:
-                s = <int>u
-            else:
-                s = <long long>u
-            birth = s
-            pos += 1 + slen
+            slen = 1 + (1 << (b - 0xd0))
         else:
             return False
+        if end - pos < slen or not _int_span(p, pos, pos + slen, &s):
+            return False
+        birth = s
+        pos += slen
         # version: a 36-character ASCII string (str 8), or a uuid extension (fixext 16)
         if end - pos >= 38 and p[pos] == 0xd9 and p[pos + 1] == 36:
             for i in range(pos + 2, pos + 38):
@@ -481,19 +472,13 @@ cdef class MarkersReader:
             version_datum = (version,)
             pos += 38
         elif end - pos >= 18 and p[pos] == 0xd8 and p[pos + 1] == 1:
-            vbytes = PyBytes_FromStringAndSize(<const char *>p + pos + 2, 16)
-            version_datum = (f"{vbytes[:4].hex()}-{vbytes[4:10].hex('-', 2)}-"
-                             f"{vbytes[10:].hex()}",)
+            version_datum = (_uuid_text(PyBytes_FromStringAndSize(<const char *>p + pos + 2,
+                                                                  16)),)
             version = None
             pos += 18
         else:
             return False
-        row = PyTuple_New(n_cols)
-        v = (uuid,)
-        Py_INCREF(v)
-        PyTuple_SET_ITEM(row, 0, v)
-        Py_INCREF(version_datum)
-        PyTuple_SET_ITEM(row, 1, version_datum)
+        row = _new_row(n_cols, uuid, version_datum)
         for i in range(2, n_cols):
             kind = self.kinds[i]
             if i < n and pos >= end:
