@@ -62,6 +62,33 @@ cdef inline unsigned long long _be(const unsigned char *p, int n) noexcept nogil
     return v
 
 
+cdef Py_ssize_t _str_data(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                          Py_ssize_t *size) noexcept nogil:
+    """Where the data of the msgpack string at ``pos`` starts (its length put in ``size``),
+    or BAD: not a string, or its data past ``end``."""
+    cdef unsigned char b
+    if pos >= end:
+        return BAD
+    b = p[pos]
+    if 0xa0 <= b <= 0xbf:  # fixstr, str 8, 16, 32
+        size[0] = b & 0x1f
+        pos += 1
+    elif b == 0xd9 and end - pos >= 2:
+        size[0] = p[pos + 1]
+        pos += 2
+    elif b == 0xda and end - pos >= 3:
+        size[0] = <Py_ssize_t>_be(p + pos + 1, 2)
+        pos += 3
+    elif b == 0xdb and end - pos >= 5:
+        size[0] = <Py_ssize_t>_be(p + pos + 1, 4)
+        pos += 5
+    else:
+        return BAD
+    if end - pos < size[0]:
+        return BAD
+    return pos
+
+
 cdef Py_ssize_t _skip(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
                       int depth) noexcept nogil:
     """The end of the msgpack value at ``pos``, or BAD: truncated, too deep, or of a kind
@@ -75,9 +102,10 @@ cdef Py_ssize_t _skip(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
     pos += 1
     if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3:
         return pos  # fixint, nil, bool
-    if 0xa0 <= b <= 0xbf:  # fixstr
-        size = b & 0x1f
-    elif 0x90 <= b <= 0x9f or b == 0xdc or b == 0xdd:  # arrays
+    if 0xa0 <= b <= 0xbf or 0xd9 <= b <= 0xdb:  # strings
+        pos = _str_data(p, pos - 1, end, &size)
+        return BAD if pos == BAD else pos + size
+    if 0x90 <= b <= 0x9f or b == 0xdc or b == 0xdd:  # arrays
         if b <= 0x9f:
             n = b & 0x0f
         elif b == 0xdc:
@@ -97,18 +125,6 @@ cdef Py_ssize_t _skip(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
             if pos == BAD:
                 return BAD
         return pos
-    elif b == 0xd9:  # str 8, 16, 32
-        if end - pos < 1:
-            return BAD
-        size = p[pos] + 1
-    elif b == 0xda:
-        if end - pos < 2:
-            return BAD
-        size = <Py_ssize_t>_be(p + pos, 2) + 2
-    elif b == 0xdb:
-        if end - pos < 4:
-            return BAD
-        size = <Py_ssize_t>_be(p + pos, 4) + 4
     elif b == 0xca or b == 0xcb:  # float 32, 64
         size = 4 if b == 0xca else 8
     elif 0xcc <= b <= 0xcf:  # uint 8-64
@@ -369,7 +385,7 @@ cdef class MarkersReader:
         cdef Py_ssize_t m, k, slen
         cdef unsigned char b
         cdef list atoms = []
-        cdef object a, prev = None
+        cdef object a
         b = p[pos]
         if 0x90 <= b <= 0x9f:
             m = b & 0x0f
@@ -380,21 +396,8 @@ cdef class MarkersReader:
         else:
             return None
         for k in range(m):
-            if pos >= end:
-                return None
-            b = p[pos]
-            if 0xa0 <= b <= 0xbf:
-                slen = b & 0x1f
-                pos += 1
-            elif b == 0xd9 and end - pos >= 2:
-                slen = p[pos + 1]
-                pos += 2
-            elif b == 0xda and end - pos >= 3:
-                slen = <Py_ssize_t>_be(p + pos + 1, 2)
-                pos += 3
-            else:
-                return None
-            if end - pos < slen:
+            pos = _str_data(p, pos, end, &slen)
+            if pos == BAD:
                 return None
             try:
                 a = PyUnicode_DecodeUTF8(<const char *>p + pos, slen, NULL)
@@ -428,7 +431,7 @@ cdef class MarkersReader:
         """One marker read from its ``end`` bytes at ``p`` (a bytes or bytearray that
         nothing changes meanwhile): True if its row went into ``rows``; False if anything
         about it is left to the object path (nothing was written then)."""
-        cdef Py_ssize_t pos, start, n, i, slen
+        cdef Py_ssize_t pos, start, n, i, slen, data
         cdef Py_ssize_t n_cols = self.n_cols
         cdef unsigned char b
         cdef long long s
@@ -508,21 +511,10 @@ cdef class MarkersReader:
                 continue
             # A long single string (a match, an action): decoded here, not looked up.
             if kind == STR and p[start] == 0x91 and pos - start > SHARED_MAX_LEN + 1:
-                b = p[start + 1]
-                if 0xa0 <= b <= 0xbf:
-                    slen = 2
-                elif b == 0xd9:
-                    slen = 3
-                elif b == 0xda:
-                    slen = 4
-                elif b == 0xdb:
-                    slen = 6
-                else:
-                    slen = 0
-                if slen and pos - start - slen > SHARED_MAX_LEN:
+                data = _str_data(p, start + 1, pos, &slen)
+                if data != BAD and data + slen == pos and slen > SHARED_MAX_LEN:
                     try:
-                        d = PyUnicode_DecodeUTF8(<const char *>p + start + slen,
-                                                 pos - start - slen, NULL)
+                        d = PyUnicode_DecodeUTF8(<const char *>p + data, slen, NULL)
                     except UnicodeDecodeError:
                         return False
                     v = (d,)

@@ -480,22 +480,18 @@ def markers_reader(table: TableSchema, *, compiled: bool | None = None) -> Calla
     (:func:`_generated_loop`): the same results either way.
     """
     use = COMPILED if compiled is None else compiled
-    if use and _compiled is None:
-        raise RuntimeError("crdtdb.replica._markers is not built (see COMPILED)")
     cache = _BATCH_READERS[use]
     found = cache.get(id(table))
     if found is not None and found[0] is table:
-        return found[1]  # type: ignore[no-any-return]
+        return found[1]
     if use:  # (it reads the payloads' bytes itself)
         read_each = _compiled_reader(table).read
     else:
         loop = _generated_loop(table)
 
         def read_each(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int],
-                      versions: list[str]) -> tuple[dict[str, tuple], list[str]]:
-            out: tuple[dict[str, tuple], list[str]] = loop(uuids, unpack_each(payloads),
-                                                           births, versions)
-            return out
+                      versions: list[str]) -> Any:
+            return loop(uuids, unpack_each(payloads), births, versions)
 
     def read_all(uuids: Sequence[str], payloads: Iterable[Any], births: dict[str, int]
                  ) -> tuple[dict[str, tuple], list[str]]:

@@ -1613,9 +1613,10 @@ class Replica:
         with _gc_paused():
             diff = self._load_document_now()
         # (DEBUG: every replica's first update into an empty document takes this path)
-        logger.debug("%s: read the whole document: %d rows in %.2f s (%s marker reader)",
-                    self.name, self.row_total(), time.perf_counter() - t0,
-                    "compiled" if enc.COMPILED else "Python")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: read the whole document: %d rows in %.2f s (%s marker reader)",
+                         self.name, self.row_total(), time.perf_counter() - t0,
+                         "compiled" if enc.COMPILED else "Python")
         return diff
 
     def _load_document_now(self) -> Changeset:
