@@ -173,11 +173,16 @@ def test_northd_lock_is_never_held_twice(tmp_path: Path, backend: Backend) -> No
                    for i in range(2)]
         try:
             statuses: list[tuple[str, str]] = []
+            #: Indexes of northds whose node was killed: such a northd can write nothing,
+            #: and until it notices its connection is gone (on a loaded machine that can be
+            #: after the lock has moved) it still reports the lock it had.
+            cut_off: set[int] = set()
 
             def sample() -> tuple[str, str]:
                 s = (northds[0].status(), northds[1].status())
                 statuses.append(s)
-                assert s != ("active", "active"), f"two active ovn-northd: {statuses[-20:]}"
+                live = [status for i, status in enumerate(s) if i not in cut_off]
+                assert live.count("active") <= 1, f"two active ovn-northd: {statuses[-20:]}"
                 return s
 
             eventually("one ovn-northd active", lambda: "active" in sample())
@@ -202,11 +207,13 @@ def test_northd_lock_is_never_held_twice(tmp_path: Path, backend: Backend) -> No
                                      tmp_path / f"northd{active}b", ctl_dir).start()
             eventually("restarted northd is standby",
                        lambda: sample()[active] == "standby")
+            cut_off.add(standby)
             os.kill(nodes[standby].pid, signal.SIGKILL)
             took = eventually("lock moves after its node died",
                               lambda: sample()[active] == "active", timeout_s=20)
             print(f"failover after the node died: {took:.2f} s")
-            assert ("active", "active") not in statuses
+            eventually("the northd of the dead node no longer says active",
+                       lambda: sample()[standby] != "active")
         finally:
             for n in northds:
                 n.stop()
