@@ -39,6 +39,7 @@ import pickle
 import random
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from crdtdb.replica import Replica
 from crdtdb.testing.ovsdb_server import find_sb_schema
 from sims.bench_replica import _load, _overwrite
 from sims.serve_harness import _GcStats
+from sims.workload import DB
 
 
 def _updates(schema: DatabaseSchema, rows: int, n: int) -> tuple[bytes, list[bytes]]:
@@ -70,18 +72,40 @@ def _updates(schema: DatabaseSchema, rows: int, n: int) -> tuple[bytes, list[byt
     return full, updates
 
 
-def _apply(b: Replica, updates: list[bytes], hold: int) -> None:
+def _apply(b: Replica, updates: list[bytes], hold: int,
+           merge: Callable[[bytes], object] | None = None) -> None:
+    merge = merge or b.apply_update
     if hold <= 1:
         for u in updates:
-            b.apply_update(u)
+            merge(u)
         return
     for first in range(0, len(updates), hold):
         b.hold_changes()
         try:
             for u in updates[first:first + hold]:
-                b.apply_update(u)
+                merge(u)
         finally:
             b.release_changes()
+
+
+def _gossip_receiver(schema: DatabaseSchema, b: Replica) -> Callable[[bytes], object]:
+    """``merge(frame)``: a push frame into a gossip core replicating ``b`` with one peer
+    (a leaf: nothing forwarded), as a node takes it in."""
+    from crdtdb.gossip import messages as m
+    from crdtdb.gossip.protocol import Gossip
+
+    core = Gossip("receiver", {DB: b}, rng=random.Random(3))
+    sender = Gossip("sender", {DB: Replica.in_memory(schema, client_id=9)},
+                    rng=random.Random(4))
+    core.connected("sender", 0.0)
+    core.receive("sender", m.encode(sender.hello()), 0.0)
+    receive = core.receive
+
+    def merge(frame: bytes) -> object:
+        if receive("sender", frame, 0.0):
+            raise RuntimeError("a push was answered (a gap, or a protocol error)")
+        return None
+    return merge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--updates", type=int, default=2000, help="updates measured")
     ap.add_argument("--hold", type=int, default=1,
                     help="updates merged per hold_changes/release_changes (1: none)")
+    ap.add_argument("--gossip", action="store_true",
+                    help="updates go in as push frames through a gossip core (a node's way)")
     ap.add_argument("--check", action="store_true", help="also hash every change event")
     ap.add_argument("--profile", action="store_true", help="cProfile the measured updates")
     ap.add_argument("--sort", default="tottime", help="cProfile's sort key")
@@ -119,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                 for uuid, change in sorted(rows.items()):
                     events.update(repr((tname, uuid, change.old, change.new)).encode())
         b.add_listener(on_change)
-    _apply(b, updates[:args.warm], args.hold)
+    merge = None
+    if args.gossip:
+        from crdtdb.gossip import messages as m
+
+        merge = _gossip_receiver(schema, b)
+        updates = [m.encode(m.Push(DB, u, 0)) for u in updates]
+    _apply(b, updates[:args.warm], args.hold, merge)
     measured = updates[args.warm:]
     gc.collect()
     passes = _GcStats() if args.gc_stats else None
@@ -129,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-    _apply(b, measured, args.hold)
+    _apply(b, measured, args.hold, merge)
     if passes is not None:
         passes.stop()
     if args.profile:

@@ -49,6 +49,36 @@ def test_any_bytes_decode_or_raise_the_protocol_error(frame: bytes) -> None:
         m.decode(frame)
 
 
+def _checked_push(obj: list[Any]) -> m.Push | None:
+    """What a push array must hold to decode (the checks of messages.decode), else None."""
+    _, db, update, hops = obj
+    if (isinstance(db, str) and 0 < len(db) <= 256 and isinstance(update, bytes)
+            and isinstance(hops, int) and not isinstance(hops, bool) and 0 <= hops < 2**63):
+        return m.Push(db, update, hops)
+    return None
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.tuples(st.just("push"),
+                 st.text(max_size=3) | st.text(min_size=255, max_size=258) | st.binary(max_size=3)
+                 | st.integers(0, 3) | st.none(),
+                 st.binary(max_size=8) | st.text(max_size=3) | st.none(),
+                 st.integers(-3, 3) | st.sampled_from([2**63 - 1, 2**63, 2**64 - 1])
+                 | st.booleans() | st.floats(0, 1) | st.none()))
+def test_a_push_decodes_only_when_every_field_is_valid(fields: tuple[Any, ...]) -> None:
+    """Pushes take a shorter way through decode (most frames): the same outcome as the
+    checks every other message goes through."""
+    obj = list(fields)
+    want = _checked_push(obj)
+    frame = msgpack.packb(obj, use_bin_type=True)
+    if want is None:
+        with pytest.raises(GossipProtocolError, match="push"):
+            m.decode(frame)
+    else:
+        got = m.decode(frame)
+        assert got == want and type(got.update) is bytes and type(got.hops) is int
+
+
 def test_oversized_message_is_refused() -> None:
     with pytest.raises(GossipProtocolError, match="exceeds"):
         m.decode(m.encode(m.Diff("Merge", b"x" * 2000)), max_message_bytes=1000)
@@ -117,6 +147,29 @@ def test_mismatched_schema_is_not_replicated() -> None:
     _hello(ga, "b")
     ga.receive("b", m.encode(m.Hello("b", {"Merge": ("other-digest", EpochId(0))})), 0.0)
     assert ga.ready_peers("Merge") == []
+
+
+@pytest.mark.parametrize("case", ["other-schema", "unknown-database", "older-epoch"])
+def test_a_push_of_a_database_not_replicated_with_the_peer_is_not_merged(case: str) -> None:
+    ga, _, ra, rb = _pair()
+    _hello(ga, "b")
+    theirs = {"other-schema": {"Merge": ("other-digest", EpochId(0))},
+              "unknown-database": {"Merge": (rb.schema_digest, EpochId(0))},
+              "older-epoch": {"Merge": (rb.schema_digest, EpochId(0))}}[case]
+    ga.receive("b", m.encode(m.Hello("b", theirs)), 0.0)
+    sent: list[bytes] = []
+    rb.add_listener(lambda ev: ev.update and sent.append(ev.update))
+    ok(txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+    if case == "older-epoch":
+        ra.rebuild(1)  # (b still at epoch 0: its pushes are of another epoch's writers)
+    before = ra.state_vector()
+    push = m.Push("Other" if case == "unknown-database" else "Merge", sent[0], 0)
+    out = ga.receive("b", m.encode(push), 0.1)
+    assert ra.state_vector() == before and ra.row_count("Parent") == 0
+    if case == "older-epoch":
+        assert out == [] and "b" in ga.peers  # sent before it heard of the move: harmless
+    else:
+        assert [type(o) for o in out] == [Disconnect] and "b" not in ga.peers
 
 
 # --- convergence ----------------------------------------------------------------------------------
@@ -408,6 +461,12 @@ def test_a_failed_replica_gives_out_nothing(tmp_path: Any, monkeypatch: Any) -> 
             call()
     pull = m.StateVector("Merge", rb.state_vector(), True, EpochId(0))
     assert ga.receive("b", m.encode(pull), 0.1) == []
+    sent: list[bytes] = []
+    rb.add_listener(lambda ev: ev.update and sent.append(ev.update))
+    txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "pushed"}})
+    before = ra.doc.get_state()
+    assert ga.receive("b", m.encode(m.Push("Merge", sent[0], 0)), 0.1) == []
+    assert ra.doc.get_state() == before  # (apply_update would raise ReplicaFailedError)
     assert "b" in ga.peers  # the peer is not to blame
     out = ga.tick(10.0)
     assert not [o for o in out if isinstance(o, Send)

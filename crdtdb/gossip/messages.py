@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from crdtdb.engine.frozen import fast_init
 from crdtdb.errors import CrdtdbError
 from crdtdb.replica.epoch import BASE_DIGEST_BYTES, EpochId
 
@@ -34,6 +35,7 @@ class Hello:
     version: int = PROTOCOL_VERSION
 
 
+@fast_init  # (one per frame a node receives: most of them)
 @dataclass(frozen=True, slots=True)
 class Push:
     """A rumor: one commit's sealed update, ``hops`` forwards from its origin."""
@@ -193,6 +195,13 @@ def decode(frame: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) 
                               max_bin_len=max_message_bytes, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise GossipProtocolError(f"not a msgpack message: {exc}") from None
+    if type(obj) is list and len(obj) == 4 and obj[0] == "push":
+        # Most frames: a push whose fields are plainly valid is made without the checks'
+        # calls (~1.5 us of a merged update); anything else takes the checks below.
+        _, db, update, hops = obj
+        if (type(db) is str and 0 < len(db) <= 256 and type(update) is bytes
+                and type(hops) is int and 0 <= hops < 2**63):
+            return Push(db, update, hops)
     if not isinstance(obj, list) or not obj or not isinstance(obj[0], str):
         raise GossipProtocolError("a message must be an array starting with its kind")
     kind, args = obj[0], obj[1:]

@@ -284,6 +284,12 @@ class Gossip:
             return self._drop(peer, f"protocol error: {exc}")
 
     def _handle(self, p: PeerState, msg: m.Message) -> list[Output]:
+        if type(msg) is m.Push:
+            # Most frames: a push of a database replicated with this peer goes straight in;
+            # any other case takes the checks below (p.databases: past hello, same epoch).
+            replica = self.replicas.get(msg.db)
+            if replica is not None and msg.db in p.databases and not replica.unlogged:
+                return self._on_push(p, replica, msg)
         if isinstance(msg, m.Hello):
             return self._on_hello(p, msg)
         if p.node_id is None:
@@ -401,8 +407,8 @@ class Gossip:
         """``fanout`` peers to forward an update to: none that is known to have it, and
         first those known to have everything before it (they apply it at once; a peer that
         lacks an earlier update of that writer holds it back and pulls)."""
-        if self.config.fanout == 0:
-            return []  # (a star's hub: see the module docstring)
+        if self.config.fanout == 0 or len(self.peers) < 2:
+            return []  # (a star's hub: see the module docstring; or the sender is all)
         if span is None:
             return self._choose(db, exclude=sender)
         client, first, count = span
