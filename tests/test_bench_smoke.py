@@ -57,7 +57,8 @@ def test_bench_replica_quick(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for line in ("RSS holding 2,000 flows", "full state vs initial monitor dump",
                  "join: apply the full state", "RSS after an epoch rebuild",
-                 "remote single-column updates merged", "merged as a node merges pushes"):
+                 "remote single-column updates merged by a node", "the replica alone",
+                 "Replica.apply_update called one at a time"):
         assert line in out
 
 
