@@ -1,13 +1,21 @@
-"""The one compiled module (crdtdb/replica/_markers.pyx), built where a C compiler is.
+"""The compiled modules (crdtdb/replica/_*.pyx), built where a C compiler is.
 
-Everything else is in pyproject.toml. The extension is optional: without a compiler the
-install still succeeds and crdtdb runs the same loop in Python (slower joins; see
-crdtdb/replica/encoding.py). scripts/bootstrap installs the compiler, so CI always builds it.
+Everything else is in pyproject.toml. The extensions are optional: without a compiler the
+install still succeeds and crdtdb runs the same code in Python (slower joins and merges; see
+crdtdb/replica/encoding.py and envelope.py). scripts/bootstrap installs the compiler, so CI
+always builds them.
 """
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
+#: module -> what it is the compiled twin of
+MODULES = {
+    "_markers": "the marker loop of encoding.markers_reader (joins)",
+    "_envelope": "envelope.py's header reads (every merged update)",
+}
+
 setup(ext_modules=cythonize(
-    [Extension("crdtdb.replica._markers", ["crdtdb/replica/_markers.pyx"], optional=True)],
+    [Extension(f"crdtdb.replica.{name}", [f"crdtdb/replica/{name}.pyx"], optional=True)
+     for name in MODULES],
     language_level=3))

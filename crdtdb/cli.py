@@ -380,19 +380,21 @@ def _non_negative(text: str) -> int:
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from crdtdb.replica import encoding
+    from crdtdb.replica import encoding, envelope
 
     try:
         number = version("crdtdb")
     except PackageNotFoundError:  # (run from a source tree that was never installed)
         number = "unknown"
-    if encoding.COMPILED:
-        reader = "compiled"
-    elif encoding.BUILT:
-        reader = "Python (CRDTDB_PURE_PYTHON=1)"
-    else:
-        reader = "Python (crdtdb/replica/_markers.pyx is not built)"
-    return f"crdtdb {number} (marker reader: {reader})"
+
+    def which(module: Any, source: str) -> str:
+        if module.COMPILED:
+            return "compiled"
+        if module.BUILT:
+            return "Python (CRDTDB_PURE_PYTHON=1)"
+        return f"Python (crdtdb/replica/{source} is not built)"
+    return (f"crdtdb {number} (marker reader: {which(encoding, '_markers.pyx')}; "
+            f"update headers: {which(envelope, '_envelope.pyx')})")
 
 
 class _ShowVersion(argparse.Action):

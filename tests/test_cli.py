@@ -12,6 +12,7 @@ import pytest
 
 from crdtdb.cli import main
 from crdtdb.replica import encoding as enc
+from crdtdb.replica import envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 SB = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -50,14 +51,17 @@ def test_schema_command_reports_bad_schema(tmp_path: Path) -> None:
     assert "table T, column c" in out.stderr and "atomic-type" in out.stderr
 
 
-def test_version_says_which_marker_reader_runs() -> None:
+def test_version_says_which_compiled_modules_run() -> None:
+    base = {k: v for k, v in os.environ.items() if k != "CRDTDB_PURE_PYTHON"}
     for env, reader in (({}, "compiled"), ({"CRDTDB_PURE_PYTHON": "1"}, "Python")):
         out = subprocess.run([sys.executable, "-m", "crdtdb.cli", "--version"],
                              capture_output=True, text=True, check=True,
-                             env={**os.environ, **env})
+                             env={**base, **env})
         assert out.stdout.startswith("crdtdb "), out.stdout
         if enc.BUILT:  # (test_replica_join checks that it is)
             assert f"(marker reader: {reader}" in out.stdout, out.stdout
+        if envelope.BUILT:  # (test_replica_envelope checks that it is)
+            assert f"; update headers: {reader}" in out.stdout, out.stdout
 
 
 def test_help_lists_commands() -> None:

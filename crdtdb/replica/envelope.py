@@ -24,6 +24,7 @@ it, and inflate to exactly that size: a peer's body is never inflated past the l
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -227,7 +228,7 @@ def _varuints(buf: bytes, pos: int = 0) -> list[int]:
     return values
 
 
-def single_writer_span(update: bytes) -> tuple[int, int, int] | None:
+def _single_writer_span(update: bytes) -> tuple[int, int, int] | None:
     """``(client, first clock, struct count)`` of an update holding one client's items (what
     a local commit produces), read from its header; ``None`` for any other update.
 
@@ -346,6 +347,22 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
         raise
     if tail == b"\x00\x00":  # no structs, no deletes (a first write of every key)
         return []
+    return _read_delete_set(tail, client)
+
+
+def _read_delete_set(tail: bytes, client: int) -> list[tuple[int, int, int]]:
+    """:func:`_delete_set_ranges`, compiled where built (it leaves what it does not
+    understand to the Python function)."""
+    if _compiled is not None:
+        found = _compiled.delete_set_ranges(tail, client)
+        if found is not None:
+            return found
+    return _delete_set_ranges(tail, client)
+
+
+def _delete_set_ranges(tail: bytes, client: int) -> list[tuple[int, int, int]]:
+    """:func:`deleted_ranges`' read of the delete set (``tail``: no structs, then per
+    deleting writer its ranges)."""
     v = list(tail) if tail and max(tail) < 0x80 else _varuints(tail)
     out: list[tuple[int, int, int]] = []
     try:
@@ -363,3 +380,22 @@ def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
     if i != len(v):
         raise CorruptUpdateError("truncated or trailing bytes in a delete set")
     return out
+
+
+try:  # the compiled twins of the header reads above (setup.py); optional, as _markers
+    from crdtdb.replica import _envelope as _compiled
+except ImportError:
+    _compiled = None  # type: ignore[assignment]
+if _compiled is not None and getattr(_compiled, "ABI", None) != 1:
+    _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
+#: Whether the compiled header reads were built (and are of this version).
+BUILT = _compiled is not None
+#: Whether they are used: built, and not turned off by ``CRDTDB_PURE_PYTHON=1``.
+COMPILED = BUILT and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
+if not COMPILED:
+    _compiled = None  # type: ignore[assignment]
+
+#: ``(writer, first clock, struct count)`` of a single writer's update, else ``None``: see
+#: :func:`_single_writer_span` (compiled where built).
+single_writer_span = _compiled.single_writer_span if _compiled is not None else \
+    _single_writer_span
