@@ -1075,11 +1075,11 @@ def test_a_held_burst_out_of_order_ends_where_one_by_one_does() -> None:
     check_view(held)
 
 
-def test_queued_updates_pycrdt_refuses_together_go_in_one_at_a_time() -> None:
-    """If pycrdt refuses a held burst's queued updates merged (each passed the checks a
-    single update gets), they go in one at a time: those it takes are shown, the one it
-    refuses is counted and dropped, and the clocks come from the document, so that update
-    comes again (a pull) and everything ends as one by one."""
+def test_a_queued_update_pycrdt_refuses_is_left_out_and_pulled_again() -> None:
+    """If pycrdt refuses one of a held burst's queued updates (each passed the checks a
+    single update gets), the others go in and are shown, the refused one is counted and
+    dropped, and the clocks come from the document, so that update comes again (a pull)
+    and everything ends as one by one."""
     from unittest import mock
 
     a, updates = _writers_updates()
@@ -1087,31 +1087,47 @@ def test_queued_updates_pycrdt_refuses_together_go_in_one_at_a_time() -> None:
     held.apply_update(updates[0])
     first, bad, *rest = updates[1:]
     bad_raw = open_sealed(bad).update
-    singles = {open_sealed(u).update for u in updates}
-    real = Replica._apply_to_doc
 
-    def refuse(self: Replica, update: bytes) -> None:
-        if update == bad_raw or update not in singles:  # the bad one, and any merge
-            raise CorruptUpdateError("refused (test)")
-        real(self, update)
+    class Refusing:
+        """pycrdt's document, refusing ``bad`` as it refuses an update it cannot take."""
 
-    with mock.patch.object(Replica, "_apply_to_doc", refuse):
+        def __init__(self, raw: Any):
+            self.raw = raw
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.raw, name)
+
+        def apply_update(self, txn: Any, update: bytes) -> None:
+            if update == bad_raw:
+                raise ValueError("refused (test)")
+            self.raw.apply_update(txn, update)
+
+    # Another writer's update, queued after the refused one and independent of it.
+    other = make_replica(3, 33)
+    other.apply_update(updates[0])
+    independent: list[bytes] = []
+    other.add_listener(lambda ev: ev.update and independent.append(ev.update))
+    ok(txn(other, {"op": "insert", "table": "Parent", "row": {"name": "other"}}))
+
+    with mock.patch.object(held.doc, "_doc", Refusing(held.doc._doc)):
         held.hold_changes()
-        assert held.apply_update(first).new and held.apply_update(bad).new
-        assert len(held._queued) == 2
+        for u in (first, bad, *independent):
+            assert held.apply_update(u).new
+        assert len(held._queued) == 3
         held.release_changes()
     stats = held.statistics()
     assert stats.rejected_updates == 1
     assert len(held._recent) == 0  # no pull is answered with the refused one
     one = make_replica(2, 22)
-    for u in updates[:2]:
+    for u in [*updates[:2], *independent]:
         one.apply_update(u)
-    assert shown(held) == shown(one)  # the first went in, the refused one did not
+    assert shown(held) == shown(one)  # the others went in, the refused one did not
     check_view(held)
     assert held.state_vector() == one.state_vector()  # so the refused one is pulled again
     for u in [bad, *rest]:
         assert held.apply_update(u).new
-    assert shown(held) == shown(a)
+        one.apply_update(u)
+    assert shown(held) == shown(one) and shown(held)["Parent"] != shown(a)["Parent"]
     check_view(held)
 
 
