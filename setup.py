@@ -9,11 +9,10 @@ always builds them.
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-#: module -> what it is the compiled twin of
-MODULES = {
-    "_markers": "the marker loop of encoding.markers_reader (joins)",
-    "_envelope": "envelope.py's header reads (every merged update)",
-}
+MODULES = [
+    "_markers",  # the marker loop of encoding.markers_reader (joins)
+    "_envelope",  # envelope.py's header reads (every merged update)
+]
 
 setup(ext_modules=cythonize(
     [Extension(f"crdtdb.replica.{name}", [f"crdtdb/replica/{name}.pyx"], optional=True)

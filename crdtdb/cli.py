@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from crdtdb.engine import DatabaseSchema, MemoryDatabase
@@ -387,12 +388,13 @@ def _version() -> str:
     except PackageNotFoundError:  # (run from a source tree that was never installed)
         number = "unknown"
 
-    def which(module: Any, source: str) -> str:
+    def which(module: ModuleType, source: str) -> str:
         if module.COMPILED:
             return "compiled"
         if module.BUILT:
             return "Python (CRDTDB_PURE_PYTHON=1)"
         return f"Python (crdtdb/replica/{source} is not built)"
+
     return (f"crdtdb {number} (marker reader: {which(encoding, '_markers.pyx')}; "
             f"update headers: {which(envelope, '_envelope.pyx')})")
 

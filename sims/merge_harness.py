@@ -18,7 +18,8 @@ the load and the warm-up out::
     # (total of cg.2000 - total of cg.500) / 1500
 
 Held merges: ``--hold 32 --warm 4480`` and ``--updates 512``/``2048`` (whole bursts), the
-difference over 1536.
+difference over 1536. ``--gossip``: the updates go in as push frames through a gossip core
+with one peer (a leaf), as a node's pump takes them (without the transport).
 
 The updates are made once and kept in a file in the temporary directory (making them costs
 more than merging them): run the largest ``--warm`` + ``--updates`` once outside callgrind
@@ -74,11 +75,14 @@ def _updates(schema: DatabaseSchema, rows: int, n: int) -> tuple[bytes, list[byt
 
 def _apply(b: Replica, updates: list[bytes], hold: int,
            merge: Callable[[bytes], object] | None = None) -> None:
-    merge = merge or b.apply_update
-    if hold <= 1:
+    """``hold`` at a time between hold_changes and release_changes (1: neither, unless
+    ``merge`` is a gossip core's: a node's pump holds even a batch of one)."""
+    if merge is None and hold <= 1:
         for u in updates:
-            merge(u)
+            b.apply_update(u)
         return
+    merge = merge or b.apply_update
+    hold = max(hold, 1)
     for first in range(0, len(updates), hold):
         b.hold_changes()
         try:
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=int, default=1,
                     help="updates merged per hold_changes/release_changes (1: none)")
     ap.add_argument("--gossip", action="store_true",
-                    help="updates go in as push frames through a gossip core (a node's way)")
+                    help="updates go in as push frames through a gossip core, --hold at a "
+                    "time between hold_changes and release_changes (a node's way)")
     ap.add_argument("--check", action="store_true", help="also hash every change event")
     ap.add_argument("--profile", action="store_true", help="cProfile the measured updates")
     ap.add_argument("--sort", default="tottime", help="cProfile's sort key")

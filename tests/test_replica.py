@@ -1131,6 +1131,56 @@ def test_a_queued_update_pycrdt_refuses_is_left_out_and_pulled_again() -> None:
     check_view(held)
 
 
+def test_an_error_in_the_middle_of_a_held_burst_loses_nothing_that_went_in(
+        tmp_path: Path) -> None:
+    """Something other than pycrdt refusing an update fails in the middle of a held burst
+    (here: raised for the third queued update): the error reaches the caller, and what went
+    in before it is in the log and the clocks, so a restart has it and the rest is pulled
+    again."""
+    from unittest import mock
+
+    class Boom(Exception):
+        pass
+
+    a, updates = _writers_updates()
+    held = Replica.open(tmp_path / "held", MERGE_SCHEMA, fsync=False)
+    held.apply_update(updates[0])
+    boom_raw = open_sealed(updates[3]).update
+
+    class Failing:
+        def __init__(self, raw: Any):
+            self.raw = raw
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.raw, name)
+
+        def apply_update(self, txn: Any, update: bytes) -> None:
+            if update == boom_raw:
+                raise Boom("not pycrdt's")
+            self.raw.apply_update(txn, update)
+
+    with mock.patch.object(held.doc, "_doc", Failing(held.doc._doc)):
+        held.hold_changes()
+        for u in updates[1:5]:
+            assert held.apply_update(u).new
+        with pytest.raises(Boom):
+            held.release_changes()
+    went_in = held.state_vector()
+    assert decode_state_vector(went_in) == held._clocks  # not what was queued
+    one = make_replica(2, 22)
+    for u in updates[:3]:
+        one.apply_update(u)
+    assert went_in == one.state_vector()
+    held.close()
+    again = Replica.open(tmp_path / "held", MERGE_SCHEMA, fsync=False)
+    assert again.state_vector() == went_in and shown(again) == shown(one)
+    for u in updates[3:]:
+        assert again.apply_update(u).new
+    assert shown(again) == shown(a)
+    check_view(again)
+    again.close()
+
+
 def test_merged_registers_end_where_the_general_event_path_does() -> None:
     """Replica._merge_registers (one row's register values, most merged updates) against
     _drain_events/_refresh/_delta_row, on a copy that never takes it: the same result,

@@ -7,8 +7,8 @@ four and ~4k for a short delete set, of the ~190k a node spends on a merged upda
 sims/merge_harness.py). Here they are a few hundred.
 
 Exactness, for *any* input: a result is returned only where these functions understood
-everything; anything else (a varint of more than 63 bits, a malformed or truncated delete
-set) is left to the Python function, which says why: ``single_writer_span`` calls it,
+everything; anything else (a varint of more than nine bytes, which may hold more than 63
+bits, a malformed or truncated delete set) is left to the Python function, which says why: ``single_writer_span`` calls it,
 ``delete_set_ranges`` returns ``None`` for the caller to. tests/test_replica_envelope.py runs
 both on random and damaged headers.
 
@@ -22,7 +22,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 ABI = 1
 
 #: _varint's answers besides a position: the bytes end inside the varint; it is longer than
-#: nine bytes (more than 63 bits: Python's ints take it, a C integer does not).
+#: nine bytes (it may hold more than 63 bits: Python's ints take it, a C integer may not).
 cdef Py_ssize_t TRUNCATED = -1
 cdef Py_ssize_t TOO_LONG = -2
 
@@ -68,6 +68,7 @@ def single_writer_span(update):
 
 
 def _python_span(update):
+    """The Python function's answer (imported here: envelope.py imports this module)."""
     from crdtdb.replica.envelope import _single_writer_span
     return _single_writer_span(update)
 

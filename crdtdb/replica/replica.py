@@ -1146,22 +1146,30 @@ class Replica:
             return
         queued, self._queued, self._queued_bytes = self._queued, [], 0
         self._captured.clear()
-        refused = self._apply_each_to_doc(queued)
-        if refused:
-            # Each passed the checks a single update gets, and pycrdt refused it: the
-            # others are in; the clocks come from the document, so what did not go in is
-            # pulled again.
-            self._stats.rejected_updates += len(refused)
-            for exc in refused:
-                logger.error("%s: a queued update does not apply (%s); dropped", self.name, exc)
-            self._clocks = decode_state_vector(self.doc.get_state())
-            self._pending_rescan = True
-            self._recent.clear()  # (it kept them all: no pull is answered with a refused one)
-        delta = _merge(self._captured)
-        self._captured.clear()
-        if delta and self._log is not None:
-            self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)  # (_apply_raw)
-            self._maybe_compact_log()
+        refused: list[CorruptUpdateError] = []
+        done = False
+        try:
+            self._apply_each_to_doc(queued, refused)
+            done = True
+        finally:
+            # Also when something else was raised (an observer's error, a bug): whatever
+            # went in stays in the document, so its account goes to the log and the clocks
+            # come from the document, as for a refusal.
+            if refused or not done:
+                # Each passed the checks a single update gets; what did not go in is pulled
+                # again.
+                self._stats.rejected_updates += len(refused)
+                for exc in refused:
+                    logger.error("%s: a queued update does not apply (%s); dropped",
+                                 self.name, exc)
+                self._clocks = decode_state_vector(self.doc.get_state())
+                self._pending_rescan = True
+                self._recent.clear()  # (it kept them all: no pull is answered with a refused one)
+            delta = _merge(self._captured)
+            self._captured.clear()
+            if delta and self._log is not None:
+                self._log.append(_pack([_UPDATE, self.epoch, delta]), sync=False)  # (_apply_raw)
+                self._maybe_compact_log()
 
     def _ready(self, span: tuple[int, int, int], deletes: list[tuple[int, int, int]]) -> bool:
         """Whether a single writer's update can go into the document now.
@@ -1339,15 +1347,17 @@ class Replica:
             doc._exceptions.clear()
             raise ExceptionGroup("Observer callback error", exceptions)
 
-    def _apply_each_to_doc(self, updates: list[bytes]) -> list[CorruptUpdateError]:
+    def _apply_each_to_doc(self, updates: list[bytes],
+                           refused: list[CorruptUpdateError]) -> None:
         """``updates`` into the document one after the other in one transaction: one
         commit, one account and one event per map for all, as their merge would give,
         without pycrdt's ``merge_updates`` (~12k instructions an update, as much as applying
-        it). Those pycrdt refuses are left out, the rest go in; their errors are returned.
-        Raised as _apply_to_doc raises: anything else, and observer errors."""
+        it). Those pycrdt refuses are left out (their errors appended to ``refused``), the
+        rest go in, even after a Rust panic (the old merged apply's fallback went on after
+        one too: the caller then takes the clocks from the document). Raised as
+        _apply_to_doc raises: anything else, and observer errors."""
         doc = self.doc
         raw = doc._doc
-        refused: list[CorruptUpdateError] = []
         try:
             txn = raw.create_transaction()
             try:
@@ -1373,7 +1383,6 @@ class Replica:
             exceptions = tuple(doc._exceptions)
             doc._exceptions.clear()
             raise ExceptionGroup("Observer callback error", exceptions)
-        return refused
 
     # --- anti-entropy -----------------------------------------------------------------------
 
