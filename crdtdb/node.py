@@ -57,13 +57,16 @@ class Node:
         self._wakeup = trio.Event()
 
     def _perform(self, outputs: Sequence[Any]) -> None:
+        self._send(outputs)
+        if self.gossip.deadline_moved_earlier():
+            self._wakeup.set()
+
+    def _send(self, outputs: Sequence[Any]) -> None:
         for out in outputs:
             if isinstance(out, Send):
                 self.transport.send_nowait(out.peer, out.frame)
             elif isinstance(out, Disconnect):
                 self.transport.disconnect(out.peer, out.reason)
-        if self.gossip.deadline_moved_earlier():
-            self._wakeup.set()
 
     def _on_commit(self, db: str) -> Any:
         def on_change(ev: ChangeEvent) -> None:
@@ -76,11 +79,14 @@ class Node:
         replicas = list(self.replicas.values())
         async for ev in events:
             # What a batch's updates change is shown (and sent to OVSDB clients) once, after
-            # the batch: see Replica.hold_changes.
+            # the batch: see Replica.hold_changes. A batch is handled in one scheduler pass:
+            # one clock reading for all of it, and whether a deadline moved earlier is asked
+            # once at its end (the timer task runs only after this one yields anyway).
+            now = trio.current_time()
             for r in replicas:
                 r.hold_changes()
             try:
-                self._handle(ev)
+                self._handle(ev, now)
                 # The events already there, without a scheduler pass each (a hub receives a
                 # frame per leaf and change); a bounded batch, so OVSDB clients get their
                 # turn.
@@ -89,15 +95,18 @@ class Node:
                         ev = events.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    self._handle(ev)
+                    self._handle(ev, now)
             finally:
                 for r in replicas:
                     r.release_changes()
+                if self.gossip.deadline_moved_earlier():
+                    self._wakeup.set()
 
-    def _handle(self, ev: Any) -> None:
-        now = trio.current_time()
-        if isinstance(ev, Received):
-            self._perform(self.gossip.receive(ev.peer, ev.frame, now))
+    def _handle(self, ev: Any, now: float) -> None:
+        if isinstance(ev, Received):  # (most events)
+            outputs = self.gossip.receive(ev.peer, ev.frame, now)
+            if outputs:
+                self._send(outputs)
         elif isinstance(ev, PeerUp):
             self._perform(self.gossip.connected(ev.peer, now))
         elif isinstance(ev, PeerDown):

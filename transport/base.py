@@ -12,6 +12,8 @@ from typing import Protocol
 
 import trio
 
+from crdtdb.engine.frozen import fast_init
+
 
 @dataclass(frozen=True, slots=True)
 class PeerUp:
@@ -24,6 +26,7 @@ class PeerDown:
     reason: str
 
 
+@fast_init  # (one per frame a node receives)
 @dataclass(frozen=True, slots=True)
 class Received:
     peer: str
