@@ -576,6 +576,65 @@ def test_the_compiled_loop_on_many_damaged_markers(sb_schema_path: Path) -> None
         done += len(batch)
 
 
+@pytest.fixture
+def hash_bits() -> Any:
+    """``set(bits)``: the compiled loop's memo of values by their bytes keeps only that
+    many bits of each hash (0: every value collides with every other), until the test
+    ends."""
+    from crdtdb.replica import _markers
+
+    yield _markers._hash_bits
+    _markers._hash_bits(64)
+
+
+def _crossed_markers(rng: random.Random) -> list[bytes]:
+    """Parent markers whose columns hold the same bytes as other columns' (valid in one,
+    not in the other, or read into another datum: a set's atoms, a map's pairs), values
+    repeated, and more distinct values than a run of colliding slots holds, in every
+    encoding."""
+    parent = MERGE_SCHEMA.tables["Parent"]
+    cols = ["name", "n", "tags", "small", "opts"]
+    values: list[Any] = [["a"], ["b"], [1], [2], ["a", "b"], [1, 2], ["k", "v"], [],
+                         ["b", "a"], [True], *[[f"x{k}"] for k in range(40)],
+                         *[[k] for k in range(40)], *[["a", f"x{k}"] for k in range(20)]]
+    out = []
+    for _ in range(400):
+        obj: list[Any] = [rng.choice([0, 3]), _uuid(99)]
+        obj += [None] * (len(parent.ordered) - 2)
+        for name in rng.sample(cols, rng.randint(1, len(cols))):
+            obj[parent.columns[name].index] = rng.choice(values)
+        out.append(_encode(obj, rng))
+    return out
+
+
+@needs_compiled
+@pytest.mark.parametrize("bits", [0, 1, 3, 64])
+def test_the_compiled_memo_by_bytes_is_exact_whatever_collides(bits: int, hash_bits: Any
+                                                                ) -> None:
+    """The compiled loop looks values up by their bytes in a table of its own (a keyed
+    hash, runs of at most 16 slots; the dicts behind it otherwise): with every hash cut to
+    a few bits or none, so that values collide and runs fill, it reads each batch as the
+    Python loop does, and equal bytes of a column share one datum."""
+    hash_bits(bits)
+    parent = MERGE_SCHEMA.tables["Parent"]
+    rng = random.Random(bits)
+    markers = _crossed_markers(rng)
+    for start in range(0, len(markers), 200):
+        batch = [(_uuid(i), p if i % 2 else bytearray(p))
+                 for i, p in enumerate(markers[start:start + 200])]
+        _check_batch(parent, batch)
+    pool = [(t, p) for t, _, p in MARKERS]
+    for table in MERGE_SCHEMA.tables.values():
+        mine = [p for t, p in pool if t is table]
+        _check_batch(table, [(_uuid(i), rng.choice(mine)) for i in range(100)])
+    # (the same bytes, here and in the Python loop: one datum for all the rows holding them)
+    tags = parent.columns["tags"].index
+    same = [_raw_marker(parent, tags=[f"t{k % 3}", "z"]) for k in range(60)]
+    rows, _ = enc.markers_reader(parent, compiled=True)(
+        [_uuid(i) for i in range(60)], same, {})
+    assert len({id(row[tags]) for row in rows.values()}) == 3
+
+
 _BOUNDED = DatabaseSchema.from_json({"name": "B", "tables": {"T": {"columns": {
     "few": {"type": {"key": "string", "min": 1, "max": 2}},
     "opts": {"type": {"key": "string", "value": "string", "min": 0, "max": 2}}}}}}
