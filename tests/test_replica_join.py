@@ -406,7 +406,7 @@ def _no_object_path(payload: Any) -> Any:
 def test_valid_markers_are_read_from_their_bytes(sb_schema_path: Path) -> None:
     """What replicas write (the merge schema's every column type, and Southbound flows
     with long matches) never takes the compiled loop's object path, as bytes or as the
-    bytearray pycrdt gives."""
+    bytearray pycrdt gives, and its versions need no second check."""
     sb = DatabaseSchema.from_file(sb_schema_path).stored()
     flows = sb.tables["Logical_Flow"]
     row = list(flows.default_row)
@@ -423,9 +423,11 @@ def test_valid_markers_are_read_from_their_bytes(sb_schema_path: Path) -> None:
     for table, uuid, payload in cases:
         read = enc._compiled_reader(table, unpack_one=_no_object_path).read
         for p in (payload, bytearray(payload)):
-            rows, refused = read([uuid], [p], {}, [])
+            versions: list[str] = []
+            rows, refused = read([uuid], [p], {}, versions)
             assert not refused and list(rows) == [uuid]
             assert rows[uuid] == tuple(enc._checked_marker(table, uuid, payload).row)
+            assert versions == []  # (stored uuids: checked there, not left to the caller)
 
 
 def _encode(obj: Any, rng: random.Random) -> bytes:
@@ -788,6 +790,10 @@ def test_documents_with_versions_as_uuid_extensions_still_read() -> None:
     "2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5",  # short
     "2f1d5a43 9a4c-4d62-8a4e-0d0b7a3c1e55",  # a space
     " 2f1d5a43-9a4c-4d62-8a4e-0d0b7a3c1e5",
+    "2f1d5a43f9a4c-4d62-8a4e-0d0b7a3c1e55",  # a hex digit for a dash, at each in turn
+    "2f1d5a43-9a4cf4d62-8a4e-0d0b7a3c1e55",
+    "2f1d5a43-9a4c-4d62f8a4e-0d0b7a3c1e55",
+    "2f1d5a43-9a4c-4d62-8a4ef0d0b7a3c1e55",
 ])
 def test_a_version_string_that_is_no_uuid_is_refused_by_both_marker_decoders(
         version: str) -> None:
