@@ -613,10 +613,11 @@ def _crossed_markers(rng: random.Random) -> list[bytes]:
 @pytest.mark.parametrize("bits", [0, 1, 3, 64])
 def test_the_compiled_memo_by_bytes_is_exact_whatever_collides(bits: int, hash_bits: Any
                                                                 ) -> None:
-    """The compiled loop looks values up by their bytes in a table of its own (a keyed
-    hash, runs of at most 16 slots; the dicts behind it otherwise): with every hash cut to
-    a few bits or none, so that values collide and runs fill, it reads each batch as the
-    Python loop does, and equal bytes of a column share one datum."""
+    """The compiled loop looks values (and the pairs of new maps) up by their bytes in a
+    table of its own (a keyed hash, runs of at most 16 slots; the dicts behind it
+    otherwise): with every hash cut to a few bits or none, so that values collide and runs
+    fill, it reads each batch as the Python loop does, and equal bytes of a column share
+    one datum."""
     hash_bits(bits)
     parent = MERGE_SCHEMA.tables["Parent"]
     rng = random.Random(bits)

@@ -554,17 +554,21 @@ cdef class MarkersReader:
         return True
 
     cdef object _plain_strings(self, Py_ssize_t i, const unsigned char *p, Py_ssize_t pos,
-                               Py_ssize_t end):
+                               Py_ssize_t end, SpanMemo memo):
         """Column ``i``'s datum for the array of strings at [pos, end) of a set or map of
         plain strings, as its decoder makes it from valid input (one sharer's tuple for a
         set of one; shared strings; shared pairs, keys strictly increasing), or None for
         anything else (unpacked and decoded then): a miss of a column such as a flow's
         external_ids, most of them distinct across rows, without msgpack's call and the
-        Python decoder's loop."""
-        cdef Py_ssize_t m, k, slen
+        Python decoder's loop. A map's pairs are looked up in ``memo`` by their bytes
+        too: a new map mostly repeats pairs of others (a flow's ``source`` and
+        ``stage-name``), each then neither decoded nor shared again."""
+        cdef Py_ssize_t m, k, slen, vlen, kdata, vdata, start
         cdef unsigned char b
         cdef list atoms = []
-        cdef object a
+        cdef object a, pair, key, prev = None
+        cdef uint64_t h
+        cdef PyObject *found
         b = p[pos]
         if 0x90 <= b <= 0x9f:
             m = b & 0x0f
@@ -574,6 +578,42 @@ cdef class MarkersReader:
             pos += 3
         else:
             return None
+        if self.plain[i] == 2:
+            if m % 2 or not self.n_mins[i] <= m // 2 <= self.n_maxs[i]:
+                return None
+            share = self.pair_sharers[i]
+            for k in range(m // 2):
+                start = pos
+                kdata = _str_data(p, pos, end, &slen)
+                if kdata == BAD:
+                    return None
+                vdata = _str_data(p, kdata + slen, end, &vlen)
+                if vdata == BAD:
+                    return None
+                pos = vdata + vlen
+                # (under its own column number: these bytes are a pair, not a column's)
+                h = memo.hash(self.n_cols + i, p + start, pos - start)
+                found = memo.find(h, self.n_cols + i, p + start, pos - start)
+                if found != NULL:
+                    pair = <object>found
+                else:
+                    try:
+                        key = PyUnicode_DecodeUTF8(<const char *>p + kdata, slen, NULL)
+                        a = PyUnicode_DecodeUTF8(<const char *>p + vdata, vlen, NULL)
+                    except UnicodeDecodeError:
+                        return None
+                    pair = share(key, a)
+                    memo.add(h, self.n_cols + i,
+                             PyBytes_FromStringAndSize(<const char *>p + start, pos - start),
+                             pair)
+                key = (<tuple>pair)[0]  # (equal to the key decoded)
+                if k and not prev < key:  # (keys strictly increasing)
+                    return None
+                prev = key
+                atoms.append(pair)
+            if pos != end:
+                return None
+            return tuple(atoms)
         for k in range(m):
             pos = _str_data(p, pos, end, &slen)
             if pos == BAD:
@@ -586,14 +626,6 @@ cdef class MarkersReader:
             atoms.append(a)
         if pos != end:
             return None
-        if self.plain[i] == 2:
-            if m % 2 or not self.n_mins[i] <= m // 2 <= self.n_maxs[i]:
-                return None
-            for k in range(2, m, 2):  # (keys strictly increasing)
-                if not atoms[k - 2] < atoms[k]:
-                    return None
-            share = self.pair_sharers[i]
-            return tuple([share(atoms[k], atoms[k + 1]) for k in range(0, m, 2)])
         if not self.n_mins[i] <= m <= self.n_maxs[i]:
             return None
         if m == 1:
@@ -718,7 +750,7 @@ cdef class MarkersReader:
                 if v is None:
                     try:
                         if self.plain[i]:
-                            v = self._plain_strings(i, p, start, pos)
+                            v = self._plain_strings(i, p, start, pos, memo)
                         if v is None:
                             d = self.unpack_span(key)
                             v = self._column(i, d, <dict>memos[i])
