@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import array
 import functools
+import itertools
 import os
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtdb.engine import binary
-from crdtdb.engine.memory import MemoryDatabase
+from crdtdb.engine.memory import MemoryDatabase, _atom_counts
 from crdtdb.engine.schema import DatabaseSchema
 from crdtdb.engine.snapshot import Changeset, RowChange, inserts
 from crdtdb.errors import DecodeError
@@ -213,6 +215,20 @@ def test_view_load_of_interleaved_values_is_update(seed: int) -> None:
     assert sorted(map(str, loaded.conflicts.active())) == \
         sorted(map(str, updated.conflicts.active()))
     assert (loaded._in, loaded._groups) == (updated._in, updated._groups)
+
+
+@pytest.mark.parametrize("datums", [
+    [], [()], [(), ()], [("a",)], [("a",)] * 5, [("a", "b")] * 3, [("a",), ("b",), ("a",)],
+    [("a",), (), ("a",)], [(), ("a",), ()], [("a", "b"), ("b",), ("a", "b")],
+    [("b",), ("a",), ("a",), ("b",)], [("a",), ("a", "b")], [("a", "a")] * 2,
+])
+def test_memory_database_counts_references_as_a_counter_of_every_atom(
+        datums: list[tuple]) -> None:
+    """_atom_counts (empty datums skipped, a column of one value counted at once): the
+    counts, in the order, of a Counter of every atom."""
+    counts = _atom_counts(list(datums))
+    want = Counter(itertools.chain.from_iterable(datums))
+    assert type(counts) is Counter and list(counts.items()) == list(want.items())
 
 
 def test_memory_database_load_is_apply() -> None:
