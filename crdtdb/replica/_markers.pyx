@@ -726,6 +726,18 @@ cdef class MarkersReader:
                     Py_INCREF(v)
                     PyTuple_SET_ITEM(row, i, v)
                     continue
+            # A single integer in range (a priority: most of a table's are distinct): made
+            # here, one tuple per value (looked up by the integer: no bytes table for them).
+            if (kind == INT and p[start] == 0x91 and _int_span(p, start + 1, pos, &s)
+                    and self.c_lows[i] <= s <= self.c_highs[i]):
+                d = s
+                v = (<dict>ints[i]).get(d)
+                if v is None:
+                    v = (d,)
+                    (<dict>ints[i])[d] = v
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+                continue
             # The same bytes in this column as in an earlier row: the same value.
             h = memo.hash(i, p + start, pos - start)
             found = memo.find(h, i, p + start, pos - start)
@@ -735,28 +747,18 @@ cdef class MarkersReader:
                 PyTuple_SET_ITEM(row, i, v)
                 continue
             key = PyBytes_FromStringAndSize(<const char *>p + start, pos - start)
-            # A single integer in range (a priority: most of a table's are distinct): made
-            # here, one tuple per value.
-            if (kind == INT and p[start] == 0x91 and _int_span(p, start + 1, pos, &s)
-                    and self.c_lows[i] <= s <= self.c_highs[i]):
-                d = s
-                v = (<dict>ints[i]).get(d)
-                if v is None:
-                    v = (d,)
-                    (<dict>ints[i])[d] = v
-            else:
-                span_memo = <dict>spans[i]
-                v = span_memo.get(key)
-                if v is None:
-                    try:
-                        if self.plain[i]:
-                            v = self._plain_strings(i, p, start, pos, memo)
-                        if v is None:
-                            d = self.unpack_span(key)
-                            v = self._column(i, d, <dict>memos[i])
-                    except Exception:
-                        return False
-                    span_memo[key] = v
+            span_memo = <dict>spans[i]
+            v = span_memo.get(key)
+            if v is None:
+                try:
+                    if self.plain[i]:
+                        v = self._plain_strings(i, p, start, pos, memo)
+                    if v is None:
+                        d = self.unpack_span(key)
+                        v = self._column(i, d, <dict>memos[i])
+                except Exception:
+                    return False
+                span_memo[key] = v
             memo.add(h, i, key, v)
             Py_INCREF(v)
             PyTuple_SET_ITEM(row, i, v)
