@@ -25,6 +25,16 @@ _OLD = attrgetter("old")
 _NEW = attrgetter("new")
 
 
+def _atom_counts(datums: list[tuple]) -> Counter[Any]:
+    """``Counter(chain.from_iterable(datums))``, without an iterator per empty datum and
+    at once where every datum is equal (the datapath of every flow of one datapath's
+    Southbound: the bench's join of 100k flows, ~1.1k instructions a row otherwise)."""
+    if datums and datums[0] and datums[-1] == datums[0] \
+            and datums.count(datums[0]) == len(datums):
+        return Counter({x: k * len(datums) for x, k in Counter(datums[0]).items()})
+    return Counter(chain.from_iterable(filter(None, datums)))
+
+
 class MemoryDatabase:
     """Committed state of one database, readable as a :class:`Snapshot`."""
 
@@ -182,7 +192,7 @@ class MemoryDatabase:
                        if c.type.value is None and c.type.key.is_strong_ref)
         for col in simple:
             datums = list(map(itemgetter(col.index), new_rows.values()))
-            counts = Counter(chain.from_iterable(datums))
+            counts = _atom_counts(datums)
             # Self-references don't count (only a table that refers to itself has any).
             if col.type.key.ref_table == tname and any(map(contains, datums, new_rows)):
                 for uuid, d in zip(new_rows, datums, strict=True):

@@ -6,8 +6,8 @@ the unpacked markers is ~0.4-0.6 s of a 100k-flow join however it is written, an
 unpacking of them another ~0.3 s: most of it making objects (a fresh string, tuple or bytes
 per column of every row) that are then looked up and thrown away, as most columns repeat a
 value seen in an earlier row. So this reads a marker's bytes directly: it finds each
-column's msgpack value in the payload and looks its *bytes* up in a per-column memo of
-what they decoded to. Only a miss (a value not seen yet in this table) is unpacked, by
+column's msgpack value in the payload and looks its *bytes* up in a memo of what they
+decoded to (:class:`SpanMemo`, in front of per-column dicts). Only a miss (a value not seen yet in this table) is unpacked, by
 msgpack with the options encoding.py uses, and checked as the Python loop checks it; single
 integers and long strings (priorities, matches: rarely repeated) are made directly.
 
@@ -26,10 +26,15 @@ it finds the ABI it was written for (a stale build left in a tree then falls bac
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.stdint cimport uint64_t
+from libc.string cimport memcmp, memcpy
+
+import os
 
 ABI = 3
 
@@ -178,6 +183,22 @@ cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
     return False
 
 
+cdef unsigned char IS_HEX[256]  # (1 for the lowercase hex digits, set below)
+IS_HEX[:] = [1 if chr(c) in "0123456789abcdef" else 0 for c in range(256)]
+
+
+cdef bint _is_stored_uuid(const unsigned char *q) noexcept nogil:
+    """Whether the 36 bytes at ``q`` are a uuid as stored (encoding.is_stored_uuid): 8-4-4-
+    4-12 lowercase hex digits."""
+    cdef int k
+    if q[8] != 0x2d or q[13] != 0x2d or q[18] != 0x2d or q[23] != 0x2d:  # '-'
+        return False
+    for k in range(36):
+        if not IS_HEX[q[k]] and k != 8 and k != 13 and k != 18 and k != 23:
+            return False
+    return True
+
+
 cdef inline str _uuid_text(bytes b):
     """The 16 bytes of a uuid extension as its 8-4-4-4-12 hex string (three hex(), the
     middle one putting in two of the dashes, as the Python loop makes it)."""
@@ -195,9 +216,168 @@ cdef inline tuple _new_row(Py_ssize_t n_cols, object uuid, tuple version_datum):
     return row
 
 
+# --- a memo of column values by their bytes --------------------------------------------------
+
+cdef struct Slot:
+    uint64_t hash  # (0: an empty slot; a hash is never 0)
+    const unsigned char *key  # (into a bytes object the table keeps)
+    PyObject *value  # (kept by the table too)
+    Py_ssize_t size
+    Py_ssize_t col
+
+#: How many slots a lookup or an insertion looks at, at most. A value whose run of slots is
+#: longer (crafted to collide, or very unlucky) is not put in: it is looked up in the
+#: per-column dicts every time, as before this table (a collision costs time, never a
+#: wrong value: a hit compares the bytes).
+cdef Py_ssize_t PROBES = 16
+#: The table grows no further (slots of 40 bytes, at most half of them used: ~4M values).
+cdef Py_ssize_t MAX_SLOTS = 1 << 23
+
+#: Which bits of a hash the table uses: all but in tests (:func:`_hash_bits`).
+cdef uint64_t HASH_MASK = ~(<uint64_t>0)
+
+cdef uint64_t P1 = 0x9E3779B185EBCA87ULL
+cdef uint64_t P2 = 0xC2B2AE3D27D4EB4FULL
+cdef uint64_t P3 = 0x165667B19E3779F9ULL
+
+
+cdef inline uint64_t _rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+def _hash_bits(int bits) -> None:
+    """Tests: keep only the low ``bits`` bits of every hash from now on (0: every value
+    collides with every other), to check that collisions and full runs of slots change
+    nothing but the time taken; 64 restores the whole hash."""
+    global HASH_MASK
+    if not 0 <= bits <= 64:
+        raise ValueError("0 to 64 bits")
+    HASH_MASK = ~(<uint64_t>0) if bits == 64 else ((<uint64_t>1 << bits) - 1)
+
+
+cdef class SpanMemo:
+    """Column values by (column, their bytes): the value that reading those bytes gave the
+    first time, for every later row that has the same bytes there. A hit is a hash of the
+    bytes, a probe and a comparison, where the per-column dicts cost a bytes object, its
+    siphash and a dict lookup (100k flows: ~400k lookups; single integers go by the
+    integer instead). Only a cache in front of those dicts: every value in it is what they
+    gave (and still give) for its bytes.
+
+    The hash is keyed with random bytes drawn per table (the bytes come from peers); a run
+    of colliding values only fills :data:`PROBES` slots and the rest go to the dicts."""
+
+    cdef Slot *slots
+    cdef Py_ssize_t mask  # (the number of slots, a power of 2, less 1)
+    cdef Py_ssize_t used
+    cdef uint64_t k0
+    cdef uint64_t k1
+    cdef list keep  # (the keys' bytes objects and the values)
+
+    def __cinit__(self, bytes seed):
+        if len(seed) != 16:
+            raise ValueError("the seed is 16 bytes")
+        memcpy(&self.k0, PyBytes_AS_STRING(seed), 8)
+        memcpy(&self.k1, PyBytes_AS_STRING(seed) + 8, 8)
+        self.slots = <Slot *>PyMem_Calloc(64, sizeof(Slot))
+        if self.slots == NULL:
+            raise MemoryError
+        self.mask = 63
+        self.used = 0
+        self.keep = []
+
+    def __dealloc__(self):
+        PyMem_Free(self.slots)
+
+    def __len__(self) -> int:
+        return self.used
+
+    cdef inline uint64_t hash(self, Py_ssize_t col, const unsigned char *p,
+                              Py_ssize_t n) noexcept nogil:
+        """The (non-zero) hash of column ``col``'s value of ``n`` bytes at ``p``: 8 bytes
+        a round, then an avalanche (after xxHash64's)."""
+        cdef uint64_t h = self.k0 + <uint64_t>n * P1 + <uint64_t>col * P3
+        cdef uint64_t w
+        cdef Py_ssize_t i = 0
+        while i + 8 <= n:
+            memcpy(&w, p + i, 8)
+            h = _rotl(h ^ (_rotl(w * P2, 31) * P1), 27) * P1 + P3
+            i += 8
+        if i < n:
+            w = 0
+            memcpy(&w, p + i, n - i)
+            h = _rotl(h ^ (_rotl(w * P2, 31) * P1), 27) * P1 + P3
+        h ^= self.k1
+        h ^= h >> 33
+        h *= P2
+        h ^= h >> 29
+        h *= P3
+        h ^= h >> 32
+        return (h & HASH_MASK) | 1
+
+    cdef inline PyObject *find(self, uint64_t h, Py_ssize_t col, const unsigned char *p,
+                               Py_ssize_t n) noexcept:
+        """The value for these bytes of column ``col`` (borrowed), or NULL."""
+        cdef Py_ssize_t j = <Py_ssize_t>(h & <uint64_t>self.mask), k
+        cdef Slot *s
+        for k in range(PROBES):
+            s = &self.slots[(j + k) & self.mask]
+            if s.hash == 0:
+                return NULL
+            if s.hash == h and s.size == n and s.col == col and memcmp(s.key, p, n) == 0:
+                return s.value
+        return NULL
+
+    cdef int add(self, uint64_t h, Py_ssize_t col, bytes key, object value) except -1:
+        """Remember ``value`` for column ``col``'s bytes ``key`` (not there yet), if it
+        fits."""
+        if (self.used + 1) * 2 > self.mask + 1:
+            if self.mask + 1 >= MAX_SLOTS:
+                return 0
+            self._grow()
+        if self._place(h, col, <const unsigned char *>PyBytes_AS_STRING(key),
+                       PyBytes_GET_SIZE(key), <PyObject *>value):
+            self.keep.append(key)
+            self.keep.append(value)
+            self.used += 1
+        return 0
+
+    cdef bint _place(self, uint64_t h, Py_ssize_t col, const unsigned char *key,
+                     Py_ssize_t n, PyObject *value) noexcept:
+        cdef Py_ssize_t j = <Py_ssize_t>(h & <uint64_t>self.mask), k
+        cdef Slot *s
+        for k in range(PROBES):
+            s = &self.slots[(j + k) & self.mask]
+            if s.hash == 0:
+                s.hash = h
+                s.key = key
+                s.value = value
+                s.size = n
+                s.col = col
+                return True
+        return False
+
+    cdef int _grow(self) except -1:
+        cdef Slot *old = self.slots
+        cdef Py_ssize_t n_old = self.mask + 1, k
+        cdef Slot *new = <Slot *>PyMem_Calloc(2 * n_old, sizeof(Slot))
+        if new == NULL:
+            raise MemoryError
+        self.slots = new
+        self.mask = 2 * n_old - 1
+        self.used = 0
+        for k in range(n_old):
+            if old[k].hash != 0 and self._place(old[k].hash, old[k].col, old[k].key,
+                                                old[k].size, old[k].value):
+                self.used += 1  # (one that no longer fits stays in keep, unused)
+        PyMem_Free(old)
+        return 0
+
+
 cdef class MarkersReader:
     """``read(uuids, payloads, births, versions) -> (rows, refused)`` for one table's
-    markers (see encoding.markers_reader)."""
+    markers (see encoding.markers_reader); ``versions`` gets the version strings of rows
+    read that it did not find to be stored uuids itself, for the caller to check (a join
+    of 100k rows: none, where checking them all after was ~60M instructions)."""
 
     cdef Py_ssize_t n_cols
     cdef int *kinds
@@ -375,17 +555,21 @@ cdef class MarkersReader:
         return True
 
     cdef object _plain_strings(self, Py_ssize_t i, const unsigned char *p, Py_ssize_t pos,
-                               Py_ssize_t end):
+                               Py_ssize_t end, SpanMemo memo):
         """Column ``i``'s datum for the array of strings at [pos, end) of a set or map of
         plain strings, as its decoder makes it from valid input (one sharer's tuple for a
         set of one; shared strings; shared pairs, keys strictly increasing), or None for
         anything else (unpacked and decoded then): a miss of a column such as a flow's
         external_ids, most of them distinct across rows, without msgpack's call and the
-        Python decoder's loop."""
-        cdef Py_ssize_t m, k, slen
+        Python decoder's loop. A map's pairs are looked up in ``memo`` by their bytes
+        too: a new map mostly repeats pairs of others (a flow's ``source`` and
+        ``stage-name``), each then neither decoded nor shared again."""
+        cdef Py_ssize_t m, k, slen, vlen, kdata, vdata, start
         cdef unsigned char b
         cdef list atoms = []
-        cdef object a
+        cdef object a, pair, key, prev = None
+        cdef uint64_t h
+        cdef PyObject *found
         b = p[pos]
         if 0x90 <= b <= 0x9f:
             m = b & 0x0f
@@ -395,6 +579,42 @@ cdef class MarkersReader:
             pos += 3
         else:
             return None
+        if self.plain[i] == 2:
+            if m % 2 or not self.n_mins[i] <= m // 2 <= self.n_maxs[i]:
+                return None
+            share = self.pair_sharers[i]
+            for k in range(m // 2):
+                start = pos
+                kdata = _str_data(p, pos, end, &slen)
+                if kdata == BAD:
+                    return None
+                vdata = _str_data(p, kdata + slen, end, &vlen)
+                if vdata == BAD:
+                    return None
+                pos = vdata + vlen
+                # (under its own column number: these bytes are a pair, not a column's)
+                h = memo.hash(self.n_cols + i, p + start, pos - start)
+                found = memo.find(h, self.n_cols + i, p + start, pos - start)
+                if found != NULL:
+                    pair = <object>found
+                else:
+                    try:
+                        key = PyUnicode_DecodeUTF8(<const char *>p + kdata, slen, NULL)
+                        a = PyUnicode_DecodeUTF8(<const char *>p + vdata, vlen, NULL)
+                    except UnicodeDecodeError:
+                        return None
+                    pair = share(key, a)
+                    memo.add(h, self.n_cols + i,
+                             PyBytes_FromStringAndSize(<const char *>p + start, pos - start),
+                             pair)
+                key = (<tuple>pair)[0]  # (equal to the key decoded)
+                if k and not prev < key:  # (keys strictly increasing)
+                    return None
+                prev = key
+                atoms.append(pair)
+            if pos != end:
+                return None
+            return tuple(atoms)
         for k in range(m):
             pos = _str_data(p, pos, end, &slen)
             if pos == BAD:
@@ -407,14 +627,6 @@ cdef class MarkersReader:
             atoms.append(a)
         if pos != end:
             return None
-        if self.plain[i] == 2:
-            if m % 2 or not self.n_mins[i] <= m // 2 <= self.n_maxs[i]:
-                return None
-            for k in range(2, m, 2):  # (keys strictly increasing)
-                if not atoms[k - 2] < atoms[k]:
-                    return None
-            share = self.pair_sharers[i]
-            return tuple([share(atoms[k], atoms[k + 1]) for k in range(0, m, 2)])
         if not self.n_mins[i] <= m <= self.n_maxs[i]:
             return None
         if m == 1:
@@ -426,8 +638,8 @@ cdef class MarkersReader:
         return tuple([store(a) for a in atoms])
 
     cdef bint _read_bytes(self, object uuid, const unsigned char *p, Py_ssize_t end,
-                          list memos, list spans, list ints, dict births, list versions,
-                          dict rows) except -1:
+                          list memos, list spans, list ints, SpanMemo memo, dict births,
+                          list versions, dict rows) except -1:
         """One marker read from its ``end`` bytes at ``p`` (a bytes or bytearray that
         nothing changes meanwhile): True if its row went into ``rows``; False if anything
         about it is left to the object path (nothing was written then)."""
@@ -439,6 +651,9 @@ cdef class MarkersReader:
         cdef tuple row, version_datum
         cdef dict span_memo
         cdef int kind
+        cdef uint64_t h
+        cdef PyObject *found
+        cdef bint checked = False
         if end < 1 or end > self.max_bytes:
             return False
         b = p[0]
@@ -466,11 +681,14 @@ cdef class MarkersReader:
             return False
         birth = s
         pos += slen
-        # version: a 36-character ASCII string (str 8), or a uuid extension (fixext 16)
+        # version: a 36-character ASCII string (str 8), or a uuid extension (fixext 16); a
+        # string that is a uuid as stored is not given to the caller to check again
         if end - pos >= 38 and p[pos] == 0xd9 and p[pos + 1] == 36:
-            for i in range(pos + 2, pos + 38):
-                if p[i] >= 0x80:
-                    return False
+            checked = _is_stored_uuid(p + pos + 2)
+            if not checked:
+                for i in range(pos + 2, pos + 38):
+                    if p[i] >= 0x80:
+                        return False
             version = PyUnicode_DecodeASCII(<const char *>p + pos + 2, 36, NULL)
             version_datum = (version,)
             pos += 38
@@ -497,18 +715,6 @@ cdef class MarkersReader:
             pos = _skip(p, pos, end, 1)
             if pos == BAD:
                 return False
-            # A single integer in range (a priority: most of a table's are distinct): made
-            # here, one tuple per value.
-            if (kind == INT and p[start] == 0x91 and _int_span(p, start + 1, pos, &s)
-                    and self.c_lows[i] <= s <= self.c_highs[i]):
-                key = s
-                v = (<dict>ints[i]).get(key)
-                if v is None:
-                    v = (key,)
-                    (<dict>ints[i])[key] = v
-                Py_INCREF(v)
-                PyTuple_SET_ITEM(row, i, v)
-                continue
             # A long single string (a match, an action): decoded here, not looked up.
             if kind == STR and p[start] == 0x91 and pos - start > SHARED_MAX_LEN + 1:
                 data = _str_data(p, start + 1, pos, &slen)
@@ -521,24 +727,45 @@ cdef class MarkersReader:
                     Py_INCREF(v)
                     PyTuple_SET_ITEM(row, i, v)
                     continue
+            # A single integer in range (a priority: most of a table's are distinct): made
+            # here, one tuple per value (looked up by the integer: no bytes table for them).
+            if (kind == INT and p[start] == 0x91 and _int_span(p, start + 1, pos, &s)
+                    and self.c_lows[i] <= s <= self.c_highs[i]):
+                d = s
+                v = (<dict>ints[i]).get(d)
+                if v is None:
+                    v = (d,)
+                    (<dict>ints[i])[d] = v
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+                continue
+            # The same bytes in this column as in an earlier row: the same value.
+            h = memo.hash(i, p + start, pos - start)
+            found = memo.find(h, i, p + start, pos - start)
+            if found != NULL:
+                v = <object>found
+                Py_INCREF(v)
+                PyTuple_SET_ITEM(row, i, v)
+                continue
             key = PyBytes_FromStringAndSize(<const char *>p + start, pos - start)
             span_memo = <dict>spans[i]
             v = span_memo.get(key)
             if v is None:
                 try:
                     if self.plain[i]:
-                        v = self._plain_strings(i, p, start, pos)
+                        v = self._plain_strings(i, p, start, pos, memo)
                     if v is None:
                         d = self.unpack_span(key)
                         v = self._column(i, d, <dict>memos[i])
                 except Exception:
                     return False
                 span_memo[key] = v
+            memo.add(h, i, key, v)
             Py_INCREF(v)
             PyTuple_SET_ITEM(row, i, v)
         if pos != end:
             return False
-        if version is not None:
+        if version is not None and not checked:
             versions.append(version)
         if birth:
             births[uuid] = birth
@@ -551,13 +778,15 @@ cdef class MarkersReader:
         cdef list memos = self._memos()
         cdef list spans = [{} for _ in range(self.n_cols)]  # by a value's bytes
         cdef list ints = [{} for _ in range(self.n_cols)]  # INT columns': by the integer
+        cdef SpanMemo memo = SpanMemo(os.urandom(16))
         cdef Py_buffer view
         cdef bint done
         for uuid, payload in zip(uuids, payloads, strict=True):
             if type(payload) is bytes:
                 if self._read_bytes(
                         uuid, <const unsigned char *>PyBytes_AS_STRING(payload),
-                        PyBytes_GET_SIZE(payload), memos, spans, ints, births, versions, rows):
+                        PyBytes_GET_SIZE(payload), memos, spans, ints, memo, births, versions,
+                        rows):
                     continue
             elif type(payload) is bytearray:  # (what pycrdt gives)
                 # Exported while it is read: Python code runs meanwhile (decoders), and a
@@ -566,7 +795,7 @@ cdef class MarkersReader:
                 try:
                     done = self._read_bytes(
                         uuid, <const unsigned char *>view.buf, view.len, memos, spans, ints,
-                        births, versions, rows)
+                        memo, births, versions, rows)
                 finally:
                     PyBuffer_Release(&view)
                 if done:

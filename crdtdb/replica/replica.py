@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import itertools
 import logging
 import os
 import random
@@ -1715,7 +1716,10 @@ class Replica:
         # In uuid order, the order the view's rows take: View.load then copies them as is.
         markers.sort()
         read_all = enc.markers_reader(self.schema.tables[tname])
-        rows, refused = read_all(markers, map(get, markers), self._births[tname])
+        # (map over two iterables, not over a partial: a call less per marker, ~80
+        # instructions)
+        rows, refused = read_all(markers, map(integrated.get, itertools.repeat(txn), markers),
+                                 self._births[tname])
         with_extras = {k.uuid for k in parsed.values()}
         for uuid in refused:
             payloads[uuid] = get(uuid)

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import compress
 from operator import itemgetter
 
 from crdtdb.engine.memory import MemoryDatabase
@@ -527,10 +527,12 @@ class View:
         """
         if not self.is_empty():
             raise ValueError("View.load() needs an empty view")
+        # (each table's reference columns grouped once, for _index_raw and _unclear)
+        grouped = {t: _Grouped(trows) for t, trows in rows.items()}
         for t, trows in rows.items():
             if trows:
                 self.raw[t] = trows  # taken, not copied (100k rows: a dict of 5 MB)
-                self._index_raw(t, trows)
+                self._index_raw(t, trows, grouped[t])
 
         # Stratum 1, on the only rows it can hide.
         candidates: list[RowKey] = []
@@ -551,7 +553,8 @@ class View:
                 self._s1[key] = kind
 
         # Stratum 2: the cheap check, then update()'s worklist for whatever it leaves.
-        work = [key for t, trows in rows.items() for key in self._unclear(t, trows)]
+        work = [key for t, trows in rows.items()
+                for key in self._unclear(t, trows, grouped[t])]
         touched = set(work)
         touched.update(self._s1)
         clean = self._hide_violators(work, touched)
@@ -594,25 +597,18 @@ class View:
             self.rows.load_rows(loaded)
         return out
 
-    def _index_raw(self, t: str, rows: Mapping[str, Row]) -> None:
-        """Reverse references and index groups of rows new to the view (see update())."""
+    def _index_raw(self, t: str, rows: Mapping[str, Row], grouped: _Grouped) -> None:
+        """Reverse references and index groups of rows new to the view (see update()):
+        ``grouped``, the rows' uuids by value of each reference column."""
         info = self._info[t]
         for c in info.refs:
             is_set = c.col.type.value is None
             # One lookup of a target's referrer set per distinct target, not per reference,
-            # and one set update per run of rows with equal values, not per row: most rows
-            # of a table refer to the same few rows (every logical flow to its datapath),
-            # and decoded rows share one tuple per value, which compares by identity.
+            # and one set update per distinct value, not per row: most rows of a table refer
+            # to the same few rows (every logical flow to its datapath).
             ksets: dict[str, set[str]] = {}
             vsets: dict[str, set[str]] = {}
-            uuids_in_order = list(rows)
-            end = 0
-            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
-                start = end
-                end += len(list(run))
-                if not d:
-                    continue
-                uuids = uuids_in_order[start:end]
+            for d, uuids in grouped.by_value(c.col.index).items():
                 for x in d:
                     k, v = (x, None) if is_set else x
                     if c.key_table is not None:
@@ -638,10 +634,11 @@ class View:
         """The set of ``t``'s rows whose raw value references the target (made if need be)."""
         return self._in.setdefault((target_table, target), {}).setdefault(t, set())
 
-    def _unclear(self, t: str, rows: Mapping[str, Row]) -> list[RowKey]:
+    def _unclear(self, t: str, rows: Mapping[str, Row], grouped: _Grouped) -> list[RowKey]:
         """The rows of ``t`` that :meth:`_violation` might not find holding as stored while
         no row is hidden by stratum 2 yet (its cheap, exact converse: every checked column
-        within its maximum and minimum, every target a stratum-1 candidate)."""
+        within its maximum and minimum, every target a stratum-1 candidate); ``grouped``,
+        the rows' uuids by value of each checked column."""
         info = self._info[t]
         if not info.is_root:
             return [(t, u) for u in rows]
@@ -654,36 +651,27 @@ class View:
             if table is None:
                 return None, empty
             return self.raw[table], {u for (st, u) in self._s1 if st == table} or empty
-        # Per check, one pass over the column by runs of equal values (decoded rows share
-        # one tuple per value, which compares by identity): a value clear whatever row
-        # holds it (every target there, without the exception for a row's reference to
-        # itself) is looked up once, not checked again; only the rows holding another value
-        # are checked one by one.
+        # Per check, one pass over the distinct values of the column (an empty one is never
+        # checked): a value clear whatever row holds it (every target there, without the
+        # exception for a row's reference to itself) is checked once; only the rows holding
+        # another value are checked one by one.
         blocked = {u for _, u in out}
-        uuids = list(rows)
         bad: set[str] = set()
         for c in info.checked:
             n_min, n_max = c.col.type.n_min, c.n_max
             is_set = c.col.type.value is None
             kraw, kbad = targets(c.key_table)
             vraw, vbad = targets(c.value_table)
-            clear: set[tuple] = set()
-            end = 0
-            for d, run in groupby(map(itemgetter(c.col.index), rows.values())):
-                start = end
-                end += len(list(run))
-                if not d or d in clear:
-                    continue
+            for d, uuids in grouped.by_value(c.col.index).items():
                 if n_min <= len(d) <= n_max:
                     if _clear(d, None, is_set, kraw, kbad, vraw, vbad):
-                        clear.add(d)
                         continue
-                    bad.update(u for u in uuids[start:end]
+                    bad.update(u for u in uuids
                                if not _clear(d, u, is_set, kraw, kbad, vraw, vbad))
                 else:
-                    bad.update(uuids[start:end])
+                    bad.update(uuids)
         if bad:
-            out.extend((t, u) for u in uuids if u in bad and u not in blocked)
+            out.extend((t, u) for u in rows if u in bad and u not in blocked)
         return out
 
     def _plain(self, key: RowKey, new: Row | None) -> bool:
@@ -892,6 +880,40 @@ class View:
         out = set(self._targets(self._info[t], row))
         out.update(self._referrers(key))
         return out
+
+
+class _Grouped:
+    """The uuids of a table's rows by their value in a column (non-empty values only, each
+    list in row order), made on first use: a dict lookup per row (empty values skipped
+    without one), where runs of equal values cost a step each: rows in uuid order
+    interleave a column's values (100k flows of 200 datapaths: _index_raw ~180 ms by runs,
+    the view's whole load ~400 ms)."""
+
+    __slots__ = ("groups", "rows")
+
+    def __init__(self, rows: Mapping[str, Row]):
+        self.rows = rows
+        self.groups: dict[int, dict[tuple, list[str]]] = {}
+
+    def by_value(self, index: int) -> dict[tuple, list[str]]:
+        found = self.groups.get(index)
+        if found is not None:
+            return found
+        rows = self.rows
+        col = list(map(itemgetter(index), rows.values()))
+        groups: dict[tuple, list[str]] = {}
+        if col and col[0] and col[-1] == col[0] and col.count(col[0]) == len(col):
+            groups[col[0]] = list(rows)  # (one value throughout, as one datapath's flows)
+        else:
+            get = groups.get
+            for u, d in zip(compress(rows, col), filter(None, col), strict=True):
+                g = get(d)
+                if g is None:
+                    groups[d] = [u]
+                else:
+                    g.append(u)
+        self.groups[index] = groups
+        return groups
 
 
 def _clear(d: tuple, self_uuid: str | None, is_set: bool, kraw: Container[str] | None,
