@@ -1075,6 +1075,24 @@ def test_a_held_burst_out_of_order_ends_where_one_by_one_does() -> None:
     check_view(held)
 
 
+class _FailingDoc:
+    """pycrdt's underlying document, raising ``error`` when given ``update`` (pycrdt raises
+    ValueError for an update it cannot take) and applying every other update."""
+
+    def __init__(self, raw: Any, update: bytes, error: Exception):
+        self.raw = raw
+        self.update = update
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def apply_update(self, txn: Any, update: bytes) -> None:
+        if update == self.update:
+            raise self.error
+        self.raw.apply_update(txn, update)
+
+
 def test_a_queued_update_pycrdt_refuses_is_left_out_and_pulled_again() -> None:
     """If pycrdt refuses one of a held burst's queued updates (each passed the checks a
     single update gets), the others go in and are shown, the refused one is counted and
@@ -1086,21 +1104,8 @@ def test_a_queued_update_pycrdt_refuses_is_left_out_and_pulled_again() -> None:
     held = make_replica(2, 22)
     held.apply_update(updates[0])
     first, bad, *rest = updates[1:]
-    bad_raw = open_sealed(bad).update
-
-    class Refusing:
-        """pycrdt's document, refusing ``bad`` as it refuses an update it cannot take."""
-
-        def __init__(self, raw: Any):
-            self.raw = raw
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.raw, name)
-
-        def apply_update(self, txn: Any, update: bytes) -> None:
-            if update == bad_raw:
-                raise ValueError("refused (test)")
-            self.raw.apply_update(txn, update)
+    refusing = _FailingDoc(held.doc._doc, open_sealed(bad).update,
+                           ValueError("refused (test)"))  # (as pycrdt refuses one)
 
     # Another writer's update, queued after the refused one and independent of it.
     other = make_replica(3, 33)
@@ -1109,7 +1114,7 @@ def test_a_queued_update_pycrdt_refuses_is_left_out_and_pulled_again() -> None:
     other.add_listener(lambda ev: ev.update and independent.append(ev.update))
     ok(txn(other, {"op": "insert", "table": "Parent", "row": {"name": "other"}}))
 
-    with mock.patch.object(held.doc, "_doc", Refusing(held.doc._doc)):
+    with mock.patch.object(held.doc, "_doc", refusing):
         held.hold_changes()
         for u in (first, bad, *independent):
             assert held.apply_update(u).new
@@ -1145,21 +1150,8 @@ def test_an_error_in_the_middle_of_a_held_burst_loses_nothing_that_went_in(
     a, updates = _writers_updates()
     held = Replica.open(tmp_path / "held", MERGE_SCHEMA, fsync=False)
     held.apply_update(updates[0])
-    boom_raw = open_sealed(updates[3]).update
-
-    class Failing:
-        def __init__(self, raw: Any):
-            self.raw = raw
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.raw, name)
-
-        def apply_update(self, txn: Any, update: bytes) -> None:
-            if update == boom_raw:
-                raise Boom("not pycrdt's")
-            self.raw.apply_update(txn, update)
-
-    with mock.patch.object(held.doc, "_doc", Failing(held.doc._doc)):
+    failing = _FailingDoc(held.doc._doc, open_sealed(updates[3]).update, Boom("not pycrdt's"))
+    with mock.patch.object(held.doc, "_doc", failing):
         held.hold_changes()
         for u in updates[1:5]:
             assert held.apply_update(u).new

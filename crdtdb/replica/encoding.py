@@ -52,19 +52,15 @@ from crdtdb.engine.frozen import fast_init
 from crdtdb.engine.schema import ColumnSchema, TableSchema
 from crdtdb.engine.types import AtomicType, BaseType, Type
 from crdtdb.errors import DecodeError, OvsdbError
+from crdtdb.replica import compiled
 
-try:  # the compiled marker loop (setup.py); optional: without it the same loop runs in Python
-    from crdtdb.replica import _markers as _compiled
-except ImportError:
-    _compiled = None  # type: ignore[assignment]
-if _compiled is not None and getattr(_compiled, "ABI", None) != 3:
-    _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
-
+# The compiled marker loop; optional: without it the same loop runs in Python.
+_compiled = compiled.load("_markers", abi=3)
 #: Whether the compiled loop was built (and is of this version).
 BUILT = _compiled is not None
-#: Whether a joining node reads markers with the compiled loop: it was built and the
-#: environment does not say ``CRDTDB_PURE_PYTHON=1`` (for comparisons; nothing else changes).
-COMPILED = BUILT and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
+#: Whether a joining node reads markers with the compiled loop: it was built and not turned
+#: off (``CRDTDB_PURE_PYTHON=1``).
+COMPILED = BUILT and not compiled.PURE_PYTHON
 
 SEP = "\x1f"
 ADD = "+"

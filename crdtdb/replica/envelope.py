@@ -24,7 +24,6 @@ it, and inflate to exactly that size: a peer's body is never inflated past the l
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from pycrdt._pycrdt import get_update as _get_update  # (pycrdt.get_update's wra
 
 from crdtdb.engine.frozen import fast_init
 from crdtdb.errors import CrdtdbError
+from crdtdb.replica import compiled
 
 #: 5: a marker's or register's ``_version`` is a uuid string, not an extension (see
 #: :mod:`crdtdb.replica.encoding`); a node of format 4 would not read those rows.
@@ -382,18 +382,14 @@ def _delete_set_ranges(tail: bytes, client: int) -> list[tuple[int, int, int]]:
     return out
 
 
-try:  # the compiled twins of the header reads above (setup.py); optional, as _markers
-    from crdtdb.replica import _envelope as _compiled
-except ImportError:
-    _compiled = None  # type: ignore[assignment]
-if _compiled is not None and getattr(_compiled, "ABI", None) != 1:
-    _compiled = None  # type: ignore[assignment]  # (a stale build from another version)
+# The compiled twins of the header reads above; optional, as _markers.
+_compiled = compiled.load("_envelope", abi=1)
 #: Whether the compiled header reads were built (and are of this version).
 BUILT = _compiled is not None
-#: Whether they are used: built, and not turned off by ``CRDTDB_PURE_PYTHON=1``.
-COMPILED = BUILT and os.environ.get("CRDTDB_PURE_PYTHON") != "1"
+#: Whether they are used: built, and not turned off (``CRDTDB_PURE_PYTHON=1``).
+COMPILED = BUILT and not compiled.PURE_PYTHON
 if not COMPILED:
-    _compiled = None  # type: ignore[assignment]
+    _compiled = None
 
 #: ``(writer, first clock, struct count)`` of a single writer's update, else ``None``: see
 #: :func:`_single_writer_span` (compiled where built).

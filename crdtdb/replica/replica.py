@@ -1324,39 +1324,26 @@ class Replica:
         return ApplyResult(diff, gap, bool(delta), span)
 
     def _apply_to_doc(self, update: bytes) -> None:
-        """``doc.apply_update`` in a transaction of its own, made on pycrdt's underlying
-        document: pycrdt's Python ``Transaction`` around it costs ~1.8 us of every remote
-        update (pycrdt 0.14 internals, as in _decode_table; nothing that observes the
-        document opens a transaction). Committed even if the update fails, as pycrdt's
-        own ``Transaction`` does; observer errors are raised as it raises them."""
-        doc = self.doc
-        raw = doc._doc
-        try:  # (pycrdt_errors' own work, without a with block's three calls per update)
-            txn = raw.create_transaction()
-            try:
-                raw.apply_update(txn, update)
-            finally:
-                try:
-                    txn.commit()
-                finally:
-                    txn.drop()
-        except BaseException as exc:
-            _APPLY_ERRORS.convert(exc)
-            raise
-        if doc._exceptions:
-            exceptions = tuple(doc._exceptions)
-            doc._exceptions.clear()
-            raise ExceptionGroup("Observer callback error", exceptions)
+        """``doc.apply_update`` in a transaction of its own (_apply_each_to_doc's, for one
+        update): CorruptUpdateError if pycrdt refuses it."""
+        refused: list[CorruptUpdateError] = []
+        self._apply_each_to_doc((update,), refused)
+        if refused:
+            raise refused[0]
 
-    def _apply_each_to_doc(self, updates: list[bytes],
+    def _apply_each_to_doc(self, updates: Sequence[bytes],
                            refused: list[CorruptUpdateError]) -> None:
         """``updates`` into the document one after the other in one transaction: one
         commit, one account and one event per map for all, as their merge would give,
         without pycrdt's ``merge_updates`` (~12k instructions an update, as much as applying
         it). Those pycrdt refuses are left out (their errors appended to ``refused``), the
-        rest go in, even after a Rust panic (the old merged apply's fallback went on after
-        one too: the caller then takes the clocks from the document). Raised as
-        _apply_to_doc raises: anything else, and observer errors."""
+        rest go in, even after a Rust panic (the caller then takes the clocks from the
+        document). Anything else is raised, and observer errors as pycrdt's
+        ``Transaction`` raises them; the transaction is committed whatever happens.
+
+        Made on pycrdt's underlying document: pycrdt's Python ``Transaction`` around it
+        costs ~1.8 us of every remote update (pycrdt 0.14 internals, as in _decode_table;
+        nothing that observes the document opens a transaction)."""
         doc = self.doc
         raw = doc._doc
         try:
