@@ -55,7 +55,7 @@ from crdtdb.errors import DecodeError, OvsdbError
 from crdtdb.replica import compiled
 
 # The compiled marker loop; optional: without it the same loop runs in Python.
-_compiled = compiled.load("_markers", abi=3)
+_compiled = compiled.load("_markers", abi=4)
 #: Whether the compiled loop was built (and is of this version).
 BUILT = _compiled is not None
 #: Whether a joining node reads markers with the compiled loop: it was built and not turned
@@ -493,18 +493,55 @@ def markers_reader(table: TableSchema, *, compiled: bool | None = None) -> Calla
                  ) -> tuple[dict[str, tuple], list[str]]:
         versions: list[str] = []
         rows, refused = read_each(uuids, payloads, births, versions)
-        if all_stored_uuids(versions):
-            return rows, refused
-        # A version string that is no uuid (from a peer): its row is refused too, in
-        # order, and its birth forgotten.
-        bad = {u for u, row in rows.items() if not is_stored_uuid(row[1][0])}
-        for u in bad:
-            del rows[u]
-            births.pop(u, None)
-        bad.update(refused)
-        return rows, [u for u in uuids if u in bad]
+        return _versions_checked(uuids, rows, refused, births, versions)
     _remember(cache, table, read_all)
     return read_all
+
+
+def _versions_checked(uuids: Sequence[str], rows: dict[str, tuple], refused: list[str],
+                      births: dict[str, int], versions: list[str]
+                      ) -> tuple[dict[str, tuple], list[str]]:
+    """A batch's rows less those whose version string (of those the loop left to check, in
+    ``versions``) is no uuid (from a peer): each is refused too, in order, and its birth
+    forgotten."""
+    if all_stored_uuids(versions):
+        return rows, refused
+    bad = {u for u, row in rows.items() if not is_stored_uuid(row[1][0])}
+    for u in bad:
+        del rows[u]
+        births.pop(u, None)
+    bad.update(refused)
+    return rows, [u for u in uuids if u in bad]
+
+
+def full_state_markers(update: bytes) -> dict[str, tuple[list[str], bytes]] | None:
+    """Where the keys and values of a compacted full state's table maps lie in its bytes
+    (the compiled module's ``root_map_entries``: table -> keys in order, their values'
+    spans), for :func:`markers_span_reader`; None where it was not built, is turned off, or
+    the update is of another shape (then pycrdt's maps are read)."""
+    return _compiled.root_map_entries(update) if COMPILED else None
+
+
+def markers_span_reader(table: TableSchema) -> Callable[
+        [Sequence[str], bytes, bytes, dict[str, int]], tuple[dict[str, tuple], list[str]]]:
+    """``read_spans(uuids, buffer, spans, births) -> (rows, refused)``: what
+    :func:`markers_reader`'s ``read_all`` makes of the markers at ``spans`` in ``buffer``
+    (as :func:`full_state_markers` finds them), read where they lie. Only compiled."""
+    found = _SPAN_READERS.get(id(table))
+    if found is not None and found[0] is table:
+        return found[1]  # type: ignore[no-any-return]
+    reader = _compiled_reader(table).read_spans
+
+    def read_spans(uuids: Sequence[str], buffer: bytes, spans: bytes, births: dict[str, int]
+                   ) -> tuple[dict[str, tuple], list[str]]:
+        versions: list[str] = []
+        rows, refused = reader(uuids, buffer, spans, births, versions)
+        return _versions_checked(uuids, rows, refused, births, versions)
+    _remember(_SPAN_READERS, table, read_spans)
+    return read_spans
+
+
+_SPAN_READERS: dict[int, tuple[TableSchema, Any]] = {}
 
 
 _BATCH_READERS: dict[bool, dict[int, tuple[TableSchema, Any]]] = {True: {}, False: {}}
