@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 DB = "OVN_Southbound"
@@ -41,14 +41,20 @@ def mutate_txn(uuid: str) -> list[Any]:
                            ["external_ids", "insert", ["map", [["k", "v"]]]]]}]
 
 
-def bulk_txns(n_rows: int, batch: int, dp: str, start: int = 0) -> Iterator[list[Any]]:
+def bulk_txns(n_rows: int, batch: int, dp: str | Sequence[str], start: int = 0
+              ) -> Iterator[list[Any]]:
+    """Inserts of flows ``start`` onwards, ``batch`` a transaction, on datapath ``dp``, or
+    on each of several in turn (a Southbound's flows are spread over its datapaths)."""
+    dps = [dp] if isinstance(dp, str) else list(dp)
     for first in range(start, start + n_rows, batch):
-        yield [{"op": "insert", "table": "Logical_Flow", "row": flow_row(i, dp)}
+        yield [{"op": "insert", "table": "Logical_Flow", "row": flow_row(i, dps[i % len(dps)])}
                for i in range(first, min(first + batch, start + n_rows))]
 
 
-def datapath_txn() -> list[Any]:
-    return [{"op": "insert", "table": "Datapath_Binding", "row": {"tunnel_key": 1}}]
+def datapath_txn(n: int = 1) -> list[Any]:
+    """Inserts of ``n`` datapaths (tunnel keys 1 to n)."""
+    return [{"op": "insert", "table": "Datapath_Binding", "row": {"tunnel_key": k}}
+            for k in range(1, n + 1)]
 
 
 def check(results: list[Any]) -> list[Any]:
