@@ -18,9 +18,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
+from crdtdb.replica import Replica
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.envelope import open_sealed_fields, seal
-from tests.replica_support import MERGE_SCHEMA, check_join, make_replica, ok, txn
+from tests.replica_support import (
+    MERGE_SCHEMA,
+    check_join,
+    make_replica,
+    ok,
+    replica_state,
+    seeded_uuids,
+    txn,
+)
 from tests.test_replica_join import MARKERS, _conflicted, _mutated
 
 pytestmark = pytest.mark.skipif(not enc.BUILT, reason="crdtdb.replica._markers is not built")
@@ -359,3 +368,47 @@ def test_a_reading_that_disagrees_with_pycrdt_s_count_is_not_used() -> None:
     with mock.patch.object(enc, "full_state_markers", one_short), _span_reads() as tables:
         check_join(a.full_state(), MERGE_SCHEMA, epoch=a.epoch, base=a.base)
     assert "Parent" not in tables and "Child" in tables
+
+
+def _moves(tmp_path: Any, fast: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """A durable replica joins a conflicted state, compacts (a new epoch's base), is
+    reopened from its log (one state record), and a second replica moves to that epoch;
+    each one's state after each step, and the tables read from the bytes of the update."""
+    a = _conflicted()
+    real = enc.full_state_markers
+    states: list[dict[str, Any]] = []
+    with mock.patch.object(enc, "full_state_markers", real if fast else lambda u: None), \
+            _span_reads() as tables:
+        path = tmp_path / ("fast" if fast else "pycrdt")
+        r = Replica.open(path, MERGE_SCHEMA, fsync=False, rng=random.Random(5),
+                         new_uuid=seeded_uuids(random.Random(6)))
+        r.apply_update(a.full_state())
+        states.append(replica_state(r))
+        r.rebuild()
+        states.append(replica_state(r))
+        epoch1 = r.full_state()
+        r.close()
+        r = Replica.open(path, MERGE_SCHEMA, fsync=False, rng=random.Random(5),
+                         new_uuid=seeded_uuids(random.Random(6)))
+        states.append(replica_state(r))
+        r.close()
+        b = make_replica(7, 7)
+        b.apply_update(a.full_state())
+        b.adopt(epoch1)
+        states.append(replica_state(b))
+    return states, tables
+
+
+def test_a_rebuild_a_reopen_and_a_move_read_their_one_update_from_its_bytes(
+        tmp_path: Any) -> None:
+    """Each makes a document from one update (a base; a log of one state record; a peer's
+    full state) and reads it whole: from the update's bytes, it ends where reading pycrdt's
+    maps does."""
+    fast, tables = _moves(tmp_path, True)
+    slow, none = _moves(tmp_path, False)
+    assert none == []
+    # (the join has deletions: pycrdt's maps; the base, the reopened log and the move: bytes)
+    assert tables.count("Parent") == 3, tables
+    for got, want in zip(fast, slow, strict=True):
+        got.pop("statistics"), want.pop("statistics")  # (timings)
+        assert got == want

@@ -310,7 +310,9 @@ class Replica:
         self._reset_doc(Doc(client_id=client_id))
         self._pristine = True
 
-    def _reset_doc(self, doc: Doc) -> None:
+    def _reset_doc(self, doc: Doc, update: bytes | None = None) -> None:
+        """Make ``doc`` this replica's document, read whole; ``update``: the only update
+        ever applied to it, if it is (see _load_document)."""
         self._unsubscribe()
         self.doc = doc
         self.view = View(self.schema, self.conflicts)
@@ -360,7 +362,7 @@ class Replica:
         # A document that already holds data (a base or a replayed log): read it whole.
         self._events.clear()
         self._captured.clear()
-        self._load_document()
+        self._load_document(update)
         # Rows a rebuild dropped (hidden ones) are not revisited: end their conflicts.
         raw = self.view.raw
         self.conflicts.end_unless(lambda t, u: u in raw[t])
@@ -496,7 +498,7 @@ class Replica:
         self = cls(schema, client_id=client_id, epoch=epoch, base=base, rng=rng, log=log,
                    fsync=fsync, new_uuid=new_uuid, compact_min_bytes=compact_min_bytes,
                    compact_ratio=compact_ratio)
-        self._reset_doc(doc)
+        self._reset_doc(doc, updates[0] if len(updates) == 1 else None)
         self._own_writes = _tracked(own_writes, {})
         self._pristine = not updates
         if sum(map(len, updates)) >= TRIM_AFTER_LOAD_BYTES:
@@ -1940,8 +1942,8 @@ class Replica:
             _return_free_memory()
         doc = Doc(client_id=self.client_id)
         doc.apply_update(base)
+        self._enter(doc, EpochId(number, digest), base)
         del base
-        self._enter(doc, EpochId(number, digest))
         if release_memory:
             _return_free_memory()
         logger.info("%s: compacted into epoch %s (%d rows)", self.name, self.epoch_id,
@@ -1992,7 +1994,7 @@ class Replica:
             redo = sorted([clock, t, u, what] for (t, u), writes in self._own_writes.items()
                           for clock, what in writes if clock > cut)
         before = self.view.rows
-        self._enter(doc, theirs)
+        self._enter(doc, theirs, sealed.update)
         diff = _difference(self.schema, before, self.view.rows)
         if redo:
             diff = diff.then(self._redo(before, redo))
@@ -2050,8 +2052,9 @@ class Replica:
         finally:
             self.frozen = frozen
 
-    def _enter(self, doc: Doc, epoch: EpochId) -> None:
-        """Make ``doc`` (a base, or a newer epoch's full state) the document of ``epoch``."""
+    def _enter(self, doc: Doc, epoch: EpochId, update: bytes | None = None) -> None:
+        """Make ``doc`` (a base, or a newer epoch's full state: ``update``, the only one
+        applied to it) the document of ``epoch``."""
         self.epoch, self.base = epoch.number, epoch.base
         self._stats.epoch = epoch.number
         self._epoch_start = self._stats.local_commits + self._stats.remote_updates
@@ -2061,7 +2064,7 @@ class Replica:
         self._gapped = False
         self._parked.clear()
         self._parked_bytes = 0
-        self._reset_doc(doc)
+        self._reset_doc(doc, update)
         if self._log is not None:
             try:
                 self._rewrite_log()
