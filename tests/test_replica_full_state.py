@@ -185,6 +185,33 @@ def test_a_writer_twice_is_left_to_pycrdt() -> None:
     assert _entries(b"\x02" + plain[1:-1] + _one_key(8, "other", b"x")[1:-1] + b"\x00")
 
 
+def test_writers_one_to_yrs_are_left_to_pycrdt() -> None:
+    """Ids that differ only in bits 53 and up are one writer to yrs (it sets them), so
+    this is the same writer twice (found by the review's fuzzing: pycrdt shows both keys,
+    then crashes reading one)."""
+    plain, other = _state(), _one_key(7, "other", b"x")
+    assert other[1:4] == b"\x01\x07\x00"
+    for alias in (7 + 2**53, 7 + 2**56):
+        update = b"\x02" + plain[1:-1] + b"\x01" + _varuint(alias) + other[3:-1] + b"\x00"
+        assert _entries(update) is None
+    # (a writer over 53 bits alone: left to pycrdt too)
+    assert _entries(b"\x01" + plain[1:2] + _varuint(2**53) + plain[3:]) is None
+    assert _entries(b"\x01" + plain[1:2] + _varuint(2**53 - 1) + plain[3:]) is not None
+
+
+def test_more_roots_than_a_database_has_tables_are_left_to_pycrdt() -> None:
+    from crdtdb.replica import _markers
+
+    def roots(n: int) -> bytes:
+        doc = Doc(client_id=1)
+        with doc.transaction():
+            for i in range(n):
+                doc.get(f"r{i}", type=Map)["k"] = b"v"
+        return doc.get_update()
+    assert len(_agrees(roots(_markers.MAX_ROOTS))) == _markers.MAX_ROOTS
+    assert _entries(roots(_markers.MAX_ROOTS + 1)) is None
+
+
 def test_other_shapes_are_left_to_pycrdt() -> None:
     x = Doc(client_id=1)  # two writers set one key, neither seeing the other's
     x.apply_update(_one_key(2, "k", b"y"))
@@ -257,19 +284,35 @@ def test_markers_read_where_they_lie_read_as_each_given_alone(seed: int, size: i
 
 
 def test_spans_outside_the_buffer_are_refused_before_anything_is_read() -> None:
-    table, uuid, payload = MARKERS[0]
+    """Every span is checked before the first marker is read: a good one before a bad one
+    leaves nothing behind (its birth, here not 0, would be)."""
+    table, uuid, marker = MARKERS[0]
+    payload = enc.pack_marker(table, 5, tuple(enc._checked_marker(table, uuid, marker).row))
     reader = enc._compiled_reader(table)
     buffer, spans = _spans([payload])
     births: dict[str, int] = {}
     for bad in ([1, len(payload) + 1], [len(buffer), 1], [-1, 2], [0, -1]):
         with pytest.raises(ValueError, match="outside"):
-            reader.read_spans([uuid], buffer, struct.pack("2n", *bad), births, [])
+            reader.read_spans([uuid, uuid], buffer, spans + struct.pack("2n", *bad), births,
+                              [])
     with pytest.raises(ValueError, match="spans has"):
         reader.read_spans([uuid, uuid], buffer, spans, births, [])
+
+    class Huge(list):  # (a length whose byte count overflows: never multiplied)
+        def __len__(self) -> int:
+            return 2**60 + 1
+    with pytest.raises(ValueError, match="spans has"):
+        reader.read_spans(Huge([uuid]), buffer, spans, births, [])
     assert births == {}
+    assert reader.read_spans([uuid], buffer, spans, births, [])[0]
+    assert births == {uuid: 5}
 
 
 # --- joins ----------------------------------------------------------------------------------
+
+#: The join tests below look for reads of the update's bytes: not with CRDTDB_PURE_PYTHON=1.
+joins_from_bytes = pytest.mark.skipif(not enc.COMPILED, reason="CRDTDB_PURE_PYTHON=1")
+
 
 @contextmanager
 def _span_reads() -> Iterator[list[str]]:
@@ -284,6 +327,7 @@ def _span_reads() -> Iterator[list[str]]:
         yield tables
 
 
+@joins_from_bytes
 def test_a_compacted_state_with_conflicts_joins_from_its_bytes_as_the_event_path_does(
         ) -> None:
     a = _conflicted()
@@ -297,6 +341,7 @@ def test_a_compacted_state_with_conflicts_joins_from_its_bytes_as_the_event_path
     assert dict(joined.iter_rows("Parent")) == dict(a.iter_rows("Parent"))
 
 
+@joins_from_bytes
 def test_markers_that_do_not_decode_join_from_their_bytes_as_the_event_path_does() -> None:
     """A fresh document whose markers partly do not decode (from a peer): each is refused
     and reported as on the event path; its payload comes from pycrdt."""
@@ -317,6 +362,7 @@ def test_markers_that_do_not_decode_join_from_their_bytes_as_the_event_path_does
     assert len(dict(joined.iter_rows("Parent"))) == 1
 
 
+@joins_from_bytes
 def test_a_join_with_other_keys_reads_pycrdt_s_maps() -> None:
     a = make_replica(1, 1)
     p = ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))[0]["uuid"][1]
@@ -332,6 +378,7 @@ def test_a_join_with_other_keys_reads_pycrdt_s_maps() -> None:
     assert "Parent" not in tables
 
 
+@joins_from_bytes
 def test_only_the_first_update_into_a_document_is_read_from_its_bytes() -> None:
     """Not a full state applied to a replica that has rows, nor one into a replica whose
     rows are all gone (its table maps are empty: it loads the state whole, but its document
@@ -353,6 +400,7 @@ def test_only_the_first_update_into_a_document_is_read_from_its_bytes() -> None:
     assert dict(c.iter_rows("Parent")) == dict(a.iter_rows("Parent"))
 
 
+@joins_from_bytes
 def test_a_reading_that_disagrees_with_pycrdt_s_count_is_not_used() -> None:
     """The reading is checked against the number of keys pycrdt's map has: one short (as a
     misreading would be), the table is read from pycrdt."""
@@ -399,6 +447,7 @@ def _moves(tmp_path: Any, fast: bool) -> tuple[list[dict[str, Any]], list[str]]:
     return states, tables
 
 
+@joins_from_bytes
 def test_a_rebuild_a_reopen_and_a_move_read_their_one_update_from_its_bytes(
         tmp_path: Any) -> None:
     """Each makes a document from one update (a base; a log of one state record; a peer's

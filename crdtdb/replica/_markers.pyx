@@ -820,7 +820,9 @@ cdef class MarkersReader:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(buffer)
         cdef const Py_ssize_t *at = <const Py_ssize_t *>PyBytes_AS_STRING(spans)
         cdef Py_ssize_t n = len(uuids), i, off, length
-        if PyBytes_GET_SIZE(spans) != n * 2 * <Py_ssize_t>sizeof(Py_ssize_t):
+        cdef Py_ssize_t pair = 2 * <Py_ssize_t>sizeof(Py_ssize_t)
+        # (divided, not multiplied: a length can be anything)
+        if PyBytes_GET_SIZE(spans) % pair or PyBytes_GET_SIZE(spans) // pair != n:
             raise ValueError(f"spans has {PyBytes_GET_SIZE(spans)} bytes for {n} markers")
         for i in range(n):
             off = at[2 * i]
@@ -853,8 +855,15 @@ cdef class MarkersReader:
 cdef unsigned char ENTRY_INFO = 0x28
 cdef unsigned char ANY_BYTES = 116
 
-#: A full state with more distinct roots is left to pycrdt (a database has a map a table).
-MAX_ROOTS = 4096
+#: A full state with more distinct roots is left to pycrdt (a database has a map a table,
+#: a few dozen; a root is found by a walk over those seen).
+MAX_ROOTS = 256
+
+#: yrs keeps 53 bits of a writer's id (``ClientID::new``: the bits above are set), so two
+#: ids that differ above them are one writer to it: an id this large is left to pycrdt (the
+#: ids crdtdb draws are under 2**32).
+MAX_WRITER = 2**53 - 1
+cdef uint64_t C_MAX_WRITER = MAX_WRITER
 cdef Py_ssize_t C_MAX_ROOTS = MAX_ROOTS
 
 
@@ -922,8 +931,8 @@ def root_map_entries(update):
     node joining reads whole): ``{root name: (keys, spans)}``, each root's keys sorted, and
     where each one's value lies in ``update``, as :meth:`MarkersReader.read_spans` takes
     them. ``None`` for anything else, found or not understood (an origin, another content,
-    a key set twice, a deletion, a writer twice, trailing bytes ...): the caller asks pycrdt
-    then.
+    a key set twice, a deletion, a writer twice or over :data:`MAX_WRITER`, trailing
+    bytes ...): the caller asks pycrdt then.
 
     Applied to an empty document, such an update makes exactly these maps: every item is
     integrated at once (nothing precedes it: no origin, first clocks), none is deleted, and
@@ -963,7 +972,7 @@ def root_map_entries(update):
             if pos == BAD:
                 return None
             pos = _varuint(p, pos, end, &clock)
-            if pos == BAD or clock != 0 or writer in writers:
+            if pos == BAD or clock != 0 or writer > C_MAX_WRITER or writer in writers:
                 return None
             writers.add(writer)
             if n_structs > <uint64_t>(end - pos):  # (each is several bytes)
