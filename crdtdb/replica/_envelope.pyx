@@ -1,6 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """Compiled twins of the header reads :mod:`crdtdb.replica.envelope` makes on every update a
-replica merges: a single writer's span and the delete set's ranges.
+replica merges: a single writer's span and the delete set's ranges; and of its walk over
+the structure of an update of many writers (``structure_problem``, on every diff and full
+state: ~100k items in a join).
 
 In Python each is a loop over a few varints, byte by byte: ~11k instructions for the span's
 four and ~4k for a short delete set, of the ~190k a node spends on a merged update (callgrind,
@@ -19,7 +21,7 @@ it finds the ABI it was written for (a stale build left in a tree then falls bac
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-ABI = 1
+ABI = 2
 
 #: _varint's answers besides a position: the bytes end inside the varint; it is longer than
 #: nine bytes (it may hold more than 63 bits: Python's ints take it, a C integer may not).
@@ -123,3 +125,178 @@ def delete_set_ranges(tail, writer):
         return out
     finally:
         PyMem_Free(v)
+
+
+# --- the structure of an update of many writers (envelope._structure_problem) -------------
+
+cdef unsigned long long C_MAX_WRITER = 2**53 - 1
+cdef int C_MAX_ANY_DEPTH = 32
+
+
+cdef inline Py_ssize_t _skip_bytes(const unsigned char *p, Py_ssize_t pos,
+                                   Py_ssize_t end) noexcept:
+    """Past a lib0 string or buffer, or a negative position (malformed)."""
+    cdef unsigned long long n
+    pos = _varint(p, pos, end, &n)
+    if pos < 0 or n > <unsigned long long>(end - pos):
+        return TRUNCATED
+    return pos + <Py_ssize_t>n
+
+
+cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                          int depth) noexcept:
+    cdef unsigned char tag
+    cdef unsigned long long n, i
+    cdef int k
+    if pos >= end or depth > C_MAX_ANY_DEPTH:
+        return TRUNCATED
+    tag = p[pos]
+    pos += 1
+    if tag == 127 or tag == 126 or tag == 121 or tag == 120:
+        return pos
+    if tag == 125:
+        for k in range(10):
+            if pos + k >= end:
+                return TRUNCATED
+            if p[pos + k] < 0x80:
+                return pos + k + 1
+        return TRUNCATED
+    if tag == 124:
+        return pos + 4 if end - pos >= 4 else TRUNCATED
+    if tag == 123 or tag == 122:
+        return pos + 8 if end - pos >= 8 else TRUNCATED
+    if tag == 119 or tag == 116:
+        return _skip_bytes(p, pos, end)
+    if tag == 118 or tag == 117:
+        pos = _varint(p, pos, end, &n)
+        if pos < 0 or n > <unsigned long long>(end - pos):
+            return TRUNCATED
+        i = 0
+        while i < n:
+            if tag == 118:
+                pos = _skip_bytes(p, pos, end)
+                if pos < 0:
+                    return TRUNCATED
+            pos = _skip_any(p, pos, end, depth + 1)
+            if pos < 0:
+                return TRUNCATED
+            i += 1
+        return pos
+    return TRUNCATED
+
+
+cdef inline Py_ssize_t _skip_id(const unsigned char *p, Py_ssize_t pos,
+                                Py_ssize_t end) noexcept:
+    cdef unsigned long long v
+    pos = _varint(p, pos, end, &v)
+    if pos < 0:
+        return TRUNCATED
+    return _varint(p, pos, end, &v)
+
+
+def structure_problem(update):
+    """:func:`crdtdb.replica.envelope._structure_problem`."""
+    if type(update) is not bytes:
+        from crdtdb.replica.envelope import _structure_problem
+        return _structure_problem(update)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(update)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
+    cdef Py_ssize_t pos = 0
+    cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
+    cdef unsigned char info
+    cdef int kind
+    cdef set seen = set()
+    pos = _varint(p, pos, end, &n_writers)
+    if pos < 0 or n_writers > <unsigned long long>end:
+        return "truncated or malformed"
+    w = 0
+    while w < n_writers:
+        pos = _varint(p, pos, end, &n_structs)
+        if pos < 0:
+            return "truncated or malformed"
+        pos = _varint(p, pos, end, &writer)
+        if pos < 0:
+            return "truncated or malformed"
+        pos = _varint(p, pos, end, &clock)
+        if pos < 0:
+            return "truncated or malformed"
+        if writer > C_MAX_WRITER:
+            return f"writer id {writer} over 53 bits"
+        if writer in seen:
+            return f"writer {writer} twice"
+        seen.add(writer)
+        if n_structs > <unsigned long long>(end - pos):
+            return "truncated or malformed"
+        s = 0
+        while s < n_structs:
+            if pos >= end:
+                return "truncated or malformed"
+            info = p[pos]
+            pos += 1
+            if info == 0 or info == 10:
+                pos = _varint(p, pos, end, &v)
+                if pos < 0:
+                    return "truncated or malformed"
+                s += 1
+                continue
+            if info & 0x80:
+                pos = _skip_id(p, pos, end)
+                if pos < 0:
+                    return "truncated or malformed"
+            if info & 0x40:
+                pos = _skip_id(p, pos, end)
+                if pos < 0:
+                    return "truncated or malformed"
+            if not info & 0xC0:
+                pos = _varint(p, pos, end, &v)
+                if pos < 0:
+                    return "truncated or malformed"
+                pos = _skip_bytes(p, pos, end) if v == 1 else _skip_id(p, pos, end)
+                if pos < 0:
+                    return "truncated or malformed"
+                if info & 0x20:
+                    pos = _skip_bytes(p, pos, end)
+                    if pos < 0:
+                        return "truncated or malformed"
+            kind = info & 0x0F
+            if kind == 1:
+                pos = _varint(p, pos, end, &v)
+            elif kind == 3 or kind == 4:
+                pos = _skip_bytes(p, pos, end)
+            elif kind == 8:
+                pos = _varint(p, pos, end, &n)
+                if pos < 0 or n > <unsigned long long>(end - pos):
+                    return "truncated or malformed"
+                i = 0
+                while i < n:
+                    pos = _skip_any(p, pos, end, 0)
+                    if pos < 0:
+                        return "truncated or malformed"
+                    i += 1
+            else:
+                return f"content of kind {kind}"
+            if pos < 0:
+                return "truncated or malformed"
+            s += 1
+        w += 1
+    pos = _varint(p, pos, end, &n)
+    if pos < 0 or n > <unsigned long long>(end - pos):
+        return "truncated or malformed"
+    i = 0
+    while i < n:
+        pos = _varint(p, pos, end, &v)
+        if pos < 0:
+            return "truncated or malformed"
+        pos = _varint(p, pos, end, &s)
+        if pos < 0 or s > <unsigned long long>(end - pos):
+            return "truncated or malformed"
+        w = 0
+        while w < 2 * s:
+            pos = _varint(p, pos, end, &v)
+            if pos < 0:
+                return "truncated or malformed"
+            w += 1
+        i += 1
+    if pos != end:
+        return "bytes after the delete set"
+    return None

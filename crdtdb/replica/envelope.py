@@ -382,8 +382,166 @@ def _delete_set_ranges(tail: bytes, client: int) -> list[tuple[int, int, int]]:
     return out
 
 
+# --- the structure of an update of many writers ------------------------------------------
+
+#: yrs keeps 53 bits of a writer's id (it sets the bits above): ids that differ only above
+#: them are one writer to it. crdtdb draws ids under 2**32.
+MAX_WRITER = 2**53 - 1
+#: Any values nested deeper than this are refused (crdtdb writes none nested).
+MAX_ANY_DEPTH = 32
+#: The kinds of content crdtdb's documents hold: deleted, a byte string, a string, "any"
+#: values (a table map's entries). Item info bytes whose low 4 bits name them (yrs reads
+#: the content kind from those bits; 0 is a GC and 10 a skip when the whole byte is).
+_CONTENT_OK = frozenset((1, 3, 4, 8))
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _uvar(buf: bytes, pos: int) -> tuple[int, int]:
+    """A varuint of at most nine bytes (what the compiled twin reads), and the position
+    after it."""
+    n = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 56:
+            raise _Malformed
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+
+
+def _skip_bytes(buf: bytes, pos: int) -> int:
+    """Past a lib0 string or buffer: a varuint length, then that many bytes."""
+    n, pos = _uvar(buf, pos)
+    if n > len(buf) - pos:
+        raise _Malformed
+    return pos + n
+
+
+def _skip_any(buf: bytes, pos: int, depth: int) -> int:
+    """Past one lib0 "any" value (yrs' ``Any::decode``)."""
+    if pos >= len(buf) or depth > MAX_ANY_DEPTH:
+        raise _Malformed
+    tag = buf[pos]
+    pos += 1
+    if tag in (127, 126, 121, 120):  # undefined, null, false, true
+        return pos
+    if tag == 125:  # a signed varint: at most ten bytes
+        for k in range(10):
+            if pos + k >= len(buf):
+                raise _Malformed
+            if buf[pos + k] < 0x80:
+                return pos + k + 1
+        raise _Malformed
+    if tag in (124, 123, 122):  # float32, float64, bigint
+        size = 4 if tag == 124 else 8
+        if len(buf) - pos < size:
+            raise _Malformed
+        return pos + size
+    if tag in (119, 116):  # string, buffer
+        return _skip_bytes(buf, pos)
+    if tag in (118, 117):  # map (key, value pairs), array
+        n, pos = _uvar(buf, pos)
+        if n > len(buf) - pos:
+            raise _Malformed
+        for _ in range(n):
+            if tag == 118:
+                pos = _skip_bytes(buf, pos)
+            pos = _skip_any(buf, pos, depth + 1)
+        return pos
+    raise _Malformed
+
+
+def _structure_problem(update: bytes) -> str | None:
+    """Why ``update`` is not of the structure crdtdb's documents write, or None: see
+    :func:`check_structure`."""
+    buf, end = update, len(update)
+    try:
+        n_writers, pos = _uvar(buf, 0)
+        if n_writers > end:
+            raise _Malformed
+        seen: set[int] = set()
+        for _ in range(n_writers):
+            n_structs, pos = _uvar(buf, pos)
+            writer, pos = _uvar(buf, pos)
+            _, pos = _uvar(buf, pos)  # (its first clock)
+            if writer > MAX_WRITER:
+                return f"writer id {writer} over 53 bits"
+            if writer in seen:
+                return f"writer {writer} twice"
+            seen.add(writer)
+            if n_structs > end - pos:
+                raise _Malformed
+            for _ in range(n_structs):
+                if pos >= end:
+                    raise _Malformed
+                info = buf[pos]
+                pos += 1
+                if info in (0, 10):  # a GC or a skip: a length
+                    _, pos = _uvar(buf, pos)
+                    continue
+                if info & 0x80:  # origin
+                    pos = _uvar(buf, _uvar(buf, pos)[1])[1]
+                if info & 0x40:  # right origin
+                    pos = _uvar(buf, _uvar(buf, pos)[1])[1]
+                if not info & 0xC0:
+                    v, pos = _uvar(buf, pos)
+                    pos = _skip_bytes(buf, pos) if v == 1 else _uvar(buf, _uvar(buf, pos)[1])[1]
+                    if info & 0x20:
+                        pos = _skip_bytes(buf, pos)
+                kind = info & 0x0F
+                if kind not in _CONTENT_OK:
+                    return f"content of kind {kind}"
+                if kind == 1:  # deleted: a length
+                    _, pos = _uvar(buf, pos)
+                elif kind != 8:  # a byte string, a string
+                    pos = _skip_bytes(buf, pos)
+                else:
+                    n, pos = _uvar(buf, pos)
+                    if n > end - pos:
+                        raise _Malformed
+                    for _ in range(n):
+                        pos = _skip_any(buf, pos, 0)
+        n_deleting, pos = _uvar(buf, pos)
+        if n_deleting > end - pos:
+            raise _Malformed
+        for _ in range(n_deleting):
+            _, pos = _uvar(buf, pos)
+            n_ranges, pos = _uvar(buf, pos)
+            if n_ranges > end - pos:
+                raise _Malformed
+            for _ in range(2 * n_ranges):
+                _, pos = _uvar(buf, pos)
+    except _Malformed:
+        return "truncated or malformed"
+    if pos != end:
+        return "bytes after the delete set"
+    return None
+
+
+def check_structure(update: bytes) -> None:
+    """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
+    write: each writer's block once, writer ids within 53 bits, items holding values of
+    table maps (or deleted), a delete set and nothing after it.
+
+    For updates of more than one writer (diffs, full states; a single writer's comes in
+    pushes, one block). pycrdt 0.14 takes an update holding one writer twice (or two ids
+    that are one writer to yrs), puts both blocks at the same clocks and then crashes the
+    process (SIGSEGV) reading such an item: a join would crash, and a restart would crash
+    again replaying it from the log. The digest of a sealed update does not stop it (its
+    sender digested it); this does."""
+    problem = (_compiled.structure_problem(update) if _compiled is not None
+               else _structure_problem(update))
+    if problem is not None:
+        raise CorruptUpdateError(f"not an update crdtdb writes: {problem}")
+
+
 # The compiled twins of the header reads above; optional, as _markers.
-_compiled = compiled.load("_envelope", abi=1)
+_compiled = compiled.load("_envelope", abi=2)
 #: Whether the compiled header reads were built (and are of this version).
 BUILT = _compiled is not None
 #: Whether they are used: built, and not turned off (``CRDTDB_PURE_PYTHON=1``).

@@ -49,9 +49,11 @@ from crdtdb.errors import DecodeError
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
 from crdtdb.replica.envelope import (
+    MAX_WRITER,
     CorruptUpdateError,
     EpochMismatchError,
     ReplicaError,
+    check_structure,
     decode_state_vector,
     deleted_ranges,
     open_sealed,
@@ -1096,6 +1098,12 @@ class Replica:
             raise EpochMismatchError(f"update from epoch {theirs}, replica is at epoch "
                                      f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
         span = single_writer_span(update)
+        if span is None or span[0] > MAX_WRITER:  # (a writer's push: one block)
+            try:
+                check_structure(update)
+            except CorruptUpdateError:
+                self._stats.rejected_updates += 1
+                raise
         if span is not None and not self_contained:
             try:
                 deletes = deleted_ranges(update, span[0])
@@ -1965,6 +1973,7 @@ class Replica:
         sealed = open_sealed(payload)
         if sealed.schema != self.schema_digest:
             raise CorruptUpdateError(f"state for another schema ({sealed.schema[:12]}...)")
+        check_structure(sealed.update)
         theirs = EpochId(sealed.epoch, sealed.base)
         if theirs <= self.epoch_id:
             raise EpochMismatchError(f"state of epoch {theirs} is not newer than "

@@ -1,0 +1,256 @@
+"""The structure check on updates of many writers (envelope.check_structure): what crdtdb's
+documents write passes, a writer twice (which crashes pycrdt) is refused before pycrdt sees
+it, and the compiled walk answers as the Python one for any bytes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Array, Doc, Map, Text
+
+from crdtdb.replica import envelope as env
+from crdtdb.replica.envelope import CorruptUpdateError, check_structure, seal
+from tests.replica_support import make_replica, ok, txn
+
+compiled = pytest.mark.skipif(env._compiled is None, reason="not built, or CRDTDB_PURE_PYTHON=1")
+
+ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False)
+    | st.text(max_size=4) | st.binary(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+
+
+def _python(update: bytes) -> str | None:
+    return env._structure_problem(update)
+
+
+def _both(update: bytes) -> str | None:
+    """The Python walk's answer, checked against the compiled one's where it is built."""
+    want = _python(update)
+    if env._compiled is not None:
+        assert env._compiled.structure_problem(update) == want, update.hex()
+    return want
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> tuple[list[Doc], bool]:
+    """Writers that set, overwrite and delete keys of root maps to any values (crdtdb's
+    shape), some seeing the others' updates; or, ``exotic``, that also write text, arrays and
+    nested types (which crdtdb never writes)."""
+    exotic = draw(st.booleans())
+    docs: list[Doc] = []
+    for i in range(draw(st.integers(1, 4))):
+        # (distinct ids, of any width under 53 bits: one id for two histories is what
+        # crdtdb never does, and pycrdt cannot merge)
+        doc = Doc(client_id=1 + i + 8 * draw(st.integers(0, 2**49)),
+                  skip_gc=draw(st.booleans()))
+        for other in docs:
+            if draw(st.booleans()):
+                doc.apply_update(other.get_update())
+        m = doc.get("T", type=Map)
+        for _ in range(draw(st.integers(0, 6))):
+            key = draw(st.sampled_from("abcd"))
+            if draw(st.booleans()) and key in m:
+                del m[key]
+            else:
+                m[key] = draw(ANY)
+        if exotic:
+            doc.get("X", type=Text).insert(0, draw(st.text(min_size=1, max_size=4)))
+            doc.get("Y", type=Array).append(draw(ANY))
+            if draw(st.booleans()):
+                m["nested"] = Map({"k": 1})  # (a nested type: never in crdtdb's documents)
+        docs.append(doc)
+    return docs, exotic
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_documents())
+def test_what_documents_of_maps_write_passes(docs_exotic: tuple[list[Doc], bool]) -> None:
+    """Full states and diffs against another writer's state vector: no problem, unless the
+    document holds what crdtdb never writes (nested types: refused, by kind)."""
+    docs, exotic = docs_exotic
+    merged = Doc()
+    for doc in docs:
+        merged.apply_update(doc.get_update())
+    updates = [merged.get_update()] + [merged.get_update(d.get_state()) for d in docs]
+    for update in updates:
+        problem = _both(update)
+        if not exotic:
+            assert problem is None, (problem, update.hex())
+        else:
+            assert problem is None or problem == "content of kind 7"
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(_documents(), st.data())
+def test_damaged_updates_are_answered_alike(docs_exotic: tuple[list[Doc], bool],
+                                           data: st.DataObject) -> None:
+    docs, _ = docs_exotic
+    raw = bytearray(docs[-1].get_update())
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["flip", "cut", "insert", "varint"]))
+        i = data.draw(st.integers(0, len(raw)))
+        if how == "flip" and i < len(raw):
+            raw[i] ^= data.draw(st.integers(1, 255))
+        elif how == "cut":
+            del raw[i:]
+        elif how == "insert":
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=3))
+        else:  # a long varint where one may be
+            raw[i:i] = bytes([0xFF] * data.draw(st.integers(1, 11))) + b"\x01"
+    _both(bytes(raw))
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_garbage_is_answered_alike(raw: bytes) -> None:
+    _both(raw)
+
+
+def _one_key(client_id: int, key: str) -> bytes:
+    doc = Doc(client_id=client_id)
+    doc.get("T", type=Map)[key] = b"v"
+    return doc.get_update()
+
+
+def _varuint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _two_blocks(first: int, second: int) -> bytes:
+    """An update of two writer blocks, both at clock 0 (the second with its id as given)."""
+    a, b = _one_key(7, "a"), _one_key(7, "b")
+    assert a[:3] == b[:3] == b"\x01\x01\x07"
+    return (b"\x02" + b"\x01" + _varuint(first) + a[3:-1] + b"\x01" + _varuint(second)
+            + b[3:-1] + b"\x00")
+
+
+def test_a_writer_twice_is_refused() -> None:
+    assert _both(_two_blocks(7, 8)) is None
+    assert _both(_two_blocks(7, 7)) == "writer 7 twice"
+    # (one writer to yrs, which keeps 53 bits)
+    assert _both(_two_blocks(7, 7 + 2**53)) == f"writer id {7 + 2**53} over 53 bits"
+    with pytest.raises(CorruptUpdateError, match="writer 7 twice"):
+        check_structure(_two_blocks(7, 7))
+
+
+def test_a_replica_refuses_a_writer_twice_and_survives_it() -> None:
+    """In a child process (what the check stops is a crash): a joining replica and one with
+    rows each refuse the update, count it, and are unchanged; a move refuses such a state."""
+    code = textwrap.dedent("""
+        from crdtdb.replica.envelope import CorruptUpdateError, seal
+        from tests.replica_support import make_replica, ok, txn
+        from tests.test_replica_structure import _bad_state
+        for rows in (False, True):
+            r = make_replica(3, 3)
+            if rows:
+                ok(txn(r, {"op": "insert", "table": "Parent", "row": {"name": "p"}}))
+            before, rows_before = r.doc.get_update(), dict(r.iter_rows("Parent"))
+            try:
+                r.apply_update(_bad_state(r))
+            except CorruptUpdateError as exc:
+                assert "twice" in str(exc), exc
+            else:
+                raise AssertionError("taken")
+            assert r.statistics().rejected_updates == 1 and r.doc.get_update() == before
+            assert dict(r.iter_rows("Parent")) == rows_before
+        r = make_replica(4, 4)
+        try:
+            r.adopt(_bad_state(r, epoch=1))
+        except CorruptUpdateError as exc:
+            assert "twice" in str(exc), exc
+        else:
+            raise AssertionError("moved")
+        print("survived")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and "survived" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
+def _bad_state(r: Any, epoch: int = 0) -> bytes:
+    """A sealed full state of two blocks of one writer, each with a row of Parent."""
+    a = make_replica(7, 7)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
+    b = make_replica(7, 8)
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
+    ua, ub = a.doc.get_update(), b.doc.get_update()
+    assert ua[0] == ub[0] == 1
+    update = b"\x02" + ua[1:-1] + ub[1:-1] + b"\x00"
+    return seal(r.schema_digest, epoch, 7, update, base=b"" if not epoch else b"\x01" * 32)
+
+
+def test_a_writer_s_push_with_an_id_over_53_bits_is_refused() -> None:
+    r = make_replica(3, 3)
+    a = make_replica(7, 7)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
+    ua = a.doc.get_update()
+    assert ua[:3] == b"\x01" + ua[1:2] + b"\x07"
+    alias = ua[:2] + _varuint(7 + 2**53) + ua[3:]
+    with pytest.raises(CorruptUpdateError, match="over 53 bits"):
+        r.apply_update(seal(r.schema_digest, 0, 7, alias))
+    assert r.statistics().rejected_updates == 1
+    r.apply_update(seal(r.schema_digest, 0, 7, ua))
+    assert len(dict(r.iter_rows("Parent"))) == 1
+
+
+def test_what_replicas_send_each_other_passes() -> None:
+    """Diffs, full states and pushes of replicas with conflicts, deletions and compaction."""
+    from tests.test_replica_join import _conflicted
+
+    a = _conflicted()
+    b = make_replica(9, 9)
+    b.apply_update(a.full_state())
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "later"}}))
+    for update in (a.doc.get_update(), b.doc.get_update(), b.doc.get_update(a.doc.get_state())):
+        assert _both(update) is None
+    a.rebuild()
+    assert _both(a.doc.get_update()) is None
+
+
+def _entry(value: bytes) -> bytes:
+    """An update of one map entry whose "any" value is ``value`` (its lib0 bytes)."""
+    return b"\x01\x01\x05\x00\x28\x01\x01T\x01k\x01" + value + b"\x00"
+
+
+def _nested(depth: int) -> bytes:
+    return b"\x75\x01" * depth + b"\x7e"  # arrays of one, then null
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (_nested(env.MAX_ANY_DEPTH), None),
+    (_nested(env.MAX_ANY_DEPTH + 1), "truncated or malformed"),
+    (b"\x7d" + b"\xff" * 9 + b"\x01", None),  # a signed varint of ten bytes
+    (b"\x7d" + b"\xff" * 10 + b"\x01", "truncated or malformed"),  # of eleven
+    (b"\x75\x02\x7d" + b"\xff" * 10 + b"\x7e", "truncated or malformed"),  # (then a null)
+    (b"\x7c" + b"\x00" * 4, None),
+    (b"\x7c" + b"\x00" * 3, "truncated or malformed"),
+    (b"\x7b" + b"\x00" * 8, None),
+    (b"\x7a" + b"\x00" * 7, "truncated or malformed"),
+    (b"\x76\x01\x01a\x7e", None),
+    (b"\x76\x02\x01a\x7e", "truncated or malformed"),
+    (b"\x73", "truncated or malformed"),  # no such tag
+])
+def test_any_values_at_and_past_the_limits(value: bytes, problem: str | None) -> None:
+    update = _entry(value)
+    assert _both(update) == problem
+    if problem is None:  # (what is taken, pycrdt takes)
+        doc = Doc()
+        m = doc.get("T", type=Map)
+        doc.apply_update(update)
+        assert "k" in m
