@@ -195,32 +195,47 @@ def _bad_state(r: Any, epoch: int = 0) -> bytes:
     return seal(r.schema_digest, epoch, 7, update, base=b"" if not epoch else b"\x01" * 32)
 
 
-def test_a_writer_s_push_with_an_id_over_53_bits_is_refused() -> None:
+def test_a_writer_s_push_past_53_bit_ids_or_32_bit_clocks_is_refused() -> None:
     r = make_replica(3, 3)
     a = make_replica(7, 7)
     ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
     ua = a.doc.get_update()
     assert ua[:3] == b"\x01" + ua[1:2] + b"\x07"
     alias = ua[:2] + _varuint(7 + 2**53) + ua[3:]
-    with pytest.raises(CorruptUpdateError, match="over 53 bits"):
-        r.apply_update(seal(r.schema_digest, 0, 7, alias))
-    assert r.statistics().rejected_updates == 1
+    late = ua[:3] + _varuint(2**32 - 1) + ua[4:]  # (its items past clock 2**32 - 1)
+    assert ua[3] == 0
+    for bad in (alias, late):
+        with pytest.raises(CorruptUpdateError, match="past what yrs keeps"):
+            r.apply_update(seal(r.schema_digest, 0, 7, bad))
+    assert r.statistics().rejected_updates == 2
     r.apply_update(seal(r.schema_digest, 0, 7, ua))
     assert len(dict(r.iter_rows("Parent"))) == 1
 
 
 def test_what_replicas_send_each_other_passes() -> None:
-    """Diffs, full states and pushes of replicas with conflicts, deletions and compaction."""
+    """Their full states, their diffs (pycrdt's, and the merged recent commits a replica
+    answers a pull with), of replicas with conflicts, deletions and overwrites, and the
+    full state of a new epoch after a compaction, which a peer then moves to."""
     from tests.test_replica_join import _conflicted
 
     a = _conflicted()
     b = make_replica(9, 9)
     b.apply_update(a.full_state())
-    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "later"}}))
-    for update in (a.doc.get_update(), b.doc.get_update(), b.doc.get_update(a.doc.get_state())):
-        assert _both(update) is None
+    behind = b.state_vector()
+    for i in range(5):
+        ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": f"later {i}"}}))
+    sealed = [a.full_state(), b.full_state(), b.diff(behind), b.diff(a.state_vector()),
+              a.diff(b"\x00")]
+    for payload in sealed:
+        assert _both(env.open_sealed(payload).update) is None
+    assert len(b._recent) and b._recent.covering(env.decode_state_vector(behind),
+                                                 b._clocks) is not None  # (merged recent)
+    a.apply_update(b.diff(a.state_vector()))
     a.rebuild()
-    assert _both(a.doc.get_update()) is None
+    epoch = a.full_state()
+    assert _both(env.open_sealed(epoch).update) is None
+    b.adopt(epoch)  # (walked again there)
+    assert dict(b.iter_rows("Parent")) == dict(a.iter_rows("Parent"))
 
 
 def _entry(value: bytes) -> bytes:
@@ -254,3 +269,128 @@ def test_any_values_at_and_past_the_limits(value: bytes, problem: str | None) ->
         m = doc.get("T", type=Map)
         doc.apply_update(update)
         assert "k" in m
+
+
+def _hidden_behind_a_wrapped_varint() -> bytes:
+    """The review's bypass: writer 99's item names its parent's kind as 2**32 + 1 (five
+    bytes). yrs reads it as a u32, wrapping its shifts: 1, a root by name (an empty one);
+    then a byte string holding, as yrs reads on, two blocks of writer 7 and an empty delete
+    set (yrs ignores what follows). A walk that read 2**32 + 1 took an item id and went on
+    through other bytes: writers 100 and 101, GC only."""
+    a = make_replica(7, 1)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
+    b = make_replica(7, 2)
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
+    hidden = a.doc.get_update()[1:-1] + b.doc.get_update()[1:-1] + b"\x00"
+    length = _varuint(len(hidden))
+    return (b"\x03" + b"\x01" + _varuint(99) + b"\x00\x03\x81\x80\x80\x80\x10\x00"
+            + _varuint(len(length)) + length + hidden
+            + b"\x01" + _varuint(100) + b"\x00\x00\x01" + b"\x01" + _varuint(101)
+            + b"\x00\x00\x01" + b"\x00")
+
+
+@pytest.mark.parametrize("field", ["parent kind", "first clock", "deleted clock"])
+def test_numbers_yrs_reads_as_u32_are_refused_past_it(field: str) -> None:
+    """Where yrs reads a u32, a value of 2**32 or more is refused: yrs would read another
+    number from the same bytes, and parse another structure from there."""
+    plain = _two_blocks(7, 8)
+    assert _both(plain) is None
+    if field == "parent kind":
+        assert _both(_hidden_behind_a_wrapped_varint()) == "truncated or malformed"
+        # (and a kind other than 0 or 1, which yrs reads as an id, as it is written never)
+        assert _both(plain.replace(b"\x28\x01\x01T", b"\x28\x02\x01T", 1)) \
+            == "truncated or malformed"
+    elif field == "first clock":
+        assert b"\x01\x07\x00(" in plain
+        assert _both(plain.replace(b"\x01\x07\x00(", b"\x01\x07" + _varuint(2**32) + b"(", 1)) \
+            == "truncated or malformed"
+    else:
+        deletes = plain[:-1] + b"\x01\x07\x01"
+        assert _both(deletes + _varuint(2**32 - 1) + b"\x01") is None
+        assert _both(deletes + _varuint(2**32) + b"\x01") == "truncated or malformed"
+
+
+def test_a_replica_refuses_the_wrapped_varint_bypass() -> None:
+    code = textwrap.dedent("""
+        from crdtdb.replica.envelope import CorruptUpdateError, seal
+        from tests.replica_support import make_replica
+        from tests.test_replica_structure import _hidden_behind_a_wrapped_varint
+        r = make_replica(3, 3)
+        try:
+            r.apply_update(seal(r.schema_digest, 0, 7, _hidden_behind_a_wrapped_varint()))
+        except CorruptUpdateError as exc:
+            print("refused:", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and "refused" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
+def _crash_fuzz(seed: int, n: int) -> None:
+    """In this process: ``n`` damaged updates of several writers; each one the walk passes is
+    applied to an empty document and every root map read (what pycrdt crashes on)."""
+    import random as random_
+
+    from pycrdt import Doc as Doc_
+    rng = random_.Random(seed)
+    sources = []
+    for _ in range(4):
+        docs = []
+        for i in range(rng.randint(1, 3)):
+            doc = Doc_(client_id=1 + i + 8 * rng.randrange(2**20), skip_gc=rng.random() < .5)
+            if docs and rng.random() < .5:
+                doc.apply_update(docs[-1].get_update())
+            m = doc.get("T", type=Map)
+            for _ in range(rng.randint(1, 5)):
+                key = rng.choice("abc")
+                if key in m and rng.random() < .3:
+                    del m[key]
+                else:
+                    m[key] = rng.choice([b"x", "s", 3, [1], {"a": 2}])
+            docs.append(doc)
+        merged = Doc_()
+        for doc in docs:
+            merged.apply_update(doc.get_update())
+        sources.append(merged.get_update())
+    passed = 0
+    for _ in range(n):
+        raw = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(raw) + 1)
+            how = rng.random()
+            if how < .4 and i < len(raw):
+                raw[i] = rng.randrange(256)
+            elif how < .6:
+                raw[i:i] = bytes([rng.choice([0x80, 0x81, 0xff, 0x01, 0x00, 0x07])
+                                  for _ in range(rng.randint(1, 6))])
+            elif how < .8:
+                raw[i:i] = raw[rng.randrange(len(raw)):][:rng.randint(1, 40)]
+            else:
+                del raw[i:i + rng.randint(1, 4)]
+        update = bytes(raw)
+        if env._structure_problem(update) is not None:
+            continue
+        passed += 1
+        doc = Doc_()
+        try:
+            doc.apply_update(update)
+        except BaseException as exc:  # (a refusal or a panic: not a crash)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            continue
+        for name in ("T", ""):
+            m = doc.get(name, type=Map)
+            for key in list(m.keys()):
+                m[key]
+    print("passed", passed)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_damaged_updates_the_walk_passes_do_not_crash_pycrdt(seed: int,
+                                                            request: Any) -> None:
+    """In a child process (a crash shows as its return code, -11 for SIGSEGV)."""
+    n = 20_000 if request.config.getoption("--slow", default=False) else 1500
+    code = f"from tests.test_replica_structure import _crash_fuzz; _crash_fuzz({seed}, {n})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and "passed" in out.stdout, (out.returncode, out.stderr[-2000:])

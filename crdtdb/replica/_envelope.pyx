@@ -130,14 +130,33 @@ def delete_set_ranges(tail, writer):
 # --- the structure of an update of many writers (envelope._structure_problem) -------------
 
 cdef unsigned long long C_MAX_WRITER = 2**53 - 1
+cdef unsigned long long U32 = 2**32
 cdef int C_MAX_ANY_DEPTH = 32
+
+
+cdef inline Py_ssize_t _u32(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                            unsigned long long *out) noexcept:
+    """envelope._u32: a varuint under 2**32, or a negative position."""
+    pos = _varint(p, pos, end, out)
+    if pos >= 0 and out[0] >= U32:
+        return TRUNCATED
+    return pos
+
+
+cdef inline Py_ssize_t _skip_id(const unsigned char *p, Py_ssize_t pos,
+                                Py_ssize_t end) noexcept:
+    cdef unsigned long long v
+    pos = _varint(p, pos, end, &v)
+    if pos < 0 or v > C_MAX_WRITER:
+        return TRUNCATED
+    return _u32(p, pos, end, &v)
 
 
 cdef inline Py_ssize_t _skip_bytes(const unsigned char *p, Py_ssize_t pos,
                                    Py_ssize_t end) noexcept:
     """Past a lib0 string or buffer, or a negative position (malformed)."""
     cdef unsigned long long n
-    pos = _varint(p, pos, end, &n)
+    pos = _u32(p, pos, end, &n)
     if pos < 0 or n > <unsigned long long>(end - pos):
         return TRUNCATED
     return pos + <Py_ssize_t>n
@@ -168,7 +187,7 @@ cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
     if tag == 119 or tag == 116:
         return _skip_bytes(p, pos, end)
     if tag == 118 or tag == 117:
-        pos = _varint(p, pos, end, &n)
+        pos = _u32(p, pos, end, &n)
         if pos < 0 or n > <unsigned long long>(end - pos):
             return TRUNCATED
         i = 0
@@ -185,15 +204,6 @@ cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
     return TRUNCATED
 
 
-cdef inline Py_ssize_t _skip_id(const unsigned char *p, Py_ssize_t pos,
-                                Py_ssize_t end) noexcept:
-    cdef unsigned long long v
-    pos = _varint(p, pos, end, &v)
-    if pos < 0:
-        return TRUNCATED
-    return _varint(p, pos, end, &v)
-
-
 def structure_problem(update):
     """:func:`crdtdb.replica.envelope._structure_problem`."""
     if type(update) is not bytes:
@@ -206,18 +216,18 @@ def structure_problem(update):
     cdef unsigned char info
     cdef int kind
     cdef set seen = set()
-    pos = _varint(p, pos, end, &n_writers)
+    pos = _u32(p, pos, end, &n_writers)
     if pos < 0 or n_writers > <unsigned long long>end:
         return "truncated or malformed"
     w = 0
     while w < n_writers:
-        pos = _varint(p, pos, end, &n_structs)
+        pos = _u32(p, pos, end, &n_structs)
         if pos < 0:
             return "truncated or malformed"
         pos = _varint(p, pos, end, &writer)
         if pos < 0:
             return "truncated or malformed"
-        pos = _varint(p, pos, end, &clock)
+        pos = _u32(p, pos, end, &clock)
         if pos < 0:
             return "truncated or malformed"
         if writer > C_MAX_WRITER:
@@ -234,7 +244,7 @@ def structure_problem(update):
             info = p[pos]
             pos += 1
             if info == 0 or info == 10:
-                pos = _varint(p, pos, end, &v)
+                pos = _u32(p, pos, end, &v)
                 if pos < 0:
                     return "truncated or malformed"
                 s += 1
@@ -248,10 +258,15 @@ def structure_problem(update):
                 if pos < 0:
                     return "truncated or malformed"
             if not info & 0xC0:
-                pos = _varint(p, pos, end, &v)
+                pos = _u32(p, pos, end, &v)
                 if pos < 0:
                     return "truncated or malformed"
-                pos = _skip_bytes(p, pos, end) if v == 1 else _skip_id(p, pos, end)
+                if v == 1:
+                    pos = _skip_bytes(p, pos, end)
+                elif v == 0:
+                    pos = _skip_id(p, pos, end)
+                else:
+                    return "truncated or malformed"
                 if pos < 0:
                     return "truncated or malformed"
                 if info & 0x20:
@@ -260,11 +275,11 @@ def structure_problem(update):
                         return "truncated or malformed"
             kind = info & 0x0F
             if kind == 1:
-                pos = _varint(p, pos, end, &v)
+                pos = _u32(p, pos, end, &v)
             elif kind == 3 or kind == 4:
                 pos = _skip_bytes(p, pos, end)
             elif kind == 8:
-                pos = _varint(p, pos, end, &n)
+                pos = _u32(p, pos, end, &n)
                 if pos < 0 or n > <unsigned long long>(end - pos):
                     return "truncated or malformed"
                 i = 0
@@ -279,20 +294,20 @@ def structure_problem(update):
                 return "truncated or malformed"
             s += 1
         w += 1
-    pos = _varint(p, pos, end, &n)
+    pos = _u32(p, pos, end, &n)
     if pos < 0 or n > <unsigned long long>(end - pos):
         return "truncated or malformed"
     i = 0
     while i < n:
         pos = _varint(p, pos, end, &v)
-        if pos < 0:
+        if pos < 0 or v > C_MAX_WRITER:
             return "truncated or malformed"
-        pos = _varint(p, pos, end, &s)
+        pos = _u32(p, pos, end, &s)
         if pos < 0 or s > <unsigned long long>(end - pos):
             return "truncated or malformed"
         w = 0
         while w < 2 * s:
-            pos = _varint(p, pos, end, &v)
+            pos = _u32(p, pos, end, &v)
             if pos < 0:
                 return "truncated or malformed"
             w += 1

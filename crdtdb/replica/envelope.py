@@ -387,8 +387,11 @@ def _delete_set_ranges(tail: bytes, client: int) -> list[tuple[int, int, int]]:
 #: yrs keeps 53 bits of a writer's id (it sets the bits above): ids that differ only above
 #: them are one writer to it. crdtdb draws ids under 2**32.
 MAX_WRITER = 2**53 - 1
+#: yrs' clocks are 32 bits.
+MAX_CLOCK = 2**32 - 1
 #: Any values nested deeper than this are refused (crdtdb writes none nested).
 MAX_ANY_DEPTH = 32
+_U32 = MAX_CLOCK + 1
 #: The kinds of content crdtdb's documents hold: deleted, a byte string, a string, "any"
 #: values (a table map's entries). Item info bytes whose low 4 bits name them (yrs reads
 #: the content kind from those bits; 0 is a GC and 10 a skip when the whole byte is).
@@ -414,9 +417,30 @@ def _uvar(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _skip_bytes(buf: bytes, pos: int) -> int:
-    """Past a lib0 string or buffer: a varuint length, then that many bytes."""
+def _u32(buf: bytes, pos: int) -> tuple[int, int]:
+    """A varuint yrs reads as a u32 (counts, clocks, lengths): under 2**32, where yrs reads
+    the same value from the same bytes. Past it, yrs wraps its shifts and reads another
+    number than this walk: a parent's kind read as 2**32 + 1 here is 1 to yrs, which then
+    reads a name where this walk reads an id, and the two parse different structures from
+    there on (found by review: a writer's second block hidden in what this walk took for
+    a value)."""
     n, pos = _uvar(buf, pos)
+    if n >= _U32:
+        raise _Malformed
+    return n, pos
+
+
+def _skip_id(buf: bytes, pos: int) -> int:
+    """Past an item id: a writer (at most 53 bits, as yrs keeps) and a clock."""
+    writer, pos = _uvar(buf, pos)
+    if writer > MAX_WRITER:
+        raise _Malformed
+    return _u32(buf, pos)[1]
+
+
+def _skip_bytes(buf: bytes, pos: int) -> int:
+    """Past a lib0 string or buffer: a length, then that many bytes."""
+    n, pos = _u32(buf, pos)
     if n > len(buf) - pos:
         raise _Malformed
     return pos + n
@@ -445,7 +469,7 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
     if tag in (119, 116):  # string, buffer
         return _skip_bytes(buf, pos)
     if tag in (118, 117):  # map (key, value pairs), array
-        n, pos = _uvar(buf, pos)
+        n, pos = _u32(buf, pos)
         if n > len(buf) - pos:
             raise _Malformed
         for _ in range(n):
@@ -461,14 +485,14 @@ def _structure_problem(update: bytes) -> str | None:
     :func:`check_structure`."""
     buf, end = update, len(update)
     try:
-        n_writers, pos = _uvar(buf, 0)
+        n_writers, pos = _u32(buf, 0)
         if n_writers > end:
             raise _Malformed
         seen: set[int] = set()
         for _ in range(n_writers):
-            n_structs, pos = _uvar(buf, pos)
+            n_structs, pos = _u32(buf, pos)
             writer, pos = _uvar(buf, pos)
-            _, pos = _uvar(buf, pos)  # (its first clock)
+            _, pos = _u32(buf, pos)  # (its first clock)
             if writer > MAX_WRITER:
                 return f"writer id {writer} over 53 bits"
             if writer in seen:
@@ -482,40 +506,47 @@ def _structure_problem(update: bytes) -> str | None:
                 info = buf[pos]
                 pos += 1
                 if info in (0, 10):  # a GC or a skip: a length
-                    _, pos = _uvar(buf, pos)
+                    _, pos = _u32(buf, pos)
                     continue
                 if info & 0x80:  # origin
-                    pos = _uvar(buf, _uvar(buf, pos)[1])[1]
+                    pos = _skip_id(buf, pos)
                 if info & 0x40:  # right origin
-                    pos = _uvar(buf, _uvar(buf, pos)[1])[1]
+                    pos = _skip_id(buf, pos)
                 if not info & 0xC0:
-                    v, pos = _uvar(buf, pos)
-                    pos = _skip_bytes(buf, pos) if v == 1 else _uvar(buf, _uvar(buf, pos)[1])[1]
+                    parent, pos = _u32(buf, pos)  # (1: a root, by name; 0: an item)
+                    if parent == 1:
+                        pos = _skip_bytes(buf, pos)
+                    elif parent == 0:
+                        pos = _skip_id(buf, pos)
+                    else:
+                        raise _Malformed
                     if info & 0x20:
                         pos = _skip_bytes(buf, pos)
                 kind = info & 0x0F
                 if kind not in _CONTENT_OK:
                     return f"content of kind {kind}"
                 if kind == 1:  # deleted: a length
-                    _, pos = _uvar(buf, pos)
+                    _, pos = _u32(buf, pos)
                 elif kind != 8:  # a byte string, a string
                     pos = _skip_bytes(buf, pos)
                 else:
-                    n, pos = _uvar(buf, pos)
+                    n, pos = _u32(buf, pos)
                     if n > end - pos:
                         raise _Malformed
                     for _ in range(n):
                         pos = _skip_any(buf, pos, 0)
-        n_deleting, pos = _uvar(buf, pos)
+        n_deleting, pos = _u32(buf, pos)
         if n_deleting > end - pos:
             raise _Malformed
         for _ in range(n_deleting):
-            _, pos = _uvar(buf, pos)
-            n_ranges, pos = _uvar(buf, pos)
+            owner, pos = _uvar(buf, pos)
+            if owner > MAX_WRITER:
+                raise _Malformed
+            n_ranges, pos = _u32(buf, pos)
             if n_ranges > end - pos:
                 raise _Malformed
             for _ in range(2 * n_ranges):
-                _, pos = _uvar(buf, pos)
+                _, pos = _u32(buf, pos)
     except _Malformed:
         return "truncated or malformed"
     if pos != end:
@@ -525,8 +556,9 @@ def _structure_problem(update: bytes) -> str | None:
 
 def check_structure(update: bytes) -> None:
     """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
-    write: each writer's block once, writer ids within 53 bits, items holding values of
-    table maps (or deleted), a delete set and nothing after it.
+    write: each writer's block once, writer ids within 53 bits and every count, clock and
+    length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`), items
+    holding values of table maps (or deleted), a delete set and nothing after it.
 
     For updates of more than one writer (diffs, full states; a single writer's comes in
     pushes, one block). pycrdt 0.14 takes an update holding one writer twice (or two ids

@@ -49,6 +49,7 @@ from crdtdb.errors import DecodeError
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
 from crdtdb.replica.envelope import (
+    MAX_CLOCK,
     MAX_WRITER,
     CorruptUpdateError,
     EpochMismatchError,
@@ -1098,12 +1099,18 @@ class Replica:
             raise EpochMismatchError(f"update from epoch {theirs}, replica is at epoch "
                                      f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
         span = single_writer_span(update)
-        if span is None or span[0] > MAX_WRITER:  # (a writer's push: one block)
-            try:
+        try:
+            if span is None:
                 check_structure(update)
-            except CorruptUpdateError:
-                self._stats.rejected_updates += 1
-                raise
+            elif span[0] > MAX_WRITER or span[1] + span[2] > MAX_CLOCK:
+                # (a writer's push, one block: yrs would take it as another writer's, or
+                # wrap its clocks)
+                raise CorruptUpdateError(
+                    f"an update past what yrs keeps (ids of 53 bits, clocks of 32): writer "
+                    f"{span[0]}, clocks {span[1]}+{span[2]}")
+        except CorruptUpdateError:
+            self._stats.rejected_updates += 1
+            raise
         if span is not None and not self_contained:
             try:
                 deletes = deleted_ranges(update, span[0])
