@@ -200,16 +200,72 @@ def test_a_writer_s_push_past_53_bit_ids_or_32_bit_clocks_is_refused() -> None:
     a = make_replica(7, 7)
     ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
     ua = a.doc.get_update()
-    assert ua[:3] == b"\x01" + ua[1:2] + b"\x07"
+    assert ua[:3] == b"\x01" + ua[1:2] + b"\x07" and ua[3] == 0
     alias = ua[:2] + _varuint(7 + 2**53) + ua[3:]
     late = ua[:3] + _varuint(2**32 - 1) + ua[4:]  # (its items past clock 2**32 - 1)
-    assert ua[3] == 0
-    for bad in (alias, late):
-        with pytest.raises(CorruptUpdateError, match="past what yrs keeps"):
+    for bad, why in ((alias, "over 53 bits"), (late, "clocks past 32 bits")):
+        with pytest.raises(CorruptUpdateError, match=why):
             r.apply_update(seal(r.schema_digest, 0, 7, bad))
     assert r.statistics().rejected_updates == 2
     r.apply_update(seal(r.schema_digest, 0, 7, ua))
     assert len(dict(r.iter_rows("Parent"))) == 1
+
+
+def _wrapping(filler: str, writers: int) -> bytes:
+    """The second review's shape: one writer's block of two rows' items with a filler
+    between them that takes its clocks to 2**32, where yrs' 32-bit count wraps to 0 and the
+    second row's items land on the first's clocks."""
+    a = make_replica(7, 7)
+    ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
+    b = make_replica(7, 8)
+    ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
+    ua, ub = a.doc.get_update(), b.doc.get_update()
+    assert ua[2:4] == ub[2:4] == b"\x07\x00" and ua[1] < 0x7F and ub[1] < 0x7F
+    length = _varuint(2**32 - ua[1])
+    fill = {"skip": b"\x0a" + length, "gc": b"\x00" + length,
+            "deleted": b"\x21\x01\x06Parent\x02zz" + length}[filler]
+    block = bytes([ua[1] + 1 + ub[1], 7, 0]) + ua[4:-1] + fill + ub[4:-1]
+    if writers == 1:
+        return b"\x01" + block + b"\x00"
+    c = make_replica(9, 9)
+    ok(txn(c, {"op": "insert", "table": "Parent", "row": {"name": "c"}}))
+    return b"\x02" + block + c.doc.get_update()[1:-1] + b"\x00"
+
+
+@pytest.mark.parametrize("filler", ["skip", "gc", "deleted"])
+@pytest.mark.parametrize("writers", [1, 2])
+def test_a_block_whose_clocks_wrap_is_refused(filler: str, writers: int) -> None:
+    assert _both(_wrapping(filler, writers)) == "writer 7's clocks past 32 bits"
+
+
+def test_a_replica_refuses_a_push_whose_clocks_wrap() -> None:
+    """In a child process: the review crashed a replica with it (SIGSEGV), a push of one
+    writer, which no walk saw then."""
+    code = textwrap.dedent("""
+        from crdtdb.replica.envelope import CorruptUpdateError, seal
+        from tests.replica_support import make_replica
+        from tests.test_replica_structure import _wrapping
+        for writers in (1, 2):
+            r = make_replica(3, 3)
+            try:
+                r.apply_update(seal(r.schema_digest, 0, 7, _wrapping("skip", writers)))
+            except CorruptUpdateError as exc:
+                assert "clocks past 32 bits" in str(exc), exc
+            else:
+                raise AssertionError("taken")
+        print("refused")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and "refused" in out.stdout, (out.returncode, out.stderr[-2000:])
+
+
+def test_a_block_may_end_at_the_last_32_bit_clock() -> None:
+    u = _one_key(7, "a")
+    assert u[:4] == b"\x01\x01\x07\x00"
+    last = u[:3] + _varuint(2**32 - 2) + u[4:]  # (one item: clocks up to 2**32 - 1)
+    assert _both(last) is None
+    assert _both(u[:3] + _varuint(2**32 - 1) + u[4:]) == "writer 7's clocks past 32 bits"
 
 
 def test_what_replicas_send_each_other_passes() -> None:

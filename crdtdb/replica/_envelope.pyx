@@ -131,6 +131,7 @@ def delete_set_ranges(tail, writer):
 
 cdef unsigned long long C_MAX_WRITER = 2**53 - 1
 cdef unsigned long long U32 = 2**32
+cdef unsigned long long C_MAX_CLOCK = 2**32 - 1
 cdef int C_MAX_ANY_DEPTH = 32
 
 
@@ -211,7 +212,7 @@ def structure_problem(update):
         return _structure_problem(update)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(update)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
-    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t pos = 0, start
     cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
     cdef unsigned char info
     cdef int kind
@@ -247,6 +248,9 @@ def structure_problem(update):
                 pos = _u32(p, pos, end, &v)
                 if pos < 0:
                     return "truncated or malformed"
+                clock += v
+                if clock > C_MAX_CLOCK:
+                    return f"writer {writer}'s clocks past 32 bits"
                 s += 1
                 continue
             if info & 0x80:
@@ -276,8 +280,13 @@ def structure_problem(update):
             kind = info & 0x0F
             if kind == 1:
                 pos = _u32(p, pos, end, &v)
-            elif kind == 3 or kind == 4:
+            elif kind == 3:
                 pos = _skip_bytes(p, pos, end)
+                v = 1
+            elif kind == 4:
+                start = pos
+                pos = _skip_bytes(p, pos, end)
+                v = <unsigned long long>(pos - start)
             elif kind == 8:
                 pos = _u32(p, pos, end, &n)
                 if pos < 0 or n > <unsigned long long>(end - pos):
@@ -288,10 +297,14 @@ def structure_problem(update):
                     if pos < 0:
                         return "truncated or malformed"
                     i += 1
+                v = n
             else:
                 return f"content of kind {kind}"
             if pos < 0:
                 return "truncated or malformed"
+            clock += v
+            if clock > C_MAX_CLOCK:
+                return f"writer {writer}'s clocks past 32 bits"
             s += 1
         w += 1
     pos = _u32(p, pos, end, &n)

@@ -1,5 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The compiled loop of :func:`crdtdb.replica.encoding.markers_reader`.
+"""The compiled loop of :func:`crdtdb.replica.encoding.markers_reader`, and the reading of a
+compacted full state's markers where they lie in its bytes (:func:`root_map_entries`, at
+the end: no Python twin, pycrdt's maps are the other way).
 
 A node joining from a full state reads every marker of every table. In Python the loop over
 the unpacked markers is ~0.4-0.6 s of a 100k-flow join however it is written, and msgpack's

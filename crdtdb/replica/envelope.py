@@ -492,7 +492,7 @@ def _structure_problem(update: bytes) -> str | None:
         for _ in range(n_writers):
             n_structs, pos = _u32(buf, pos)
             writer, pos = _uvar(buf, pos)
-            _, pos = _u32(buf, pos)  # (its first clock)
+            clock, pos = _u32(buf, pos)  # (its first)
             if writer > MAX_WRITER:
                 return f"writer id {writer} over 53 bits"
             if writer in seen:
@@ -506,7 +506,10 @@ def _structure_problem(update: bytes) -> str | None:
                 info = buf[pos]
                 pos += 1
                 if info in (0, 10):  # a GC or a skip: a length
-                    _, pos = _u32(buf, pos)
+                    length, pos = _u32(buf, pos)
+                    clock += length
+                    if clock > MAX_CLOCK:
+                        return f"writer {writer}'s clocks past 32 bits"
                     continue
                 if info & 0x80:  # origin
                     pos = _skip_id(buf, pos)
@@ -526,15 +529,25 @@ def _structure_problem(update: bytes) -> str | None:
                 if kind not in _CONTENT_OK:
                     return f"content of kind {kind}"
                 if kind == 1:  # deleted: a length
-                    _, pos = _u32(buf, pos)
-                elif kind != 8:  # a byte string, a string
+                    length, pos = _u32(buf, pos)
+                elif kind == 3:  # a byte string: one clock
+                    pos, length = _skip_bytes(buf, pos), 1
+                elif kind == 4:  # a string: its UTF-16 units, at most its bytes (and length's)
+                    start = pos
                     pos = _skip_bytes(buf, pos)
-                else:
-                    n, pos = _u32(buf, pos)
-                    if n > end - pos:
+                    length = pos - start
+                else:  # values, one clock each
+                    length, pos = _u32(buf, pos)
+                    if length > end - pos:
                         raise _Malformed
-                    for _ in range(n):
+                    for _ in range(length):
                         pos = _skip_any(buf, pos, 0)
+                # yrs counts a writer's clocks in 32 bits and wraps: a block that ran past
+                # them would put its later items at clocks its first ones have (a writer
+                # twice, within one block: found by review, with a skip of 2**32 - 1).
+                clock += length
+                if clock > MAX_CLOCK:
+                    return f"writer {writer}'s clocks past 32 bits"
         n_deleting, pos = _u32(buf, pos)
         if n_deleting > end - pos:
             raise _Malformed
@@ -560,12 +573,12 @@ def check_structure(update: bytes) -> None:
     length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`), items
     holding values of table maps (or deleted), a delete set and nothing after it.
 
-    For updates of more than one writer (diffs, full states; a single writer's comes in
-    pushes, one block). pycrdt 0.14 takes an update holding one writer twice (or two ids
-    that are one writer to yrs), puts both blocks at the same clocks and then crashes the
-    process (SIGSEGV) reading such an item: a join would crash, and a restart would crash
-    again replaying it from the log. The digest of a sealed update does not stop it (its
-    sender digested it); this does."""
+    Every update a replica takes (~1% of a merged push's instructions, compiled). pycrdt
+    0.14 takes an update holding one writer twice (or two ids that are one writer to yrs,
+    or one writer's block running past 32-bit clocks, which yrs wraps), puts items at the
+    same clocks and then crashes the process (SIGSEGV) reading such an item: a join would
+    crash, and a restart would crash again replaying it from the log. The digest of a
+    sealed update does not stop it (its sender digested it); this does."""
     problem = (_compiled.structure_problem(update) if _compiled is not None
                else _structure_problem(update))
     if problem is not None:

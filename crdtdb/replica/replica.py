@@ -49,8 +49,6 @@ from crdtdb.errors import DecodeError
 from crdtdb.replica import encoding as enc
 from crdtdb.replica.conflicts import Conflict, ConflictKind, ConflictLog
 from crdtdb.replica.envelope import (
-    MAX_CLOCK,
-    MAX_WRITER,
     CorruptUpdateError,
     EpochMismatchError,
     ReplicaError,
@@ -1098,19 +1096,12 @@ class Replica:
             theirs = EpochId(epoch, base)
             raise EpochMismatchError(f"update from epoch {theirs}, replica is at epoch "
                                      f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
-        span = single_writer_span(update)
         try:
-            if span is None:
-                check_structure(update)
-            elif span[0] > MAX_WRITER or span[1] + span[2] > MAX_CLOCK:
-                # (a writer's push, one block: yrs would take it as another writer's, or
-                # wrap its clocks)
-                raise CorruptUpdateError(
-                    f"an update past what yrs keeps (ids of 53 bits, clocks of 32): writer "
-                    f"{span[0]}, clocks {span[1]}+{span[2]}")
+            check_structure(update)  # (also a writer's push: one block can wrap its clocks)
         except CorruptUpdateError:
             self._stats.rejected_updates += 1
             raise
+        span = single_writer_span(update)
         if span is not None and not self_contained:
             try:
                 deletes = deleted_ranges(update, span[0])
