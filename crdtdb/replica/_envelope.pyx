@@ -212,7 +212,7 @@ def structure_problem(update):
         return _structure_problem(update)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(update)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
-    cdef Py_ssize_t pos = 0, start
+    cdef Py_ssize_t pos = 0
     cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
     cdef unsigned char info
     cdef int kind
@@ -280,13 +280,6 @@ def structure_problem(update):
             kind = info & 0x0F
             if kind == 1:
                 pos = _u32(p, pos, end, &v)
-            elif kind == 3:
-                pos = _skip_bytes(p, pos, end)
-                v = 1
-            elif kind == 4:
-                start = pos
-                pos = _skip_bytes(p, pos, end)
-                v = <unsigned long long>(pos - start)
             elif kind == 8:
                 pos = _u32(p, pos, end, &n)
                 if pos < 0 or n > <unsigned long long>(end - pos):
