@@ -10,8 +10,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = [
-    "_markers",  # the marker loop of encoding.markers_reader (joins)
-    "_envelope",  # envelope.py's header reads (every merged update)
+    "_markers",  # the marker loop of encoding.markers_reader, a full state's markers (joins)
+    "_envelope",  # envelope.py's header reads and structure check (every merged update)
 ]
 
 setup(ext_modules=cythonize(
