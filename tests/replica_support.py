@@ -97,6 +97,16 @@ def replica_state(r: Replica) -> dict[str, Any]:
     }
 
 
+def varuint(n: int) -> bytes:
+    """``n`` as a Yjs (lib0) varuint: for updates built by hand."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def txn(replica: Replica, *ops: dict[str, Any]) -> list[Any]:
     return replica.transact(list(ops))
 

@@ -29,6 +29,7 @@ from tests.replica_support import (
     replica_state,
     seeded_uuids,
     txn,
+    varuint,
 )
 from tests.test_replica_join import MARKERS, _conflicted, _mutated
 
@@ -125,15 +126,6 @@ def _state(n: int = 3, client_id: int = 7) -> bytes:
     return doc.get_update()
 
 
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def test_a_plain_full_state_is_read() -> None:
     assert _read(_state(), _agrees(_state())) == {"A": {f"k{i}": bytearray([i] * (i + 1))
                                                         for i in range(3)}}
@@ -169,7 +161,7 @@ def test_a_deleted_entry_is_left_to_pycrdt() -> None:
     the delete set would show it."""
     plain = _state()
     assert plain[:4] == b"\x01\x03\x07\x00" and plain[-1:] == b"\x00"
-    update = plain[:-1] + b"\x01" + _varuint(7) + b"\x01\x00\x01"
+    update = plain[:-1] + b"\x01" + varuint(7) + b"\x01\x00\x01"
     assert _entries(update) is None
     shown = _shown(update)
     assert shown is not None and "k0" not in shown["A"] and "k0" in _shown(plain)["A"]
@@ -192,11 +184,11 @@ def test_writers_one_to_yrs_are_left_to_pycrdt() -> None:
     plain, other = _state(), _one_key(7, "other", b"x")
     assert other[1:4] == b"\x01\x07\x00"
     for alias in (7 + 2**53, 7 + 2**56):
-        update = b"\x02" + plain[1:-1] + b"\x01" + _varuint(alias) + other[3:-1] + b"\x00"
+        update = b"\x02" + plain[1:-1] + b"\x01" + varuint(alias) + other[3:-1] + b"\x00"
         assert _entries(update) is None
     # (a writer over 53 bits alone: left to pycrdt too)
-    assert _entries(b"\x01" + plain[1:2] + _varuint(2**53) + plain[3:]) is None
-    assert _entries(b"\x01" + plain[1:2] + _varuint(2**53 - 1) + plain[3:]) is not None
+    assert _entries(b"\x01" + plain[1:2] + varuint(2**53) + plain[3:]) is None
+    assert _entries(b"\x01" + plain[1:2] + varuint(2**53 - 1) + plain[3:]) is not None
 
 
 def test_more_roots_than_a_database_has_tables_are_left_to_pycrdt() -> None:

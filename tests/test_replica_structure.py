@@ -17,7 +17,7 @@ from pycrdt import Array, Doc, Map, Text
 
 from crdtdb.replica import envelope as env
 from crdtdb.replica.envelope import CorruptUpdateError, check_structure, seal
-from tests.replica_support import make_replica, ok, txn
+from tests.replica_support import make_replica, ok, txn, varuint
 
 compiled = pytest.mark.skipif(env._compiled is None, reason="not built, or CRDTDB_PURE_PYTHON=1")
 
@@ -117,26 +117,26 @@ def test_garbage_is_answered_alike(raw: bytes) -> None:
     _both(raw)
 
 
+def _in_child(code: str, timeout_s: float = 120) -> str:
+    """Run ``code`` in a child Python (what it guards against is a crash of the process):
+    its output, once it exited normally."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    return out.stdout
+
+
 def _one_key(client_id: int, key: str) -> bytes:
     doc = Doc(client_id=client_id)
     doc.get("T", type=Map)[key] = b"v"
     return doc.get_update()
 
 
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _two_blocks(first: int, second: int) -> bytes:
     """An update of two writer blocks, both at clock 0 (the second with its id as given)."""
     a, b = _one_key(7, "a"), _one_key(7, "b")
     assert a[:3] == b[:3] == b"\x01\x01\x07"
-    return (b"\x02" + b"\x01" + _varuint(first) + a[3:-1] + b"\x01" + _varuint(second)
+    return (b"\x02" + b"\x01" + varuint(first) + a[3:-1] + b"\x01" + varuint(second)
             + b[3:-1] + b"\x00")
 
 
@@ -154,7 +154,7 @@ def test_a_replica_refuses_a_writer_twice_and_survives_it() -> None:
     rows each refuse the update, count it, and are unchanged; a move refuses such a state."""
     code = textwrap.dedent("""
         from crdtdb.replica.envelope import CorruptUpdateError, seal
-        from tests.replica_support import make_replica, ok, txn
+        from tests.replica_support import make_replica, ok, txn, varuint
         from tests.test_replica_structure import _bad_state
         for rows in (False, True):
             r = make_replica(3, 3)
@@ -178,9 +178,7 @@ def test_a_replica_refuses_a_writer_twice_and_survives_it() -> None:
             raise AssertionError("moved")
         print("survived")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0 and "survived" in out.stdout, (out.returncode, out.stderr[-2000:])
+    assert "survived" in _in_child(code)
 
 
 def _bad_state(r: Any, epoch: int = 0) -> bytes:
@@ -201,8 +199,8 @@ def test_a_writer_s_push_past_53_bit_ids_or_32_bit_clocks_is_refused() -> None:
     ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
     ua = a.doc.get_update()
     assert ua[:3] == b"\x01" + ua[1:2] + b"\x07" and ua[3] == 0
-    alias = ua[:2] + _varuint(7 + 2**53) + ua[3:]
-    late = ua[:3] + _varuint(2**32 - 1) + ua[4:]  # (its items past clock 2**32 - 1)
+    alias = ua[:2] + varuint(7 + 2**53) + ua[3:]
+    late = ua[:3] + varuint(2**32 - 1) + ua[4:]  # (its items past clock 2**32 - 1)
     for bad, why in ((alias, "over 53 bits"), (late, "clocks past 32 bits")):
         with pytest.raises(CorruptUpdateError, match=why):
             r.apply_update(seal(r.schema_digest, 0, 7, bad))
@@ -221,7 +219,7 @@ def _wrapping(filler: str, writers: int) -> bytes:
     ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
     ua, ub = a.doc.get_update(), b.doc.get_update()
     assert ua[2:4] == ub[2:4] == b"\x07\x00" and ua[1] < 0x7F and ub[1] < 0x7F
-    length = _varuint(2**32 - ua[1])
+    length = varuint(2**32 - ua[1])
     fill = {"skip": b"\x0a" + length, "gc": b"\x00" + length,
             "deleted": b"\x21\x01\x06Parent\x02zz" + length}[filler]
     block = bytes([ua[1] + 1 + ub[1], 7, 0]) + ua[4:-1] + fill + ub[4:-1]
@@ -255,17 +253,15 @@ def test_a_replica_refuses_a_push_whose_clocks_wrap() -> None:
                 raise AssertionError("taken")
         print("refused")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0 and "refused" in out.stdout, (out.returncode, out.stderr[-2000:])
+    assert "refused" in _in_child(code)
 
 
 def test_a_block_may_end_at_the_last_32_bit_clock() -> None:
     u = _one_key(7, "a")
     assert u[:4] == b"\x01\x01\x07\x00"
-    last = u[:3] + _varuint(2**32 - 2) + u[4:]  # (one item: clocks up to 2**32 - 1)
+    last = u[:3] + varuint(2**32 - 2) + u[4:]  # (one item: clocks up to 2**32 - 1)
     assert _both(last) is None
-    assert _both(u[:3] + _varuint(2**32 - 1) + u[4:]) == "writer 7's clocks past 32 bits"
+    assert _both(u[:3] + varuint(2**32 - 1) + u[4:]) == "writer 7's clocks past 32 bits"
 
 
 def test_what_replicas_send_each_other_passes() -> None:
@@ -338,10 +334,10 @@ def _hidden_behind_a_wrapped_varint() -> bytes:
     b = make_replica(7, 2)
     ok(txn(b, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
     hidden = a.doc.get_update()[1:-1] + b.doc.get_update()[1:-1] + b"\x00"
-    length = _varuint(len(hidden))
-    return (b"\x03" + b"\x01" + _varuint(99) + b"\x00\x03\x81\x80\x80\x80\x10\x00"
-            + _varuint(len(length)) + length + hidden
-            + b"\x01" + _varuint(100) + b"\x00\x00\x01" + b"\x01" + _varuint(101)
+    length = varuint(len(hidden))
+    return (b"\x03" + b"\x01" + varuint(99) + b"\x00\x03\x81\x80\x80\x80\x10\x00"
+            + varuint(len(length)) + length + hidden
+            + b"\x01" + varuint(100) + b"\x00\x00\x01" + b"\x01" + varuint(101)
             + b"\x00\x00\x01" + b"\x00")
 
 
@@ -358,12 +354,12 @@ def test_numbers_yrs_reads_as_u32_are_refused_past_it(field: str) -> None:
             == "truncated or malformed"
     elif field == "first clock":
         assert b"\x01\x07\x00(" in plain
-        assert _both(plain.replace(b"\x01\x07\x00(", b"\x01\x07" + _varuint(2**32) + b"(", 1)) \
+        assert _both(plain.replace(b"\x01\x07\x00(", b"\x01\x07" + varuint(2**32) + b"(", 1)) \
             == "truncated or malformed"
     else:
         deletes = plain[:-1] + b"\x01\x07\x01"
-        assert _both(deletes + _varuint(2**32 - 1) + b"\x01") is None
-        assert _both(deletes + _varuint(2**32) + b"\x01") == "truncated or malformed"
+        assert _both(deletes + varuint(2**32 - 1) + b"\x01") is None
+        assert _both(deletes + varuint(2**32) + b"\x01") == "truncated or malformed"
 
 
 def test_a_replica_refuses_the_wrapped_varint_bypass() -> None:
@@ -377,9 +373,7 @@ def test_a_replica_refuses_the_wrapped_varint_bypass() -> None:
         except CorruptUpdateError as exc:
             print("refused:", exc)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0 and "refused" in out.stdout, (out.returncode, out.stderr[-2000:])
+    assert "refused" in _in_child(code)
 
 
 def _crash_fuzz(seed: int, n: int) -> None:
@@ -447,9 +441,7 @@ def test_damaged_updates_the_walk_passes_do_not_crash_pycrdt(seed: int,
     """In a child process (a crash shows as its return code, -11 for SIGSEGV)."""
     n = 20_000 if request.config.getoption("--slow", default=False) else 1500
     code = f"from tests.test_replica_structure import _crash_fuzz; _crash_fuzz({seed}, {n})"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600, cwd=Path(__file__).resolve().parent.parent)
-    assert out.returncode == 0 and "passed" in out.stdout, (out.returncode, out.stderr[-2000:])
+    assert "passed" in _in_child(code, timeout_s=600)
 
 
 def test_a_text_s_strings_are_refused() -> None:
