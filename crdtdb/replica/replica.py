@@ -1648,8 +1648,7 @@ class Replica:
         compacted full state, its markers are read from its bytes (see _decode_table)."""
         t0 = time.perf_counter()
         with _gc_paused():
-            diff = self._load_document_now(
-                enc.full_state_markers(update) if update is not None else None, update)
+            diff = self._load_document_now(update)
         # (DEBUG: every replica's first update into an empty document takes this path)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: read the whole document: %d rows in %.2f s (%s marker reader)",
@@ -1657,16 +1656,15 @@ class Replica:
                          "compiled" if enc.COMPILED else "Python")
         return diff
 
-    def _load_document_now(self, found: dict[str, tuple[list[str], bytes]] | None,
-                           update: bytes | None) -> Changeset:
+    def _load_document_now(self, update: bytes | None) -> Changeset:
+        found = enc.full_state_markers(update) if update is not None else None
         rows: dict[str, dict[str, Row]] = {}
         later: dict[str, tuple[list[str], list[str], dict[str, Any], dict[str, enc.Key]]] = {}
         with self.doc.transaction() as txn:
             for tname, m in self._maps.items():
                 entries = found.get(tname) if found is not None else None
                 rows[tname], later[tname] = self._decode_table(
-                    tname, m, txn._txn,
-                    (update, *entries) if entries is not None and update is not None else None)
+                    tname, m, txn._txn, None if entries is None else (update, *entries))
         # Outside the transaction, as on the event path: whatever reports a conflict.
         dirty: set[RowKey] = set()
         for tname, (extra_keys, unplain, payloads, parsed) in later.items():
