@@ -1,11 +1,13 @@
 """The compiled header reads (crdtdb/replica/_envelope.pyx) against envelope.py's Python
-ones: the same answer, or the same error, for any bytes."""
+ones: the same answer, or the same error, for any bytes; the deletes the walk reads against
+pycrdt's reading. (The walk's structure checks: tests/test_replica_structure.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
 
+import pycrdt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,20 +69,14 @@ def test_single_writer_span_compiled_equals_python(data: st.DataObject) -> None:
     assert env.single_writer_span(bytearray(raw)) == env._single_writer_span(bytearray(raw))
 
 
-def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
-    try:
-        return "ok", fn(*args)
-    except CorruptUpdateError as exc:
-        return "error", str(exc)
-
-
 @st.composite
 def _delete_sets(draw: st.DrawFn, values: st.SearchStrategy[int]) -> tuple[bytes, int]:
-    """A delete set's tail as deleted_ranges reads it (no structs, then per writer its
-    ranges), and the writer of the update; some of its writers are that one."""
+    """An update of one writer with no items and a delete set (per writer its ranges), and
+    that writer; some of the deleting writers are that one."""
     client = draw(values)
     writers = draw(st.lists(st.one_of(st.just(client), values), max_size=4))
-    out = [_varint(0), _varint(len(writers))]
+    out = [_varint(1), _varint(0), _varint(client), _varint(draw(values)),
+           _varint(len(writers))]
     for w in writers:
         ranges = draw(st.lists(st.tuples(values, values), max_size=3))
         out += [_varint(w), _varint(len(ranges))]
@@ -91,26 +87,60 @@ def _delete_sets(draw: st.DrawFn, values: st.SearchStrategy[int]) -> tuple[bytes
 @compiled
 @settings(max_examples=500, derandomize=True)
 @given(st.data(), _delete_sets(VALUES))
-def test_delete_set_read_compiled_equals_python(data: st.DataObject,
-                                                tail_client: tuple[bytes, int]) -> None:
-    tail, client = tail_client
-    tail = _damaged(data, tail)
-    assert _outcome(env._read_delete_set, tail, client) == \
-        _outcome(env._delete_set_ranges, tail, client)
+def test_survey_compiled_equals_python(data: st.DataObject,
+                                       update_client: tuple[bytes, int]) -> None:
+    update = _damaged(data, update_client[0])
+    assert env._compiled.survey(update) == env._survey(update)
 
 
-@compiled
+def _pycrdt_deletes(update: bytes, client: int) -> set[tuple[int, int]]:
+    """The (writer, clock) of every item of other writers than ``client`` that pycrdt reads
+    ``update`` to delete: its diff of the update against a state past all of ``client``'s
+    clocks is no items and that delete set (how replicas read it before the walk did)."""
+    beyond = _varint(1) + _varint(client) + _varint(2**53)
+    v = env._varuints(pycrdt.get_update(update, beyond))
+    assert v[0] == 0  # no items
+    out, i = set(), 2
+    for _ in range(v[1]):
+        owner, n = v[i], v[i + 1]
+        i += 2
+        for j in range(i, i + 2 * n, 2):
+            if owner != client:
+                out.update((owner, c) for c in range(v[j], v[j] + v[j + 1]))
+        i += 2 * n
+    assert i == len(v)
+    return out
+
+
 @settings(max_examples=300, derandomize=True)
-@given(_delete_sets(st.integers(0, 2**63 - 1)))
-def test_well_formed_delete_sets_are_read_compiled(tail_client: tuple[bytes, int]) -> None:
-    """Not left to Python: where every varint fits 63 bits the compiled read answers."""
-    tail, client = tail_client
-    found = env._compiled.delete_set_ranges(tail, client)
-    assert found is not None and found == env._delete_set_ranges(tail, client)
+@given(_delete_sets(st.integers(0, 40)))
+def test_the_survey_reads_the_deletes_pycrdt_reads(update_client: tuple[bytes, int]) -> None:
+    """Where the walk takes an update, the items of other writers it says the update deletes
+    are those pycrdt reads (overlapping and unsorted ranges, empty ones, the writer's own:
+    read alike); where it refuses one, it is for a writer's ranges given twice (yrs keeps
+    the last list only)."""
+    update, client = update_client
+    found = env._survey(update)
+    if isinstance(found, str):
+        assert found.startswith("deletes of writer") and found.endswith("twice"), found
+        return
+    span, deletes = found
+    assert span is not None and span[0] == client
+    assert all(length > 0 and owner != client for owner, _, length in deletes)
+    mine = {(owner, c) for owner, start, length in deletes
+            for c in range(start, start + length)}
+    assert mine == _pycrdt_deletes(update, client)
 
 
-@compiled
-def test_a_writer_past_63_bits_is_left_to_python() -> None:
-    tail = _varint(0) + _varint(1) + _varint(5) + _varint(1) + _varint(2) + _varint(3)
-    assert env._compiled.delete_set_ranges(tail, 2**64) is None
-    assert env._read_delete_set(tail, 2**64) == [(5, 2, 3)]
+def test_a_delete_range_past_32_bit_clocks_is_refused() -> None:
+    """yrs reads a range's end as a u32 that would wrap: crdtdb writes none."""
+    head = _varint(1) + _varint(0) + _varint(5) + _varint(0) + _varint(1) + _varint(7)
+    for start, length, refused in ((2**32 - 2, 1, False), (2**32 - 2, 2, True),
+                                   (2**32 - 1, 0, False), (0, 2**32 - 1, False),
+                                   (1, 2**32 - 1, True)):
+        update = head + _varint(1) + _varint(start) + _varint(length)
+        with pytest.raises(CorruptUpdateError) if refused else contextlib.nullcontext():
+            span, deletes = env.check_update(update)
+            assert span == (5, 0, 0) and deletes == ([(7, start, length)] if length else [])
+        assert env._survey(update) == (env._compiled.survey(update) if env._compiled
+                                       else env._survey(update))

@@ -1,27 +1,24 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""Compiled twins of the header reads :mod:`crdtdb.replica.envelope` makes on every update a
-replica merges: a single writer's span and the delete set's ranges; and of its walk over
-the structure of an update of many writers (``structure_problem``, on every diff and full
-state: ~100k items in a join).
+"""Compiled twins of the reads :mod:`crdtdb.replica.envelope` makes of every update a
+replica merges: a single writer's span (``single_writer_span``, of a local commit's update)
+and the walk over an update's structure that also finds its span and the other writers'
+items it deletes (``survey``: a merged push's ~60 bytes, or a join's ~100k items).
 
-In Python each is a loop over a few varints, byte by byte: ~11k instructions for the span's
-four and ~4k for a short delete set, of the ~190k a node spends on a merged update (callgrind,
-sims/merge_harness.py). Here they are a few hundred.
+In Python each is a loop over varints, byte by byte: ~11k instructions for the span's four
+alone, of the ~190k a node spent on a merged update (callgrind, sims/merge_harness.py).
 
-Exactness, for *any* input: a result is returned only where these functions understood
-everything; anything else (a varint of more than nine bytes, which may hold more than 63
-bits, a malformed or truncated delete set) is left to the Python function, which says why: ``single_writer_span`` calls it,
-``delete_set_ranges`` returns ``None`` for the caller to. tests/test_replica_envelope.py runs
-both on random and damaged headers.
+Exactness, for *any* input: ``single_writer_span`` leaves a varint of more than nine bytes
+(it may hold more than 63 bits) to the Python function; ``survey`` refuses what its twin
+refuses, with the same words. tests/test_replica_envelope.py and
+tests/test_replica_structure.py run both on random and damaged updates.
 
 ``ABI`` changes whenever this module's interface does; envelope.py uses the module only when
 it finds the ABI it was written for (a stale build left in a tree then falls back to Python).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
-ABI = 2
+ABI = 3
 
 #: _varint's answers besides a position: the bytes end inside the varint; it is longer than
 #: nine bytes (it may hold more than 63 bits: Python's ints take it, a C integer may not).
@@ -75,59 +72,7 @@ def _python_span(update):
     return _single_writer_span(update)
 
 
-def delete_set_ranges(tail, writer):
-    """:func:`crdtdb.replica.envelope._delete_set_ranges` where the delete set is well formed
-    and its varints (and ``writer``) fit 63 bits; ``None`` otherwise (the Python function
-    says what is wrong, or reads the longer varints)."""
-    if type(tail) is not bytes or type(writer) is not int or not 0 <= writer < 2**63:
-        return None
-    cdef unsigned long long client = writer
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(tail)
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(tail)
-    if end == 0:
-        return None
-    # At most one value per byte.
-    cdef unsigned long long *v = <unsigned long long *>PyMem_Malloc(
-        end * sizeof(unsigned long long))
-    if v == NULL:
-        raise MemoryError()
-    cdef Py_ssize_t n = 0
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t i, j
-    cdef unsigned long long k, n_writers, owner, n_ranges
-    cdef list out = []
-    try:
-        while pos < end:
-            pos = _varint(p, pos, end, &v[n])
-            if pos < 0:
-                return None
-            n += 1
-        if n < 2 or v[0] != 0:
-            return None
-        n_writers = v[1]
-        i = 2
-        k = 0
-        while k < n_writers:
-            if i + 1 >= n:
-                return None
-            owner = v[i]
-            n_ranges = v[i + 1]
-            i += 2
-            if n_ranges > <unsigned long long>((n - i) // 2):
-                return None
-            if owner != client:
-                for j in range(i, i + 2 * <Py_ssize_t>n_ranges, 2):
-                    out.append((owner, v[j], v[j + 1]))
-            i += 2 * <Py_ssize_t>n_ranges
-            k += 1
-        if i != n:
-            return None
-        return out
-    finally:
-        PyMem_Free(v)
-
-
-# --- the structure of an update of many writers (envelope._structure_problem) -------------
+# --- the structure of an update, its span and deletes (envelope._survey) ---------------
 
 cdef unsigned long long C_MAX_WRITER = 2**53 - 1
 cdef unsigned long long U32 = 2**32
@@ -205,18 +150,21 @@ cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
     return TRUNCATED
 
 
-def structure_problem(update):
-    """:func:`crdtdb.replica.envelope._structure_problem`."""
+def survey(update):
+    """:func:`crdtdb.replica.envelope._survey`."""
     if type(update) is not bytes:
-        from crdtdb.replica.envelope import _structure_problem
-        return _structure_problem(update)
+        from crdtdb.replica.envelope import _survey
+        return _survey(update)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(update)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
     cdef Py_ssize_t pos = 0
-    cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
+    cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i, start
+    cdef unsigned long long first_writer = 0
     cdef unsigned char info
     cdef int kind
-    cdef set seen = set()
+    cdef set seen = None  # (made for a second writer: most updates have one)
+    cdef object span = None
+    cdef list deletes = []
     pos = _u32(p, pos, end, &n_writers)
     if pos < 0 or n_writers > <unsigned long long>end:
         return "truncated or malformed"
@@ -233,9 +181,16 @@ def structure_problem(update):
             return "truncated or malformed"
         if writer > C_MAX_WRITER:
             return f"writer id {writer} over 53 bits"
-        if writer in seen:
-            return f"writer {writer} twice"
-        seen.add(writer)
+        if w == 0:
+            first_writer = writer
+            if n_writers == 1:
+                span = (writer, clock, n_structs)
+        else:
+            if seen is None:
+                seen = {first_writer}
+            if writer in seen:
+                return f"writer {writer} twice"
+            seen.add(writer)
         if n_structs > <unsigned long long>(end - pos):
             return "truncated or malformed"
         s = 0
@@ -303,21 +258,37 @@ def structure_problem(update):
     pos = _u32(p, pos, end, &n)
     if pos < 0 or n > <unsigned long long>(end - pos):
         return "truncated or malformed"
+    seen = None
     i = 0
     while i < n:
-        pos = _varint(p, pos, end, &v)
-        if pos < 0 or v > C_MAX_WRITER:
+        pos = _varint(p, pos, end, &writer)
+        if pos < 0 or writer > C_MAX_WRITER:
             return "truncated or malformed"
+        if i == 1:
+            seen = {first_writer}
+        if i == 0:
+            first_writer = writer
+        elif writer in seen:
+            return f"deletes of writer {writer} twice"
+        else:
+            seen.add(writer)
         pos = _u32(p, pos, end, &s)
         if pos < 0 or s > <unsigned long long>(end - pos):
             return "truncated or malformed"
         w = 0
-        while w < 2 * s:
+        while w < s:
+            pos = _u32(p, pos, end, &start)
+            if pos < 0:
+                return "truncated or malformed"
             pos = _u32(p, pos, end, &v)
             if pos < 0:
                 return "truncated or malformed"
+            if start + v > C_MAX_CLOCK:
+                return f"deletes of writer {writer} past 32-bit clocks"
+            if span is not None and v != 0 and writer != (<tuple>span)[0]:
+                deletes.append((writer, start, v))
             w += 1
         i += 1
     if pos != end:
         return "bytes after the delete set"
-    return None
+    return span, deletes

@@ -30,7 +30,6 @@ from typing import Any
 
 import msgpack
 import zstandard
-from pycrdt._pycrdt import get_update as _get_update  # (pycrdt.get_update's wrapper skipped)
 
 from crdtdb.engine.frozen import fast_init
 from crdtdb.errors import CrdtdbError
@@ -294,94 +293,6 @@ class pycrdt_errors:  # lowercase: used like the function (a @contextmanager) it
             raise CorruptUpdateError(f"{self.subject} made pycrdt panic: {exc}") from None
 
 
-_DELETE_SET_ERRORS = pycrdt_errors("delete set does not decode", "delete set")
-
-
-def _put_varuint(buf: bytearray, n: int) -> None:
-    while n >= 0x80:
-        buf.append(n & 0x7F | 0x80)
-        n >>= 7
-    buf.append(n)
-
-
-#: Past any clock a writer can reach (pycrdt's clocks are u32; JavaScript's safe integers).
-_BEYOND_ANY_CLOCK = 2**53
-#: client -> a state vector past all its clocks (a node hears from a bounded set of writers;
-#: the cache is dropped whole if it ever gets large).
-_beyond_cache: dict[int, bytes] = {}
-
-
-def _beyond(client: int) -> bytes:
-    sv = _beyond_cache.get(client)
-    if sv is None:
-        if len(_beyond_cache) >= 4096:
-            _beyond_cache.clear()
-        buf = bytearray()
-        for n in (1, client, _BEYOND_ANY_CLOCK):
-            _put_varuint(buf, n)
-        sv = _beyond_cache[client] = bytes(buf)
-    return sv
-
-
-def deleted_ranges(update: bytes, client: int) -> list[tuple[int, int, int]]:
-    """``[(writer, first clock, length)]``: the items of writers other than ``client`` that
-    ``client``'s update deletes (its own earlier items are covered by its clock).
-
-    yrs keeps a delete of an item it does not have yet *pending*, outside its block store:
-    ``Doc.get_update`` leaves it out while the deleting writer's clock already counts it. A
-    peer pulling a diff from such a document reaches the same state vector without the
-    delete, and nothing repairs it. So a replica applies an update only once it has every
-    item the update deletes (:meth:`Replica.apply_update`).
-
-    The delete set is the tail of the update, after the structs; pycrdt drops the structs
-    (a diff against a state vector past all of ``client``'s clocks), then the tail is read
-    here: no structs, then per deleting client its ranges. :class:`CorruptUpdateError` if it
-    does not decode. Runs on every update a replica merges, hence the fast path for a tail
-    of one-byte varints (small clocks and counts: most of them).
-    """
-    try:  # (pycrdt_errors' own work, without a with block's three calls per update)
-        sv = _beyond_cache.get(client)  # (_beyond's lookup, inline: one call less)
-        tail = _get_update(update, _beyond(client) if sv is None else sv)
-    except BaseException as exc:
-        _DELETE_SET_ERRORS.convert(exc)
-        raise
-    if tail == b"\x00\x00":  # no structs, no deletes (a first write of every key)
-        return []
-    return _read_delete_set(tail, client)
-
-
-def _read_delete_set(tail: bytes, client: int) -> list[tuple[int, int, int]]:
-    """:func:`_delete_set_ranges`, compiled where built (it leaves what it does not
-    understand to the Python function)."""
-    if _compiled is not None:
-        found = _compiled.delete_set_ranges(tail, client)
-        if found is not None:
-            return found
-    return _delete_set_ranges(tail, client)
-
-
-def _delete_set_ranges(tail: bytes, client: int) -> list[tuple[int, int, int]]:
-    """:func:`deleted_ranges`' read of the delete set (``tail``: no structs, then per
-    deleting writer its ranges)."""
-    v = list(tail) if tail and max(tail) < 0x80 else _varuints(tail)
-    out: list[tuple[int, int, int]] = []
-    try:
-        if v[0]:
-            raise CorruptUpdateError("an update of one writer holds items of another")
-        i = 2
-        for _ in range(v[1]):
-            owner, n_ranges = v[i], v[i + 1]
-            i += 2
-            if owner != client:
-                out.extend((owner, v[j], v[j + 1]) for j in range(i, i + 2 * n_ranges, 2))
-            i += 2 * n_ranges
-    except IndexError:
-        raise CorruptUpdateError("truncated delete set") from None
-    if i != len(v):
-        raise CorruptUpdateError("truncated or trailing bytes in a delete set")
-    return out
-
-
 # --- the structure of an update of many writers ------------------------------------------
 
 #: yrs keeps 53 bits of a writer's id (it sets the bits above): ids that differ only above
@@ -482,10 +393,17 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
     raise _Malformed
 
 
-def _structure_problem(update: bytes) -> str | None:
-    """Why ``update`` is not of the structure crdtdb's documents write, or None: see
-    :func:`check_structure`."""
+#: What :func:`check_update` finds: a single writer's span (or None) and the ranges of
+#: other writers' items the update deletes.
+Survey = tuple[tuple[int, int, int] | None, list[tuple[int, int, int]]]
+
+
+def _survey(update: bytes) -> str | Survey:
+    """Why ``update`` is not of the structure crdtdb's documents write (a string), or what
+    :func:`check_update` returns: one walk over the update."""
     buf, end = update, len(update)
+    span = None
+    deletes: list[tuple[int, int, int]] = []
     try:
         n_writers, pos = _u32(buf, 0)
         if n_writers > end:
@@ -500,6 +418,8 @@ def _structure_problem(update: bytes) -> str | None:
             if writer in seen:
                 return f"writer {writer} twice"
             seen.add(writer)
+            if n_writers == 1:
+                span = (writer, clock, n_structs)
             if n_structs > end - pos:
                 raise _Malformed
             for _ in range(n_structs):
@@ -547,42 +467,75 @@ def _structure_problem(update: bytes) -> str | None:
         n_deleting, pos = _u32(buf, pos)
         if n_deleting > end - pos:
             raise _Malformed
+        owners: set[int] = set()
         for _ in range(n_deleting):
             owner, pos = _uvar(buf, pos)
             if owner > MAX_WRITER:
                 raise _Malformed
+            # yrs keeps the last of a writer's lists (a map): ranges read here would be
+            # ranges it ignores.
+            if owner in owners:
+                return f"deletes of writer {owner} twice"
+            owners.add(owner)
             n_ranges, pos = _u32(buf, pos)
             if n_ranges > end - pos:
                 raise _Malformed
-            for _ in range(2 * n_ranges):
-                _, pos = _u32(buf, pos)
+            for _ in range(n_ranges):
+                start, pos = _u32(buf, pos)
+                length, pos = _u32(buf, pos)
+                if start + length > MAX_CLOCK:  # (yrs' u32 end would wrap)
+                    return f"deletes of writer {owner} past 32-bit clocks"
+                if span is not None and length and owner != span[0]:
+                    deletes.append((owner, start, length))
     except _Malformed:
         return "truncated or malformed"
     if pos != end:
         return "bytes after the delete set"
-    return None
+    return span, deletes
 
 
-def check_structure(update: bytes) -> None:
+def _structure_problem(update: bytes) -> str | None:
+    """What :func:`_survey` finds wrong with ``update``, or None."""
+    found = _survey(update)
+    return found if type(found) is str else None
+
+
+def check_update(update: bytes) -> Survey:
     """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
     write: each writer's block once, writer ids within 53 bits and every count, clock and
     length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`), items
-    holding values of table maps (or deleted), a delete set and nothing after it.
+    holding values of table maps (or deleted), a delete set (each writer's ranges once,
+    none past 32-bit clocks) and nothing after it. Returns ``(span, deletes)``: the span
+    :func:`single_writer_span` reads for an update of one writer (else None) and, for such
+    an update, ``[(writer, first clock, length)]`` of the other writers' items it deletes
+    (its own earlier items are covered by its clock; empty ranges left out).
 
     Every update a replica takes (~1% of a merged push's instructions, compiled). pycrdt
     0.14 takes an update holding one writer twice (or two ids that are one writer to yrs,
     or one writer's block running past 32-bit clocks, which yrs wraps), puts items at the
     same clocks and then crashes the process (SIGSEGV) reading such an item: a join would
     crash, and a restart would crash again replaying it from the log. The digest of a
-    sealed update does not stop it (its sender digested it); this does."""
-    problem = (_compiled.structure_problem(update) if _compiled is not None
-               else _structure_problem(update))
-    if problem is not None:
-        raise CorruptUpdateError(f"not an update crdtdb writes: {problem}")
+    sealed update does not stop it (its sender digested it); this does.
+
+    The deletes are why a replica waits for an update (see ``Replica._ready``): yrs keeps a
+    delete of an item it does not have yet *pending*, outside its block store, and
+    ``Doc.get_update`` leaves it out while the deleting writer's clock already counts it;
+    a peer pulling a diff from such a document would reach the same state vector without
+    the delete, and nothing would repair it. (They were read through pycrdt's
+    ``get_update`` before this walk read them: ~6k instructions of each merged update.)"""
+    found = _compiled.survey(update) if _compiled is not None else _survey(update)
+    if type(found) is str:
+        raise CorruptUpdateError(f"not an update crdtdb writes: {found}")
+    return found
+
+
+def check_structure(update: bytes) -> None:
+    """:func:`check_update`'s check alone."""
+    check_update(update)
 
 
 # The compiled twins of the header reads above; optional, as _markers.
-_compiled = compiled.load("_envelope", abi=2)
+_compiled = compiled.load("_envelope", abi=3)
 #: Whether the compiled header reads were built (and are of this version).
 BUILT = _compiled is not None
 #: Whether they are used: built, and not turned off (``CRDTDB_PURE_PYTHON=1``).

@@ -53,8 +53,8 @@ from crdtdb.replica.envelope import (
     EpochMismatchError,
     ReplicaError,
     check_structure,
+    check_update,
     decode_state_vector,
-    deleted_ranges,
     open_sealed,
     open_sealed_fields,
     pycrdt_errors,
@@ -1097,17 +1097,12 @@ class Replica:
             raise EpochMismatchError(f"update from epoch {theirs}, replica is at epoch "
                                      f"{self.epoch_id}", mine=self.epoch_id, theirs=theirs)
         try:
-            check_structure(update)  # (also a writer's push: one block can wrap its clocks)
+            # (also a writer's push: one block can wrap its clocks)
+            span, deletes = check_update(update)
         except CorruptUpdateError:
             self._stats.rejected_updates += 1
             raise
-        span = single_writer_span(update)
         if span is not None and not self_contained:
-            try:
-                deletes = deleted_ranges(update, span[0])
-            except CorruptUpdateError:
-                self._stats.rejected_updates += 1
-                raise
             if (self._holding_changes and not self._gapped and not self._parked
                     and not self._pristine and span[1] == self._clocks.get(span[0], 0)
                     and self._ready(span, deletes)):
