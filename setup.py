@@ -10,7 +10,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = [
-    "_markers",  # the marker loop of encoding.markers_reader, a full state's markers (joins)
+    "_markers",  # markers (encoding.markers_reader, a full state's: joins), merged registers
     "_envelope",  # envelope.py's header reads and structure check (every merged update)
 ]
 

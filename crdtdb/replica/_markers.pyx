@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The compiled loop of :func:`crdtdb.replica.encoding.markers_reader`, and the reading of a
-compacted full state's markers where they lie in its bytes (:func:`root_map_entries`, at
-the end: no Python twin, pycrdt's maps are the other way).
+"""The compiled loop of :func:`crdtdb.replica.encoding.markers_reader`, the reading of a
+compacted full state's markers where they lie in its bytes (:func:`root_map_entries`: no
+Python twin, pycrdt's maps are the other way), and the loop of ``Replica._merge_rows`` over
+merged registers (:func:`register_rows`, at the end: every merged update's).
 
 A node joining from a full state reads every marker of every table. In Python the loop over
 the unpacked markers is ~0.4-0.6 s of a 100k-flow join however it is written, and msgpack's
@@ -39,7 +40,7 @@ from libc.string cimport memcmp, memcpy
 
 import os
 
-ABI = 4
+ABI = 5
 
 # As encoding.py's _STR, _MEMO, _INT, _UUID, _OTHER.
 cdef enum Kind:
@@ -1064,3 +1065,152 @@ def root_map_entries(update):
     finally:
         PyMem_Free(entries)
         PyMem_Free(root_names)
+
+
+# --- registers merged: Replica._merge_rows ------------------------------------------------
+
+#: How :func:`register_rows` reads a register column's values (encoding.register_form):
+#: through the column's Python reader; one integer (its bounds given); a ``_version``.
+REGISTER_OTHER = 0
+REGISTER_INT = 1
+REGISTER_VERSION = 2
+
+
+cdef Py_ssize_t _int_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """The end of the msgpack integer at ``pos`` (any width), or BAD: not one, or cut."""
+    cdef unsigned char b
+    cdef Py_ssize_t size
+    if pos >= end:
+        return BAD
+    b = p[pos]
+    if b <= 0x7f or b >= 0xe0:
+        size = 0
+    elif 0xcc <= b <= 0xcf:
+        size = 1 << (b - 0xcc)
+    elif 0xd0 <= b <= 0xd3:
+        size = 1 << (b - 0xd0)
+    else:
+        return BAD
+    return pos + 1 + size if end - pos - 1 >= size else BAD
+
+
+cdef tuple _fast_register(const unsigned char *p, Py_ssize_t end, int form, long long low,
+                          long long high):
+    """``(birth, datum)`` of a register of ``form`` (INT or VERSION) read from its bytes as
+    encoding.register_reader reads it, or None: anything else (that reader answers)."""
+    cdef Py_ssize_t pos, stop
+    cdef long long birth, v
+    if end < 3 or p[0] != 0x92:
+        return None
+    stop = _int_end(p, 1, end)
+    if stop == BAD or not _int_span(p, 1, stop, &birth):
+        return None
+    pos = stop
+    if form == REGISTER_INT:
+        if end - pos < 2 or p[pos] != 0x91 or not _int_span(p, pos + 1, end, &v):
+            return None
+        if v < low or v > high:
+            return None
+        return (birth, (v,))
+    if end - pos != 38 or p[pos] != 0xd9 or p[pos + 1] != 36 or not _is_stored_uuid(
+            p + pos + 2):
+        return None
+    return (birth, (PyUnicode_DecodeASCII(<const char *>p + pos + 2, 36, NULL),))
+
+
+def register_rows(list events, str sep, dict raws, dict forms, dict extras, dict births,
+                  unpack, decode_error):
+    """The new rows of Replica._merge_rows for ``events`` (``(table, key, action, value)``
+    of map events): ``{(table, uuid): row}`` (``None``: to read whole), every key booked
+    into ``extras``; or ``None``, with nothing booked, unless every event sets a register
+    (``U<sep>column``) of a column in ``forms`` (``table -> column name -> (column, form,
+    low, high, index)``, see encoding.register_form) of a row in ``raws`` (``table -> uuid
+    -> row``).
+
+    Registers of INT and VERSION columns are read from their bytes here; a value that is
+    not one such a column writes (another width, a string that is not a stored uuid, a
+    bound passed, bytes after it), and the registers of other columns, are read by
+    ``unpack(column, value)`` (encoding.unpack_register); ``decode_error`` from it makes
+    the row one to read whole, as in the Python loop."""
+    cdef dict rows = {}
+    cdef list keyed = []  # per event: its row's key, its column's form
+    cdef object rk = None, t, key, action, value, u, found, info, row, keys, birth, b, d
+    cdef object current = None
+    cdef list parts
+    cdef tuple ev, fast
+    cdef dict table_extras
+    cdef Py_ssize_t i, n = len(events), index
+    cdef Py_buffer view
+    cdef int form
+    for i in range(n):
+        ev = <tuple>events[i]
+        t = ev[0]
+        key = ev[1]
+        if ev[2] == "delete":
+            return None
+        parts = (<str>key).split(sep)
+        if len(parts) != 2:
+            return None
+        u = parts[0]
+        if rk is None or (<tuple>rk)[1] != u or (<tuple>rk)[0] != t:
+            rk = (t, u)
+            if rk not in rows:
+                found = (<dict>raws[t]).get(u)
+                if found is None:
+                    return None
+                rows[rk] = found
+        info = (<dict>forms[t]).get(parts[1])
+        if info is None:
+            return None
+        keyed.append(rk)
+        keyed.append(info)
+    # Taken: the keys booked, then the new rows.
+    for i in range(n):
+        ev = <tuple>events[i]
+        rk = keyed[2 * i]
+        info = keyed[2 * i + 1]
+        if rk is not current:
+            current = rk
+            u = (<tuple>rk)[1]
+            table_extras = <dict>extras[ev[0]]
+            keys = table_extras.get(u)
+            if keys is None:
+                keys = table_extras[u] = set()
+            row = rows[rk]
+            if type(row) is tuple:  # (its raw row: the row's first event)
+                row = rows[rk] = list(row)
+            birth = (<dict>births[ev[0]]).get(u, 0)
+        (<set>keys).add(ev[1])
+        if row is None:
+            continue
+        value = ev[3]
+        form = (<tuple>info)[1]
+        fast = None
+        if form != REGISTER_OTHER:
+            if type(value) is bytes:
+                fast = _fast_register(<const unsigned char *>PyBytes_AS_STRING(value),
+                                      PyBytes_GET_SIZE(value), form, (<tuple>info)[2],
+                                      (<tuple>info)[3])
+            elif type(value) is bytearray:  # (what pycrdt gives)
+                PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
+                try:
+                    fast = _fast_register(<const unsigned char *>view.buf, view.len, form,
+                                          (<tuple>info)[2], (<tuple>info)[3])
+                finally:
+                    PyBuffer_Release(&view)
+        if fast is not None:
+            b = fast[0]
+            d = fast[1]
+        else:
+            try:
+                b, d = unpack((<tuple>info)[0], value)
+            except decode_error:
+                row = rows[rk] = None  # (read whole by the caller)
+                continue
+        if b == birth:
+            index = (<tuple>info)[4]
+            (<list>row)[index] = d
+    for rk, row in rows.items():
+        if row is not None:
+            rows[rk] = tuple(<list>row)
+    return rows

@@ -55,7 +55,7 @@ from crdtdb.errors import DecodeError, OvsdbError
 from crdtdb.replica import compiled
 
 # The compiled marker loop; optional: without it the same loop runs in Python.
-_compiled = compiled.load("_markers", abi=4)
+_compiled = compiled.load("_markers", abi=5)
 #: Whether the compiled loop was built (and is of this version).
 BUILT = _compiled is not None
 #: Whether a joining node reads markers with the compiled loop: it was built and not turned
@@ -796,6 +796,33 @@ def register_reader(col: ColumnSchema) -> Callable[[Any], tuple[int, tuple]]:
 
 
 _REGISTER_READERS: dict[int, tuple[ColumnSchema, Callable[[Any], tuple[int, tuple]]]] = {}
+
+
+#: :func:`register_form`'s forms (as _markers' REGISTER_*).
+REGISTER_OTHER, REGISTER_INT, REGISTER_VERSION = range(3)
+
+
+def register_form(col: ColumnSchema) -> tuple[ColumnSchema, int, int, int, int]:
+    """``(col, form, low, high, index)``: how :func:`register_rows` reads ``col``'s
+    registers (``low``/``high``: an integer column's bounds, within an int64)."""
+    if col.name == VERSION:
+        return col, REGISTER_VERSION, 0, -1, col.index
+    if _column_kind(col.type) == _INT:
+        key = col.type.key
+        return (col, REGISTER_INT, max(-2**63, key.min_integer),
+                min(2**63 - 1, key.max_integer), col.index)
+    return col, REGISTER_OTHER, 0, -1, col.index
+
+
+def register_rows(events: list[tuple[str, str, str, Any]], raws: Mapping[str, Any],
+                  forms: Mapping[str, Any], extras: Mapping[str, Any],
+                  births: Mapping[str, Any]) -> dict[tuple[str, str], tuple | None] | None:
+    """The compiled loop of ``Replica._merge_rows`` (see _markers.register_rows), or None
+    where it is not built: the caller's Python loop then reads the events."""
+    if not COMPILED:
+        return None
+    return _compiled.register_rows(events, SEP, raws, forms, extras, births, unpack_register,
+                                   DecodeError)
 
 
 def _checked_register(col: ColumnSchema, payload: Any) -> tuple[int, tuple]:
