@@ -26,7 +26,7 @@ pycrdt. Bounded in updates and bytes; the oldest go first.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 #: A kept update: ``(first clock, end clock, update, seq)``, a plain tuple (made for every
 #: merged update: a NamedTuple's ``__new__`` is a Python call, ~2/3 of ``add``'s time).
@@ -83,40 +83,48 @@ class RecentUpdates:
 
     def add(self, span: tuple[int, int, int], update: bytes) -> None:
         """Keep a single writer's update: ``span`` is (writer, first clock, count)."""
-        client, start, n = span
-        end = start + n
-        run = self._by_client.get(client)
-        if run:
-            last = run[-1][_END]
-            if end <= last:
-                return  # nothing past what is kept
-            if start > last:
-                self._drop_run(client)  # a hole: the kept run no longer leads here
-                run = None
-        size = len(update)
-        if size > self.max_update_bytes or n <= 0:
-            self._drop_run(client)
-            return
-        if run is None:
-            run = self._by_client[client] = deque()
-        self._seq = seq = self._seq + 1
-        run.append((start, end, update if type(update) is bytes else bytes(update), seq))
+        self.add_all((span,), (update,))
+
+    def add_all(self, spans: Sequence[tuple[int, int, int]], updates: Sequence[bytes]) -> None:
+        """:meth:`add` of each update in turn, then the oldest dropped while over the bounds
+        (a burst a replica merged: once for all, with the counts in locals, where an
+        ``add`` each was ~8% of a merged update's time)."""
+        by_client = self._by_client
         order = self._order
-        order.append((client, seq))
-        count = self._count + 1
-        total = self._bytes + size
-        # _evict_oldest's loop, inline: once the bounds are reached, every update kept
-        # drops one (a call less per merged update).
+        max_update_bytes = self.max_update_bytes
+        seq = self._seq
+        for (client, start, n), update in zip(spans, updates, strict=True):
+            end = start + n
+            run = by_client.get(client)
+            if run:
+                last = run[-1][_END]
+                if end <= last:
+                    continue  # nothing past what is kept
+                if start > last:
+                    self._drop_run(client)  # a hole: the kept run no longer leads here
+                    run = None
+            size = len(update)
+            if size > max_update_bytes or n <= 0:
+                self._drop_run(client)
+                continue
+            if run is None:
+                run = by_client[client] = deque()
+            seq += 1
+            run.append((start, end, update if type(update) is bytes else bytes(update), seq))
+            order.append((client, seq))
+            self._count += 1
+            self._bytes += size
+        self._seq = seq
+        count, total = self._count, self._bytes
         while (count > self.max_updates or total > self.max_bytes) and order:
             oldest, oldest_seq = order.popleft()
-            oldest_run = self._by_client.get(oldest)
+            oldest_run = by_client.get(oldest)
             if oldest_run and oldest_run[0][_SEQ] == oldest_seq:
                 count -= 1
                 total -= len(oldest_run.popleft()[_UPDATE])
                 if not oldest_run:
-                    del self._by_client[oldest]
-        self._count = count
-        self._bytes = total
+                    del by_client[oldest]
+        self._count, self._bytes = count, total
         if len(order) > 2 * self.max_updates:
             self._order = deque(k for k in order if self._is_kept(*k))
 

@@ -281,6 +281,7 @@ class Replica:
         #: While holding: peers' updates known new and ready from clocks alone, not yet in
         #: the document; they go in together, in one pycrdt transaction (see _queue_update).
         self._queued: list[bytes] = []
+        self._queued_spans: list[tuple[int, int, int]] = []  # (each one's)
         self._queued_bytes = 0
         self._max_parked = max_parked_updates
         self._max_parked_bytes = max_parked_bytes
@@ -380,6 +381,7 @@ class Replica:
         self._captured.clear()
         self._events.clear()
         self._queued.clear()
+        self._queued_spans.clear()
         self._queued_bytes = 0
         self._parked.clear()
         self._recent.clear()
@@ -1134,11 +1136,10 @@ class Replica:
         burst where each update cost them again (~10 us of pycrdt's a merged update).
         Whatever looks at the document, the view or the log flushes them first."""
         self._queued.append(update)
+        self._queued_spans.append(span)  # (kept for pulls once they are in: _flush_queued)
         self._queued_bytes += len(update)
         client, start, n = span
         self._clocks[client] = start + n
-        if self.keep_recent:
-            self._recent.add(span, update)
         self._stats.remote_updates += 1
         self._changes_pending = True
         if (len(self._queued) >= MAX_QUEUED_UPDATES
@@ -1152,6 +1153,7 @@ class Replica:
         if not self._queued:
             return
         queued, self._queued, self._queued_bytes = self._queued, [], 0
+        spans, self._queued_spans = self._queued_spans, []
         self._captured.clear()
         refused: list[CorruptUpdateError] = []
         done = False
@@ -1171,7 +1173,11 @@ class Replica:
                                  self.name, exc)
                 self._clocks = decode_state_vector(self.doc.get_state())
                 self._pending_rescan = True
-                self._recent.clear()  # (it kept them all: no pull is answered with a refused one)
+                # (runs of kept updates would lead past a refused one, and an answer made
+                # of them would lack it: none is answered from them)
+                self._recent.clear()
+            elif self.keep_recent:
+                self._recent.add_all(spans, queued)
             delta = _merge(self._captured)
             self._captured.clear()
             if delta and self._log is not None:
