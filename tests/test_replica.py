@@ -344,7 +344,7 @@ def test_an_update_that_does_not_decode_is_a_corrupt_update(raw: bytes) -> None:
     except CorruptUpdateError:
         return
     assert span is not None or not deletes
-    assert all(n >= 0 and length > 0 for *n, length in deletes for n in n)
+    assert all(owner >= 0 and start >= 0 and length > 0 for owner, start, length in deletes)
 
 
 def test_the_delete_set_of_an_overwrite_names_the_overwritten_items() -> None:

@@ -463,3 +463,91 @@ def test_a_text_s_strings_are_refused() -> None:
     doc = Doc(client_id=3)
     doc.get("T", type=Map)["k"] = "a string, as an any value"
     assert _both(doc.get_update()) is None
+
+
+def _lib0_str(raw: bytes) -> bytes:
+    return varuint(len(raw)) + raw
+
+
+#: Byte strings at the edges of UTF-8: each valid exactly when Python's strict decoder
+#: (as Rust's ``from_utf8``) takes it.
+UTF8_EDGES = [b"", b"a", "é".encode(), "€".encode(), "😀".encode(), b"\xc2\x80", b"\xdf\xbf",
+              b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xf0\x90\x80\x80",
+              b"\xf4\x8f\xbf\xbf",
+              b"\xff", b"\x80", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xed\xa0\x80",
+              b"\xf0\x80\x80\x80", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xc2",
+              b"\xe2\x82", b"\xf0\x9f\x98", b"\xc2\x41", b"\xe2\x28\xa1", b"a\xffb"]
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _string_places(raw: bytes) -> list[bytes]:
+    """Updates holding ``raw`` as each string yrs decodes: a root's name, a key, an "any"
+    string, an "any" map's key."""
+    name, key = _lib0_str(raw), _lib0_str(raw)
+    return [b"\x01\x01\x05\x00\x28\x01" + name + b"\x01k\x01\x7e\x00",
+            b"\x01\x01\x05\x00\x28\x01\x01T" + key + b"\x01\x7e\x00",
+            _entry(b"\x77" + _lib0_str(raw)),
+            _entry(b"\x76\x01" + _lib0_str(raw) + b"\x7e")]
+
+
+@pytest.mark.parametrize("raw", UTF8_EDGES, ids=lambda r: r.hex() or "empty")
+def test_strings_must_be_utf8(raw: bytes) -> None:
+    """yrs refuses an update holding a string that is not UTF-8 when it applies it; the
+    walk refused none, and a push taken into a held burst on its word was forwarded to
+    peers before the burst's flush dropped it (found by review)."""
+    for update in _string_places(raw):
+        assert _both(update) == (None if _utf8(raw) else "truncated or malformed"), update
+        if not _utf8(raw):
+            with pytest.raises(Exception, match=r"(?i)decode"):
+                Doc().apply_update(update)
+    assert _both(_entry(b"\x74" + _lib0_str(raw))) is None  # (a buffer: any bytes)
+
+
+@settings(max_examples=500, derandomize=True)
+@given(st.binary(max_size=8) | st.text(max_size=3).map(str.encode))
+def test_any_bytes_as_a_string_are_taken_as_utf8_is(raw: bytes) -> None:
+    for update in _string_places(raw):
+        assert (_both(update) is None) == _utf8(raw)
+
+
+def test_a_replica_refuses_a_push_with_a_string_not_utf8_while_holding() -> None:
+    """The review's push: a's second, with the name of its table not UTF-8, sealed by a."""
+    update = bytes.fromhex(
+        "0101050128010650ff72656e742435363563373033632d616236372d346165352d623932352d6437"
+        "3030616330356266633401742b9300d92439656133616633332d353730362d346663372d6136653"
+        "02d36333836376630663530613291a17100")
+    assert _both(update.replace(b"P\xffrent", b"Parent")) is None  # (a's push as it was)
+    b = make_replica(2, 2)
+    b.hold_changes()
+    with pytest.raises(CorruptUpdateError, match="not an update crdtdb writes"):
+        b.apply_update(seal(b.schema_digest, 0, 5, update))
+    b.release_changes()
+    assert b.statistics().rejected_updates == 1 and b.statistics().remote_updates == 0
+
+
+def test_a_writer_deleting_its_own_items_past_its_clock_is_refused() -> None:
+    """yrs keeps a delete of an item it does not have pending and leaves it out of every
+    diff: a replica and a peer that pulled from it would differ once the item came (the
+    review: u1, item 5:0 deleting 5:1, then u2, item 5:1). Own items up to the block's end
+    are the writer's to delete."""
+    u1 = bytes.fromhex("0101050028010154016b017d010105010101")
+    assert _both(u1) == "deletes of writer 5's items past its clock"
+    within = bytes.fromhex("0101050028010154016b017d010105010001")  # (5:0, its own item)
+    assert _both(within) is None
+    assert env.check_update(within) == ((5, 0, 1), [])
+    empty = bytes.fromhex("0101050028010154016b017d010105010500")  # (length 0: nothing)
+    assert _both(empty) is None
+
+
+def test_a_push_past_clock_2_to_the_21_is_read() -> None:
+    """The review's push of writer 11 at clock 3,000,000: the reading of deletes through
+    pycrdt refused it (its state vector's clock of 2**53, a u32 to yrs, wrapped to 2**21)."""
+    update = bytes.fromhex("01010bc08db701810bbf8db7010100")
+    assert env.check_update(update) == ((11, 3_000_000, 1), [])

@@ -100,12 +100,61 @@ cdef inline Py_ssize_t _skip_id(const unsigned char *p, Py_ssize_t pos,
 
 cdef inline Py_ssize_t _skip_bytes(const unsigned char *p, Py_ssize_t pos,
                                    Py_ssize_t end) noexcept:
-    """Past a lib0 string or buffer, or a negative position (malformed)."""
+    """Past a lib0 buffer, or a negative position (malformed)."""
     cdef unsigned long long n
     pos = _u32(p, pos, end, &n)
     if pos < 0 or n > <unsigned long long>(end - pos):
         return TRUNCATED
     return pos + <Py_ssize_t>n
+
+
+cdef bint _is_utf8(const unsigned char *p, Py_ssize_t n) noexcept:
+    """Whether ``n`` bytes at ``p`` are UTF-8 as Rust's ``from_utf8`` (and Python's strict
+    decoder) take it: no overlong forms, surrogates or code points past U+10FFFF."""
+    cdef Py_ssize_t i = 0, k, more
+    cdef unsigned char c, lo, hi
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        lo, hi = 0x80, 0xBF  # (the first continuation byte's range)
+        if 0xC2 <= c <= 0xDF:
+            more = 1
+        elif 0xE0 <= c <= 0xEF:
+            more = 2
+            if c == 0xE0:
+                lo = 0xA0
+            elif c == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= c <= 0xF4:
+            more = 3
+            if c == 0xF0:
+                lo = 0x90
+            elif c == 0xF4:
+                hi = 0x8F
+        else:
+            return False
+        if n - i - 1 < more or not lo <= p[i + 1] <= hi:
+            return False
+        for k in range(i + 2, i + 1 + more):
+            if not 0x80 <= p[k] <= 0xBF:
+                return False
+        i += 1 + more
+    return True
+
+
+cdef inline Py_ssize_t _skip_str(const unsigned char *p, Py_ssize_t pos,
+                                 Py_ssize_t end) noexcept:
+    """envelope._skip_str: past a lib0 string of UTF-8, or a negative position."""
+    cdef Py_ssize_t start
+    cdef unsigned long long n
+    start = _u32(p, pos, end, &n)
+    if start < 0 or n > <unsigned long long>(end - start):
+        return TRUNCATED
+    if not _is_utf8(p + start, <Py_ssize_t>n):
+        return TRUNCATED
+    return start + <Py_ssize_t>n
 
 
 cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
@@ -130,7 +179,9 @@ cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
         return pos + 4 if end - pos >= 4 else TRUNCATED
     if tag == 123 or tag == 122:
         return pos + 8 if end - pos >= 8 else TRUNCATED
-    if tag == 119 or tag == 116:
+    if tag == 119:
+        return _skip_str(p, pos, end)
+    if tag == 116:
         return _skip_bytes(p, pos, end)
     if tag == 118 or tag == 117:
         pos = _u32(p, pos, end, &n)
@@ -139,7 +190,7 @@ cdef Py_ssize_t _skip_any(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
         i = 0
         while i < n:
             if tag == 118:
-                pos = _skip_bytes(p, pos, end)
+                pos = _skip_str(p, pos, end)
                 if pos < 0:
                     return TRUNCATED
             pos = _skip_any(p, pos, end, depth + 1)
@@ -158,8 +209,10 @@ def survey(update):
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(update)
     cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
     cdef Py_ssize_t pos = 0
-    cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i, start
-    cdef unsigned long long first_writer = 0
+    cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
+    cdef unsigned long long first_writer = 0, span_end = 0
+    cdef unsigned long long n_owners, owner, first_owner = 0, n_ranges, start, length, o, r
+    cdef set owners
     cdef unsigned char info
     cdef int kind
     cdef set seen = None  # (made for a second writer: most updates have one)
@@ -220,16 +273,16 @@ def survey(update):
                 pos = _u32(p, pos, end, &v)
                 if pos < 0:
                     return "truncated or malformed"
-                if v == 1:
-                    pos = _skip_bytes(p, pos, end)
+                if v == 1:  # (a root's name)
+                    pos = _skip_str(p, pos, end)
                 elif v == 0:
                     pos = _skip_id(p, pos, end)
                 else:
                     return "truncated or malformed"
                 if pos < 0:
                     return "truncated or malformed"
-                if info & 0x20:
-                    pos = _skip_bytes(p, pos, end)
+                if info & 0x20:  # (a key)
+                    pos = _skip_str(p, pos, end)
                     if pos < 0:
                         return "truncated or malformed"
             kind = info & 0x0F
@@ -254,41 +307,47 @@ def survey(update):
             if clock > C_MAX_CLOCK:
                 return f"writer {writer}'s clocks past 32 bits"
             s += 1
+        span_end = clock  # (the last writer's: the only one, for a span)
         w += 1
-    pos = _u32(p, pos, end, &n)
-    if pos < 0 or n > <unsigned long long>(end - pos):
+    # The delete set: per deleting writer (each once: yrs keeps the last list only), its
+    # ranges; those of other writers than a span's are the deletes returned.
+    pos = _u32(p, pos, end, &n_owners)
+    if pos < 0 or n_owners > <unsigned long long>(end - pos):
         return "truncated or malformed"
-    seen = None
-    i = 0
-    while i < n:
-        pos = _varint(p, pos, end, &writer)
-        if pos < 0 or writer > C_MAX_WRITER:
+    owners = None
+    o = 0
+    while o < n_owners:
+        pos = _varint(p, pos, end, &owner)
+        if pos < 0 or owner > C_MAX_WRITER:
             return "truncated or malformed"
-        if i == 1:
-            seen = {first_writer}
-        if i == 0:
-            first_writer = writer
-        elif writer in seen:
-            return f"deletes of writer {writer} twice"
+        if o == 0:
+            first_owner = owner
         else:
-            seen.add(writer)
-        pos = _u32(p, pos, end, &s)
-        if pos < 0 or s > <unsigned long long>(end - pos):
+            if owners is None:
+                owners = {first_owner}
+            if owner in owners:
+                return f"deletes of writer {owner} twice"
+            owners.add(owner)
+        pos = _u32(p, pos, end, &n_ranges)
+        if pos < 0 or n_ranges > <unsigned long long>(end - pos):
             return "truncated or malformed"
-        w = 0
-        while w < s:
+        r = 0
+        while r < n_ranges:
             pos = _u32(p, pos, end, &start)
             if pos < 0:
                 return "truncated or malformed"
-            pos = _u32(p, pos, end, &v)
+            pos = _u32(p, pos, end, &length)
             if pos < 0:
                 return "truncated or malformed"
-            if start + v > C_MAX_CLOCK:
-                return f"deletes of writer {writer} past 32-bit clocks"
-            if span is not None and v != 0 and writer != (<tuple>span)[0]:
-                deletes.append((writer, start, v))
-            w += 1
-        i += 1
+            if start + length > C_MAX_CLOCK:
+                return f"deletes of writer {owner} past 32-bit clocks"
+            if span is not None and length != 0:
+                if owner != first_writer:
+                    deletes.append((owner, start, length))
+                elif start + length > span_end:
+                    return f"deletes of writer {owner}'s items past its clock"
+            r += 1
+        o += 1
     if pos != end:
         return "bytes after the delete set"
     return span, deletes

@@ -352,10 +352,24 @@ def _skip_id(buf: bytes, pos: int) -> int:
 
 
 def _skip_bytes(buf: bytes, pos: int) -> int:
-    """Past a lib0 string or buffer: a length, then that many bytes."""
+    """Past a lib0 buffer: a length, then that many bytes."""
     n, pos = _u32(buf, pos)
     if n > len(buf) - pos:
         raise _Malformed
+    return pos + n
+
+
+def _skip_str(buf: bytes, pos: int) -> int:
+    """Past a lib0 string: :func:`_skip_bytes`, of UTF-8 (yrs refuses an update holding
+    other bytes in a string when it applies it: a push taken into a held burst on the
+    strength of this walk would be forwarded, then dropped; found by review)."""
+    n, pos = _u32(buf, pos)
+    if n > len(buf) - pos:
+        raise _Malformed
+    try:
+        bytes(buf[pos:pos + n]).decode()  # (strict: as Rust's from_utf8)
+    except UnicodeDecodeError:
+        raise _Malformed from None
     return pos + n
 
 
@@ -379,7 +393,9 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
         if len(buf) - pos < size:
             raise _Malformed
         return pos + size
-    if tag in (119, 116):  # string, buffer
+    if tag == 119:  # string
+        return _skip_str(buf, pos)
+    if tag == 116:  # buffer
         return _skip_bytes(buf, pos)
     if tag in (118, 117):  # map (key, value pairs), array
         n, pos = _u32(buf, pos)
@@ -387,7 +403,7 @@ def _skip_any(buf: bytes, pos: int, depth: int) -> int:
             raise _Malformed
         for _ in range(n):
             if tag == 118:
-                pos = _skip_bytes(buf, pos)
+                pos = _skip_str(buf, pos)
             pos = _skip_any(buf, pos, depth + 1)
         return pos
     raise _Malformed
@@ -403,6 +419,7 @@ def _survey(update: bytes) -> str | Survey:
     :func:`check_update` returns: one walk over the update."""
     buf, end = update, len(update)
     span = None
+    span_end = 0
     deletes: list[tuple[int, int, int]] = []
     try:
         n_writers, pos = _u32(buf, 0)
@@ -439,14 +456,14 @@ def _survey(update: bytes) -> str | Survey:
                     pos = _skip_id(buf, pos)
                 if not info & 0xC0:
                     parent, pos = _u32(buf, pos)  # (1: a root, by name; 0: an item)
-                    if parent == 1:
-                        pos = _skip_bytes(buf, pos)
+                    if parent == 1:  # (its name)
+                        pos = _skip_str(buf, pos)
                     elif parent == 0:
                         pos = _skip_id(buf, pos)
                     else:
                         raise _Malformed
-                    if info & 0x20:
-                        pos = _skip_bytes(buf, pos)
+                    if info & 0x20:  # (a key)
+                        pos = _skip_str(buf, pos)
                 kind = info & 0x0F
                 if kind not in _CONTENT_OK:
                     return f"content of kind {kind}"
@@ -464,6 +481,7 @@ def _survey(update: bytes) -> str | Survey:
                 clock += length
                 if clock > MAX_CLOCK:
                     return f"writer {writer}'s clocks past 32 bits"
+            span_end = clock  # (the last writer's: the only one, for a span)
         n_deleting, pos = _u32(buf, pos)
         if n_deleting > end - pos:
             raise _Malformed
@@ -485,8 +503,14 @@ def _survey(update: bytes) -> str | Survey:
                 length, pos = _u32(buf, pos)
                 if start + length > MAX_CLOCK:  # (yrs' u32 end would wrap)
                     return f"deletes of writer {owner} past 32-bit clocks"
-                if span is not None and length and owner != span[0]:
+                if span is None or not length:
+                    continue
+                if owner != span[0]:
                     deletes.append((owner, start, length))
+                elif start + length > span_end:
+                    # (yrs would keep it pending and leave it out of every diff: found by
+                    # review; crdtdb's writers delete only items they have)
+                    return f"deletes of writer {owner}'s items past its clock"
     except _Malformed:
         return "truncated or malformed"
     if pos != end:
@@ -504,8 +528,9 @@ def check_update(update: bytes) -> Survey:
     """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
     write: each writer's block once, writer ids within 53 bits and every count, clock and
     length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`), items
-    holding values of table maps (or deleted), a delete set (each writer's ranges once,
-    none past 32-bit clocks) and nothing after it. Returns ``(span, deletes)``: the span
+    holding values of table maps (or deleted), every string UTF-8, a delete set (each
+    writer's ranges once, none past 32-bit clocks; a single writer's own deletes within
+    its clock) and nothing after it. Returns ``(span, deletes)``: the span
     :func:`single_writer_span` reads for an update of one writer (else None) and, for such
     an update, ``[(writer, first clock, length)]`` of the other writers' items it deletes
     (its own earlier items are covered by its clock; empty ranges left out).
