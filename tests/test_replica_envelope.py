@@ -135,12 +135,13 @@ def test_the_survey_reads_the_deletes_pycrdt_reads(update_client: tuple[bytes, i
     assert mine == _pycrdt_deletes(update, client)
 
 
-def test_a_delete_range_past_32_bit_clocks_is_refused() -> None:
-    """yrs reads a range's end as a u32 that would wrap: crdtdb writes none."""
+def test_a_delete_range_past_31_bit_clocks_is_refused() -> None:
+    """No clock an update names reaches 2**31 (see envelope.MAX_CLOCK); a range's end is
+    one (yrs reads it as a u32 that would wrap at 2**32)."""
     head = _varint(1) + _varint(0) + _varint(5) + _varint(0) + _varint(1) + _varint(7)
-    for start, length, refused in ((2**32 - 2, 1, False), (2**32 - 2, 2, True),
-                                   (2**32 - 1, 0, False), (0, 2**32 - 1, False),
-                                   (1, 2**32 - 1, True)):
+    for start, length, refused in ((2**31 - 2, 1, False), (2**31 - 2, 2, True),
+                                   (2**31 - 1, 0, False), (0, 2**31 - 1, False),
+                                   (1, 2**31 - 1, True), (2**32 - 1, 1, True)):
         update = head + _varint(1) + _varint(start) + _varint(length)
         with pytest.raises(CorruptUpdateError) if refused else contextlib.nullcontext():
             span, deletes = env.check_update(update)

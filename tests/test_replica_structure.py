@@ -194,15 +194,15 @@ def _bad_state(r: Any, epoch: int = 0) -> bytes:
     return seal(r.schema_digest, epoch, 7, update, base=b"" if not epoch else b"\x01" * 32)
 
 
-def test_a_writer_s_push_past_53_bit_ids_or_32_bit_clocks_is_refused() -> None:
+def test_a_writer_s_push_past_53_bit_ids_or_31_bit_clocks_is_refused() -> None:
     r = make_replica(3, 3)
     a = make_replica(7, 7)
     ok(txn(a, {"op": "insert", "table": "Parent", "row": {"name": "a"}}))
     ua = a.doc.get_update()
     assert ua[:3] == b"\x01" + ua[1:2] + b"\x07" and ua[3] == 0
     alias = ua[:2] + varuint(7 + 2**53) + ua[3:]
-    late = ua[:3] + varuint(2**32 - 1) + ua[4:]  # (its items past clock 2**32 - 1)
-    for bad, why in ((alias, "over 53 bits"), (late, "clocks past 32 bits")):
+    late = ua[:3] + varuint(2**31 - 1) + ua[4:]  # (its items past clock 2**31 - 1)
+    for bad, why in ((alias, "over 53 bits"), (late, "clocks past 31 bits")):
         with pytest.raises(CorruptUpdateError, match=why):
             r.apply_update(seal(r.schema_digest, 0, 7, bad))
     assert r.statistics().rejected_updates == 2
@@ -234,7 +234,7 @@ def _wrapping(filler: str, writers: int) -> bytes:
 @pytest.mark.parametrize("filler", ["skip", "gc", "deleted"])
 @pytest.mark.parametrize("writers", [1, 2])
 def test_a_block_whose_clocks_wrap_is_refused(filler: str, writers: int) -> None:
-    assert _both(_wrapping(filler, writers)) == "writer 7's clocks past 32 bits"
+    assert _both(_wrapping(filler, writers)) == "writer 7's clocks past 31 bits"
 
 
 def test_a_replica_refuses_a_push_whose_clocks_wrap() -> None:
@@ -249,7 +249,7 @@ def test_a_replica_refuses_a_push_whose_clocks_wrap() -> None:
             try:
                 r.apply_update(seal(r.schema_digest, 0, 7, _wrapping("skip", writers)))
             except CorruptUpdateError as exc:
-                assert "clocks past 32 bits" in str(exc), exc
+                assert "clocks past 31 bits" in str(exc), exc
             else:
                 raise AssertionError("taken")
         print("refused")
@@ -257,12 +257,27 @@ def test_a_replica_refuses_a_push_whose_clocks_wrap() -> None:
     assert "refused" in _in_child(code)
 
 
-def test_a_block_may_end_at_the_last_32_bit_clock() -> None:
+def test_a_block_may_end_at_the_last_31_bit_clock() -> None:
     u = _one_key(7, "a")
     assert u[:4] == b"\x01\x01\x07\x00"
-    last = u[:3] + varuint(2**32 - 2) + u[4:]  # (one item: clocks up to 2**32 - 1)
+    last = u[:3] + varuint(2**31 - 2) + u[4:]  # (one item: clocks up to 2**31 - 1)
     assert _both(last) is None
-    assert _both(u[:3] + varuint(2**32 - 1) + u[4:]) == "writer 7's clocks past 32 bits"
+    assert _both(u[:3] + varuint(2**31 - 1) + u[4:]) == "writer 7's clocks past 31 bits"
+    # (an empty block past them too: no item takes its clock there)
+    assert _both(b"\x01\x00\x07" + varuint(2**31) + b"\x00") == "writer 7's clocks past 31 bits"
+
+
+def test_a_push_far_past_a_writer_s_clock_is_refused() -> None:
+    """The fourth review: yrs integrates an item more than 2**31 clocks past what it has of
+    its writer as if nothing were missing, then panics on a delete below it, keeping what it
+    had integrated. A push of two writers went straight in; now no clock reaches 2**31."""
+    two = bytes.fromhex("02010c818080800828010154016b017d01010d0028010154016a017d01010c010d01")
+    assert _both(two) == "writer 12's clocks past 31 bits"
+    one = bytes.fromhex("01010c818080800828010154016b017d01010c010d01")
+    assert _both(one) == "writer 12's clocks past 31 bits"
+    r = make_replica(3, 3)
+    with pytest.raises(CorruptUpdateError, match="past 31 bits"):
+        r.apply_update(seal(r.schema_digest, 0, 12, two))
 
 
 def test_what_replicas_send_each_other_passes() -> None:
@@ -358,11 +373,13 @@ def test_numbers_yrs_reads_as_u32_are_refused_past_it(field: str) -> None:
         assert _both(plain.replace(b"\x01\x07\x00(", b"\x01\x07" + varuint(2**32) + b"(", 1)) \
             == "truncated or malformed"
     else:
-        deletes = plain[:-1] + b"\x01\x07\x01"
-        assert _both(deletes + varuint(2**32 - 2) + b"\x01") is None
-        # (a range's end is a u32 to yrs too: the last clock plus one would wrap)
+        deletes = plain[:-1] + b"\x01\x09\x01"  # (of writer 9: no block here)
+        assert _both(deletes + varuint(2**31 - 2) + b"\x01") is None
+        # (a range's end is a clock too)
+        assert _both(deletes + varuint(2**31 - 1) + b"\x01") \
+            == "deletes of writer 9 past 31-bit clocks"
         assert _both(deletes + varuint(2**32 - 1) + b"\x01") \
-            == "deletes of writer 7 past 32-bit clocks"
+            == "deletes of writer 9 past 31-bit clocks"
         assert _both(deletes + varuint(2**32) + b"\x01") == "truncated or malformed"
 
 
@@ -551,3 +568,18 @@ def test_a_push_past_clock_2_to_the_21_is_read() -> None:
     pycrdt refused it (its state vector's clock of 2**53, a u32 to yrs, wrapped to 2**21)."""
     update = bytes.fromhex("01010bc08db701810bbf8db7010100")
     assert env.check_update(update) == ((11, 3_000_000, 1), [])
+
+
+def test_writers_deleting_their_own_items_past_their_blocks_are_refused() -> None:
+    """The fourth review's two-writer form of the same divergence: u1 holds items 5:0 and
+    6:0 and deletes 5:1; a replica took it, a peer pulled from it, and after 5:1 came the
+    two differed with equal state vectors. Each writer's own deletes must end within its
+    block, in an update of any number of writers."""
+    a, b = _one_key(5, "k"), _one_key(6, "m")
+    assert a[-1] == b[-1] == 0
+    two = b"\x02" + a[1:-1] + b[1:-1]
+    assert _both(two + b"\x01\x05\x01\x01\x01") == "deletes of writer 5's items past its clock"
+    assert _both(two + b"\x01\x06\x01\x01\x01") == "deletes of writer 6's items past its clock"
+    assert _both(two + b"\x01\x05\x01\x00\x01") is None  # (5:0, in its block)
+    assert _both(two + b"\x01\x09\x01\x07\x01") is None  # (writer 9: not in it)
+    assert _both(two + b"\x00") is None

@@ -76,7 +76,7 @@ def _python_span(update):
 
 cdef unsigned long long C_MAX_WRITER = 2**53 - 1
 cdef unsigned long long U32 = 2**32
-cdef unsigned long long C_MAX_CLOCK = 2**32 - 1
+cdef unsigned long long C_MAX_CLOCK = 2**31 - 1  # (envelope.MAX_CLOCK)
 cdef int C_MAX_ANY_DEPTH = 32
 
 
@@ -210,12 +210,13 @@ def survey(update):
     cdef Py_ssize_t end = PyBytes_GET_SIZE(update)
     cdef Py_ssize_t pos = 0
     cdef unsigned long long n_writers, n_structs, writer, clock, v, n, w, s, i
-    cdef unsigned long long first_writer = 0, span_end = 0
+    cdef unsigned long long first_writer = 0, first_end = 0
+    cdef dict ends = None  # (the writers after the first: most updates have one)
+    cdef object own_end
     cdef unsigned long long n_owners, owner, first_owner = 0, n_ranges, start, length, o, r
     cdef set owners
     cdef unsigned char info
     cdef int kind
-    cdef set seen = None  # (made for a second writer: most updates have one)
     cdef object span = None
     cdef list deletes = []
     pos = _u32(p, pos, end, &n_writers)
@@ -239,11 +240,12 @@ def survey(update):
             if n_writers == 1:
                 span = (writer, clock, n_structs)
         else:
-            if seen is None:
-                seen = {first_writer}
-            if writer in seen:
+            if ends is None:
+                ends = {first_writer: first_end}
+            if writer in ends:
                 return f"writer {writer} twice"
-            seen.add(writer)
+        if clock > C_MAX_CLOCK:
+            return f"writer {writer}'s clocks past 31 bits"
         if n_structs > <unsigned long long>(end - pos):
             return "truncated or malformed"
         s = 0
@@ -258,7 +260,7 @@ def survey(update):
                     return "truncated or malformed"
                 clock += v
                 if clock > C_MAX_CLOCK:
-                    return f"writer {writer}'s clocks past 32 bits"
+                    return f"writer {writer}'s clocks past 31 bits"
                 s += 1
                 continue
             if info & 0x80:
@@ -305,9 +307,12 @@ def survey(update):
                 return "truncated or malformed"
             clock += v
             if clock > C_MAX_CLOCK:
-                return f"writer {writer}'s clocks past 32 bits"
+                return f"writer {writer}'s clocks past 31 bits"
             s += 1
-        span_end = clock  # (the last writer's: the only one, for a span)
+        if w == 0:
+            first_end = clock
+        else:
+            ends[writer] = clock
         w += 1
     # The delete set: per deleting writer (each once: yrs keeps the last list only), its
     # ranges; those of other writers than a span's are the deletes returned.
@@ -340,12 +345,18 @@ def survey(update):
             if pos < 0:
                 return "truncated or malformed"
             if start + length > C_MAX_CLOCK:
-                return f"deletes of writer {owner} past 32-bit clocks"
-            if span is not None and length != 0:
-                if owner != first_writer:
+                return f"deletes of writer {owner} past 31-bit clocks"
+            if length != 0:
+                # (a writer's items past its block: see envelope._survey)
+                if n_writers > 0 and owner == first_writer:
+                    if start + length > first_end:
+                        return f"deletes of writer {owner}'s items past its clock"
+                elif ends is not None:
+                    own_end = ends.get(owner)
+                    if own_end is not None and start + length > <unsigned long long>own_end:
+                        return f"deletes of writer {owner}'s items past its clock"
+                if span is not None and owner != first_writer:
                     deletes.append((owner, start, length))
-                elif start + length > span_end:
-                    return f"deletes of writer {owner}'s items past its clock"
             r += 1
         o += 1
     if pos != end:

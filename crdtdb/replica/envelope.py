@@ -298,11 +298,15 @@ class pycrdt_errors:  # lowercase: used like the function (a @contextmanager) it
 #: yrs keeps 53 bits of a writer's id (it sets the bits above): ids that differ only above
 #: them are one writer to it. crdtdb draws ids under 2**32.
 MAX_WRITER = 2**53 - 1
-#: yrs' clocks are 32 bits.
-MAX_CLOCK = 2**32 - 1
+#: yrs' clocks are 32 bits, but it integrates an item more than 2**31 clocks past what it
+#: has of the item's writer as if nothing were missing, then panics on a delete below it,
+#: keeping what it had integrated (found by review): every clock of an update that a walk
+#: takes is under 2**31, so no gap is that long. (A writer reaching it within one epoch
+#: would have written a log of tens of GB; compaction starts a new epoch long before.)
+MAX_CLOCK = 2**31 - 1
 #: Any values nested deeper than this are refused (crdtdb writes none nested).
 MAX_ANY_DEPTH = 32
-_U32 = MAX_CLOCK + 1
+_U32 = 2**32
 #: The kinds of content crdtdb's documents hold: deleted, and "any" values (a table map's
 #: entries: its bytes and strings are "any" values too). Item info bytes whose low 4 bits
 #: name them (yrs reads the content kind from those bits; 0 is a GC and 10 a skip when the
@@ -419,22 +423,22 @@ def _survey(update: bytes) -> str | Survey:
     :func:`check_update` returns: one walk over the update."""
     buf, end = update, len(update)
     span = None
-    span_end = 0
     deletes: list[tuple[int, int, int]] = []
     try:
         n_writers, pos = _u32(buf, 0)
         if n_writers > end:
             raise _Malformed
-        seen: set[int] = set()
+        ends: dict[int, int] = {}  # writer -> the clock past its block
         for _ in range(n_writers):
             n_structs, pos = _u32(buf, pos)
             writer, pos = _uvar(buf, pos)
             clock, pos = _u32(buf, pos)  # (its first)
             if writer > MAX_WRITER:
                 return f"writer id {writer} over 53 bits"
-            if writer in seen:
+            if writer in ends:
                 return f"writer {writer} twice"
-            seen.add(writer)
+            if clock > MAX_CLOCK:
+                return f"writer {writer}'s clocks past 31 bits"
             if n_writers == 1:
                 span = (writer, clock, n_structs)
             if n_structs > end - pos:
@@ -448,7 +452,7 @@ def _survey(update: bytes) -> str | Survey:
                     length, pos = _u32(buf, pos)
                     clock += length
                     if clock > MAX_CLOCK:
-                        return f"writer {writer}'s clocks past 32 bits"
+                        return f"writer {writer}'s clocks past 31 bits"
                     continue
                 if info & 0x80:  # origin
                     pos = _skip_id(buf, pos)
@@ -480,8 +484,8 @@ def _survey(update: bytes) -> str | Survey:
                 # twice, within one block: found by review, with a skip of 2**32 - 1).
                 clock += length
                 if clock > MAX_CLOCK:
-                    return f"writer {writer}'s clocks past 32 bits"
-            span_end = clock  # (the last writer's: the only one, for a span)
+                    return f"writer {writer}'s clocks past 31 bits"
+            ends[writer] = clock
         n_deleting, pos = _u32(buf, pos)
         if n_deleting > end - pos:
             raise _Malformed
@@ -501,16 +505,18 @@ def _survey(update: bytes) -> str | Survey:
             for _ in range(n_ranges):
                 start, pos = _u32(buf, pos)
                 length, pos = _u32(buf, pos)
-                if start + length > MAX_CLOCK:  # (yrs' u32 end would wrap)
-                    return f"deletes of writer {owner} past 32-bit clocks"
-                if span is None or not length:
+                if start + length > MAX_CLOCK:
+                    return f"deletes of writer {owner} past 31-bit clocks"
+                if not length:
                     continue
-                if owner != span[0]:
-                    deletes.append((owner, start, length))
-                elif start + length > span_end:
-                    # (yrs would keep it pending and leave it out of every diff: found by
-                    # review; crdtdb's writers delete only items they have)
+                own_end = ends.get(owner)
+                if own_end is not None and start + length > own_end:
+                    # Items of a writer past its block: yrs would keep the delete pending
+                    # and leave it out of every diff (found by review; a writer deletes
+                    # only items it has, and a diff carries a writer's items to its clock).
                     return f"deletes of writer {owner}'s items past its clock"
+                if span is not None and owner != span[0]:
+                    deletes.append((owner, start, length))
     except _Malformed:
         return "truncated or malformed"
     if pos != end:
@@ -527,10 +533,10 @@ def _structure_problem(update: bytes) -> str | None:
 def check_update(update: bytes) -> Survey:
     """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
     write: each writer's block once, writer ids within 53 bits and every count, clock and
-    length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`), items
-    holding values of table maps (or deleted), every string UTF-8, a delete set (each
-    writer's ranges once, none past 32-bit clocks; a single writer's own deletes within
-    its clock) and nothing after it. Returns ``(span, deletes)``: the span
+    length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`) and every
+    clock under 2**31 (:data:`MAX_CLOCK`), items holding values of table maps (or deleted),
+    every string UTF-8, a delete set (each writer's ranges once; a writer's own deletes
+    within its block, where the update has one) and nothing after it. Returns ``(span, deletes)``: the span
     :func:`single_writer_span` reads for an update of one writer (else None) and, for such
     an update, ``[(writer, first clock, length)]`` of the other writers' items it deletes
     (its own earlier items are covered by its clock; empty ranges left out).
