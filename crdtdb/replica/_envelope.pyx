@@ -16,9 +16,10 @@ tests/test_replica_structure.py run both on random and damaged updates.
 it finds the ABI it was written for (a stale build left in a tree then falls back to Python).
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-ABI = 3
+ABI = 4
 
 #: _varint's answers besides a position: the bytes end inside the varint; it is longer than
 #: nine bytes (it may hold more than 63 bits: Python's ints take it, a C integer may not).
@@ -362,3 +363,101 @@ def survey(update):
     if pos != end:
         return "bytes after the delete set"
     return span, deletes
+
+
+# --- a sealed update's fields (envelope.open_sealed_fields) -------------------------------
+
+cdef inline unsigned long long _be_at(const unsigned char *p, int n) noexcept:
+    cdef unsigned long long v = 0
+    cdef int k
+    for k in range(n):
+        v = (v << 8) | p[k]
+    return v
+
+
+cdef Py_ssize_t _uint_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                         unsigned long long *out) noexcept:
+    """A msgpack integer that is not negative (a positive fixint, uint 8 to 64) at ``pos``:
+    the position after it, or TRUNCATED (anything else)."""
+    cdef int size
+    if pos >= end:
+        return TRUNCATED
+    if p[pos] <= 0x7f:
+        out[0] = p[pos]
+        return pos + 1
+    if not 0xcc <= p[pos] <= 0xcf:
+        return TRUNCATED
+    size = 1 << (p[pos] - 0xcc)
+    if end - pos - 1 < size:
+        return TRUNCATED
+    out[0] = _be_at(p + pos + 1, size)
+    return pos + 1 + size
+
+
+cdef Py_ssize_t _raw_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
+                        bint text, Py_ssize_t *n) noexcept:
+    """A msgpack str (``text``: fixstr, str 8 to 32) or bin (bin 8 to 32) at ``pos``: where
+    its ``n`` bytes start, or TRUNCATED."""
+    cdef unsigned char b
+    cdef int size
+    if pos >= end:
+        return TRUNCATED
+    b = p[pos]
+    if text and 0xa0 <= b <= 0xbf:
+        n[0] = b & 0x1f
+        pos += 1
+    else:
+        if text and 0xd9 <= b <= 0xdb:
+            size = 1 << (b - 0xd9)
+        elif not text and 0xc4 <= b <= 0xc6:
+            size = 1 << (b - 0xc4)
+        else:
+            return TRUNCATED
+        if end - pos - 1 < size:
+            return TRUNCATED
+        n[0] = <Py_ssize_t>_be_at(p + pos + 1, size)
+        pos += 1 + size
+    if n[0] > end - pos:
+        return TRUNCATED
+    return pos
+
+
+def sealed_fields(payload, Py_ssize_t max_bin_bytes):
+    """The eight fields of a sealed update (``[format, schema, epoch, base, client_id,
+    body, digest, codec]``) read from ``payload``'s msgpack as :func:`msgpack.unpackb`
+    reads them, where each is of the type envelope.open_sealed_fields checks (integers
+    not negative, strings UTF-8, no byte string over ``max_bin_bytes``) and nothing
+    follows; None for anything else (msgpack and the Python checks then say what)."""
+    if type(payload) is not bytes:
+        return None
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t pos, n, k
+    cdef unsigned long long v
+    cdef list out = []
+    if end < 1 or p[0] != 0x98:  # (a fixarray of 8)
+        return None
+    pos = 1
+    for k in range(8):
+        if k == 0 or k == 2 or k == 4:
+            pos = _uint_at(p, pos, end, &v)
+            if pos < 0:
+                return None
+            out.append(v)
+        else:
+            pos = _raw_at(p, pos, end, k == 1 or k == 7, &n)
+            if pos < 0:
+                return None
+            if k == 1 or k == 7:
+                try:
+                    out.append(PyUnicode_DecodeUTF8(<const char *>p + pos, n, NULL))
+                except UnicodeDecodeError:
+                    return None
+            else:
+                if n > max_bin_bytes:
+                    return None
+                out.append(PyBytes_FromStringAndSize(<const char *>p + pos, n))
+            pos += n
+    if pos != end:
+        return None
+    return out

@@ -156,16 +156,23 @@ def open_sealed_fields(payload: bytes | bytearray | memoryview,
     if len(payload) > max_update_bytes + 256:
         raise CorruptUpdateError(f"sealed update of {len(payload)} bytes exceeds the limit "
                                  f"of {max_update_bytes}")
-    try:
-        obj = msgpack.unpackb(bytes(payload), raw=False, max_ext_len=0,
-                              max_bin_len=max_update_bytes, max_array_len=8, max_map_len=0)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise CorruptUpdateError(f"not a sealed update: {exc}") from None
-    if not (isinstance(obj, list) and len(obj) == 8 and obj[0] == FORMAT
-            and isinstance(obj[1], str) and isinstance(obj[2], int)
-            and isinstance(obj[3], bytes) and isinstance(obj[4], int)
-            and isinstance(obj[5], bytes) and isinstance(obj[6], bytes)
-            and obj[7] in ("", "zstd")):
+    # (compiled: the fields of the forms msgpack writes, typed, without a generic unpack
+    # and the checks' calls; anything else, or nothing compiled, takes msgpack's way)
+    obj = _compiled.sealed_fields(payload, max_update_bytes) if _compiled is not None \
+        else None
+    if obj is None:
+        try:
+            obj = msgpack.unpackb(bytes(payload), raw=False, max_ext_len=0,
+                                  max_bin_len=max_update_bytes, max_array_len=8,
+                                  max_map_len=0)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise CorruptUpdateError(f"not a sealed update: {exc}") from None
+        if not (isinstance(obj, list) and len(obj) == 8 and isinstance(obj[1], str)
+                and isinstance(obj[2], int) and isinstance(obj[3], bytes)
+                and isinstance(obj[4], int) and isinstance(obj[5], bytes)
+                and isinstance(obj[6], bytes)):
+            raise CorruptUpdateError("not a sealed update (bad shape or format version)")
+    if obj[0] != FORMAT or obj[7] not in ("", "zstd"):
         raise CorruptUpdateError("not a sealed update (bad shape or format version)")
     _, schema, epoch, base, client_id, body, digest, codec = obj
     if digest != _digest(schema, epoch, base, client_id, codec, body):
@@ -536,10 +543,11 @@ def check_update(update: bytes) -> Survey:
     length under 2**32 (where yrs reads what this walk reads, see :func:`_u32`) and every
     clock under 2**31 (:data:`MAX_CLOCK`), items holding values of table maps (or deleted),
     every string UTF-8, a delete set (each writer's ranges once; a writer's own deletes
-    within its block, where the update has one) and nothing after it. Returns ``(span, deletes)``: the span
-    :func:`single_writer_span` reads for an update of one writer (else None) and, for such
-    an update, ``[(writer, first clock, length)]`` of the other writers' items it deletes
-    (its own earlier items are covered by its clock; empty ranges left out).
+    within its block, where the update has one) and nothing after it. Returns ``(span,
+    deletes)``: the span :func:`single_writer_span` reads for an update of one writer
+    (else None) and, for such an update, ``[(writer, first clock, length)]`` of the other
+    writers' items it deletes (its own earlier items are covered by its clock; empty
+    ranges left out).
 
     Every update a replica takes (~1% of a merged push's instructions, compiled). pycrdt
     0.14 takes an update holding one writer twice (or two ids that are one writer to yrs,
@@ -566,7 +574,7 @@ def check_structure(update: bytes) -> None:
 
 
 # The compiled twins of the header reads above; optional, as _markers.
-_compiled = compiled.load("_envelope", abi=3)
+_compiled = compiled.load("_envelope", abi=4)
 #: Whether the compiled header reads were built (and are of this version).
 BUILT = _compiled is not None
 #: Whether they are used: built, and not turned off (``CRDTDB_PURE_PYTHON=1``).
