@@ -238,8 +238,9 @@ def child_merge(schema: DatabaseSchema, n_rows: int, n_updates: int, work_dir: P
 
 def _merge_as_node(a: Any, replica: Any, updates: list[bytes],
                    work_dir: Path) -> tuple[float, int]:
-    """A real node (``open_node``: its tcp transport, gossip core, pump and listeners) holding
-    ``replica`` takes ``updates`` in as a peer pushes them: each in a gossip push frame, sent
+    """A real node (``open_node``: its tcp transport, gossip core, pump and listeners; the
+    collector set up as ``crdtdb serve`` sets it) holding ``replica`` takes ``updates`` in
+    as a peer pushes them: each in a gossip push frame, sent
     over loopback tcp by another process (:func:`child_push`, on the other core, as a peer
     on another machine) as fast as the socket takes them, so they queue up as a stream
     arriving faster than it is merged does, and the pump handles them up to ``NODE_PASS``
@@ -247,6 +248,7 @@ def _merge_as_node(a: Any, replica: Any, updates: list[bytes],
     answered meanwhile (a gap would show there)."""
     import trio
 
+    from crdtdb.engine.collection import settle_for_serving
     from crdtdb.gossip import messages as m
     from crdtdb.gossip.protocol import Gossip
     from crdtdb.node import open_node
@@ -259,6 +261,10 @@ def _merge_as_node(a: Any, replica: Any, updates: list[bytes],
     [port] = free_tcp_ports(1)
     want = replica.statistics().remote_updates + len(updates)
     gc.collect()
+    # The collector as `crdtdb serve` sets it up for a node (young collections every 10,000
+    # allocations, not CPython's 700): at 700 a node merging a stream ran ~57 young and 5
+    # middle collections a 20k updates (~70 ms of ~1 s), at 10,000 ~4.
+    settle_for_serving()
 
     async def run() -> tuple[float, int]:
         async with open_node({DB: replica}, node_id="receiver",
