@@ -374,14 +374,19 @@ def _skip_str(buf: bytes, pos: int) -> int:
     """Past a lib0 string: :func:`_skip_bytes`, of UTF-8 (yrs refuses an update holding
     other bytes in a string when it applies it: a push taken into a held burst on the
     strength of this walk would be forwarded, then dropped; found by review)."""
-    n, pos = _u32(buf, pos)
-    if n > len(buf) - pos:
+    if pos < len(buf) and buf[pos] < 0x80:  # (a length of one byte: most, read inline)
+        n = buf[pos]
+        pos += 1
+    else:
+        n, pos = _u32(buf, pos)
+    end = pos + n
+    if end > len(buf):
         raise _Malformed
     try:
-        bytes(buf[pos:pos + n]).decode()  # (strict: as Rust's from_utf8)
+        str(buf[pos:end], "utf-8")  # (strict: as Rust's from_utf8)
     except UnicodeDecodeError:
         raise _Malformed from None
-    return pos + n
+    return end
 
 
 def _skip_any(buf: bytes, pos: int, depth: int) -> int:
