@@ -38,6 +38,8 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport qsort
 from libc.string cimport memcmp, memcpy
 
+from crdtdb.replica._wire cimport be_uint
+
 import os
 
 ABI = 5
@@ -63,14 +65,6 @@ cdef int C_MAX_DEPTH = MAX_DEPTH
 cdef Py_ssize_t BAD = -1
 
 
-cdef inline unsigned long long _be(const unsigned char *p, int n) noexcept nogil:
-    cdef unsigned long long v = 0
-    cdef int k
-    for k in range(n):
-        v = (v << 8) | p[k]
-    return v
-
-
 cdef Py_ssize_t _str_data(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
                           Py_ssize_t *size) noexcept nogil:
     """Where the data of the msgpack string at ``pos`` starts (its length put in ``size``),
@@ -86,10 +80,10 @@ cdef Py_ssize_t _str_data(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end
         size[0] = p[pos + 1]
         pos += 2
     elif b == 0xda and end - pos >= 3:
-        size[0] = <Py_ssize_t>_be(p + pos + 1, 2)
+        size[0] = <Py_ssize_t>be_uint(p + pos + 1, 2)
         pos += 3
     elif b == 0xdb and end - pos >= 5:
-        size[0] = <Py_ssize_t>_be(p + pos + 1, 4)
+        size[0] = <Py_ssize_t>be_uint(p + pos + 1, 4)
         pos += 5
     else:
         return BAD
@@ -120,12 +114,12 @@ cdef Py_ssize_t _skip(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
         elif b == 0xdc:
             if end - pos < 2:
                 return BAD
-            n = _be(p + pos, 2)
+            n = be_uint(p + pos, 2)
             pos += 2
         else:
             if end - pos < 4:
                 return BAD
-            n = _be(p + pos, 4)
+            n = be_uint(p + pos, 4)
             pos += 4
         if <unsigned long long>(end - pos) < n:
             return BAD  # (every value is at least a byte)
@@ -165,7 +159,7 @@ cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
         size = 1 << (b - 0xcc)
         if end - pos - 1 != size:
             return False
-        u = _be(p + pos + 1, <int>size)
+        u = be_uint(p + pos + 1, <int>size)
         if u >> 63:  # (past an int64)
             return False
         out[0] = <long long>u
@@ -174,7 +168,7 @@ cdef bint _int_span(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
         size = 1 << (b - 0xd0)
         if end - pos - 1 != size:
             return False
-        u = _be(p + pos + 1, <int>size)
+        u = be_uint(p + pos + 1, <int>size)
         if size == 1:
             out[0] = <signed char>u
         elif size == 2:
@@ -579,7 +573,7 @@ cdef class MarkersReader:
             m = b & 0x0f
             pos += 1
         elif b == 0xdc and end - pos >= 3:
-            m = <Py_ssize_t>_be(p + pos + 1, 2)
+            m = <Py_ssize_t>be_uint(p + pos + 1, 2)
             pos += 3
         else:
             return None
@@ -665,7 +659,7 @@ cdef class MarkersReader:
             n = b & 0x0f
             pos = 1
         elif b == 0xdc and end >= 3:
-            n = <Py_ssize_t>_be(p + 1, 2)
+            n = <Py_ssize_t>be_uint(p + 1, 2)
             pos = 3
         else:
             return False
