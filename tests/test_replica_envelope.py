@@ -186,3 +186,18 @@ def test_a_sealed_update_opens_as_msgpack_reads_it(data: st.DataObject) -> None:
     with mock.patch.object(env, "_compiled", None):
         want = _sealed_outcome(raw)
     assert _sealed_outcome(raw) == want
+
+
+def test_an_epoch_or_writer_given_as_a_bool_is_refused_and_spoils_no_digest() -> None:
+    """The review's update: epoch ``False`` (msgpack c2) equals 0 as a key of the digests'
+    prefix cache; its prefix, stored before the digest check, packed the bool, and every
+    valid update of epoch 0 from that writer failed its check after it."""
+    import msgpack
+
+    env._prefixes.clear()
+    for fields in ([5, "d" * 64, False, b"", 5, bytes(10), bytes(16), ""],
+                   [5, "d" * 64, 0, b"", True, bytes(10), bytes(16), ""]):
+        with pytest.raises(CorruptUpdateError, match="bad shape"):
+            env.open_sealed_fields(msgpack.packb(fields, use_bin_type=True))
+    assert env.open_sealed_fields(env.seal("d" * 64, 0, 5, bytes(10)))[4] == bytes(10)
+    assert env.open_sealed_fields(env.seal("d" * 64, 3, 1, bytes(10)))[3] == 1

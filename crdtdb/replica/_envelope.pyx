@@ -19,6 +19,8 @@ it finds the ABI it was written for (a stale build left in a tree then falls bac
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
+from crdtdb.replica._wire cimport be_uint
+
 ABI = 4
 
 #: _varint's answers besides a position: the bytes end inside the varint; it is longer than
@@ -367,14 +369,6 @@ def survey(update):
 
 # --- a sealed update's fields (envelope.open_sealed_fields) -------------------------------
 
-cdef inline unsigned long long _be_at(const unsigned char *p, int n) noexcept:
-    cdef unsigned long long v = 0
-    cdef int k
-    for k in range(n):
-        v = (v << 8) | p[k]
-    return v
-
-
 cdef Py_ssize_t _uint_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
                          unsigned long long *out) noexcept:
     """A msgpack integer that is not negative (a positive fixint, uint 8 to 64) at ``pos``:
@@ -390,7 +384,7 @@ cdef Py_ssize_t _uint_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
     size = 1 << (p[pos] - 0xcc)
     if end - pos - 1 < size:
         return TRUNCATED
-    out[0] = _be_at(p + pos + 1, size)
+    out[0] = be_uint(p + pos + 1, size)
     return pos + 1 + size
 
 
@@ -400,11 +394,12 @@ cdef Py_ssize_t _raw_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
     its ``n`` bytes start, or TRUNCATED."""
     cdef unsigned char b
     cdef int size
+    cdef unsigned long long length
     if pos >= end:
         return TRUNCATED
     b = p[pos]
     if text and 0xa0 <= b <= 0xbf:
-        n[0] = b & 0x1f
+        length = b & 0x1f
         pos += 1
     else:
         if text and 0xd9 <= b <= 0xdb:
@@ -415,10 +410,11 @@ cdef Py_ssize_t _raw_at(const unsigned char *p, Py_ssize_t pos, Py_ssize_t end,
             return TRUNCATED
         if end - pos - 1 < size:
             return TRUNCATED
-        n[0] = <Py_ssize_t>_be_at(p + pos + 1, size)
+        length = be_uint(p + pos + 1, size)
         pos += 1 + size
-    if n[0] > end - pos:
+    if length > <unsigned long long>(end - pos):  # (unsigned: no cast can wrap first)
         return TRUNCATED
+    n[0] = <Py_ssize_t>length
     return pos
 
 

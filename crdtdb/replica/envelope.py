@@ -158,8 +158,8 @@ def open_sealed_fields(payload: bytes | bytearray | memoryview,
                                  f"of {max_update_bytes}")
     # (compiled: the fields of the forms msgpack writes, typed, without a generic unpack
     # and the checks' calls; anything else, or nothing compiled, takes msgpack's way)
-    obj = _compiled.sealed_fields(payload, max_update_bytes) if _compiled is not None \
-        else None
+    obj = _compiled.sealed_fields(payload, max_update_bytes) \
+        if _compiled is not None and type(max_update_bytes) is int else None
     if obj is None:
         try:
             obj = msgpack.unpackb(bytes(payload), raw=False, max_ext_len=0,
@@ -167,9 +167,11 @@ def open_sealed_fields(payload: bytes | bytearray | memoryview,
                                   max_map_len=0)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise CorruptUpdateError(f"not a sealed update: {exc}") from None
+        # (integers, not bools: True == 1 would share 1's digest prefix in _prefixes,
+        # and an update naming epoch True stored one that fails 1's updates; by review)
         if not (isinstance(obj, list) and len(obj) == 8 and isinstance(obj[1], str)
-                and isinstance(obj[2], int) and isinstance(obj[3], bytes)
-                and isinstance(obj[4], int) and isinstance(obj[5], bytes)
+                and type(obj[2]) is int and isinstance(obj[3], bytes)
+                and type(obj[4]) is int and isinstance(obj[5], bytes)
                 and isinstance(obj[6], bytes)):
             raise CorruptUpdateError("not a sealed update (bad shape or format version)")
     if obj[0] != FORMAT or obj[7] not in ("", "zstd"):
