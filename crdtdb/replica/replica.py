@@ -1077,10 +1077,10 @@ class Replica:
         ``self_contained``: the update is a full state, or a diff against a state vector
         this replica had (a pull's answer): it holds everything of its writers past that
         state vector, so whatever it deletes is in it or already here and nothing it
-        follows is missing. Such an update skips the check for missing items (``_ready``),
-        which reads the update's delete set: a pass over the whole update (~70 ms of a
-        node joining from the full state of 100k rows). Updates pushed one commit at a time
-        are not self-contained.
+        follows is missing. Such an update skips the check for missing items (``_ready``):
+        it may start before this replica's clock of its writer (a full state starts at 0),
+        and whatever it deletes is in it or here already. Updates pushed one commit at a
+        time are not self-contained.
 
         Raises :class:`CorruptUpdateError` (reject the peer) or :class:`EpochMismatchError`
         (resync by full state); either way the document is untouched.
