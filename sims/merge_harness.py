@@ -27,7 +27,8 @@ first, or the run that needs more updates makes them under it. ``--profile`` pri
 cProfile's view of the measured updates; ``--gc-stats`` the collector's passes over them.
 
 Session 12 (issue 4), instructions per merged update: 206.0k at the start, 157.5k after
-(held: 192.2k -> 154.4k).
+(held: 192.2k -> 154.4k). Session 17, ``--gossip --hold 32 --warm 4480``: 170.0k -> 129.4k
+(docs/benchmarks.md says what cut it).
 """
 
 from __future__ import annotations
