@@ -1,4 +1,4 @@
-"""The structure check on updates of many writers (envelope.check_structure): what crdtdb's
+"""The structure check on updates of many writers (envelope.check_update): what crdtdb's
 documents write passes, a writer twice (which crashes pycrdt) is refused before pycrdt sees
 it, and the compiled walk answers as the Python one for any bytes."""
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from crdtdb.replica import envelope as env
-from crdtdb.replica.envelope import CorruptUpdateError, check_structure, seal
+from crdtdb.replica.envelope import CorruptUpdateError, check_update, seal
 from tests.replica_support import make_replica, ok, txn, varuint
 
 compiled = pytest.mark.skipif(env._compiled is None, reason="not built, or CRDTDB_PURE_PYTHON=1")
@@ -30,7 +30,9 @@ ANY = st.recursive(
 
 
 def _python(update: bytes) -> str | None:
-    return env._structure_problem(update)
+    """What the Python walk finds wrong with ``update``, or None."""
+    found = env._survey(update)
+    return found if isinstance(found, str) else None
 
 
 def _both(update: bytes) -> str | None:
@@ -147,7 +149,7 @@ def test_a_writer_twice_is_refused() -> None:
     # (one writer to yrs, which keeps 53 bits)
     assert _both(_two_blocks(7, 7 + 2**53)) == f"writer id {7 + 2**53} over 53 bits"
     with pytest.raises(CorruptUpdateError, match="writer 7 twice"):
-        check_structure(_two_blocks(7, 7))
+        check_update(_two_blocks(7, 7))
 
 
 def test_a_replica_refuses_a_writer_twice_and_survives_it() -> None:
@@ -439,7 +441,7 @@ def _crash_fuzz(seed: int, n: int) -> None:
             else:
                 del raw[i:i + rng.randint(1, 4)]
         update = bytes(raw)
-        if env._structure_problem(update) is not None:
+        if _python(update) is not None:
             continue
         passed += 1
         doc = Doc_()

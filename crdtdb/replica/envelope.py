@@ -538,12 +538,6 @@ def _survey(update: bytes) -> str | Survey:
     return span, deletes
 
 
-def _structure_problem(update: bytes) -> str | None:
-    """What :func:`_survey` finds wrong with ``update``, or None."""
-    found = _survey(update)
-    return found if type(found) is str else None
-
-
 def check_update(update: bytes) -> Survey:
     """:class:`CorruptUpdateError` unless ``update`` is of the structure crdtdb's documents
     write: each writer's block once, writer ids within 53 bits and every count, clock and
@@ -573,11 +567,6 @@ def check_update(update: bytes) -> Survey:
     if type(found) is str:
         raise CorruptUpdateError(f"not an update crdtdb writes: {found}")
     return found
-
-
-def check_structure(update: bytes) -> None:
-    """:func:`check_update`'s check alone."""
-    check_update(update)
 
 
 # The compiled twins of the header reads above; optional, as _markers.

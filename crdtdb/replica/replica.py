@@ -52,7 +52,6 @@ from crdtdb.replica.envelope import (
     CorruptUpdateError,
     EpochMismatchError,
     ReplicaError,
-    check_structure,
     check_update,
     decode_state_vector,
     open_sealed,
@@ -242,12 +241,10 @@ class Replica:
             raise ValueError(f"client_id must be in 1..2**53-1, not {client_id}")
         self.schema = schema
         self.name = schema.name
-        #: table -> column name -> column, for the columns but _uuid (see _merge_registers;
-        #: filled as merged updates name them)
+        #: table -> column name -> encoding.register_form of the column (the column first),
+        #: for the columns but _uuid (see _merge_registers; filled as merged updates name
+        #: them; the compiled loop of _merge_rows reads them as they are)
         self._registers: dict[str, dict[str, Any]] = {t: {} for t in schema.tables}
-        #: table -> column name -> encoding.register_form of the column, for the same
-        #: columns (the compiled loop of _merge_rows reads them)
-        self._register_forms: dict[str, dict[str, Any]] = {t: {} for t in schema.tables}
         self.client_id = client_id
         self.epoch = epoch
         #: The digest of the epoch's base document (empty for epoch 0): see EpochId.
@@ -1505,10 +1502,10 @@ class Replica:
             if t != tname or (uuid is not None and u != uuid):
                 return self._merge_rows()
             uuid = u
-            col = registers.get(cname) or self._register_column(tname, cname)
-            if col is None:
+            form = registers.get(cname) or self._register_column(tname, cname)
+            if form is None:
                 return None
-            cols.append(col)
+            cols.append(form[0])
         assert uuid is not None
         raw = self.view.raw[tname].get(uuid)
         if raw is None:
@@ -1516,14 +1513,14 @@ class Replica:
         return self.view.update_row((tname, uuid), self._merge_row(tname, uuid, raw, cols))
 
     def _register_column(self, tname: str, cname: str) -> Any:
-        """A column that a key ``uuid|cname`` of ``tname`` is the register of (kept for the
-        next merge), or None (no such column, or _uuid: not a register)."""
+        """The register_form of the column that a key ``uuid|cname`` of ``tname`` is the
+        register of (kept for the next merge), or None (no such column, or _uuid: not a
+        register)."""
         col = self.schema.tables[tname].columns.get(cname)
         if col is None or col.index == 0:
             return None
-        self._registers[tname][cname] = col
-        self._register_forms[tname][cname] = enc.register_form(col)
-        return col
+        form = self._registers[tname][cname] = enc.register_form(col)
+        return form
 
     def _merge_rows(self) -> Changeset | None:
         """:meth:`_merge_registers` for events of several rows (of any tables): compiled
@@ -1531,7 +1528,7 @@ class Replica:
         its calls' to read registers), else, or where that leaves the events, the loop
         below, which books new columns too."""
         events = self._events
-        found = enc.register_rows(events, self.view.raw, self._register_forms, self._extras,
+        found = enc.register_rows(events, self.view.raw, self._registers, self._extras,
                                   self._births)
         if found is not None:
             events.clear()
@@ -1558,11 +1555,11 @@ class Replica:
                     if raw is None:
                         return None
                     rows[rk] = raw
-            col = registers[t].get(cname) or self._register_column(t, cname)
-            if col is None:
+            form = registers[t].get(cname) or self._register_column(t, cname)
+            if form is None:
                 return None
             row_keys.append(rk)
-            cols.append(col)
+            cols.append(form[0])
         # Taken: what _note_key books (the row's other keys), then _delta_row's new rows.
         extras = self._extras
         births = self._births
@@ -1985,7 +1982,7 @@ class Replica:
         sealed = open_sealed(payload)
         if sealed.schema != self.schema_digest:
             raise CorruptUpdateError(f"state for another schema ({sealed.schema[:12]}...)")
-        check_structure(sealed.update)
+        check_update(sealed.update)
         theirs = EpochId(sealed.epoch, sealed.base)
         if theirs <= self.epoch_id:
             raise EpochMismatchError(f"state of epoch {theirs} is not newer than "
