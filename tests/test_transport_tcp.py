@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import struct
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,67 @@ async def test_a_peer_that_does_not_read_is_disconnected() -> None:
                     break
         down = await _next(b.events, PeerDown)
         assert "not reading" in down.reason
+
+
+# --- closing: every socket is closed, whatever the transport was doing ------------------------
+
+@contextlib.contextmanager
+def _no_socket_left_open() -> Any:
+    """A socket nobody closed warns when it is collected (and fails whichever test happens
+    to be running then): collect here, inside the block that leaked it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaked, leaked
+
+
+async def _wait_until(condition: Any, timeout_s: float = 5.0) -> None:
+    with trio.fail_after(timeout_s):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def _sees_eof(stream: trio.abc.Stream) -> None:
+    """The other end closed its socket (whatever it had sent comes first)."""
+    with trio.fail_after(5):
+        while await stream.receive_some(65536):
+            pass
+    await stream.aclose()
+
+
+@pytest.mark.trio
+async def test_closing_while_announcing_a_peer_closes_its_socket() -> None:
+    with _no_socket_left_open():
+        async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a:
+            host, port = a.listen_addresses[0]
+            # Nobody reads a's events: one peer's frames fill them, and the next peer's
+            # PeerUp waits for room when the transport closes.
+            chatty = await trio.open_tcp_stream(host, port)
+            await chatty.send_all(frame(b"x") * 1100)
+            await _wait_until(lambda: a.events.statistics().current_buffer_used == 1000)
+            late = await trio.open_tcp_stream(host, port)
+            await _wait_until(lambda: a.events.statistics().tasks_waiting_send == 2)
+        assert a.statistics()["connections"] == 0
+        await _sees_eof(chatty)
+        await _sees_eof(late)
+
+
+@pytest.mark.trio
+async def test_closing_mid_handshake_closes_the_socket_on_both_sides(pki: Path) -> None:
+    with _no_socket_left_open():
+        # A listener that accepts and never answers: the dialler waits in its handshake.
+        mute = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        async with open_tcp_transport(peers=[mute.socket.getsockname()[:2]],
+                                      tls=_tls(pki, "client")):
+            with trio.fail_after(5):
+                accepted = await mute.accept()
+            await trio.sleep(0.1)  # the client's hello is out; it waits for an answer
+        await _sees_eof(accepted)
+        await mute.aclose()
+        # A client that connects and never starts its handshake.
+        async with open_tcp_transport(listen=[("127.0.0.1", 0)], tls=_tls(pki, "server")) as a:
+            silent = await trio.open_tcp_stream(*a.listen_addresses[0])
+            await trio.sleep(0.1)  # accepted; the handshake waits for the client's hello
+        await _sees_eof(silent)

@@ -159,11 +159,14 @@ class TcpTransport:
     # --- connections --------------------------------------------------------------------------
 
     async def _run_conn(self, stream: trio.abc.Stream, where: str) -> None:
+        """Own ``stream`` from here on: it is closed however this ends, cancelled too."""
         key = f"tcp:{where}#{next(self._ids)}"
         conn = _Conn(key, stream, self.limits)
         self._conns[key] = conn
-        await self._send_events.send(PeerUp(key))
+        announced = False
         try:
+            await self._send_events.send(PeerUp(key))
+            announced = True
             with conn.cancel:
                 async with trio.open_nursery() as n:
                     n.start_soon(self._writer, conn)
@@ -174,7 +177,8 @@ class TcpTransport:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await trio.aclose_forcefully(stream)
-                await self._send_events.send(PeerDown(key, conn.reason))
+                if announced:
+                    await self._send_events.send(PeerDown(key, conn.reason))
 
     async def _reader(self, conn: _Conn) -> None:
         decoder = FrameDecoder(max_frame_bytes=self.limits.max_frame_bytes)
@@ -244,7 +248,7 @@ class TcpTransport:
             host, port = stream.socket.getpeername()[:2]
         except OSError:
             host, port = "?", 0
-        wrapped = await self._wrap_server(stream)
+        wrapped = await self._wrap_server(stream)  # (serve_listeners closes stream)
         if wrapped is not None:
             await self._run_conn(wrapped, f"{host}:{port}")
 
@@ -272,6 +276,10 @@ class TcpTransport:
                 log.debug("connect to %s:%d failed: %s", host, port, exc)
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
+            except BaseException:  # cancelled mid-handshake (the transport is closing)
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+                raise
             else:
                 delay = self.limits.backoff_s_min
                 await self._run_conn(stream, f"{host}:{port}")
