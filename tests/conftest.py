@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -55,6 +56,15 @@ def _missing(what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing; CI is set, so this test may not be skipped")
     pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_leaks_per_module() -> Iterator[None]:
+    """Anything a module's tests left unclosed (sockets, files) warns when it is collected,
+    and with warnings as errors that fails whichever test runs then, often in another
+    module: collect at each module's end, so the failure lands in the module that leaked."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
