@@ -134,6 +134,27 @@ def test_a_corrupted_update_drops_the_peer_and_never_reaches_the_replica() -> No
     assert ra.statistics().rejected_updates == 1
 
 
+@pytest.mark.parametrize("what", ["two-writers", "no-writer"])
+def test_a_push_that_is_not_one_commit_drops_the_peer(what: str) -> None:
+    """A push is one writer's commit: its readiness (whatever it deletes is here) is checked
+    against that writer. An update of several writers (a full state, a diff) pushed would
+    go in unchecked; none is refused before it reaches the replica."""
+    ga, gb, ra, rb = _pair()
+    _hello(ga, "b")
+    ga.receive("b", m.encode(gb.hello()), 0.0)
+    rc = make_replica(3, 3)
+    ok(txn(rc, {"op": "insert", "table": "Parent", "row": {"name": "c"}}))
+    rb.apply_update(rc.full_state(), self_contained=True)
+    ok(txn(rb, {"op": "insert", "table": "Parent", "row": {"name": "b"}}))
+    update = rb.full_state() if what == "two-writers" else rb.diff(rb.state_vector())
+    out = ga.receive("b", m.encode(m.Push("Merge", update, 0)), 0.1)
+    assert [type(o) for o in out] == [Disconnect]
+    assert shown(ra)["Parent"] == {}
+    assert ra.statistics().rejected_updates == 1
+    ra.apply_update(update, self_contained=True)  # (the same update, as a pull's answer)
+    assert len(shown(ra)["Parent"]) == (2 if what == "two-writers" else 0)
+
+
 def test_a_silent_peer_times_out() -> None:
     ga, _, _, _ = _pair()
     _hello(ga, "b")

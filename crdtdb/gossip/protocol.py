@@ -380,7 +380,7 @@ class Gossip:
     def _on_push(self, p: PeerState, replica: Replica, msg: m.Push) -> list[Output]:
         self._stats.pushes_received += 1
         try:
-            result = replica.apply_update(msg.update)
+            result = replica.apply_update(msg.update, pushed=True)
         except EpochMismatchError:
             return []
         if result.span is not None:

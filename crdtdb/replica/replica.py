@@ -1068,7 +1068,7 @@ class Replica:
     # --- remote updates ---------------------------------------------------------------------
 
     def apply_update(self, payload: bytes | bytearray | memoryview, *,
-                     self_contained: bool = False) -> ApplyResult:
+                     self_contained: bool = False, pushed: bool = False) -> ApplyResult:
         """Merge a sealed update from a peer.
 
         ``self_contained``: the update is a full state, or a diff against a state vector
@@ -1078,6 +1078,12 @@ class Replica:
         it may start before this replica's clock of its writer (a full state starts at 0),
         and whatever it deletes is in it or here already. Updates pushed one commit at a
         time are not self-contained.
+
+        ``pushed``: the update is a peer's commit, pushed (gossip's): one writer's items
+        (every commit has one, see ``_local_update``), checked for readiness; an update of
+        several writers or of none is refused. Only a full state or a diff holds several,
+        and those are self-contained; taken from a push, what such an update deletes of a
+        writer not in it would go unchecked (see ``_ready``).
 
         Raises :class:`CorruptUpdateError` (reject the peer) or :class:`EpochMismatchError`
         (resync by full state); either way the document is untouched.
@@ -1101,6 +1107,9 @@ class Replica:
         try:
             # (also a writer's push: one block can wrap its clocks)
             span, deletes = check_update(update)
+            if span is None and pushed:
+                raise CorruptUpdateError("a pushed update holds no writer's items or several "
+                                         "writers' (a push is one commit)")
         except CorruptUpdateError:
             self._stats.rejected_updates += 1
             raise
