@@ -136,34 +136,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # tables have no replica.
     linearizable = [s for s in schemas if config.linearizable_tables(s)]
     fully = {s.name for s in linearizable if config.linearizable_tables(s) == set(s.tables)}
-    databases: dict[str, Any] = {}
     fsync = args.fsync == "always"
     gossiping = bool(args.listen or args.peer or args.discover)
-    if not args.data_dir:
-        log.warning("no --data-dir: databases are in memory only and lost on exit")
-    for schema in schemas:
-        if schema.name in fully:
-            continue
-        t0 = time.perf_counter()
-        where = Path(args.data_dir) / schema.name if args.data_dir else None
-        db: Any
-        if args.store == "replica":
-            from crdtdb.replica import Replica
-
-            db = (Replica.open(where, schema, fsync=fsync) if where is not None
-                  else Replica.in_memory(schema))
-            db.keep_recent = gossiping  # (else no peer will pull from it: see Replica.diff)
-        elif where is not None:
-            from crdtdb.storage.durable import DurableDatabase
-
-            db = DurableDatabase.open(where, schema, fsync=fsync)
-        else:
-            db = MemoryDatabase(schema)
-        if where is not None:
-            rows = sum(db.row_count(t) for t in schema.tables)
-            log.info("%s: loaded %d rows from %s (%s store) in %.2f s", schema.name, rows,
-                     where, args.store, time.perf_counter() - t0)
-        databases[schema.name] = db
     if args.txn_history < 0:
         log.error("--txn-history must be 0 or more, not %d", args.txn_history)
         return 2
@@ -178,6 +152,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.discover and not args.listen:
         log.error("--discover needs --listen: discovered peers dial this address")
         return 2
+    if not args.data_dir:
+        log.warning("no --data-dir: databases are in memory only and lost on exit")
+    databases: dict[str, Any] = {}
+    try:
+        _open_databases(args, schemas, fully, fsync, gossiping, databases)
+    except BaseException:  # (each one opened holds its log's lock until closed)
+        _close_all(databases)
+        raise
 
     async def until_signal(signals: Any) -> None:
         async for signum in signals:
@@ -236,11 +218,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     finally:
-        for db in databases.values():
-            close = getattr(db, "close", None)
-            if close is not None:
-                close()
+        _close_all(databases)
     return 0
+
+
+def _open_databases(args: argparse.Namespace, schemas: list[DatabaseSchema], fully: set[str],
+                    fsync: bool, gossiping: bool, databases: dict[str, Any]) -> None:
+    """Open each database ``serve`` keeps itself (those with only linearizable tables are
+    the plugins') into ``databases`` as it goes: the caller closes those opened before a
+    failure."""
+    for schema in schemas:
+        if schema.name in fully:
+            continue
+        t0 = time.perf_counter()
+        where = Path(args.data_dir) / schema.name if args.data_dir else None
+        db: Any
+        if args.store == "replica":
+            from crdtdb.replica import Replica
+
+            db = (Replica.open(where, schema, fsync=fsync) if where is not None
+                  else Replica.in_memory(schema))
+            db.keep_recent = gossiping  # (else no peer will pull from it: see Replica.diff)
+        elif where is not None:
+            from crdtdb.storage.durable import DurableDatabase
+
+            db = DurableDatabase.open(where, schema, fsync=fsync)
+        else:
+            db = MemoryDatabase(schema)
+        if where is not None:
+            rows = sum(db.row_count(t) for t in schema.tables)
+            log.info("%s: loaded %d rows from %s (%s store) in %.2f s", schema.name, rows,
+                     where, args.store, time.perf_counter() - t0)
+        databases[schema.name] = db
+
+
+def _close_all(databases: dict[str, Any]) -> None:
+    for db in databases.values():
+        close = getattr(db, "close", None)
+        if close is not None:
+            close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -81,14 +81,14 @@ async def open_mdns_discovery(node_id: str, port: int, databases: Sequence[str],
     token = trio.lowlevel.current_trio_token()
     send, receive = trio.open_memory_channel[Found](max_buffer)
     interfaces: Any = list(addresses) if addresses else None
-    zc = await trio.to_thread.run_sync(
-        lambda: Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
-        if interfaces else Zeroconf(ip_version=IPVersion.V4Only))
     announce = list(addresses) if addresses else [socket.gethostbyname(socket.gethostname())]
     info = ServiceInfo(
         SERVICE_TYPE, f"{node_id}.{SERVICE_TYPE}", port=port,
         addresses=[socket.inet_aton(a) for a in announce],
         properties={"node_id": node_id, "databases": ",".join(databases)})
+    zc = await trio.to_thread.run_sync(
+        lambda: Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+        if interfaces else Zeroconf(ip_version=IPVersion.V4Only))
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str,
                   state_change: ServiceStateChange) -> None:  # zeroconf's thread

@@ -146,23 +146,22 @@ class OvsdbRelay:
         every database the relay serves (a standalone server is its own leader)."""
         failures: list[str] = []
         for remote in self.remotes:
-            attempt = AsyncExitStack()
             feed = _Feed()
             try:
-                client = await attempt.enter_async_context(open_ovsdb_client(
-                    remote, connect_timeout_s=self.options.connect_timeout_s,
-                    on_notification=lambda note, feed=feed: self._notified(feed, note)))
-                leader = True
-                for name in self.databases:
-                    leader = leader and await is_leader(client, name)
-                if leader:
-                    await stack.enter_async_context(attempt)
-                    log.info("ovsdb cluster: connected to the leader at %s", remote)
-                    return client, feed
-                failures.append(f"{remote}: not the leader")
+                async with AsyncExitStack() as attempt:
+                    client = await attempt.enter_async_context(open_ovsdb_client(
+                        remote, connect_timeout_s=self.options.connect_timeout_s,
+                        on_notification=lambda note, feed=feed: self._notified(feed, note)))
+                    leader = True
+                    for name in self.databases:
+                        leader = leader and await is_leader(client, name)
+                    if leader:
+                        await stack.enter_async_context(attempt.pop_all())
+                        log.info("ovsdb cluster: connected to the leader at %s", remote)
+                        return client, feed
+                    failures.append(f"{remote}: not the leader")
             except (ConnectFailed, ConnectionLost, RpcError, CrdtdbError) as exc:
                 failures.append(f"{remote}: {exc}")
-            await attempt.aclose()
         raise _NotLeader("no leader among " + "; ".join(failures))
 
     async def _session(self, task_status: Any) -> None:

@@ -501,23 +501,34 @@ class OvsdbServer:
             # Bind and listen under a temporary name, then rename: the socket appears only
             # once it accepts connections, so a client that waits for the file never races.
             tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            if tmp.exists():
-                tmp.unlink()
-            await sock.bind(str(tmp))
-            os.chmod(tmp, 0o770)
-            sock.listen(128)
-            os.replace(tmp, path)
+            try:  # (until serve_listeners owns it, the socket is closed here: a bad path,
+                # a bind cancelled)
+                if tmp.exists():
+                    tmp.unlink()
+                await sock.bind(str(tmp))
+                os.chmod(tmp, 0o770)
+                sock.listen(128)
+                os.replace(tmp, path)
+            except BaseException:
+                sock.close()
+                raise
             listener: Any = trio.SocketListener(sock)
             probe = False
         else:
-            listeners = await trio.open_tcp_listeners(remote.port or 0, host=remote.host)
-            listener = listeners[0]
-            probe = True
-            if remote.kind == "pssl":
+            context = None
+            if remote.kind == "pssl":  # (before listening: a bad key opens no socket)
                 if ssl_files is None:
                     raise RemoteSyntaxError(f"{remote}: needs --private-key, --certificate "
                                             "and --ca-cert")
-                listener = trio.SSLListener(listener, ssl_files.server_context())
+                context = ssl_files.server_context()
+            listeners = await trio.open_tcp_listeners(remote.port or 0, host=remote.host)
+            # A name may resolve to several addresses; ovsdb-server listens on the first.
+            listener = listeners[0]
+            for extra in listeners[1:]:
+                extra.socket.close()
+            probe = True
+            if context is not None:
+                listener = trio.SSLListener(listener, context)
         self.listeners.append(listener)
         if remote.kind == "punix":
             self._unix_paths.append(Path(remote.path))  # type: ignore[arg-type]
@@ -568,15 +579,15 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
         lock_gate.on_change = server.lock_changed  # type: ignore[attr-defined]
     # Stores that change on their own (a replica merging a peer's update) say so.
     feeds: list[tuple[Any, Any]] = []
-    for name, db in databases.items():
-        add = getattr(db, "add_listener", None)
-        if add is not None:
-            def on_change(ev: Any, name: str = name) -> None:
-                if not ev.local:
-                    server.publish(name, ev.changes)
-            add(on_change)
-            feeds.append((db, on_change))
-    try:
+    try:  # (the feeds come off again however this ends: a remote that fails to open too)
+        for name, db in databases.items():
+            add = getattr(db, "add_listener", None)
+            if add is not None:
+                def on_change(ev: Any, name: str = name) -> None:
+                    if not ev.local:
+                        server.publish(name, ev.changes)
+                add(on_change)
+                feeds.append((db, on_change))
         async with trio.open_nursery() as nursery:
             server._nursery = nursery
             for remote in remotes:
@@ -587,11 +598,11 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
-                for path in server._unix_paths:
-                    path.unlink(missing_ok=True)
-                for db, fn in feeds:
-                    db.remove_listener(fn)
     finally:
+        for path in server._unix_paths:
+            path.unlink(missing_ok=True)
+        for db, fn in feeds:
+            db.remove_listener(fn)
         server.stopped = True
 
 

@@ -12,8 +12,8 @@ def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     try:
         for _ in range(n):
             s = socket.socket()
+            socks.append(s)  # (closed below even if the bind fails)
             s.bind((host, 0))
-            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
