@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,19 @@ KITCHEN_SINK_SCHEMA = Path(__file__).resolve().parent / "schemas" / "kitchen_sin
 #: The OVN schemas, from the Debian ovn-common package.
 NB_SCHEMA = Path("/usr/share/ovn/ovn-nb.ovsschema")
 SB_SCHEMA = Path("/usr/share/ovn/ovn-sb.ovsschema")
+
+
+@contextlib.contextmanager
+def nothing_left_open() -> Iterator[None]:
+    """Fail if the block left a socket or file to the garbage collector. (Left alone, it
+    warns when collected, and with warnings as errors fails whichever test runs then:
+    collect here, inside the block that leaked it.)"""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaked, leaked
 
 
 def require_binaries() -> tuple[str, str]:

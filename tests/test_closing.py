@@ -5,11 +5,7 @@ collect on the spot.)"""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import threading
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +17,10 @@ from crdtdb.engine import DatabaseSchema
 from crdtdb.ovsdb.server import Remote, RemoteSyntaxError, SslFiles, open_ovsdb_server
 from crdtdb.replica import Replica
 from crdtdb.testing.ports import free_tcp_ports
+from tests.support import nothing_left_open
 from transport.discovery import open_mdns_discovery
 
 MERGE_SCHEMA = Path(__file__).resolve().parent / "schemas" / "merge.ovsschema"
-
-
-@contextlib.contextmanager
-def nothing_left_open() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        yield
-        gc.collect()
-    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaked, leaked
 
 
 def _innermost(exc: BaseException) -> BaseException:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import struct
-import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import trio
 from crdtdb.gossip import messages as gm
 from crdtdb.node import open_node
 from tests.replica_support import make_replica, ok, shown, txn
+from tests.support import nothing_left_open
 from transport import FrameDecoder, LocalProtocolError, RemoteProtocolError, frame
 from transport.base import PeerDown, PeerUp, Received
 from transport.tcp import TcpLimits, TlsConfig, open_tcp_transport, parse_hostport
@@ -220,18 +219,6 @@ async def test_a_peer_that_does_not_read_is_disconnected() -> None:
 
 # --- closing: every socket is closed, whatever the transport was doing ------------------------
 
-@contextlib.contextmanager
-def _no_socket_left_open() -> Any:
-    """A socket nobody closed warns when it is collected (and fails whichever test happens
-    to be running then): collect here, inside the block that leaked it."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        yield
-        gc.collect()
-    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaked, leaked
-
-
 async def _wait_until(condition: Any, timeout_s: float = 5.0) -> None:
     with trio.fail_after(timeout_s):
         while not condition():
@@ -248,7 +235,7 @@ async def _sees_eof(stream: trio.abc.Stream) -> None:
 
 @pytest.mark.trio
 async def test_closing_while_announcing_a_peer_closes_its_socket() -> None:
-    with _no_socket_left_open():
+    with nothing_left_open():
         async with open_tcp_transport(listen=[("127.0.0.1", 0)]) as a:
             host, port = a.listen_addresses[0]
             # Nobody reads a's events: one peer's frames fill them, and the next peer's
@@ -265,7 +252,7 @@ async def test_closing_while_announcing_a_peer_closes_its_socket() -> None:
 
 @pytest.mark.trio
 async def test_closing_mid_handshake_closes_the_socket_on_both_sides(pki: Path) -> None:
-    with _no_socket_left_open():
+    with nothing_left_open():
         # A listener that accepts and never answers: the dialler waits in its handshake.
         mute = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         async with open_tcp_transport(peers=[mute.socket.getsockname()[:2]],
