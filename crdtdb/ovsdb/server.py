@@ -575,6 +575,7 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
     core = ServerCore(databases, now_ms=lambda: int(clock_time() * 1000),
                       lock_gate=lock_gate, txn_history=limits.txn_history)
     server = OvsdbServer(core, limits)
+    gate_was = getattr(lock_gate, "on_change", None)
     if lock_gate is not None:
         lock_gate.on_change = server.lock_changed  # type: ignore[attr-defined]
     # Stores that change on their own (a replica merging a peer's update) say so.
@@ -603,6 +604,8 @@ async def open_ovsdb_server(databases: Mapping[str, Database], remotes: list[Rem
             path.unlink(missing_ok=True)
         for db, fn in feeds:
             db.remove_listener(fn)
+        if lock_gate is not None:  # (a gate outliving this server calls into it no more)
+            lock_gate.on_change = gate_was  # type: ignore[attr-defined]
         server.stopped = True
 
 
