@@ -87,31 +87,6 @@ async def test_a_failed_open_takes_its_change_listeners_off_the_databases(
 
 
 @pytest.mark.trio
-async def test_a_lock_gate_outliving_the_server_no_longer_calls_into_it() -> None:
-    class Gate:  # (what the server touches of a LockGate; the real ones need etcd or a
-        def __init__(self) -> None:  # cluster, and are tested against them elsewhere)
-            self.on_change = self.before
-
-        def before(self, name: str, held: bool) -> None:
-            pass
-
-        def held(self, name: str) -> bool:
-            return False
-
-        def want(self, name: str, *, steal: bool) -> None:
-            pass
-
-        def release(self, name: str) -> None:
-            pass
-
-    gate = Gate()
-    async with open_ovsdb_server({}, [Remote.parse("ptcp:0:127.0.0.1")],
-                                 lock_gate=gate) as server:
-        assert gate.on_change == server.lock_changed
-    assert gate.on_change == gate.before
-
-
-@pytest.mark.trio
 async def test_a_name_with_several_addresses_is_served_on_one_as_ovsdb_server_does() -> None:
     # ovsdb-server 3.1 given ptcp:0:localhost listens on the first address the name has.
     # (None: what trio resolves to every interface's address, 0.0.0.0 and ::.)

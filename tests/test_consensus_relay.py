@@ -66,6 +66,19 @@ async def relay_node(leader: OvsdbServer
             yield relay, server, stream
 
 
+@pytest.mark.trio
+async def test_the_lock_gate_outliving_its_server_no_longer_calls_into_it(
+        leader: OvsdbServer) -> None:
+    # (crdtdb serve closes the server before the plugins that hold the gate)
+    schema = DatabaseSchema.from_json(SCHEMA_JSON)
+    async with open_ovsdb_relay(leader.remote, [schema]) as relay:
+        before = relay.locks.on_change
+        async with open_ovsdb_server(relay.databases, [Remote.parse("ptcp:0:127.0.0.1")],
+                                     lock_gate=relay.locks) as server:
+            assert relay.locks.on_change == server.lock_changed
+        assert relay.locks.on_change is before
+
+
 async def receive(stream: trio.SocketStream, codec: JsonRpcConnection, n: int) -> list[Any]:
     """The next ``n`` messages."""
     out: list[Any] = []
